@@ -1,0 +1,22 @@
+"""Building blocks of ARM models: the Mamba mixer, the MambaMLP block, the decoder, position embeddings."""
+
+from .block import MambaMLPBlock, SwiGLU, swiglu_hidden_dim
+from .decoder import CrossAttention, DecoderBlock, Mlp
+from .mamba import DIRECTIONS, Mamba, TokenLayout, direction_index
+from .pos_embed import insert_token_slot, resize_pos_embed, sincos_pos_embed_2d
+
+__all__ = [
+    "Mamba",
+    "TokenLayout",
+    "DIRECTIONS",
+    "direction_index",
+    "MambaMLPBlock",
+    "SwiGLU",
+    "swiglu_hidden_dim",
+    "CrossAttention",
+    "DecoderBlock",
+    "Mlp",
+    "sincos_pos_embed_2d",
+    "resize_pos_embed",
+    "insert_token_slot",
+]

@@ -1,0 +1,614 @@
+"""ARM models: the autoregressive pretraining model and the four-direction classifier.
+
+Both share the MambaMLP encoder (:class:`~armvision.layers.MambaMLPBlock`). Parameter names follow
+the ARM reference code (OliverRensu/ARM) so that its checkpoints map onto these modules by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import PatchEmbed, lecun_normal_, trunc_normal_
+from torch import Tensor
+
+from .. import ops
+from ..layers import (
+    DIRECTIONS,
+    DecoderBlock,
+    MambaMLPBlock,
+    TokenLayout,
+    insert_token_slot,
+    resize_pos_embed,
+    sincos_pos_embed_2d,
+)
+
+__all__ = [
+    "Geometry",
+    "ARMPretrain",
+    "ARMClassifier",
+    "init_classifier_from_pretraining",
+    "classifier_state_dict_from_pretraining",
+    "default_memory_layers",
+]
+
+
+def _pair(x: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(x, int):
+        return (x, x)
+    x = tuple(int(v) for v in x)
+    if len(x) != 2:
+        raise ValueError(f"expected an int or a (height, width) pair, got {x}")
+    return x
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image is cut: into patches of ``patch_size`` pixels, and the patch grid into clusters
+    of ``cluster_size`` x ``cluster_size`` patches (ARM's prediction unit)."""
+
+    img_size: tuple[int, int]
+    patch_size: int
+    cluster_size: int = 1
+    in_chans: int = 3
+
+    def __post_init__(self):
+        h, w = self.img_size
+        p, c = self.patch_size, self.cluster_size
+        if min(h, w, p, c, self.in_chans) < 1:
+            raise ValueError(f"image size, patch size, cluster size and channels must be positive: {self}")
+        if h % p or w % p:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {p}; "
+                f"use an image size that is a multiple of {p} (e.g. {(h // p or 1) * p})"
+            )
+        gh, gw = h // p, w // p
+        if gh % c or gw % c:
+            raise ValueError(
+                f"the {gh}x{gw} patch grid (image {h}x{w}, patch {p}) is not divisible into clusters of "
+                f"{c}x{c} patches; choose a cluster size that divides {math.gcd(gh, gw)}"
+            )
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid (rows, cols)."""
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def cluster_grid(self) -> tuple[int, int]:
+        """Cluster grid (rows, cols)."""
+        return (self.grid[0] // self.cluster_size, self.grid[1] // self.cluster_size)
+
+    @property
+    def num_clusters(self) -> int:
+        return self.cluster_grid[0] * self.cluster_grid[1]
+
+    @property
+    def patches_per_cluster(self) -> int:
+        return self.cluster_size**2
+
+    @property
+    def patch_dim(self) -> int:
+        """Pixel values in one patch: patch * patch * channels."""
+        return self.patch_size**2 * self.in_chans
+
+    def cluster_order(self) -> Tensor:
+        """(num_patches,) row-major patch index of each position in cluster order: clusters in
+        row-major order, and patches in row-major order inside each cluster."""
+        (gh, gw), c = self.grid, self.cluster_size
+        idx = torch.arange(gh * gw).view(gh // c, c, gw // c, c)  # (cluster row, row in cluster, ...)
+        return idx.permute(0, 2, 1, 3).reshape(-1)
+
+
+def default_memory_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
+    """Encoder blocks (1-based) whose outputs feed the decoder: every depth/6 blocks, ending at the
+    last (the reference's 6, 8, 10, 12 for depth 12 and 12, 16, 20, 24 for depth 24)."""
+    layers = tuple(round(depth - k * depth / 6) for k in reversed(range(levels)))
+    if len(set(layers)) != levels or layers[0] < 1:
+        raise ValueError(
+            f"cannot space {levels} decoder memory levels over {depth} encoder blocks; "
+            f"pass memory_layers explicitly (1-based block indices ending at {depth})"
+        )
+    return layers
+
+
+def _init_encoder_(layers: nn.ModuleList, depth: int) -> None:
+    """The reference's encoder init: Linear biases zero (except dt_proj's), out_proj re-drawn
+    kaiming-uniform and divided by sqrt(depth) (GPT-2 rule, one residual per layer)."""
+    for m in layers.modules():
+        if isinstance(m, nn.Linear) and m.bias is not None and not getattr(m.bias, "_no_reinit", False):
+            nn.init.zeros_(m.bias)
+    for layer in layers:
+        w = layer.mixer.out_proj.weight
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        with torch.no_grad():
+            w /= math.sqrt(depth)
+
+
+def _init_patch_embed_(patch_embed: PatchEmbed) -> None:
+    lecun_normal_(patch_embed.proj.weight)
+    if patch_embed.proj.bias is not None:
+        nn.init.zeros_(patch_embed.proj.bias)
+
+
+def _drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic depth rates as the reference: linear from 0 to ``rate`` over depth, shifted by one
+    block (block 0 and block 1 get 0, the last gets rate * (depth - 2) / (depth - 1))."""
+    linear = [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
+    return [0.0] + linear[:-1]
+
+
+class _Encoder(nn.Module):
+    """Shared pieces of both models: patch embedding, blocks, backend switch, no-decay names."""
+
+    layers: nn.ModuleList
+
+    def set_backend(self, backend: str) -> None:
+        """Select the ops backend of every Mamba mixer ("auto", "torch", ...)."""
+        ops.check_backend(backend)
+        for m in self.modules():
+            if hasattr(m, "scan_direction"):
+                m.backend = backend
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters trained without weight decay beyond 1-D ones: position embeddings,
+        tokens, A_log and D (marked ``_no_weight_decay``)."""
+        names = {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
+        names |= {n for n in ("pos_embed", "cls_token", "ar_token", "dec_pos_embed") if hasattr(self, n)}
+        return names
+
+
+class ARMPretrain(_Encoder):
+    """ARM pretraining model: predict the next cluster of patches from the previous ones.
+
+    ``model(images)`` returns the scalar loss; ``model.predict(images)`` returns ``(pred, target)``,
+    both (b, predicted tokens, patch * patch * channels), tokens in cluster order from cluster 2 on.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry (192, 16, 3 in the paper).
+        cluster_size: side of a cluster in patches (4: clusters of 4x4 patches).
+        embed_dim, depth, d_state: encoder width, blocks, and SSM state size.
+        decoder_dim, decoder_mlp_ratio, decoder_heads: decoder width (512), MLP ratio (4), heads
+            (decoder_dim // 64 when None).
+        memory_layers: 1-based encoder blocks feeding the decoder, one per decoder block
+            (default: :func:`default_memory_layers` for 4 levels).
+        norm_pix_loss: target = per-patch normalized pixels (True) or the input pixels (False).
+        drop_path_rate: stochastic depth of the encoder (0 in the paper's pretraining).
+        backend: ops backend of the Mamba mixers.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 192,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        cluster_size: int = 4,
+        embed_dim: int = 768,
+        depth: int = 12,
+        d_state: int = 16,
+        decoder_dim: int = 512,
+        decoder_mlp_ratio: float = 4.0,
+        decoder_heads: int | None = None,
+        memory_layers: Sequence[int] | None = None,
+        norm_pix_loss: bool = True,
+        drop_path_rate: float = 0.0,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        geo = Geometry(_pair(img_size), patch_size, cluster_size, in_chans)
+        if geo.num_clusters < 2:
+            raise ValueError(
+                f"a {geo.grid[0]}x{geo.grid[1]} patch grid holds only one cluster of {cluster_size}x{cluster_size} "
+                "patches; autoregressive pretraining needs at least two (use a smaller cluster size)"
+            )
+        memory_layers = tuple(memory_layers) if memory_layers is not None else default_memory_layers(depth)
+        if list(memory_layers) != sorted(set(memory_layers)) or memory_layers[0] < 1 or memory_layers[-1] != depth:
+            raise ValueError(
+                f"memory_layers must be increasing 1-based block indices ending at the last block ({depth}), "
+                f"got {memory_layers}"
+            )
+        ops.check_backend(backend)
+        self.geometry = geo
+        self.embed_dim = self.num_features = embed_dim
+        self.depth = depth
+        self.memory_layers = memory_layers
+        self.decoder_dim = decoder_dim
+        self.norm_pix_loss = norm_pix_loss
+        self.config = dict(
+            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, cluster_size=cluster_size,
+            embed_dim=embed_dim, depth=depth, d_state=d_state, decoder_dim=decoder_dim,
+            decoder_mlp_ratio=decoder_mlp_ratio, decoder_heads=decoder_heads, memory_layers=memory_layers,
+            norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate,
+        )
+        levels = len(memory_layers)
+
+        self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim)
+        self.pos_embed = nn.Parameter(sincos_pos_embed_2d(embed_dim, geo.grid)[None], requires_grad=False)
+        dpr = _drop_path_rates(drop_path_rate, depth)
+        self.layers = nn.ModuleList(
+            MambaMLPBlock(embed_dim, directions=1, drop_path=dpr[i], d_state=d_state, backend=backend)
+            for i in range(depth)
+        )
+        for k in range(levels):  # names as the reference: norm_1 .. norm_4
+            self.add_module(f"norm_{k + 1}", nn.LayerNorm(embed_dim))
+        self.enc2dec = nn.Linear(levels * embed_dim, levels * decoder_dim)
+        self.ar_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.dec_pos_embed = nn.Parameter(sincos_pos_embed_2d(decoder_dim, geo.grid)[None], requires_grad=False)
+        heads = decoder_heads or max(1, decoder_dim // 64)
+        self.dec_block = nn.ModuleList(DecoderBlock(decoder_dim, heads, decoder_mlp_ratio) for _ in range(levels))
+        self.ar_norm = nn.LayerNorm(decoder_dim)
+        self.ar_pred = nn.Linear(decoder_dim, geo.patch_dim)
+
+        s = geo.patches_per_cluster
+        n_in = geo.num_patches - s  # the last cluster is never input
+        self.register_buffer("cluster_order", geo.cluster_order(), persistent=False)
+        pos = torch.arange(n_in) // s  # cluster of each encoder token / of each query's context
+        # query for cluster j+1 (0-based row i // s) attends to encoder tokens of clusters 0..j
+        self.register_buffer("decoder_mask", pos[None, :] <= pos[:, None], persistent=False)
+        self.init_weights()
+
+    @property
+    def num_input_tokens(self) -> int:
+        """Encoder tokens: every cluster but the last."""
+        return self.geometry.num_patches - self.geometry.patches_per_cluster
+
+    def init_weights(self) -> None:
+        """The reference initialisation (ARM_SPEC.md)."""
+        _init_patch_embed_(self.patch_embed)
+        trunc_normal_(self.ar_token, std=0.02)
+        for layer in self.layers:
+            layer.mixer.reset_parameters()
+        _init_encoder_(self.layers, self.depth)
+        for lin in (self.enc2dec, self.ar_pred):
+            lin.reset_parameters()
+            nn.init.zeros_(lin.bias)
+        for m in self.dec_block.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # -- encoder / decoder ----------------------------------------------------------------------
+    def forward_encoder(self, images: Tensor) -> Tensor:
+        """Encode clusters 1..K-1; returns the decoder memory (b, tokens, decoder_dim, levels).
+
+        Level k is channels k, k + levels, k + 2 * levels, ... of enc2dec's output, as the reference
+        reshapes (..., levels * decoder_dim) to (..., decoder_dim, levels).
+        """
+        self._check_input(images)
+        x = self.patch_embed(images) + self.pos_embed  # (b, n, c), row-major
+        x = x[:, self.cluster_order[: self.num_input_tokens]]  # cluster order, last cluster dropped
+        feats = []
+        for i, layer in enumerate(self.layers, start=1):
+            x = layer(x)
+            if i in self.memory_layers:
+                feats.append(getattr(self, f"norm_{len(feats) + 1}")(x))
+        memory = self.enc2dec(torch.cat(feats, dim=-1))
+        b, t, _ = memory.shape
+        return memory.view(b, t, self.decoder_dim, len(self.memory_layers))
+
+    def forward_decoder(self, memory: Tensor) -> Tensor:
+        """Predict clusters 2..K from the memory; returns (b, tokens, patch * patch * channels)."""
+        s = self.geometry.patches_per_cluster
+        queries = (self.ar_token + self.dec_pos_embed)[:, self.cluster_order[s:]]  # clusters 2..K
+        q = queries.expand(memory.shape[0], -1, -1).to(memory.dtype)
+        for k, blk in enumerate(self.dec_block):
+            q = blk(q, memory[..., k], self.decoder_mask)
+        return self.ar_pred(self.ar_norm(q))
+
+    # -- targets --------------------------------------------------------------------------------
+    def patchify(self, images: Tensor) -> Tensor:
+        """(b, c, h, w) -> (b, patches, p * p * c), patches row-major, pixels (row, column, channel)."""
+        b, c, h, w = images.shape
+        p = self.geometry.patch_size
+        x = images.reshape(b, c, h // p, p, w // p, p)
+        return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """Inverse of :meth:`patchify`: (b, patches, p * p * c) row-major -> (b, c, h, w)."""
+        (gh, gw), p, c = self.geometry.grid, self.geometry.patch_size, self.geometry.in_chans
+        x = patches.reshape(patches.shape[0], gh, gw, p, p, c)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(patches.shape[0], c, gh * p, gw * p)
+
+    def targets(self, images: Tensor) -> Tensor:
+        """Prediction targets of clusters 2..K in cluster order: (b, tokens, p * p * c), fp32."""
+        t = self.patchify(images.float())
+        if self.norm_pix_loss:
+            mean = t.mean(dim=-1, keepdim=True)
+            var = t.var(dim=-1, keepdim=True)  # unbiased, as the reference
+            t = (t - mean) / (var + 1e-6) ** 0.5
+        return t[:, self.cluster_order[self.geometry.patches_per_cluster:]]
+
+    def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(pred, target), both (b, tokens, patch * patch * channels), for clusters 2..K."""
+        pred = self.forward_decoder(self.forward_encoder(images))
+        return pred, self.targets(images)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Mean squared error of the next-cluster prediction (mean over pixels, tokens and batch)."""
+        pred, target = self.predict(images)
+        return (pred.float() - target).pow(2).mean()
+
+    def _check_input(self, images: Tensor) -> None:
+        geo = self.geometry
+        expected = (geo.in_chans, *geo.img_size)
+        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"ARM pretraining model expects images of shape (batch, {expected[0]}, {expected[1]}, "
+                f"{expected[2]}), got {tuple(images.shape)}; resize/crop the input or build the model "
+                f"with img_size={tuple(images.shape[-2:])}"
+            )
+
+
+class ARMClassifier(_Encoder):
+    """Four-direction MambaMLP classifier with a class token in the middle of the sequence.
+
+    timm conventions: ``model(images)`` gives logits, ``forward_features`` the normed token
+    sequence (b, tokens, width), ``forward_head(tokens, pre_logits=True)`` the pooled feature.
+
+    Args:
+        img_size, patch_size, in_chans: input geometry (224, 16, 3).
+        num_classes: classes of the head (0: no head, features only).
+        embed_dim, depth, d_state: encoder width, blocks and SSM state size.
+        global_pool: "avg" (mean over patch tokens, class token excluded; the paper's) or "token"
+            (the middle class token).
+        drop_rate: dropout after the position embedding.
+        drop_path_rate: stochastic depth, linear over the blocks, shifted by one block.
+        directions: 4 (the paper's fine-tuning) or 1 (causal, as in pretraining).
+        dynamic_img_size: accept other input sizes, resizing the position embedding on the fly.
+        head_init_std: std of the head's truncated-normal init (2e-5, as MAE/ARM fine-tuning).
+        backend: ops backend of the Mamba mixers.
+    """
+
+    def __init__(
+        self,
+        img_size: int | Sequence[int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        d_state: int = 16,
+        global_pool: str = "avg",
+        drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        directions: int = 4,
+        dynamic_img_size: bool = False,
+        head_init_std: float = 2e-5,
+        backend: str = "auto",
+    ):
+        super().__init__()
+        geo = Geometry(_pair(img_size), patch_size, 1, in_chans)
+        self._check_pool(global_pool)
+        ops.check_backend(backend)
+        self.geometry = geo
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
+        self.depth = depth
+        self.global_pool = global_pool
+        self.dynamic_img_size = dynamic_img_size
+        self.head_init_std = head_init_std
+        self.num_prefix_tokens = 1
+        self.config = dict(
+            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, d_state=d_state, global_pool=global_pool, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate, directions=directions, dynamic_img_size=dynamic_img_size,
+            head_init_std=head_init_std,
+        )
+
+        self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim,
+                                      strict_img_size=not dynamic_img_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, geo.num_patches + 1, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = _drop_path_rates(drop_path_rate, depth)
+        self.layers = nn.ModuleList(
+            MambaMLPBlock(embed_dim, directions=directions, drop_path=dpr[i], d_state=d_state, backend=backend)
+            for i in range(depth)
+        )
+        self.norm_f = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    @property
+    def cls_index(self) -> int:
+        """Position of the class token at the model's own resolution (the middle: patches // 2)."""
+        return self.geometry.num_patches // 2
+
+    def init_weights(self) -> None:
+        _init_patch_embed_(self.patch_embed)
+        trunc_normal_(self.cls_token, std=0.02)
+        trunc_normal_(self.pos_embed, std=0.02)
+        for layer in self.layers:
+            layer.mixer.reset_parameters()
+        _init_encoder_(self.layers, self.depth)
+        self.norm_f.reset_parameters()
+        self._init_head()
+
+    def _init_head(self) -> None:
+        if isinstance(self.head, nn.Linear):
+            trunc_normal_(self.head.weight, std=self.head_init_std)
+            nn.init.zeros_(self.head.bias)
+
+    @staticmethod
+    def _check_pool(global_pool: str) -> None:
+        if global_pool not in ("avg", "token"):
+            raise ValueError(f"global_pool must be 'avg' (mean of patch tokens) or 'token' (class token), "
+                             f"got {global_pool!r}")
+
+    # -- timm conventions -----------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """Parameter groups for layer-wise lr decay (timm's ``param_groups_layer_decay``)."""
+        return dict(
+            stem=r"^cls_token|^pos_embed|^patch_embed",
+            blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))],
+        )
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        if global_pool is not None:
+            self._check_pool(global_pool)
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.config.update(num_classes=num_classes, global_pool=self.global_pool)
+        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.to(self.cls_token.device)
+        self._init_head()
+
+    # -- forward --------------------------------------------------------------------------------
+    def token_layout(self, grid: tuple[int, int]) -> TokenLayout:
+        """Layout of the token sequence for a patch grid: class token in the middle."""
+        return TokenLayout(tuple(grid), (grid[0] * grid[1]) // 2)
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
+        """Position embedding (1, grid tokens + 1, c) for a patch grid, resized bicubically if needed."""
+        if tuple(grid) == self.geometry.grid:
+            return self.pos_embed
+        c = self.cls_index
+        patches = torch.cat([self.pos_embed[:, :c], self.pos_embed[:, c + 1:]], dim=1)
+        patches = resize_pos_embed(patches, self.geometry.grid, grid)
+        return insert_token_slot(patches, (grid[0] * grid[1]) // 2, self.pos_embed[:, c:c + 1])
+
+    def embed(self, images: Tensor) -> tuple[Tensor, TokenLayout]:
+        """Patch tokens + class token + position embedding: ((b, tokens, c), layout)."""
+        self._check_input(images)
+        x = self.patch_embed(images)  # (b, n, c) row-major
+        p = self.geometry.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        layout = self.token_layout(grid)
+        x = insert_token_slot(x, layout.cls_index, self.cls_token.to(x.dtype))
+        x = self.pos_drop(x + self.pos_embed_for(grid))
+        return x, layout
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """Normed token sequence (b, patches + 1, width), class token at index patches // 2."""
+        x, layout = self.embed(images)
+        for layer in self.layers:
+            x = layer(x, layout)
+        return self.norm_f(x)
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        """(b, tokens, c) -> (b, c): mean of the patch tokens, or the class token."""
+        c = (tokens.shape[1] - 1) // 2
+        if self.global_pool == "token":
+            return tokens[:, c]
+        return torch.cat([tokens[:, :c], tokens[:, c + 1:]], dim=1).mean(dim=1)
+
+    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.pool(tokens)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def _check_input(self, images: Tensor) -> None:
+        geo = self.geometry
+        if images.dim() != 4 or images.shape[1] != geo.in_chans:
+            raise ValueError(f"expected images (batch, {geo.in_chans}, height, width), got {tuple(images.shape)}")
+        h, w = images.shape[-2:]
+        if self.dynamic_img_size:
+            if h % geo.patch_size or w % geo.patch_size:
+                raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {geo.patch_size}")
+        elif (h, w) != geo.img_size:
+            raise ValueError(
+                f"model expects {geo.img_size[0]}x{geo.img_size[1]} images, got {h}x{w}; resize the input, "
+                f"or create the model with img_size={h} or dynamic_img_size=True"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# pretraining -> fine-tuning
+# ---------------------------------------------------------------------------------------------
+_MIXER_DIRECTION_KEYS = ("conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias")
+
+
+def classifier_state_dict_from_pretraining(
+    pretrained: Mapping[str, Tensor], classifier: ARMClassifier, pretrain_grid: tuple[int, int] | None = None
+) -> dict[str, Tensor]:
+    """Map a pretraining state dict onto ``classifier``'s parameters.
+
+    Copies the patch embedding and the encoder blocks; copies each mixer's forward direction
+    (conv1d, x_proj, dt_proj, A_log, D) into all of the classifier's directions; resizes the
+    position embedding from ``pretrain_grid`` (default: square, from its length) to the
+    classifier's grid and inserts a zero class-token slot in the middle. Decoder weights are
+    dropped. Returns only the keys it fills (cls_token, norm_f and head keep their init).
+    """
+    sd = dict(pretrained)
+    if "pos_embed" not in sd or not any(k.startswith("layers.") for k in sd):
+        raise KeyError("not an ARM pretraining state dict: expected 'pos_embed' and 'layers.*' keys")
+    target = classifier.state_dict()
+    out: dict[str, Tensor] = {}
+    suffixes = [s for _, s in DIRECTIONS[: classifier.layers[0].mixer.num_directions]]
+    for k, v in sd.items():
+        if k.startswith("patch_embed.") or (k.startswith("layers.") and ".mixer." not in k):
+            out[k] = v
+        elif k.startswith("layers.") and ".mixer." in k:
+            prefix, name = k.split(".mixer.")
+            if name in ("in_proj.weight", "out_proj.weight"):
+                out[k] = v
+                continue
+            for s in suffixes:
+                if name == "A_log":
+                    out[f"{prefix}.mixer.A{s}_log"] = v
+                elif name == "D":
+                    out[f"{prefix}.mixer.D{s}"] = v
+                elif name in _MIXER_DIRECTION_KEYS:
+                    mod, param = name.split(".")
+                    out[f"{prefix}.mixer.{mod}{s}.{param}"] = v
+    pos = sd["pos_embed"]
+    n = pos.shape[1]
+    if pretrain_grid is None:
+        side = math.isqrt(n)
+        if side * side != n:
+            raise ValueError(f"pretrained pos_embed has {n} tokens, not a square grid; pass pretrain_grid")
+        pretrain_grid = (side, side)
+    grid = classifier.geometry.grid
+    out["pos_embed"] = insert_token_slot(resize_pos_embed(pos.float(), pretrain_grid, grid), (grid[0] * grid[1]) // 2)
+    unknown = [k for k in out if k not in target]
+    if unknown:
+        raise KeyError(f"pretrained weights do not fit this classifier (depth or directions differ): {unknown[:5]}")
+    bad = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in out.items() if v.shape != target[k].shape]
+    if bad:
+        raise ValueError("pretrained weights have other shapes than this classifier: " + "; ".join(bad[:5]))
+    return out
+
+
+def init_classifier_from_pretraining(
+    classifier: ARMClassifier,
+    source: ARMPretrain | Mapping[str, Tensor],
+    pretrain_grid: tuple[int, int] | None = None,
+) -> ARMClassifier:
+    """Initialise ``classifier`` from a pretraining model or its state dict (in place; returned).
+
+    See :func:`classifier_state_dict_from_pretraining`. The head is re-drawn (trunc-normal,
+    ``head_init_std``) and norm_f reset, as the reference's fine-tuning does.
+    """
+    if isinstance(source, ARMPretrain):
+        pretrain_grid = source.geometry.grid
+        source = source.state_dict()
+    sd = classifier_state_dict_from_pretraining(source, classifier, pretrain_grid)
+    missing = set(classifier.state_dict()) - set(sd)
+    expected_missing = {k for k in missing if k in ("cls_token",) or k.startswith(("norm_f.", "head."))}
+    if missing - expected_missing:
+        raise KeyError(f"pretrained weights lack parameters of the classifier: {sorted(missing - expected_missing)[:5]}")
+    with torch.no_grad():
+        params = dict(classifier.named_parameters())
+        for k, v in sd.items():
+            params[k].copy_(v)
+    classifier.norm_f.reset_parameters()
+    classifier._init_head()
+    return classifier
