@@ -224,3 +224,17 @@ def test_create_model_errors_and_names():
     with torch.device("meta"):
         m = armvision.create_model("arm_small_pz16", pretraining=True, img_size=256, cluster_size=2, in_chans=1)
     assert m.geometry.grid == (16, 16) and m.ar_pred.out_features == 256 and m.num_input_tokens == 252
+
+
+def test_save_and_load_model_directory(tmp_path, seed):
+    model = armvision.create_model("arm_tiny_pz16", pretraining=True, **SMALL_PRE)
+    armvision.save_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = armvision.load_model(tmp_path / "m")
+    assert type(loaded) is ARMPretrain and loaded.model_name == "arm_tiny_pz16"
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(model(x), loaded(x))
+    with pytest.raises(FileNotFoundError, match="an armvision model directory holds config.json"):
+        armvision.load_model(tmp_path / "nothing")

@@ -14,6 +14,7 @@ from .arm import (
     default_memory_layers,
     init_classifier_from_pretraining,
 )
+from .io import build_model, load_model, model_config, save_model
 
 __all__ = [
     "ARMPretrain",
@@ -26,6 +27,10 @@ __all__ = [
     "classifier_state_dict_from_pretraining",
     "default_memory_layers",
     "MODEL_SIZES",
+    "save_model",
+    "load_model",
+    "build_model",
+    "model_config",
 ]
 
 # name -> encoder size; everything else is the reference's default (patch 16; pretraining at

@@ -1,0 +1,42 @@
+"""The ``armvision`` command: one entry point, one subcommand per task.
+
+Each subcommand lives in the package that does its work and exposes ``register(subparsers)``,
+which adds its parser and sets ``func`` (called with the parsed args, returns an exit code).
+Add a subcommand by listing its module in ``_COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from . import __version__
+
+# modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
+_COMMAND_MODULES: list[str] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="armvision",
+        description="Autoregressive pretraining (ARM) of Mamba vision models.",
+    )
+    parser.add_argument("--version", action="version", version=f"armvision {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
