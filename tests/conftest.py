@@ -1,7 +1,13 @@
 import os
 
-import pytest
 import torch
+
+# Without a GPU, run armvision's Triton kernels in Triton's interpreter (on the CPU). This must be
+# set before the kernels are defined, i.e. before armvision.ops.*_triton is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 @pytest.fixture

@@ -176,22 +176,23 @@ class Mamba(nn.Module):
         return (getattr(self, "conv1d" + s), getattr(self, "x_proj" + s), getattr(self, "dt_proj" + s),
                 getattr(self, f"A{s}_log"), getattr(self, "D" + s))
 
-    def scan_direction(self, x: Tensor, z: Tensor, index: int) -> Tensor:
-        """Conv, projections and selective scan of one direction over (b, t, e) sequences x, z.
+    def scan_direction(self, x: Tensor, z: Tensor, direction: int, order: Tensor | None = None) -> Tensor:
+        """Conv, projections and selective scan of one direction over row-major (b, t, e) x, z.
 
-        Returns the gated scan output (b, t, e) in the order of the input sequence.
+        ``order`` (t,) is the direction's token order (None: as given); the conv and the scan run
+        along it and the gated scan output (b, t, e) comes back in row-major order.
         """
-        conv1d, x_proj, dt_proj, A_log, D = self.direction_params(index)
-        x = ops.causal_conv1d(x, conv1d.weight, conv1d.bias, activation="silu", backend=self.backend)
-        x_dbl = x_proj(x)  # (b, t, dt_rank + 2N)
+        conv1d, x_proj, dt_proj, A_log, D = self.direction_params(direction)
+        x = ops.causal_conv1d(x, conv1d.weight, conv1d.bias, activation="silu", index=order, backend=self.backend)
+        x_dbl = x_proj(x)  # (b, t, dt_rank + 2N); position-wise, so the token order does not matter
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # bias goes into the scan, in fp32
         A = -torch.exp(A_log.float())
-        return ops.selective_scan(x, delta, A, B, C, D.float(), z, dt_proj.bias.float(),
-                                  delta_softplus=True, backend=self.backend)
+        return ops.selective_scan(x, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True,
+                                  index=order, backend=self.backend)
 
     def forward_directions(self, hidden: Tensor, layout: TokenLayout | None = None) -> list[Tensor]:
-        """Each direction's gated scan output, mapped back to row-major token order: list of (b, t, e)."""
+        """Each direction's gated scan output, in row-major token order: list of (b, t, e)."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         if self.num_directions == 1:
             return [self.scan_direction(x, z, 0)]
@@ -201,15 +202,8 @@ class Mamba(nn.Module):
             raise ValueError(f"token layout {layout} has {layout.num_tokens} tokens, the input {hidden.shape[1]}")
         outs = []
         for i, (name, _) in enumerate(DIRECTIONS):
-            if name == "forward":
-                outs.append(self.scan_direction(x, z, i))
-                continue
-            if name == "backward":  # a flip is cheaper than a gather
-                outs.append(self.scan_direction(x.flip(1), z.flip(1), i).flip(1))
-                continue
-            idx, inv = direction_index(layout, name, hidden.device)
-            o = self.scan_direction(x.index_select(1, idx), z.index_select(1, idx), i)
-            outs.append(o.index_select(1, inv))
+            order = None if name == "forward" else direction_index(layout, name, hidden.device)[0]
+            outs.append(self.scan_direction(x, z, i, order))
         return outs
 
     def forward(self, hidden: Tensor, layout: TokenLayout | None = None) -> Tensor:

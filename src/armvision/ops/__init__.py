@@ -4,7 +4,17 @@
 
 * ``"torch"`` -- vectorised PyTorch (:mod:`armvision.ops.scan`,
   :mod:`armvision.ops.conv`): runs everywhere; the CPU path.
-* ``"auto"`` (default) -- the fastest implementation available for the tensors' device.
+* ``"triton"`` -- armvision's Triton kernels (:mod:`armvision.ops.scan_triton`,
+  :mod:`armvision.ops.conv_triton`): CUDA GPUs (and the CPU under ``TRITON_INTERPRET=1``, for tests).
+* ``"mamba_ssm"`` -- the official CUDA kernels of the ``mamba-ssm`` (and ``causal-conv1d``) packages,
+  when they are installed; never a dependency, there to compare against.
+* ``"auto"`` (default) -- the fastest implementation available for the tensors' device: Triton on
+  CUDA, torch elsewhere.
+
+Both ops take an optional ``index`` (t,) of token rows: the op then runs along the sequence
+``x[:, index]`` (e.g. reversed, or column-major for the fine-tuning directions) and returns its
+result in the input's token order, i.e. ``f(x[:, index])[:, argsort(index)]``. The Triton kernels
+read and write through the index; the other backends gather and scatter.
 
 The default can be changed globally with :func:`set_backend` or for a block of code with
 :func:`use_backend`; a per-call ``backend=`` argument wins over both.
@@ -13,8 +23,13 @@ The default can be changed globally with :func:`set_backend` or for a block of c
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
+
+import torch
 
 from torch import Tensor
 
@@ -34,6 +49,7 @@ __all__ = [
     "available_backends",
     "resolve_backend",
     "check_backend",
+    "backend_available",
     "register_backend",
 ]
 
@@ -59,8 +75,95 @@ def register_backend(backend: Backend) -> None:
     _BACKENDS[backend.name] = backend
 
 
-register_backend(Backend("torch", selective_scan_torch, causal_conv1d_torch,
+def _gather(x: Tensor | None, index: Tensor | None) -> Tensor | None:
+    return x if x is None or index is None else x.index_select(1, index)
+
+
+def _scatter(x: Tensor, index: Tensor | None) -> Tensor:
+    """Inverse of :func:`_gather` on the token axis."""
+    return x if index is None else x.index_select(1, torch.argsort(index))
+
+
+def _with_index(scan_fn: Callable[..., Tensor], conv_fn: Callable[..., Tensor]):
+    """Wrap implementations that have no ``index`` support in a gather before and a scatter after."""
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, index=None):
+        if index is not None:
+            index = index.to(u.device, torch.long)
+        g = [_gather(x, index) for x in (u, delta, B, C, z)]
+        return _scatter(scan_fn(g[0], g[1], A, g[2], g[3], D, g[4], delta_bias, delta_softplus), index)
+
+    def conv(x, weight, bias=None, activation=None, index=None):
+        if index is not None:
+            index = index.to(x.device, torch.long)
+        return _scatter(conv_fn(_gather(x, index), weight, bias, activation), index)
+
+    return scan, conv
+
+
+register_backend(Backend("torch", *_with_index(selective_scan_torch, causal_conv1d_torch),
                          available=lambda device_type: True, priority=lambda device_type: 0))
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _triton_available(device_type: str) -> bool:
+    if not _has_module("triton"):
+        return False
+    if device_type == "cuda":
+        return torch.cuda.is_available()
+    return os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter runs the kernels on the CPU
+
+
+def _triton_scan(*args, **kwargs):
+    from .scan_triton import selective_scan_triton
+
+    return selective_scan_triton(*args, **kwargs)
+
+
+def _triton_conv(*args, **kwargs):
+    from .conv_triton import causal_conv1d_triton
+
+    return causal_conv1d_triton(*args, **kwargs)
+
+
+register_backend(Backend("triton", _triton_scan, _triton_conv, available=_triton_available,
+                         priority=lambda device_type: 10 if device_type == "cuda" else -1))
+
+
+def _mamba_ssm_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # optional dependency
+
+    def bet(x):
+        return None if x is None else x.transpose(1, 2)  # the official kernel takes (b, e, t)
+
+    out = selective_scan_fn(bet(u), bet(delta), A.float(), bet(B), bet(C), None if D is None else D.float(),
+                            bet(z), None if delta_bias is None else delta_bias.float(), delta_softplus)
+    return out.transpose(1, 2)
+
+
+def _mamba_ssm_conv(x, weight, bias=None, activation=None):
+    if not _has_module("causal_conv1d"):
+        return causal_conv1d_torch(x, weight, bias, activation)
+    from causal_conv1d import causal_conv1d_fn  # optional dependency
+
+    w = weight[:, 0, :] if weight.dim() == 3 else weight
+    return causal_conv1d_fn(x.transpose(1, 2), w, bias, activation).transpose(1, 2)
+
+
+register_backend(Backend("mamba_ssm", *_with_index(_mamba_ssm_scan, _mamba_ssm_conv),
+                         available=lambda device_type: device_type == "cuda" and _has_module("mamba_ssm"),
+                         priority=lambda device_type: -1))
+
+
+def backend_available(name: str, device_type: str) -> bool:
+    """Whether backend ``name`` can run on tensors of ``device_type`` ("cuda", "cpu") here."""
+    return name == "auto" or check_backend(name) in _BACKENDS and _BACKENDS[name].available(device_type)
 
 
 def available_backends() -> list[str]:
@@ -100,13 +203,17 @@ def use_backend(name: str) -> Iterator[None]:
 def resolve_backend(name: str | None, device_type: str) -> Backend:
     """The implementation that ``name`` (``None``: the default) means for tensors on ``device_type``."""
     name = check_backend(_default if name is None else name)
+    if name == "auto" and device_type == "meta":
+        return _BACKENDS["torch"]
     if name == "auto":
         usable = [b for b in _BACKENDS.values() if b.available(device_type)]
         return max(usable, key=lambda b: b.priority(device_type))
     backend = _BACKENDS[name]
     if not backend.available(device_type):
+        hint = {"triton": "it needs a CUDA GPU and the triton package (or TRITON_INTERPRET=1 on the CPU)",
+                "mamba_ssm": "it needs a CUDA GPU and the mamba-ssm package"}.get(name, "")
         raise RuntimeError(
-            f"ops backend {name!r} cannot run on {device_type!r} tensors here; "
+            f"ops backend {name!r} cannot run on {device_type!r} tensors here; {hint}; "
             f"use backend='auto' or 'torch'"
         )
     return backend
@@ -122,18 +229,21 @@ def selective_scan(
     z: Tensor | None = None,
     delta_bias: Tensor | None = None,
     delta_softplus: bool = True,
+    index: Tensor | None = None,
     backend: str | None = None,
 ) -> Tensor:
     """Mamba-1 selective scan; see :func:`armvision.ops.scan.selective_scan_ref`.
 
-    u, delta, z: (b, t, e); A: (e, n) fp32; B, C: (b, t, n); D, delta_bias: (e,). Returns (b, t, e).
+    u, delta, z: (b, t, e); A: (e, n) fp32; B, C: (b, t, n); D, delta_bias: (e,); index: (t,)
+    token order to scan in (see the module docstring). Returns (b, t, e) in u's dtype.
     """
     impl = resolve_backend(backend, u.device.type)
-    return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return impl.selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, index=index)
 
 
-def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None,
-                  activation: str | None = None, backend: str | None = None) -> Tensor:
-    """Depthwise causal conv over time; x (b, t, e), weight (e, k) or (e, 1, k), bias (e,)."""
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
+                  index: Tensor | None = None, backend: str | None = None) -> Tensor:
+    """Depthwise causal conv over time; x (b, t, e), weight (e, k) or (e, 1, k), bias (e,);
+    index (t,): token order to convolve along (see the module docstring)."""
     impl = resolve_backend(backend, x.device.type)
-    return impl.causal_conv1d(x, weight, bias, activation)
+    return impl.causal_conv1d(x, weight, bias, activation, index=index)

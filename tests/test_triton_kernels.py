@@ -1,0 +1,145 @@
+"""armvision's Triton kernels against the float64 references, values and all gradients.
+
+Without a GPU these run in Triton's interpreter on the CPU (conftest sets TRITON_INTERPRET=1), so
+shapes stay tiny. tests/gpu/test_triton_gpu.py runs the large sweep on a GPU.
+"""
+
+import pytest
+import torch
+
+from armvision import ops
+from armvision.layers import Mamba, TokenLayout
+from armvision.ops import causal_conv1d_ref, selective_scan_ref
+from conftest import rel_err
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+if not ops.backend_available("triton", DEV):
+    pytest.skip("the Triton backend cannot run here (no triton package)", allow_module_level=True)
+
+from armvision.ops import conv_triton, scan_triton  # noqa: E402
+ACT = ("u", "delta", "B", "C", "z")
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+
+
+@pytest.fixture(autouse=True)
+def small_blocks_and_poisoned_outputs(monkeypatch):
+    """Small blocks so that tiny shapes still span several chunks and channel blocks; outputs
+    allocated full of NaN so that an element the kernels forget to write fails the test."""
+    monkeypatch.setitem(scan_triton._CONFIG, "BT", 4)
+    monkeypatch.setitem(scan_triton._CONFIG, "fwd", (4, 1))
+    monkeypatch.setitem(scan_triton._CONFIG, "bwd", (8, 1))
+    monkeypatch.setitem(conv_triton._CONFIG, "fwd", (4, 4, 1))
+    monkeypatch.setitem(conv_triton._CONFIG, "bwd", (4, 8, 1))
+    poisoned = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
+    monkeypatch.setattr(scan_triton, "_empty", poisoned)
+    monkeypatch.setattr(conv_triton, "_empty", poisoned)
+
+
+def scan_inputs(b, t, e, n, dtype, with_z=True, with_D=True, with_bias=True):
+    inp = dict(
+        u=torch.randn(b, t, e), delta=torch.randn(b, t, e) * 0.5 - 1.0, A=-torch.exp(torch.randn(e, n) * 0.5),
+        B=torch.randn(b, t, n), C=torch.randn(b, t, n), D=torch.randn(e) if with_D else None,
+        z=torch.randn(b, t, e) if with_z else None, delta_bias=torch.randn(e) * 0.3 if with_bias else None,
+    )
+    return {k: None if v is None else v.to(DEV, dtype if k in ACT else torch.float32).requires_grad_()
+            for k, v in inp.items()}
+
+
+def reference(inp, index, softplus=True):
+    """float64 reference along the index order, result back in row order."""
+    r = {k: None if v is None else v.detach().double().requires_grad_() for k, v in inp.items()}
+    g = {k: (v[:, index] if (k in ACT and v is not None and index is not None) else v) for k, v in r.items()}
+    out = selective_scan_ref(*(g[k] for k in ARGS), delta_softplus=softplus)
+    if index is not None:
+        out = out[:, torch.argsort(index)]
+    return out, r
+
+
+def check_scan(inp, index=None, softplus=True, tol_out=1e-5, tol_grad=1e-4):
+    keys = [k for k in ARGS if inp[k] is not None]
+    out = ops.selective_scan(*(inp[k] for k in ARGS), delta_softplus=softplus, index=index, backend="triton")
+    ref, r = reference(inp, None if index is None else index.cpu(), softplus)
+    assert out.dtype == inp["u"].dtype and torch.isfinite(out).all()
+    assert rel_err(out.cpu(), ref) < tol_out
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [inp[k] for k in keys], dout.to(out))
+    grads_ref = torch.autograd.grad(ref, [r[k] for k in keys], dout)
+    for k, g, gr in zip(keys, grads, grads_ref):
+        assert g.dtype == inp[k].dtype and g.shape == inp[k].shape, k
+        assert torch.isfinite(g).all(), f"grad of {k} has unwritten (NaN) elements"
+        assert rel_err(g.cpu(), gr) < tol_grad, k
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3, 4), (2, 9, 6, 16), (1, 13, 10, 5)])
+def test_scan_fp32(seed, shape):
+    check_scan(scan_inputs(*shape, torch.float32))
+
+
+@pytest.mark.parametrize("variant", ["no_z", "no_D_no_bias", "no_softplus"])
+def test_scan_variants(seed, variant):
+    inp = scan_inputs(2, 7, 5, 4, torch.float32, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",
+                      with_bias=variant != "no_D_no_bias")
+    if variant == "no_softplus":
+        with torch.no_grad():
+            inp["delta"].abs_()
+    check_scan(inp, softplus=variant != "no_softplus")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_scan_half(seed, dtype):
+    check_scan(scan_inputs(2, 10, 9, 8, dtype), tol_out=1e-2, tol_grad=2e-2)
+
+
+def test_scan_index_order(seed):
+    """A permuted scan order, read and written through the index (no copies)."""
+    check_scan(scan_inputs(2, 11, 6, 4, torch.float32), index=torch.randperm(11, device=DEV))
+
+
+def test_scan_without_grad_saves_no_states(seed):
+    inp = {k: None if v is None else v.detach() for k, v in scan_inputs(1, 6, 4, 4, torch.float32).items()}
+    out = ops.selective_scan(*(inp[k] for k in ARGS), backend="triton")
+    ref, _ = reference(inp, None)
+    assert rel_err(out.cpu(), ref) < 1e-5
+
+
+@pytest.mark.parametrize("activation,with_bias,dtype", [("silu", True, torch.float32), (None, False, torch.float32),
+                                                        ("silu", True, torch.bfloat16)])
+@pytest.mark.parametrize("ordered", [False, True])
+def test_conv(seed, activation, with_bias, dtype, ordered):
+    b, t, e = 2, 9, 6
+    x = torch.randn(b, t, e, device=DEV).to(dtype).requires_grad_()
+    w = torch.randn(e, 1, 4, device=DEV, requires_grad=True)
+    bias = torch.randn(e, device=DEV, requires_grad=True) if with_bias else None
+    index = torch.randperm(t) if ordered else None
+    out = ops.causal_conv1d(x, w, bias, activation, index=index, backend="triton")
+    xr, wr = x.detach().cpu().double().requires_grad_(), w.detach().cpu().double().requires_grad_()
+    br = bias.detach().cpu().double().requires_grad_() if with_bias else None
+    ref = causal_conv1d_ref(xr if index is None else xr[:, index], wr, br, activation)
+    ref = ref if index is None else ref[:, torch.argsort(index)]
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert out.dtype == dtype and rel_err(out.cpu(), ref) < tol
+    dout = torch.randn_like(ref)
+    ins, ins_r = [x, w] + ([bias] if with_bias else []), [xr, wr] + ([br] if with_bias else [])
+    for g, gr in zip(torch.autograd.grad(out, ins, dout.to(out)), torch.autograd.grad(ref, ins_r, dout)):
+        assert torch.isfinite(g).all() and rel_err(g.cpu(), gr) < 2 * tol
+
+
+def test_four_direction_mixer_matches_torch_backend(seed):
+    """The whole four-direction mixer (conv + scan through index maps) on Triton vs plain torch."""
+    m = Mamba(8, d_state=4, directions=4).to(DEV)
+    layout = TokenLayout((2, 3), 3)
+    x = torch.randn(2, 7, 8, device=DEV, requires_grad=True)
+    outs = {}
+    for backend in ("torch", "triton"):
+        m.backend = backend
+        m.zero_grad()
+        y = m(x, layout)
+        gx, = torch.autograd.grad(y.square().sum(), x)
+        outs[backend] = (y.detach(), gx)
+    assert rel_err(outs["triton"][0], outs["torch"][0]) < 1e-5
+    assert rel_err(outs["triton"][1], outs["torch"][1]) < 1e-4
+
+
+def test_triton_backend_errors():
+    with pytest.raises(ValueError, match="kernel widths up to 4"):
+        ops.causal_conv1d(torch.randn(1, 3, 2, device=DEV), torch.randn(2, 5, device=DEV), backend="triton")
