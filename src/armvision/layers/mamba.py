@@ -87,7 +87,11 @@ def direction_index(layout: TokenLayout, direction: str, device=None) -> tuple[T
     The direction scans ``x[:, index]`` for row-major tokens x; ``out[:, inverse]`` puts its
     outputs back in row-major order.
     """
-    return _direction_index_cached(layout, direction, torch.device(device or "cpu"))
+    device = torch.device(device or "cpu")
+    if torch.compiler.is_compiling():  # traced: the maps become constants of the graph, no cache needed
+        index = torch.tensor(_direction_sequence.__wrapped__(layout, direction), dtype=torch.long, device=device)
+        return index, torch.argsort(index)
+    return _direction_index_cached(layout, direction, device)
 
 
 class Mamba(nn.Module):

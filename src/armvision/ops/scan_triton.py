@@ -8,9 +8,11 @@ s reads token row ``index[s]`` and writes its outputs back to that row.
 Design (see docs/KERNELS.md and benchmarks/NOTES.md):
 
 * one program per (block of BE channels, batch); time is cut into chunks of BT steps; each chunk
-  is a (BT, BE, N) register tile whose recurrence is solved by ``tl.associative_scan`` on
-  (decay, input) pairs, and the state entering the chunk is carried in registers;
-* the forward saves only the state at the start of each chunk (b, chunks, e, N) fp32, never the
+  is a (BT, N, BE) register tile whose recurrence is solved by ``tl.associative_scan`` on
+  (decay, input) pairs, and the state entering the chunk is carried in registers. Channels are
+  the tiles' last axis, so lanes and warps spread over channels while each thread holds a
+  channel's whole (time, state) tile: the scans and the sums over states stay in registers;
+* the forward saves only the state at the start of each chunk (b, chunks, N, e) fp32, never the
   (b, t, e, N) states; the backward walks the chunks in reverse, recomputes the chunk's states
   from that saved state, and runs the adjoint recurrence g_t = C_t dy_t + dA_{t+1} g_{t+1} as a
   reverse scan (dA_{t+1} recomputed from the next step's delta, so nothing is divided by dA);
@@ -51,26 +53,30 @@ def _combine(a1, b1, a2, b2):
 
 @triton.jit
 def _scan_fwd_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, out_ptr, st_ptr,
+    u_ptr, dl_ptr, At_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, out_ptr, st_ptr,
     T, E, N,
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
     NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
 ):
+    # Tiles are (time, state, channel) with channels last: Triton spreads lanes and warps over the
+    # channels and keeps the time and state axes inside each thread, so the scan over time and the
+    # sums over states need no shuffles.
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
     e = pe * BE + tl.arange(0, BE)
     me = e < E
     n = tl.arange(0, NP)
     mn = n < N
-    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=me[:, None] & mn[None, :], other=0.0) * 1.4426950408889634
+    mne = mn[:, None] & me[None, :]
+    A2 = tl.load(At_ptr + n[:, None] * E + e[None, :], mask=mne, other=0.0) * 1.4426950408889634  # (N, BE)
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=me, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + e, mask=me, other=0.0)
     last = (tl.arange(0, BT) == BT - 1)[:, None, None]
-    h = tl.zeros((BE, NP), tl.float32)
+    h = tl.zeros((NP, BE), tl.float32)
     nchunks = tl.cdiv(T, BT)
     for c in range(0, nchunks):
         s = c * BT + tl.arange(0, BT)
@@ -93,13 +99,12 @@ def _scan_fwd_kernel(
         Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
         Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
         if SAVE:
-            st = st_ptr + ((pb * nchunks + c) * E + e[:, None]) * N + n[None, :]
-            tl.store(st, h, mask=me[:, None] & mn[None, :])
-        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        x = (dt * u)[:, :, None] * Bm[:, None, :]
+            tl.store(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], h, mask=mne)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
+        x = Bm[:, :, None] * (dt * u)[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
         hs = hl + ac * h[None, :, :]
-        y = tl.sum(hs * Cm[:, None, :], axis=2)
+        y = tl.sum(hs * Cm[:, :, None], axis=1)  # (BT, BE)
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
@@ -111,7 +116,7 @@ def _scan_fwd_kernel(
 
 @triton.jit
 def _scan_bwd_kernel(
-    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, st_ptr, go_ptr,
+    u_ptr, dl_ptr, At_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, st_ptr, go_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     T, E, N,
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
@@ -126,17 +131,16 @@ def _scan_bwd_kernel(
     me = e < E
     n = tl.arange(0, NP)
     mn = n < N
-    men = me[:, None] & mn[None, :]
-    A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=men, other=0.0)
+    mne = mn[:, None] & me[None, :]
+    A = tl.load(At_ptr + n[:, None] * E + e[None, :], mask=mne, other=0.0)  # (N, BE)
     A2 = A * 1.4426950408889634
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=me, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + e, mask=me, other=0.0)
     first = (tl.arange(0, BT) == 0)[:, None, None]
-    last = (tl.arange(0, BT) == BT - 1)[:, None, None]
-    g_next = tl.zeros((BE, NP), tl.float32)  # g at the first step of the chunk after this one
-    dA_acc = tl.zeros((BE, NP), tl.float32)
+    g_next = tl.zeros((NP, BE), tl.float32)  # g at the first step of the chunk after this one
+    dA_acc = tl.zeros((NP, BE), tl.float32)
     dD_acc = tl.zeros((BE,), tl.float32)
     db_acc = tl.zeros((BE,), tl.float32)
     nchunks = tl.cdiv(T, BT)
@@ -171,18 +175,18 @@ def _scan_bwd_kernel(
         mbn = ms[:, None] & mn[None, :]
         Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
         Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        h0 = tl.load(st_ptr + ((pb * nchunks + c) * E + e[:, None]) * N + n[None, :], mask=men, other=0.0)
+        h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], mask=mne, other=0.0)
         # recompute this chunk's states
         dtu = dt * u
-        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
-        x = dtu[:, :, None] * Bm[:, None, :]
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
+        x = Bm[:, :, None] * dtu[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
         hs = hl + ac * h0[None, :, :]
         go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
             zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
-            y = tl.sum(hs * Cm[:, None, :], axis=2)
+            y = tl.sum(hs * Cm[:, :, None], axis=1)
             if HAS_D:
                 y += Dv[None, :] * u
             dy = go * zz * sz
@@ -191,17 +195,17 @@ def _scan_bwd_kernel(
         else:
             dy = go
         # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g
-        dA1 = tl.exp2(dt1[:, :, None] * A2[None, :, :])
-        ag, gl = tl.associative_scan((dA1, dy[:, :, None] * Cm[:, None, :]), axis=0, combine_fn=_combine,
+        dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
+        ag, gl = tl.associative_scan((dA1, Cm[:, :, None] * dy[:, None, :]), axis=0, combine_fn=_combine,
                                      reverse=True)
         gs = gl + ag * g_next[None, :, :]
         g_next = tl.sum(tl.where(first, gs, 0.0), axis=0)
-        gB = tl.sum(gs * Bm[:, None, :], axis=2)  # (BT, BE): sum_n g B
+        gB = tl.sum(gs * Bm[:, :, None], axis=1)  # (BT, BE): sum_n g B
         duv = gB * dt
         if HAS_D:
             duv += Dv[None, :] * dy
         W = gs * (hs - x)  # g_t * dA_t * h_{t-1}
-        ddt = gB * u + tl.sum(W * A[None, :, :], axis=2)
+        ddt = gB * u + tl.sum(W * A[None, :, :], axis=1)
         if SOFTPLUS:
             ddl = ddt * tl.sigmoid(dl)
         else:
@@ -211,12 +215,12 @@ def _scan_bwd_kernel(
         tl.store(ddl_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
         # per-block partial sums over this program's channels: (BT, N)
         part = ((pb * n_eb + pe) * T + row[:, None]) * N + n[None, :]
-        tl.store(dB_ptr + part, tl.sum(gs * dtu[:, :, None], axis=1), mask=mbn)
-        tl.store(dC_ptr + part, tl.sum(hs * dy[:, :, None], axis=1), mask=mbn)
-        dA_acc += tl.sum(W * dt[:, :, None], axis=0)
+        tl.store(dB_ptr + part, tl.sum(gs * dtu[:, None, :], axis=2), mask=mbn)
+        tl.store(dC_ptr + part, tl.sum(hs * dy[:, None, :], axis=2), mask=mbn)
+        dA_acc += tl.sum(W * dt[:, None, :], axis=0)
         dD_acc += tl.sum(dy * u, axis=0)
         db_acc += tl.sum(ddl, axis=0)
-    tl.store(dA_ptr + (pb * E + e[:, None]) * N + n[None, :], dA_acc, mask=men)
+    tl.store(dA_ptr + (pb * N + n[:, None]) * E + e[None, :], dA_acc, mask=mne)
     tl.store(dD_ptr + pb * E + e, dD_acc, mask=me)
     tl.store(dbias_ptr + pb * E + e, db_acc, mask=me)
 
@@ -248,7 +252,7 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool):
-    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, e, N) fp32
+    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, N, e) fp32
     or an empty tensor, chunk length)."""
     b, t, e = u.shape
     n = A.shape[1]
@@ -256,10 +260,10 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
     BE, warps = _CONFIG["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
-    states = _empty((b, nchunks, e, n) if save_states else (0,), torch.float32, u.device)
+    states = _empty((b, nchunks, n, e) if save_states else (0,), torch.float32, u.device)
     zs = z if z is not None else u
     _scan_fwd_kernel[(triton.cdiv(e, BE), b)](
-        u, delta, A, B, C,
+        u, delta, A.t().contiguous(), B, C,
         D if D is not None else out, zs, delta_bias if delta_bias is not None else out,
         index if index is not None else out, out, states,
         t, e, n,
@@ -287,12 +291,12 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     f32 = (torch.float32, u.device)
     dB_part = _empty((b, n_eb, t, n), *f32)
     dC_part = _empty((b, n_eb, t, n), *f32)
-    dA_part = _empty((b, e, n), *f32)
+    dA_part = _empty((b, n, e), *f32)
     dD_part = _empty((b, e), *f32)
     dbias_part = _empty((b, e), *f32)
     zs = z if z is not None else u
     _scan_bwd_kernel[(n_eb, b)](
-        u, delta, A, B, C,
+        u, delta, A.t().contiguous(), B, C,
         D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
         index if index is not None else du, states, dout,
         du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
@@ -305,7 +309,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     )
     dB = dB_part.sum(1).to(B.dtype)
     dC = dC_part.sum(1).to(C.dtype)
-    dA = dA_part.sum(0).to(A.dtype)
+    dA = dA_part.sum(0).t().to(A.dtype)
     dD = dD_part.sum(0).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
@@ -326,7 +330,7 @@ def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
     b, t, e = u.shape
     nchunks = triton.cdiv(t, _CONFIG["BT"])
-    states = u.new_empty((b, nchunks, e, A.shape[1]) if save_states else (0,), dtype=torch.float32)
+    states = u.new_empty((b, nchunks, A.shape[1], e) if save_states else (0,), dtype=torch.float32)
     return u.new_empty((b, t, e)), states
 
 

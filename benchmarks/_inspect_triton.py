@@ -1,0 +1,59 @@
+"""Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
+
+Usage: python benchmarks/_inspect_triton.py BT,BE,WARPS [...]
+Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
+forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from armvision.ops import scan_triton as st
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
+BF, F32 = "*bf16", "*fp32"
+PTRS = dict(u_ptr=BF, dl_ptr=BF, At_ptr=F32, B_ptr=BF, C_ptr=BF, D_ptr=F32, z_ptr=BF, bias_ptr=F32, idx_ptr="*i32",
+            out_ptr=BF, st_ptr=F32, go_ptr=BF, du_ptr=BF, ddl_ptr=BF, dz_ptr=BF, dB_ptr=F32, dC_ptr=F32, dA_ptr=F32,
+            dD_ptr=F32, dbias_ptr=F32)
+
+
+# what Triton's runtime specialisation would see for the usual shapes: 16-byte aligned pointers
+# and strides that are multiples of 16 (E, 2E, t*E ...); T and N are left unspecialised
+ALIGNED_INTS = {"E", "s_ub", "s_ut", "s_db", "s_dt", "s_zb", "s_zt", "s_ob", "s_ot", "s_gb", "s_gt", "s_Bb", "s_Cb"}
+
+
+def compile_kernel(fn, consts, warps):
+    sig = {nm: "constexpr" if nm in consts else PTRS.get(nm, "i32") for nm in fn.arg_names}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(fn.arg_names)
+             if nm in PTRS or nm in ALIGNED_INTS}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+
+
+def report(k):
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(k.asm["ptx"])
+    r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True, text=True)
+    info = [ln.split("info    : ")[-1] for ln in r.stderr.splitlines() if "registers" in ln or "spill" in ln]
+    ptx = k.asm["ptx"]
+    counts = {op: ptx.count(op) for op in ("shfl.sync", "ex2.approx", "st.shared", "ld.shared", "bar.sync")}
+    return " | ".join(info) + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or ["16,32,1"]:
+        BT, BE, W = map(int, arg.split(","))
+        for which, fn in (("fwd", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
+            consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE)
+            if which == "fwd":
+                consts["SAVE"] = True
+            try:
+                print(f"{which} BT={BT} BE={BE} warps={W}: {report(compile_kernel(fn, consts, W))}")
+            except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
+                print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")

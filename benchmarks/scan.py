@@ -1,0 +1,190 @@
+"""Selective-scan benchmark: forward and forward+backward milliseconds and effective GB/s.
+
+Compares armvision's Triton kernels with the plain-PyTorch path (backend "torch") and, when the
+package is importable, the official mamba-ssm CUDA kernel, at the anchor shapes of
+docs/KERNELS.md (bf16, N = 16, softplus and z gate). Run on a GPU:
+
+    python benchmarks/scan.py                      # the anchor table
+    python benchmarks/scan.py --sweep              # launch-config sweep of the Triton kernels first
+    python benchmarks/scan.py --variants           # also time earlier kernel versions (benchmarks/variants)
+
+Times are medians of triton.testing.do_bench (CUDA events). "GB/s" counts the fewest bytes the
+op must move: forward reads u, delta, z, B, C and writes out; backward reads u, delta, z, B, C,
+dout and writes du, ddelta, dz, dB, dC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.variants
+
+from armvision.ops import scan as scan_ref_module  # noqa: E402
+
+ANCHORS = [  # (b, e, t, reference fwd ms, reference fwd+bwd ms) on an H100, from KERNELS.md
+    (256, 768, 128, 0.608, 3.04),
+    (128, 1024, 128, 0.409, 2.02),
+    (128, 1536, 128, 0.607, 3.01),
+    (128, 768, 197, 0.778, 3.15),
+    (64, 768, 1024, 0.842, 4.43),
+]
+N = 16
+
+
+def make_inputs(b, e, t, dtype=torch.bfloat16, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    x_dbl = r(b, t, 48 + 2 * N).to(dtype)  # B and C as slices of x_proj's output, as in the model
+    return dict(
+        u=r(b, t, e).to(dtype), delta=(r(b, t, e) * 0.5 - 1).to(dtype), A=-torch.exp(r(e, N) * 0.5),
+        B=x_dbl[..., 48:48 + N], C=x_dbl[..., 48 + N:], D=r(e), z=r(b, t, e).to(dtype), delta_bias=r(e) * 0.3,
+    )
+
+
+def bytes_moved(b, e, t, elem=2):
+    fwd = b * t * (4 * e + 2 * N) * elem
+    bwd = b * t * (7 * e + 4 * N) * elem
+    return fwd, fwd + bwd
+
+
+def bench(fn, ms_budget=200):
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=25, rep=ms_budget, return_mode="median")
+
+
+def triton_fns(mod, inp, dout):
+    """Forward and forward+backward closures over a kernel module's launchers (no autograd)."""
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def fwd():
+        return mod.scan_fwd(*args, None, True, True)
+
+    def fwd_bwd():
+        out, states, chunk = mod.scan_fwd(*args, None, True, True)
+        return mod.scan_bwd(*args, None, states, dout, True, chunk)
+
+    return fwd, fwd_bwd
+
+
+def autograd_fns(scan_fn, inp, dout):
+    leaves = {k: v.detach().requires_grad_() for k, v in inp.items()}
+    args = [leaves[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+
+    def fwd():
+        return scan_fn(*args)
+
+    def fwd_bwd():
+        out = scan_fn(*args)
+        torch.autograd.backward(out, dout)
+
+    return fwd, fwd_bwd
+
+
+def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
+    """Time the Triton kernels over launch configurations; returns the best (BT, fwd, bwd)."""
+    from armvision.ops import scan_triton as st
+
+    b, e, t = shape
+    inp = make_inputs(b, e, t)
+    dout = torch.randn(b, t, e, device="cuda", dtype=torch.bfloat16)
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    rows, best = [], None
+    for BT in chunk_lengths:
+        st.scan_launch_config(BT=BT)
+        fwd_times = {}
+        for cfg in configs_fwd:
+            st.scan_launch_config(fwd=cfg)
+            try:
+                fwd_times[cfg] = bench(lambda: st.scan_fwd(*args, None, True, True), 100)
+            except Exception as ex:  # noqa: BLE001 - a sweep reports failing configs and goes on
+                print(f"  BT={BT} fwd={cfg}: {type(ex).__name__}: {str(ex)[:120]}")
+        if not fwd_times:
+            continue
+        best_fwd = min(fwd_times, key=fwd_times.get)
+        st.scan_launch_config(fwd=best_fwd)
+        _, states, chunk = st.scan_fwd(*args, None, True, True)
+        for cfg in configs_bwd:
+            st.scan_launch_config(bwd=cfg)
+            try:
+                tb = bench(lambda: st.scan_bwd(*args, None, states, dout, True, chunk), 100)
+            except Exception as ex:  # noqa: BLE001
+                print(f"  BT={BT} bwd={cfg}: {type(ex).__name__}: {str(ex)[:120]}")
+                continue
+            total = fwd_times[best_fwd] + tb
+            rows.append((BT, best_fwd, cfg, fwd_times[best_fwd], tb, total))
+            if best is None or total < best[-1]:
+                best = (BT, best_fwd, cfg, total)
+        for cfg, tf in sorted(fwd_times.items(), key=lambda kv: kv[1]):
+            print(f"  BT={BT:3d} fwd (BE, warps)={cfg}: {tf:.3f} ms")
+    print(f"\nsweep at b={b} e={e} t={t} (bf16): BT, fwd cfg, bwd cfg -> fwd ms, bwd ms, total")
+    for r in sorted(rows, key=lambda r: r[-1]):
+        print(f"  BT={r[0]:3d} fwd={r[1]} bwd={r[2]}: {r[3]:.3f} + {r[4]:.3f} = {r[5]:.3f} ms")
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sweep", action="store_true", help="sweep launch configs first and use the best")
+    ap.add_argument("--variants", action="store_true", help="also time the kernel versions in benchmarks/variants")
+    ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args()
+
+    from armvision.ops import scan_triton as st
+
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
+          f"triton {importlib.import_module('triton').__version__}")
+    if args.sweep:
+        best = sweep((256, 768, 128), [(32, 1), (64, 2), (128, 4)], [(32, 1), (64, 2), (16, 1)], [4, 8])
+        if best:
+            st.scan_launch_config(BT=best[0], fwd=best[1], bwd=best[2])
+    print(f"launch config: {st.scan_launch_config()}")
+
+    impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout)}
+    if args.variants:
+        for path in sorted((Path(__file__).parent / "variants").glob("scan_v*.py")):
+            mod = importlib.import_module(f"benchmarks.variants.{path.stem}")
+            impls[path.stem.split("_")[1]] = lambda inp, dout, mod=mod: triton_fns(mod, inp, dout)
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+        from armvision.ops import _mamba_ssm_scan
+
+        impls["mamba_ssm"] = lambda inp, dout: autograd_fns(_mamba_ssm_scan, inp, dout)
+    except ImportError:
+        pass
+    if not args.no_torch:
+        impls["torch"] = lambda inp, dout: autograd_fns(scan_ref_module.selective_scan_torch, inp, dout)
+
+    results = []
+    header = (f"{'b':>4} {'e':>5} {'t':>5} | {'impl':>10} | {'fwd ms':>8} {'fwd+bwd ms':>10} | {'fwd GB/s':>8} "
+              f"{'f+b GB/s':>8} | {'ref CUDA f+b':>12} {'ratio':>6}")
+    print("\n" + header + "\n" + "-" * len(header))
+    for b, e, t, ref_f, ref_fb in ANCHORS:
+        inp = make_inputs(b, e, t)
+        dout = torch.randn(b, t, e, device="cuda", dtype=torch.bfloat16)
+        fb, fbb = bytes_moved(b, e, t)
+        for name, make in impls.items():
+            fwd, fwd_bwd = make(inp, dout)
+            budget = 50 if name == "torch" else 200
+            tf, tfb = bench(fwd, budget), bench(fwd_bwd, budget)
+            results.append(dict(b=b, e=e, t=t, impl=name, fwd_ms=tf, fwd_bwd_ms=tfb, ref_fwd_ms=ref_f,
+                                ref_fwd_bwd_ms=ref_fb))
+            print(f"{b:>4} {e:>5} {t:>5} | {name:>10} | {tf:>8.3f} {tfb:>10.3f} | {fb / tf / 1e6:>8.0f} "
+                  f"{fbb / tfb / 1e6:>8.0f} | {ref_fb:>12.2f} {tfb / ref_fb:>6.2f}")
+        del inp, dout
+        torch.cuda.empty_cache()
+    print("\nratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd on an H100 (KERNELS.md); target <= 0.5")
+    if args.json:
+        args.json.write_text(json.dumps(dict(config=st.scan_launch_config(), device=torch.cuda.get_device_name(),
+                                             results=results), indent=1))
+
+
+if __name__ == "__main__":
+    main()

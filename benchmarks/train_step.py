@@ -1,0 +1,136 @@
+"""Training-step throughput of ARM models: images/s, ms/step, MFU and peak memory.
+
+The anchors' method (docs/ANCHORS.md): one process, bf16 autocast, fused AdamW, gradient clipping
+at 3.0, random input images, median of the timed steps after warm-up steps. Run on a GPU:
+
+    python benchmarks/train_step.py                                 # ARM-B pretrain / fine-tune, ARM-L pretrain
+    python benchmarks/train_step.py --workloads pretrain_b --backends triton torch --compile
+
+MFU counts matrix multiplies only (as ANCHORS.md does): the forward's matmul FLOPs (measured with
+torch.utils.flop_counter) x 3 for a training step, over the bf16 matmul rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import armvision
+
+WORKLOADS = {
+    # name: (model, pretraining, batch, image size, reference images/s and GiB on an H100 from ANCHORS.md)
+    "pretrain_b": ("arm_base_pz16", True, 256, 192, (1872, 17.8)),
+    "pretrain_l": ("arm_large_pz16", True, 128, 192, (570, 22.3)),
+    "finetune_b": ("arm_base_pz16", False, 128, 224, (458, 20.1)),
+}
+
+
+def matmul_tflops() -> float:
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192**3 * 20 / (time.perf_counter() - t) / 1e12
+
+
+def step_fn(model, pretraining, opt, images, labels):
+    def step():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(images) if pretraining else F.cross_entropy(model(images), labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 3.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    return step
+
+
+def forward_flops(model, pretraining, images) -> float:
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        model(images[:2])
+    return counter.get_total_flops() / 2  # per image
+
+
+def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float) -> dict:
+    name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
+    torch.manual_seed(0)
+    model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
+    flops = forward_flops(model, pretraining, torch.randn(2, 3, size, size, device="cuda")) * 3
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    images = torch.randn(batch, 3, size, size, device="cuda")
+    labels = torch.randint(0, 1000, (batch,), device="cuda")
+    if compile_model:
+        model = torch.compile(model)
+    step = step_fn(model, pretraining, opt, images, labels)
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        loss = step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    ms = statistics.median(times)
+    ips = batch / ms * 1e3
+    res = dict(workload=workload, model=name, backend=backend, compiled=compile_model, batch=batch, ms=ms,
+               images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
+               gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
+    del model, opt, images
+    torch.cuda.empty_cache()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    ap.add_argument("--backends", nargs="+", default=["triton"], help="ops backends to compare (triton, torch, ...)")
+    ap.add_argument("--compile", action="store_true", help="also run each with torch.compile")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    peak = matmul_tflops()
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16 matmul {peak:.0f} TFLOP/s")
+    rows = []
+    for w in args.workloads:
+        for backend in args.backends:
+            for comp in ([False, True] if args.compile else [False]):
+                steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
+                try:
+                    r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak)
+                except torch.cuda.OutOfMemoryError as ex:
+                    print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
+                    torch.cuda.empty_cache()
+                    continue
+                rows.append(r)
+                print(f"{w:>11} {backend:>7} compile={str(comp):>5}: {r['images_per_s']:8.0f} img/s  "
+                      f"{r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  peak {r['peak_gib']:5.1f} GiB  "
+                      f"(reference ARM code: {r['ref_images_per_s']} img/s, {r['ref_peak_gib']} GiB)", flush=True)
+    hdr = f"| workload | backend | compile | batch | images/s | ms/step | MFU | peak GiB | reference images/s |"
+    print("\n" + hdr + "\n|" + "---|" * 9)
+    for r in rows:
+        print(f"| {r['workload']} | {r['backend']} | {r['compiled']} | {r['batch']} | {r['images_per_s']:.0f} | "
+              f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""[Benchmark copy of version 1: tiles laid out (time, channel, state); see benchmarks/NOTES.md.]
+
+Selective scan (Mamba-1) in Triton: forward and backward kernels, custom op and autograd.
+
+Same function as :func:`armvision.ops.scan.selective_scan_ref` (read that for the math), for
+channels-last (b, t, e) inputs in fp32/fp16/bf16 with an fp32 state, plus an optional ``index``
+(t,) that makes the kernel scan the tokens in another order without copying them: sequence step
+s reads token row ``index[s]`` and writes its outputs back to that row.
+
+Design (see docs/KERNELS.md and benchmarks/NOTES.md):
+
+* one program per (block of BE channels, batch); time is cut into chunks of BT steps; each chunk
+  is a (BT, BE, N) register tile whose recurrence is solved by ``tl.associative_scan`` on
+  (decay, input) pairs, and the state entering the chunk is carried in registers;
+* the forward saves only the state at the start of each chunk (b, chunks, e, N) fp32, never the
+  (b, t, e, N) states; the backward walks the chunks in reverse, recomputes the chunk's states
+  from that saved state, and runs the adjoint recurrence g_t = C_t dy_t + dA_{t+1} g_{t+1} as a
+  reverse scan (dA_{t+1} recomputed from the next step's delta, so nothing is divided by dA);
+* dA_t h_{t-1} is taken as h_t - dt_t B_t u_t (exact, no shift of the state tile needed);
+* dB and dC are reduced over the program's channels in registers and written as per-block
+  partial sums; dA, dD and d(delta_bias) as per-batch partials; torch sums the partials.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    """Output allocation; tests replace it with a NaN-filled one to check every element is written."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+__all__ = ["selective_scan_triton", "scan_launch_config"]
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _softplus(x):
+    # torch's softplus (threshold 20), with exp(x) below -15 where log(1 + exp(x)) rounds to 0
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2. With reverse=True the scan feeds the
+    # later element first, which yields g_t = a_t * g_{t+1} + b_t.
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _scan_fwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, out_ptr, st_ptr,
+    T, E, N,
+    s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_ob, s_ot,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+):
+    pe = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    e = pe * BE + tl.arange(0, BE)
+    me = e < E
+    n = tl.arange(0, NP)
+    mn = n < N
+    A2 = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=me[:, None] & mn[None, :], other=0.0) * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=me, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=me, other=0.0)
+    last = (tl.arange(0, BT) == BT - 1)[:, None, None]
+    h = tl.zeros((BE, NP), tl.float32)
+    nchunks = tl.cdiv(T, BT)
+    for c in range(0, nchunks):
+        s = c * BT + tl.arange(0, BT)
+        ms = s < T
+        if HAS_IDX:
+            row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
+        else:
+            row = s.to(tl.int64)
+        m2 = ms[:, None] & me[None, :]
+        u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl += bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dl)
+        else:
+            dt = dl
+        dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0 -> the state passes through
+        mbn = ms[:, None] & mn[None, :]
+        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        if SAVE:
+            st = st_ptr + ((pb * nchunks + c) * E + e[:, None]) * N + n[None, :]
+            tl.store(st, h, mask=me[:, None] & mn[None, :])
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        x = (dt * u)[:, :, None] * Bm[:, None, :]
+        ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
+        hs = hl + ac * h[None, :, :]
+        y = tl.sum(hs * Cm[:, None, :], axis=2)
+        if HAS_D:
+            y += Dv[None, :] * u
+        if HAS_Z:
+            zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+        h = tl.sum(tl.where(last, hs, 0.0), axis=0)
+
+
+@triton.jit
+def _scan_bwd_kernel(
+    u_ptr, dl_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, st_ptr, go_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    T, E, N,
+    s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+):
+    pe = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    n_eb = tl.num_programs(0)
+    e = pe * BE + tl.arange(0, BE)
+    me = e < E
+    n = tl.arange(0, NP)
+    mn = n < N
+    men = me[:, None] & mn[None, :]
+    A = tl.load(A_ptr + e[:, None] * N + n[None, :], mask=men, other=0.0)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + e, mask=me, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e, mask=me, other=0.0)
+    first = (tl.arange(0, BT) == 0)[:, None, None]
+    last = (tl.arange(0, BT) == BT - 1)[:, None, None]
+    g_next = tl.zeros((BE, NP), tl.float32)  # g at the first step of the chunk after this one
+    dA_acc = tl.zeros((BE, NP), tl.float32)
+    dD_acc = tl.zeros((BE,), tl.float32)
+    db_acc = tl.zeros((BE,), tl.float32)
+    nchunks = tl.cdiv(T, BT)
+    for cc in range(0, nchunks):
+        c = nchunks - 1 - cc
+        s = c * BT + tl.arange(0, BT)
+        ms = s < T
+        s1 = s + 1
+        ms1 = s1 < T
+        if HAS_IDX:
+            row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
+            row1 = tl.load(idx_ptr + s1, mask=ms1, other=0).to(tl.int64)
+        else:
+            row = s.to(tl.int64)
+            row1 = s1.to(tl.int64)
+        m2 = ms[:, None] & me[None, :]
+        m21 = ms1[:, None] & me[None, :]
+        u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
+        dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+        dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=m21, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dl += bias[None, :]
+            dl1 += bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dl)
+            dt1 = _softplus(dl1)
+        else:
+            dt = dl
+            dt1 = dl1
+        dt = tl.where(m2, dt, 0.0)
+        dt1 = tl.where(m21, dt1, 0.0)
+        mbn = ms[:, None] & mn[None, :]
+        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        h0 = tl.load(st_ptr + ((pb * nchunks + c) * E + e[:, None]) * N + n[None, :], mask=men, other=0.0)
+        # recompute this chunk's states
+        dtu = dt * u
+        dA = tl.exp2(dt[:, :, None] * A2[None, :, :])
+        x = dtu[:, :, None] * Bm[:, None, :]
+        ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
+        hs = hl + ac * h0[None, :, :]
+        go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+            sz = tl.sigmoid(zz)
+            y = tl.sum(hs * Cm[:, None, :], axis=2)
+            if HAS_D:
+                y += Dv[None, :] * u
+            dy = go * zz * sz
+            dzv = go * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], dzv.to(dz_ptr.dtype.element_ty), mask=m2)
+        else:
+            dy = go
+        # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g
+        dA1 = tl.exp2(dt1[:, :, None] * A2[None, :, :])
+        ag, gl = tl.associative_scan((dA1, dy[:, :, None] * Cm[:, None, :]), axis=0, combine_fn=_combine,
+                                     reverse=True)
+        gs = gl + ag * g_next[None, :, :]
+        g_next = tl.sum(tl.where(first, gs, 0.0), axis=0)
+        gB = tl.sum(gs * Bm[:, None, :], axis=2)  # (BT, BE): sum_n g B
+        duv = gB * dt
+        if HAS_D:
+            duv += Dv[None, :] * dy
+        W = gs * (hs - x)  # g_t * dA_t * h_{t-1}
+        ddt = gB * u + tl.sum(W * A[None, :, :], axis=2)
+        if SOFTPLUS:
+            ddl = ddt * tl.sigmoid(dl)
+        else:
+            ddl = ddt
+        ddl = tl.where(m2, ddl, 0.0)
+        tl.store(du_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], duv.to(du_ptr.dtype.element_ty), mask=m2)
+        tl.store(ddl_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
+        # per-block partial sums over this program's channels: (BT, N)
+        part = ((pb * n_eb + pe) * T + row[:, None]) * N + n[None, :]
+        tl.store(dB_ptr + part, tl.sum(gs * dtu[:, :, None], axis=1), mask=mbn)
+        tl.store(dC_ptr + part, tl.sum(hs * dy[:, :, None], axis=1), mask=mbn)
+        dA_acc += tl.sum(W * dt[:, :, None], axis=0)
+        dD_acc += tl.sum(dy * u, axis=0)
+        db_acc += tl.sum(ddl, axis=0)
+    tl.store(dA_ptr + (pb * E + e[:, None]) * N + n[None, :], dA_acc, mask=men)
+    tl.store(dD_ptr + pb * E + e, dD_acc, mask=me)
+    tl.store(dbias_ptr + pb * E + e, db_acc, mask=me)
+
+
+# ---------------------------------------------------------------------------------------------
+# launchers
+# ---------------------------------------------------------------------------------------------
+# Chunk length BT (shared by the forward and the backward: the backward restarts from the states
+# the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
+# benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
+_CONFIG = {"BT": 16, "fwd": (32, 4), "bwd": (16, 4)}
+
+
+def scan_launch_config(**updates) -> dict:
+    """Get (and with keyword arguments BT=, fwd=(BE, warps), bwd=(BE, warps), set) the kernels'
+    launch parameters."""
+    unknown = set(updates) - set(_CONFIG)
+    if unknown:
+        raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
+    _CONFIG.update(updates)
+    return dict(_CONFIG)
+
+
+def _contiguous_last(x: Tensor | None) -> Tensor | None:
+    """The kernels take any batch/time strides but need unit stride over channels / states."""
+    if x is None:
+        return None
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool):
+    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, e, N) fp32
+    or an empty tensor, chunk length)."""
+    b, t, e = u.shape
+    n = A.shape[1]
+    BT = _CONFIG["BT"]
+    BE, warps = _CONFIG["fwd"]
+    nchunks = triton.cdiv(t, BT)
+    out = _empty((b, t, e), u.dtype, u.device)
+    states = _empty((b, nchunks, e, n) if save_states else (0,), torch.float32, u.device)
+    zs = z if z is not None else u
+    _scan_fwd_kernel[(triton.cdiv(e, BE), b)](
+        u, delta, A, B, C,
+        D if D is not None else out, zs, delta_bias if delta_bias is not None else out,
+        index if index is not None else out, out, states,
+        t, e, n,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), out.stride(0), out.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
+        SOFTPLUS=softplus, SAVE=save_states, NP=triton.next_power_of_2(n), BT=BT, BE=BE, num_warps=warps,
+    )
+    return out, states, BT
+
+
+def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int):
+    """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd`.
+
+    Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes.
+    """
+    b, t, e = u.shape
+    n = A.shape[1]
+    BE, warps = _CONFIG["bwd"]
+    dout = _contiguous_last(dout)
+    du = _empty((b, t, e), u.dtype, u.device)
+    ddelta = _empty((b, t, e), delta.dtype, u.device)
+    dz = _empty((b, t, e), z.dtype, u.device) if z is not None else None
+    n_eb = triton.cdiv(e, BE)
+    f32 = (torch.float32, u.device)
+    dB_part = _empty((b, n_eb, t, n), *f32)
+    dC_part = _empty((b, n_eb, t, n), *f32)
+    dA_part = _empty((b, e, n), *f32)
+    dD_part = _empty((b, e), *f32)
+    dbias_part = _empty((b, e), *f32)
+    zs = z if z is not None else u
+    _scan_bwd_kernel[(n_eb, b)](
+        u, delta, A, B, C,
+        D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
+        index if index is not None else du, states, dout,
+        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
+        t, e, n,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+        C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
+        du.stride(0), du.stride(1),
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
+        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, num_warps=warps,
+    )
+    dB = dB_part.sum(1).to(B.dtype)
+    dC = dC_part.sum(1).to(C.dtype)
+    dA = dA_part.sum(0).to(A.dtype)
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else None
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
+    return du, ddelta, dA, dB, dC, dD, dz, dbias
+
+
+# ---------------------------------------------------------------------------------------------
+# custom ops (opaque to torch.compile: traced without a graph break) and autograd
+# ---------------------------------------------------------------------------------------------
+@torch.library.custom_op("armvision_v1::selective_scan_fwd", mutates_args=())
+def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                 delta_bias: Tensor | None, index: Tensor | None, softplus: bool,
+                 save_states: bool) -> tuple[Tensor, Tensor]:
+    out, states, _ = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states)
+    return out, states
+
+
+@_scan_fwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
+    b, t, e = u.shape
+    nchunks = triton.cdiv(t, _CONFIG["BT"])
+    states = u.new_empty((b, nchunks, e, A.shape[1]) if save_states else (0,), dtype=torch.float32)
+    return u.new_empty((b, t, e)), states
+
+
+@torch.library.custom_op("armvision_v1::selective_scan_bwd", mutates_args=())
+def _scan_bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                 delta_bias: Tensor | None, index: Tensor | None, states: Tensor, dout: Tensor, softplus: bool,
+                 chunk: int) -> list[Tensor]:
+    grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk)
+    return [g if g is not None else u.new_empty(0) for g in grads]
+
+
+@_scan_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk):
+    def like(x):
+        return x.new_empty(x.shape) if x is not None else u.new_empty(0)
+
+    return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states = inputs
+    ctx.softplus = softplus
+    ctx.chunk = _CONFIG["BT"]
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, output[1])
+
+
+def _backward(ctx, dout, dstates):
+    u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
+    if states.numel() == 0:
+        raise RuntimeError("selective_scan (triton): the forward ran without saving states; call it with "
+                           "inputs that require grad to differentiate it")
+    grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk)
+    du, ddelta, dA, dB, dC, dD, dz, dbias = grads
+    return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
+            dbias if delta_bias is not None else None, None, None, None)
+
+
+_scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                          z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = True,
+                          index: Tensor | None = None) -> Tensor:
+    """Selective scan on the Triton kernels; arguments as :func:`armvision.ops.selective_scan`.
+
+    ``index`` (t,) int: scan the tokens in the order ``index`` (e.g. reversed, column-major); the
+    output is still in the input's token order.
+    """
+    u, delta, B, C, z = (_contiguous_last(x) for x in (u, delta, B, C, z))
+    A = A.float().contiguous()
+    D = D.float().contiguous() if D is not None else None
+    delta_bias = delta_bias.float().contiguous() if delta_bias is not None else None
+    if index is not None:
+        index = index.to(device=u.device, dtype=torch.int32).contiguous()
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
+    out, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, needs_grad)
+    return out

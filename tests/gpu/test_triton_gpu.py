@@ -1,0 +1,116 @@
+"""GPU sweep of the Triton kernels against the reference (skipped without CUDA).
+
+Run on a GPU machine with:  python -m pytest tests/gpu -q -rA
+Reference: the plain-PyTorch scan (selective_scan_torch, itself checked against the float64 step
+loop in tests/test_ops.py) in float64 on the same (rounded) inputs; every output and gradient of
+the kernels is allocated full of NaN first, so an element the kernels do not write fails.
+"""
+
+import pytest
+import torch
+
+from armvision import ops
+from armvision.layers import TokenLayout, direction_index
+from armvision.ops import conv_triton, scan_triton
+from armvision.ops.conv import causal_conv1d_torch
+from armvision.ops.scan import selective_scan_torch
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+ACT = ("u", "delta", "B", "C", "z")
+ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+TOL = {torch.float32: (1e-5, 1e-4), torch.float16: (1e-2, 1e-2), torch.bfloat16: (1e-2, 1e-2)}
+
+# (batch, tokens, channels): t = 1, 7, 128, 197, 1024, 4096; e = 192 .. 1536; batch 1 .. 256
+SHAPES = [(2, 1, 192), (3, 7, 384), (256, 128, 768), (128, 128, 1536), (128, 197, 768), (4, 1024, 1024),
+          (1, 4096, 192), (2, 4096, 1536)]
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    poisoned = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
+    monkeypatch.setattr(scan_triton, "_empty", poisoned)
+    monkeypatch.setattr(conv_triton, "_empty", poisoned)
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+
+
+def make(b, t, e, dtype, n=16):
+    g = torch.Generator(device="cuda").manual_seed(torch.seed() % 2**31)
+    r = lambda *s: torch.randn(*s, device="cuda", generator=g)  # noqa: E731
+    inp = dict(u=r(b, t, e), delta=r(b, t, e) * 0.5 - 1.0, A=-torch.exp(r(e, n) * 0.5), B=r(b, t, n),
+               C=r(b, t, n), D=r(e), z=r(b, t, e), delta_bias=r(e) * 0.3)
+    return {k: v.to(dtype if k in ACT else torch.float32).requires_grad_() for k, v in inp.items()}
+
+
+def run_and_compare(inp, index=None):
+    dtype = inp["u"].dtype
+    out = ops.selective_scan(*(inp[k] for k in ARGS), index=index, backend="triton")
+    r = {k: v.detach().double().requires_grad_() for k, v in inp.items()}
+    g = {k: (v[:, index] if k in ACT and index is not None else v) for k, v in r.items()}
+    ref = selective_scan_torch(*(g[k] for k in ARGS))
+    if index is not None:
+        ref = ref[:, torch.argsort(index)]
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, [inp[k] for k in ARGS], dout.to(dtype))
+    grads_ref = torch.autograd.grad(ref, [r[k] for k in ARGS], dout)
+    tol_out, tol_grad = TOL[dtype]
+    assert torch.isfinite(out).all(), "unwritten or non-finite output"
+    errs = {"out": rel(out, ref)}
+    for k, gk, gr in zip(ARGS, grads, grads_ref):
+        assert torch.isfinite(gk).all(), f"unwritten or non-finite grad of {k}"
+        errs[k] = rel(gk, gr)
+    print(f"{tuple(inp['u'].shape)} {dtype} index={'yes' if index is not None else 'no'}: "
+          + " ".join(f"{k}={v:.1e}" for k, v in errs.items()))
+    assert errs["out"] < tol_out, errs
+    assert all(v < tol_grad for k, v in errs.items() if k != "out"), errs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_scan_matches_reference(shape, dtype):
+    run_and_compare(make(*shape, dtype))
+
+
+@pytest.mark.parametrize("direction", ["backward", "column", "column_backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scan_directions(direction, dtype):
+    layout = TokenLayout((14, 14), 98)
+    index, _ = direction_index(layout, direction, "cuda")
+    run_and_compare(make(64, 197, 768, dtype), index)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(256, 128, 768), (1, 4096, 192), (64, 197, 1024)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("ordered", [False, True])
+def test_conv_matches_reference(shape, dtype, ordered):
+    b, t, e = shape
+    x = torch.randn(b, t, e, device="cuda").to(dtype).requires_grad_()
+    w = torch.randn(e, 1, 4, device="cuda", requires_grad=True)
+    bias = torch.randn(e, device="cuda", requires_grad=True)
+    index = torch.randperm(t, device="cuda") if ordered else None
+    out = ops.causal_conv1d(x, w, bias, "silu", index=index, backend="triton")
+    xr, wr, br = (v.detach().double().requires_grad_() for v in (x, w, bias))
+    ref = causal_conv1d_torch(xr if index is None else xr[:, index], wr, br, "silu")
+    ref = ref if index is None else ref[:, torch.argsort(index)]
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, w, bias), dout.to(dtype))
+    grads_ref = torch.autograd.grad(ref, (xr, wr, br), dout)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert torch.isfinite(out).all() and rel(out, ref) < tol
+    for g, gr in zip(grads, grads_ref):
+        assert torch.isfinite(g).all() and rel(g, gr) < 2 * tol
+
+
+def test_torch_compile_traces_without_graph_breaks():
+    from armvision.layers import Mamba
+
+    m = Mamba(192, directions=4).cuda()
+    layout = TokenLayout((14, 14), 98)
+    x = torch.randn(4, 197, 192, device="cuda", requires_grad=True)
+    compiled = torch.compile(m, fullgraph=True)  # fails on any graph break
+    y = compiled(x, layout)
+    y.sum().backward()
+    assert torch.allclose(y, m(x, layout), rtol=1e-4, atol=1e-5)
