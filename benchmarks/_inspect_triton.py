@@ -33,7 +33,7 @@ def compile_kernel(fn, consts, warps):
     attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(fn.arg_names)
              if nm in PTRS or nm in ALIGNED_INTS}
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
 
 
 def report(k):
@@ -46,14 +46,34 @@ def report(k):
     return " | ".join(info) + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
 
 
+def sass_mix(k, top=12):
+    """Instruction mix of the kernel's SASS (static counts), via nvdisasm."""
+    import collections
+    import re
+
+    nvdisasm = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    out = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
+    ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", out, re.M))
+    return ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
+
+
 if __name__ == "__main__":
     for arg in sys.argv[1:] or ["16,32,1"]:
-        BT, BE, W = map(int, arg.split(","))
+        BT, BE, W, *dot = map(int, arg.split(","))
         for which, fn in (("fwd", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE)
             if which == "fwd":
                 consts["SAVE"] = True
+            else:
+                consts["DOT"] = bool(dot and dot[0])
+                consts["BCAST_BC"] = bool(len(dot) > 1 and dot[1])
             try:
-                print(f"{which} BT={BT} BE={BE} warps={W}: {report(compile_kernel(fn, consts, W))}")
+                k = compile_kernel(fn, consts, W)
+                print(f"{which} BT={BT} BE={BE} warps={W} dot={consts.get('DOT', '')} "
+                      f"bcast={consts.get('BCAST_BC', '')}: {report(k)}")
+                print("     ", sass_mix(k, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")
+

@@ -26,8 +26,8 @@ def small_blocks_and_poisoned_outputs(monkeypatch):
     """Small blocks so that tiny shapes still span several chunks and channel blocks; outputs
     allocated full of NaN so that an element the kernels forget to write fails the test."""
     monkeypatch.setitem(scan_triton._CONFIG, "BT", 4)
-    monkeypatch.setitem(scan_triton._CONFIG, "fwd", (4, 1))
-    monkeypatch.setitem(scan_triton._CONFIG, "bwd", (8, 1))
+    monkeypatch.setitem(scan_triton._CONFIG, "fwd", (4, 1, 1))
+    monkeypatch.setitem(scan_triton._CONFIG, "bwd", (8, 1, 1))
     monkeypatch.setitem(conv_triton._CONFIG, "fwd", (4, 4, 1))
     monkeypatch.setitem(conv_triton._CONFIG, "bwd", (4, 8, 1))
     poisoned = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731

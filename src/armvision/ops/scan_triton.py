@@ -45,10 +45,92 @@ def _softplus(x):
 
 
 @triton.jit
+def _store_channel_sum(ptr, mask, p, BT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr,
+                       DOT: tl.constexpr):
+    """Store sum_e p[t, n, e] at ptr[t, n] (masked by mask[t, n]), for p of shape (BT, NP, BE).
+
+    With DOT the sum runs on the tensor cores as p @ ones (3xTF32, fp32-level accuracy): the tile
+    goes once through shared memory instead of being shuffled across lanes log2(lanes) times.
+    Every column of the product is the sum; only column 0 is stored.
+    """
+    if DOT:
+        ones = tl.full((BE, 16), 1.0, tl.float32)
+        r = tl.dot(tl.reshape(p, (BT * NP, BE)), ones, input_precision="tf32x3")  # (BT * NP, 16)
+        col = tl.arange(0, 16)[None, :]
+        tl.store(tl.reshape(ptr, (BT * NP, 1)) + col, r, mask=tl.reshape(mask, (BT * NP, 1)) & (col == 0))
+    else:
+        tl.store(ptr, tl.sum(p, axis=2), mask=mask)
+
+
+@triton.jit
 def _combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2. With reverse=True the scan feeds the
     # later element first, which yields g_t = a_t * g_{t+1} + b_t.
     return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _rows(idx_ptr, s, T, HAS_IDX: tl.constexpr):
+    """Token rows of sequence steps s (masked beyond T)."""
+    ms = (s >= 0) & (s < T)
+    if HAS_IDX:
+        row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
+    else:
+        row = s.to(tl.int64)
+    return row, ms
+
+
+@triton.jit
+def _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n, mn,
+                    s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, BCAST_BC: tl.constexpr):
+    """Inputs of chunk c as fp32 tiles: rows, step mask, u, delta (BT, BE); B, C (BT, N, 1) or,
+    with BCAST_BC, (BT, N, BE); z.
+
+    BCAST_BC loads B and C already broadcast over the channel axis (address stride 0): every lane
+    reads B_t, C_t itself (one L1 transaction per warp) instead of Triton spreading the load over
+    lanes and gathering the values into every lane with shuffles.
+    """
+    row, ms = _rows(idx_ptr, c * BT + tl.arange(0, BT), T, HAS_IDX)
+    m2 = ms[:, None] & me[None, :]
+    u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
+    dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+    if BCAST_BC:
+        mbn = ms[:, None, None] & mn[None, :, None] & me[None, None, :]
+        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None, None] * s_Bt + n[None, :, None] + 0 * e[None, None, :],
+                     mask=mbn, other=0.0).to(tl.float32)
+        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None, None] * s_Ct + n[None, :, None] + 0 * e[None, None, :],
+                     mask=mbn, other=0.0).to(tl.float32)
+    else:
+        mbn = ms[:, None] & mn[None, :]
+        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+        Bm = Bm[:, :, None]
+        Cm = Cm[:, :, None]
+    if HAS_Z:
+        zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        zz = u
+    return row, ms, u, dl, Bm, Cm, zz
+
+
+@triton.jit
+def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e, me,
+                    n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, BCAST_BC: tl.constexpr):
+    """What the backward reads for chunk c (c < 0: nothing): the forward inputs, delta of the next
+    steps, dout, and the state saved at the chunk's start."""
+    row, ms, u, dl, Bm, Cm, zz = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n,
+                                                 mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
+                                                 HAS_Z, HAS_IDX, BT, BCAST_BC)
+    row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
+    m2 = ms[:, None] & me[None, :]
+    dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=ms1[:, None] & me[None, :],
+                  other=0.0).to(tl.float32)
+    go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
+    h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :],
+                 mask=mn[:, None] & me[None, :] & (c >= 0), other=0.0)
+    return row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0
 
 
 @triton.jit
@@ -78,16 +160,14 @@ def _scan_fwd_kernel(
     last = (tl.arange(0, BT) == BT - 1)[:, None, None]
     h = tl.zeros((NP, BE), tl.float32)
     nchunks = tl.cdiv(T, BT)
+    # software pipelining by hand: the next chunk's loads are issued before this chunk's math
+    nxt = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, 0, T, pb, e, me, n, mn,
+                          s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT, False)
     for c in range(0, nchunks):
-        s = c * BT + tl.arange(0, BT)
-        ms = s < T
-        if HAS_IDX:
-            row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
-        else:
-            row = s.to(tl.int64)
+        row, ms, u, dl, Bm, Cm, zz = nxt
+        nxt = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c + 1, T, pb, e, me, n, mn,
+                              s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT, False)
         m2 = ms[:, None] & me[None, :]
-        u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
-        dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dl += bias[None, :]
         if SOFTPLUS:
@@ -95,20 +175,16 @@ def _scan_fwd_kernel(
         else:
             dt = dl
         dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0 -> the state passes through
-        mbn = ms[:, None] & mn[None, :]
-        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
         if SAVE:
             tl.store(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], h, mask=mne)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
-        x = Bm[:, :, None] * (dt * u)[:, None, :]
+        x = Bm * (dt * u)[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
         hs = hl + ac * h[None, :, :]
-        y = tl.sum(hs * Cm[:, :, None], axis=1)  # (BT, BE)
+        y = tl.sum(hs * Cm, axis=1)  # (BT, BE)
         if HAS_D:
             y += Dv[None, :] * u
         if HAS_Z:
-            zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
             y = y * zz * tl.sigmoid(zz)
         tl.store(out_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)
@@ -122,7 +198,7 @@ def _scan_bwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, DOT: tl.constexpr, BCAST_BC: tl.constexpr,
 ):
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -144,23 +220,17 @@ def _scan_bwd_kernel(
     dD_acc = tl.zeros((BE,), tl.float32)
     db_acc = tl.zeros((BE,), tl.float32)
     nchunks = tl.cdiv(T, BT)
+    nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
+                          N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
+                          s_gt, HAS_Z, HAS_IDX, BT, BCAST_BC)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
-        s = c * BT + tl.arange(0, BT)
-        ms = s < T
-        s1 = s + 1
-        ms1 = s1 < T
-        if HAS_IDX:
-            row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
-            row1 = tl.load(idx_ptr + s1, mask=ms1, other=0).to(tl.int64)
-        else:
-            row = s.to(tl.int64)
-            row1 = s1.to(tl.int64)
+        row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
+        nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
+                              N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
+                              s_gt, HAS_Z, HAS_IDX, BT, BCAST_BC)
         m2 = ms[:, None] & me[None, :]
         m21 = ms1[:, None] & me[None, :]
-        u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
-        dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
-        dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=m21, other=0.0).to(tl.float32)
         if HAS_BIAS:
             dl += bias[None, :]
             dl1 += bias[None, :]
@@ -173,20 +243,15 @@ def _scan_bwd_kernel(
         dt = tl.where(m2, dt, 0.0)
         dt1 = tl.where(m21, dt1, 0.0)
         mbn = ms[:, None] & mn[None, :]
-        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], mask=mne, other=0.0)
         # recompute this chunk's states
         dtu = dt * u
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
-        x = Bm[:, :, None] * dtu[:, None, :]
+        x = Bm * dtu[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
         hs = hl + ac * h0[None, :, :]
-        go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
             sz = tl.sigmoid(zz)
-            y = tl.sum(hs * Cm[:, :, None], axis=1)
+            y = tl.sum(hs * Cm, axis=1)
             if HAS_D:
                 y += Dv[None, :] * u
             dy = go * zz * sz
@@ -196,11 +261,11 @@ def _scan_bwd_kernel(
             dy = go
         # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g
         dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
-        ag, gl = tl.associative_scan((dA1, Cm[:, :, None] * dy[:, None, :]), axis=0, combine_fn=_combine,
+        ag, gl = tl.associative_scan((dA1, Cm * dy[:, None, :]), axis=0, combine_fn=_combine,
                                      reverse=True)
         gs = gl + ag * g_next[None, :, :]
         g_next = tl.sum(tl.where(first, gs, 0.0), axis=0)
-        gB = tl.sum(gs * Bm[:, :, None], axis=1)  # (BT, BE): sum_n g B
+        gB = tl.sum(gs * Bm, axis=1)  # (BT, BE): sum_n g B
         duv = gB * dt
         if HAS_D:
             duv += Dv[None, :] * dy
@@ -215,8 +280,8 @@ def _scan_bwd_kernel(
         tl.store(ddl_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
         # per-block partial sums over this program's channels: (BT, N)
         part = ((pb * n_eb + pe) * T + row[:, None]) * N + n[None, :]
-        tl.store(dB_ptr + part, tl.sum(gs * dtu[:, None, :], axis=2), mask=mbn)
-        tl.store(dC_ptr + part, tl.sum(hs * dy[:, None, :], axis=2), mask=mbn)
+        _store_channel_sum(dB_ptr + part, mbn, gs * dtu[:, None, :], BT, NP, BE, DOT)
+        _store_channel_sum(dC_ptr + part, mbn, hs * dy[:, None, :], BT, NP, BE, DOT)
         dA_acc += tl.sum(W * dt[:, None, :], axis=0)
         dD_acc += tl.sum(dy * u, axis=0)
         db_acc += tl.sum(ddl, axis=0)
@@ -231,12 +296,12 @@ def _scan_bwd_kernel(
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
 # benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 16, "fwd": (32, 4), "bwd": (16, 4)}
+_CONFIG = {"BT": 4, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "dot": False, "bcast_bc": False}
 
 
 def scan_launch_config(**updates) -> dict:
-    """Get (and with keyword arguments BT=, fwd=(BE, warps), bwd=(BE, warps), set) the kernels'
-    launch parameters."""
+    """Get (and with keyword arguments BT=, fwd=(BE, warps, stages), bwd=(BE, warps, stages), dot=,
+    set) the kernels' launch parameters."""
     unknown = set(updates) - set(_CONFIG)
     if unknown:
         raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
@@ -257,7 +322,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
     b, t, e = u.shape
     n = A.shape[1]
     BT = _CONFIG["BT"]
-    BE, warps = _CONFIG["fwd"]
+    BE, warps, stages = _CONFIG["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
     states = _empty((b, nchunks, n, e) if save_states else (0,), torch.float32, u.device)
@@ -271,6 +336,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
         SOFTPLUS=softplus, SAVE=save_states, NP=triton.next_power_of_2(n), BT=BT, BE=BE, num_warps=warps,
+        num_stages=stages,
     )
     return out, states, BT
 
@@ -282,7 +348,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     """
     b, t, e = u.shape
     n = A.shape[1]
-    BE, warps = _CONFIG["bwd"]
+    BE, warps, stages = _CONFIG["bwd"]
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -305,7 +371,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
         du.stride(0), du.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, num_warps=warps,
+        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, DOT=_CONFIG["dot"], BCAST_BC=_CONFIG["bcast_bc"], num_warps=warps,
+        num_stages=stages,
     )
     dB = dB_part.sum(1).to(B.dtype)
     dC = dC_part.sum(1).to(C.dtype)
