@@ -18,13 +18,16 @@ from scan import make_inputs  # noqa: E402
 
 from armvision.ops import scan_triton as st  # noqa: E402
 
-CONFIGS = [(32, 1, 1), (16, 1, 1), (8, 1, 1), (64, 2, 1), (32, 2, 1), (16, 1, 2), (32, 1, 2)]
+FWD_CONFIGS = [(32, 1, 1), (16, 1, 1), (8, 1, 1), (64, 2, 1), (32, 2, 1)]
+BWD_CONFIGS = [(32, 1, 1, False), (16, 1, 1, False), (8, 1, 1, False), (64, 2, 1, False),
+               (32, 1, 1, True), (16, 1, 1, True), (8, 1, 1, True), (64, 2, 1, True)]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", type=int, nargs=3, default=[256, 768, 128], metavar=("B", "E", "T"))
     ap.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--table", action="store_true", help="then print benchmarks/scan.py's anchor table with the best")
     args = ap.parse_args()
     b, e, t = args.shape
     inp = make_inputs(b, e, t)
@@ -35,8 +38,11 @@ def main():
         st.scan_launch_config(BT=BT)
         for which in ("fwd", "bwd"):
             res = {}
-            for cfg in CONFIGS:
-                st.scan_launch_config(**{which: cfg})
+            for cfg in (FWD_CONFIGS if which == "fwd" else BWD_CONFIGS):
+                if which == "fwd":
+                    st.scan_launch_config(fwd=cfg)
+                else:
+                    st.scan_launch_config(bwd=cfg[:3], dot=cfg[3])
                 try:
                     if which == "fwd":
                         ms = do_bench(lambda: st.scan_fwd(*a, None, True, True), warmup=10, rep=60, return_mode="median")
@@ -50,7 +56,7 @@ def main():
             if not res:
                 continue
             top = min(res, key=res.get)
-            st.scan_launch_config(**{which: top})
+            st.scan_launch_config(**({"fwd": top} if which == "fwd" else {"bwd": top[:3], "dot": top[3]}))
             best[(BT, which)] = (top, res[top])
             print(f"BT={BT} {which}: " + "  ".join(f"{c}={v:.3f}" for c, v in sorted(res.items(), key=lambda x: x[1])),
                   flush=True)
@@ -59,6 +65,14 @@ def main():
         if (BT, "fwd") in best and (BT, "bwd") in best:
             (cf, tf), (cb, tb) = best[(BT, "fwd")], best[(BT, "bwd")]
             print(f"  BT={BT}: fwd {cf} {tf:.3f} ms + bwd {cb} {tb:.3f} ms = {tf + tb:.3f} ms")
+    if args.table and best:
+        BT = min(args.chunks, key=lambda c: best[(c, "fwd")][1] + best[(c, "bwd")][1])
+        (cf, _), (cb, _) = best[(BT, "fwd")], best[(BT, "bwd")]
+        st.scan_launch_config(BT=BT, fwd=cf, bwd=cb[:3], dot=cb[3])
+        import scan
+
+        sys.argv = [sys.argv[0], "--no-torch"]
+        scan.main()
 
 
 if __name__ == "__main__":

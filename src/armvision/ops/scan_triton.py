@@ -64,8 +64,8 @@ def _store_channel_sum(ptr, mask, p, BT: tl.constexpr, NP: tl.constexpr, BE: tl.
 
 @triton.jit
 def _combine(a1, b1, a2, b2):
-    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2. With reverse=True the scan feeds the
-    # later element first, which yields g_t = a_t * g_{t+1} + b_t.
+    # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2; over a time-flipped tile the same scan
+    # yields the adjoint recurrence g_t = a_t * g_{t+1} + b_t.
     return a1 * a2, a2 * b1 + b2
 
 
@@ -261,8 +261,11 @@ def _scan_bwd_kernel(
             dy = go
         # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g
         dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
-        ag, gl = tl.associative_scan((dA1, Cm * dy[:, None, :]), axis=0, combine_fn=_combine,
-                                     reverse=True)
+        # reverse scan as flip -> forward scan -> flip: associative_scan(reverse=True) reverses the
+        # lane order with shuffles even when the time axis is held in-thread (Triton 3.6-3.8)
+        ag, gl = tl.associative_scan((tl.flip(dA1, 0), tl.flip(Cm * dy[:, None, :], 0)), axis=0, combine_fn=_combine)
+        ag = tl.flip(ag, 0)
+        gl = tl.flip(gl, 0)
         gs = gl + ag * g_next[None, :, :]
         g_next = tl.sum(tl.where(first, gs, 0.0), axis=0)
         gB = tl.sum(gs * Bm, axis=1)  # (BT, BE): sum_n g B
