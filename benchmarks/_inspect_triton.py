@@ -1,6 +1,6 @@
 """Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python benchmarks/_inspect_triton.py BT,BE,WARPS [...]
+Usage: python benchmarks/_inspect_triton.py BT,BE,WARPS[,RS] [...]
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
 """
@@ -67,12 +67,10 @@ if __name__ == "__main__":
             if which == "fwd":
                 consts["SAVE"] = True
             else:
-                consts["DOT"] = bool(dot and dot[0])
-                consts["BCAST_BC"] = bool(len(dot) > 1 and dot[1])
+                consts["RS"] = st._use_reduce_scatter(BE, W, BT, 16) if not dot else bool(dot[0])
             try:
                 k = compile_kernel(fn, consts, W)
-                print(f"{which} BT={BT} BE={BE} warps={W} dot={consts.get('DOT', '')} "
-                      f"bcast={consts.get('BCAST_BC', '')}: {report(k)}")
+                print(f"{which} BT={BT} BE={BE} warps={W} reduce-scatter={consts.get('RS', '')}: {report(k)}")
                 print("     ", sass_mix(k, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")

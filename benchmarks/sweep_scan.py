@@ -3,7 +3,8 @@
     python benchmarks/sweep_scan.py [--shape 256 768 128]
 
 For each chunk length BT: the forward over (BE, num_warps, num_stages), then the backward over the
-same, at one bf16 shape. The chosen defaults go into armvision/ops/scan_triton.py (_CONFIG).
+same (the backward's dB/dC channel sums use the shuffle reduce-scatter when BE == 32 on one warp),
+at one bf16 shape. The chosen defaults go into armvision/ops/scan_triton.py (_CONFIG).
 """
 
 import argparse
@@ -19,8 +20,7 @@ from scan import make_inputs  # noqa: E402
 from armvision.ops import scan_triton as st  # noqa: E402
 
 FWD_CONFIGS = [(32, 1, 1), (16, 1, 1), (8, 1, 1), (64, 2, 1), (32, 2, 1)]
-BWD_CONFIGS = [(32, 1, 1, False), (16, 1, 1, False), (8, 1, 1, False), (64, 2, 1, False),
-               (32, 1, 1, True), (16, 1, 1, True), (8, 1, 1, True), (64, 2, 1, True)]
+BWD_CONFIGS = [(32, 1, 1), (16, 1, 1), (8, 1, 1), (64, 2, 1), (32, 1, 2)]
 
 
 def main():
@@ -39,10 +39,7 @@ def main():
         for which in ("fwd", "bwd"):
             res = {}
             for cfg in (FWD_CONFIGS if which == "fwd" else BWD_CONFIGS):
-                if which == "fwd":
-                    st.scan_launch_config(fwd=cfg)
-                else:
-                    st.scan_launch_config(bwd=cfg[:3], dot=cfg[3])
+                st.scan_launch_config(**{which: cfg})
                 try:
                     if which == "fwd":
                         ms = do_bench(lambda: st.scan_fwd(*a, None, True, True), warmup=10, rep=60, return_mode="median")
@@ -56,7 +53,7 @@ def main():
             if not res:
                 continue
             top = min(res, key=res.get)
-            st.scan_launch_config(**({"fwd": top} if which == "fwd" else {"bwd": top[:3], "dot": top[3]}))
+            st.scan_launch_config(**{which: top})
             best[(BT, which)] = (top, res[top])
             print(f"BT={BT} {which}: " + "  ".join(f"{c}={v:.3f}" for c, v in sorted(res.items(), key=lambda x: x[1])),
                   flush=True)
@@ -68,7 +65,7 @@ def main():
     if args.table and best:
         BT = min(args.chunks, key=lambda c: best[(c, "fwd")][1] + best[(c, "bwd")][1])
         (cf, _), (cb, _) = best[(BT, "fwd")], best[(BT, "bwd")]
-        st.scan_launch_config(BT=BT, fwd=cf, bwd=cb[:3], dot=cb[3])
+        st.scan_launch_config(BT=BT, fwd=cf, bwd=cb)
         import scan
 
         sys.argv = [sys.argv[0], "--no-torch"]

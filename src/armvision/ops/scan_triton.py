@@ -23,6 +23,8 @@ Design (see docs/KERNELS.md and benchmarks/NOTES.md):
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -45,21 +47,50 @@ def _softplus(x):
 
 
 @triton.jit
-def _store_channel_sum(ptr, mask, p, BT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr,
-                       DOT: tl.constexpr):
-    """Store sum_e p[t, n, e] at ptr[t, n] (masked by mask[t, n]), for p of shape (BT, NP, BE).
+def _shfl_bfly(x, OFFSET: tl.constexpr):
+    """The value of ``x`` held by lane (lane id XOR OFFSET), element by element (PTX shfl.bfly)."""
+    return tl.inline_asm_elementwise(f"shfl.sync.bfly.b32 $0, $1, {OFFSET}, 31, -1;", "=r,r", [x],
+                                     dtype=tl.float32, is_pure=True, pack=1)
 
-    With DOT the sum runs on the tensor cores as p @ ones (3xTF32, fp32-level accuracy): the tile
-    goes once through shared memory instead of being shuffled across lanes log2(lanes) times.
-    Every column of the product is the sum; only column 0 is stored.
+
+@triton.jit
+def _reduce_scatter_round(x, lane, OFFSET: tl.constexpr, K: tl.constexpr, BE: tl.constexpr):
+    """One round of a warp reduce-scatter over the channel (lane) axis of x (K, BE): lanes whose
+    bit OFFSET is set keep the upper half of the values, the others the lower half, and each adds
+    the partner lane's copy of the half it keeps. Returns (K // 2, BE)."""
+    lo, hi = tl.split(tl.permute(tl.reshape(x, (2, K // 2, BE)), (1, 2, 0)))
+    bit = ((lane & OFFSET) != 0)[None, :]
+    return tl.where(bit, hi, lo) + _shfl_bfly(tl.where(bit, lo, hi), OFFSET)
+
+
+@triton.jit
+def _store_channel_sum(ptr, idx_ptr, c, T, N, p, BT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr,
+                       HAS_IDX: tl.constexpr, RS: tl.constexpr):
+    """Store sum_e p[t, n, e] to ptr[row(c * BT + t) * N + n] for p (BT, NP, BE), lanes on e.
+
+    tl.sum all-reduces: log2(32) rounds of shuffles and adds on every value. With RS (one warp,
+    BE == 32 == lanes) a reduce-scatter halves the values exchanged each round instead, ~5x fewer
+    shuffles and adds, and lane l ends up owning values l * V/32 .. (l + 1) * V/32 - 1.
     """
-    if DOT:
-        ones = tl.full((BE, 16), 1.0, tl.float32)
-        r = tl.dot(tl.reshape(p, (BT * NP, BE)), ones, input_precision="tf32x3")  # (BT * NP, 16)
-        col = tl.arange(0, 16)[None, :]
-        tl.store(tl.reshape(ptr, (BT * NP, 1)) + col, r, mask=tl.reshape(mask, (BT * NP, 1)) & (col == 0))
+    if RS:
+        V: tl.constexpr = BT * NP
+        lane = tl.arange(0, BE)
+        y = tl.reshape(p, (V, BE))
+        y = _reduce_scatter_round(y, lane, 16, V, BE)
+        y = _reduce_scatter_round(y, lane, 8, V // 2, BE)
+        y = _reduce_scatter_round(y, lane, 4, V // 4, BE)
+        y = _reduce_scatter_round(y, lane, 2, V // 8, BE)
+        y = _reduce_scatter_round(y, lane, 1, V // 16, BE)  # (V // 32, BE)
+        v = lane[None, :] * (V // 32) + tl.arange(0, V // 32)[:, None]  # value index t * NP + n
+        t = v // NP
+        n = v % NP
+        row, ms = _rows(idx_ptr, c * BT + t, T, HAS_IDX)
+        tl.store(ptr + row * N + n, y, mask=ms & (n < N))
     else:
-        tl.store(ptr, tl.sum(p, axis=2), mask=mask)
+        t = tl.arange(0, BT)
+        n = tl.arange(0, NP)
+        row, ms = _rows(idx_ptr, c * BT + t, T, HAS_IDX)
+        tl.store(ptr + row[:, None] * N + n[None, :], tl.sum(p, axis=2), mask=ms[:, None] & (n < N)[None, :])
 
 
 @triton.jit
@@ -83,46 +114,31 @@ def _rows(idx_ptr, s, T, HAS_IDX: tl.constexpr):
 @triton.jit
 def _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n, mn,
                     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
-                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, BCAST_BC: tl.constexpr):
-    """Inputs of chunk c as fp32 tiles: rows, step mask, u, delta (BT, BE); B, C (BT, N, 1) or,
-    with BCAST_BC, (BT, N, BE); z.
-
-    BCAST_BC loads B and C already broadcast over the channel axis (address stride 0): every lane
-    reads B_t, C_t itself (one L1 transaction per warp) instead of Triton spreading the load over
-    lanes and gathering the values into every lane with shuffles.
-    """
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr):
+    """Inputs of chunk c as fp32 tiles: rows, step mask, u, delta (BT, BE); B, C (BT, N, 1); z."""
     row, ms = _rows(idx_ptr, c * BT + tl.arange(0, BT), T, HAS_IDX)
     m2 = ms[:, None] & me[None, :]
     u = tl.load(u_ptr + pb * s_ub + row[:, None] * s_ut + e[None, :], mask=m2, other=0.0).to(tl.float32)
     dl = tl.load(dl_ptr + pb * s_db + row[:, None] * s_dt + e[None, :], mask=m2, other=0.0).to(tl.float32)
-    if BCAST_BC:
-        mbn = ms[:, None, None] & mn[None, :, None] & me[None, None, :]
-        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None, None] * s_Bt + n[None, :, None] + 0 * e[None, None, :],
-                     mask=mbn, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None, None] * s_Ct + n[None, :, None] + 0 * e[None, None, :],
-                     mask=mbn, other=0.0).to(tl.float32)
-    else:
-        mbn = ms[:, None] & mn[None, :]
-        Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
-        Bm = Bm[:, :, None]
-        Cm = Cm[:, :, None]
+    mbn = ms[:, None] & mn[None, :]
+    Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+    Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
     if HAS_Z:
         zz = tl.load(z_ptr + pb * s_zb + row[:, None] * s_zt + e[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
         zz = u
-    return row, ms, u, dl, Bm, Cm, zz
+    return row, ms, u, dl, Bm[:, :, None], Cm[:, :, None], zz
 
 
 @triton.jit
 def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e, me,
                     n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
-                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, BCAST_BC: tl.constexpr):
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr):
     """What the backward reads for chunk c (c < 0: nothing): the forward inputs, delta of the next
     steps, dout, and the state saved at the chunk's start."""
     row, ms, u, dl, Bm, Cm, zz = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n,
                                                  mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
-                                                 HAS_Z, HAS_IDX, BT, BCAST_BC)
+                                                 HAS_Z, HAS_IDX, BT)
     row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
     m2 = ms[:, None] & me[None, :]
     dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=ms1[:, None] & me[None, :],
@@ -162,11 +178,11 @@ def _scan_fwd_kernel(
     nchunks = tl.cdiv(T, BT)
     # software pipelining by hand: the next chunk's loads are issued before this chunk's math
     nxt = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, 0, T, pb, e, me, n, mn,
-                          s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT, False)
+                          s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT)
     for c in range(0, nchunks):
         row, ms, u, dl, Bm, Cm, zz = nxt
         nxt = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c + 1, T, pb, e, me, n, mn,
-                              s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT, False)
+                              s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, HAS_Z, HAS_IDX, BT)
         m2 = ms[:, None] & me[None, :]
         if HAS_BIAS:
             dl += bias[None, :]
@@ -198,7 +214,7 @@ def _scan_bwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, DOT: tl.constexpr, BCAST_BC: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, RS: tl.constexpr,
 ):
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -222,13 +238,13 @@ def _scan_bwd_kernel(
     nchunks = tl.cdiv(T, BT)
     nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
                           N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                          s_gt, HAS_Z, HAS_IDX, BT, BCAST_BC)
+                          s_gt, HAS_Z, HAS_IDX, BT)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
         row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
         nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
                               N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                              s_gt, HAS_Z, HAS_IDX, BT, BCAST_BC)
+                              s_gt, HAS_Z, HAS_IDX, BT)
         m2 = ms[:, None] & me[None, :]
         m21 = ms1[:, None] & me[None, :]
         if HAS_BIAS:
@@ -242,7 +258,6 @@ def _scan_bwd_kernel(
             dt1 = dl1
         dt = tl.where(m2, dt, 0.0)
         dt1 = tl.where(m21, dt1, 0.0)
-        mbn = ms[:, None] & mn[None, :]
         # recompute this chunk's states
         dtu = dt * u
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
@@ -282,9 +297,9 @@ def _scan_bwd_kernel(
         tl.store(du_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], duv.to(du_ptr.dtype.element_ty), mask=m2)
         tl.store(ddl_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
         # per-block partial sums over this program's channels: (BT, N)
-        part = ((pb * n_eb + pe) * T + row[:, None]) * N + n[None, :]
-        _store_channel_sum(dB_ptr + part, mbn, gs * dtu[:, None, :], BT, NP, BE, DOT)
-        _store_channel_sum(dC_ptr + part, mbn, hs * dy[:, None, :], BT, NP, BE, DOT)
+        part = (pb * n_eb + pe) * T * N
+        _store_channel_sum(dB_ptr + part, idx_ptr, c, T, N, gs * dtu[:, None, :], BT, NP, BE, HAS_IDX, RS)
+        _store_channel_sum(dC_ptr + part, idx_ptr, c, T, N, hs * dy[:, None, :], BT, NP, BE, HAS_IDX, RS)
         dA_acc += tl.sum(W * dt[:, None, :], axis=0)
         dD_acc += tl.sum(dy * u, axis=0)
         db_acc += tl.sum(ddl, axis=0)
@@ -299,17 +314,24 @@ def _scan_bwd_kernel(
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
 # benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 4, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "dot": False, "bcast_bc": False}
+_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (32, 1, 1)}
 
 
 def scan_launch_config(**updates) -> dict:
-    """Get (and with keyword arguments BT=, fwd=(BE, warps, stages), bwd=(BE, warps, stages), dot=,
-    set) the kernels' launch parameters."""
+    """Get (and with keyword arguments BT=, fwd=(BE, warps, stages), bwd=(BE, warps, stages), set)
+    the kernels' launch parameters."""
     unknown = set(updates) - set(_CONFIG)
     if unknown:
         raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
     _CONFIG.update(updates)
     return dict(_CONFIG)
+
+
+def _use_reduce_scatter(BE: int, warps: int, chunk: int, n: int) -> bool:
+    """The shuffle reduce-scatter needs one warp whose 32 lanes are the block's channels, and at
+    least 32 values per lane; the CPU interpreter cannot run its inline PTX."""
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    return not interpreting and BE == 32 and warps == 1 and chunk * triton.next_power_of_2(n) >= 32
 
 
 def _contiguous_last(x: Tensor | None) -> Tensor | None:
@@ -374,7 +396,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
         du.stride(0), du.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, DOT=_CONFIG["dot"], BCAST_BC=_CONFIG["bcast_bc"], num_warps=warps,
+        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, RS=_use_reduce_scatter(BE, warps, chunk, n), num_warps=warps,
         num_stages=stages,
     )
     dB = dB_part.sum(1).to(B.dtype)
