@@ -33,8 +33,11 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(conv_triton, "_empty", poisoned)
 
 
-def rel(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+def rel(a, b, floor=1e-6):
+    """||a - b|| / ||b||, with ||b|| floored at floor * sqrt(numel): a gradient that is exactly zero
+    in the reference (dA at t = 1: there is no earlier state) is compared absolutely."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(floor * b.numel() ** 0.5)).item()
 
 
 def make(b, t, e, dtype, n=16):

@@ -12,7 +12,7 @@ Design (see docs/KERNELS.md and benchmarks/NOTES.md):
   (decay, input) pairs, and the state entering the chunk is carried in registers. Channels are
   the tiles' last axis, so lanes and warps spread over channels while each thread holds a
   channel's whole (time, state) tile: the scans and the sums over states stay in registers;
-* the forward saves only the state at the start of each chunk (b, chunks, N, e) fp32, never the
+* the forward saves only the state at the start of each chunk (b, chunks, N, e), never the
   (b, t, e, N) states; the backward walks the chunks in reverse, recomputes the chunk's states
   from that saved state, and runs the adjoint recurrence g_t = C_t dy_t + dA_{t+1} g_{t+1} as a
   reverse scan (dA_{t+1} recomputed from the next step's delta, so nothing is divided by dA);
@@ -22,8 +22,6 @@ Design (see docs/KERNELS.md and benchmarks/NOTES.md):
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -47,50 +45,12 @@ def _softplus(x):
 
 
 @triton.jit
-def _shfl_bfly(x, OFFSET: tl.constexpr):
-    """The value of ``x`` held by lane (lane id XOR OFFSET), element by element (PTX shfl.bfly)."""
-    return tl.inline_asm_elementwise(f"shfl.sync.bfly.b32 $0, $1, {OFFSET}, 31, -1;", "=r,r", [x],
-                                     dtype=tl.float32, is_pure=True, pack=1)
-
-
-@triton.jit
-def _reduce_scatter_round(x, lane, OFFSET: tl.constexpr, K: tl.constexpr, BE: tl.constexpr):
-    """One round of a warp reduce-scatter over the channel (lane) axis of x (K, BE): lanes whose
-    bit OFFSET is set keep the upper half of the values, the others the lower half, and each adds
-    the partner lane's copy of the half it keeps. Returns (K // 2, BE)."""
-    lo, hi = tl.split(tl.permute(tl.reshape(x, (2, K // 2, BE)), (1, 2, 0)))
-    bit = ((lane & OFFSET) != 0)[None, :]
-    return tl.where(bit, hi, lo) + _shfl_bfly(tl.where(bit, lo, hi), OFFSET)
-
-
-@triton.jit
-def _store_channel_sum(ptr, idx_ptr, c, T, N, p, BT: tl.constexpr, NP: tl.constexpr, BE: tl.constexpr,
-                       HAS_IDX: tl.constexpr, RS: tl.constexpr):
-    """Store sum_e p[t, n, e] to ptr[row(c * BT + t) * N + n] for p (BT, NP, BE), lanes on e.
-
-    tl.sum all-reduces: log2(32) rounds of shuffles and adds on every value. With RS (one warp,
-    BE == 32 == lanes) a reduce-scatter halves the values exchanged each round instead, ~5x fewer
-    shuffles and adds, and lane l ends up owning values l * V/32 .. (l + 1) * V/32 - 1.
-    """
-    if RS:
-        V: tl.constexpr = BT * NP
-        lane = tl.arange(0, BE)
-        y = tl.reshape(p, (V, BE))
-        y = _reduce_scatter_round(y, lane, 16, V, BE)
-        y = _reduce_scatter_round(y, lane, 8, V // 2, BE)
-        y = _reduce_scatter_round(y, lane, 4, V // 4, BE)
-        y = _reduce_scatter_round(y, lane, 2, V // 8, BE)
-        y = _reduce_scatter_round(y, lane, 1, V // 16, BE)  # (V // 32, BE)
-        v = lane[None, :] * (V // 32) + tl.arange(0, V // 32)[:, None]  # value index t * NP + n
-        t = v // NP
-        n = v % NP
-        row, ms = _rows(idx_ptr, c * BT + t, T, HAS_IDX)
-        tl.store(ptr + row * N + n, y, mask=ms & (n < N))
-    else:
-        t = tl.arange(0, BT)
-        n = tl.arange(0, NP)
-        row, ms = _rows(idx_ptr, c * BT + t, T, HAS_IDX)
-        tl.store(ptr + row[:, None] * N + n[None, :], tl.sum(p, axis=2), mask=ms[:, None] & (n < N)[None, :])
+def _store_channel_sum(ptr, idx_ptr, c, T, N, p, BT: tl.constexpr, NP: tl.constexpr, HAS_IDX: tl.constexpr):
+    """Store sum_e p[t, n, e] to ptr[row(c * BT + t) * N + n], for p of shape (BT, NP, BE)."""
+    t = tl.arange(0, BT)
+    n = tl.arange(0, NP)
+    row, ms = _rows(idx_ptr, c * BT + t, T, HAS_IDX)
+    tl.store(ptr + row[:, None] * N + n[None, :], tl.sum(p, axis=2), mask=ms[:, None] & (n < N)[None, :])
 
 
 @triton.jit
@@ -145,7 +105,7 @@ def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr,
                   other=0.0).to(tl.float32)
     go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
     h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :],
-                 mask=mn[:, None] & me[None, :] & (c >= 0), other=0.0)
+                 mask=mn[:, None] & me[None, :] & (c >= 0), other=0.0).to(tl.float32)
     return row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0
 
 
@@ -192,7 +152,8 @@ def _scan_fwd_kernel(
             dt = dl
         dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0 -> the state passes through
         if SAVE:
-            tl.store(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], h, mask=mne)
+            tl.store(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], h.to(st_ptr.dtype.element_ty),
+                     mask=mne)
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
         x = Bm * (dt * u)[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
@@ -214,7 +175,7 @@ def _scan_bwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, RS: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
 ):
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -298,8 +259,8 @@ def _scan_bwd_kernel(
         tl.store(ddl_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], ddl.to(ddl_ptr.dtype.element_ty), mask=m2)
         # per-block partial sums over this program's channels: (BT, N)
         part = (pb * n_eb + pe) * T * N
-        _store_channel_sum(dB_ptr + part, idx_ptr, c, T, N, gs * dtu[:, None, :], BT, NP, BE, HAS_IDX, RS)
-        _store_channel_sum(dC_ptr + part, idx_ptr, c, T, N, hs * dy[:, None, :], BT, NP, BE, HAS_IDX, RS)
+        _store_channel_sum(dB_ptr + part, idx_ptr, c, T, N, gs * dtu[:, None, :], BT, NP, HAS_IDX)
+        _store_channel_sum(dC_ptr + part, idx_ptr, c, T, N, hs * dy[:, None, :], BT, NP, HAS_IDX)
         dA_acc += tl.sum(W * dt[:, None, :], axis=0)
         dD_acc += tl.sum(dy * u, axis=0)
         db_acc += tl.sum(ddl, axis=0)
@@ -314,7 +275,7 @@ def _scan_bwd_kernel(
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
 # benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (32, 1, 1)}
+_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1)}
 
 
 def scan_launch_config(**updates) -> dict:
@@ -327,11 +288,11 @@ def scan_launch_config(**updates) -> dict:
     return dict(_CONFIG)
 
 
-def _use_reduce_scatter(BE: int, warps: int, chunk: int, n: int) -> bool:
-    """The shuffle reduce-scatter needs one warp whose 32 lanes are the block's channels, and at
-    least 32 values per lane; the CPU interpreter cannot run its inline PTX."""
-    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    return not interpreting and BE == 32 and warps == 1 and chunk * triton.next_power_of_2(n) >= 32
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the chunk states saved for the backward: bf16 for half-precision inputs (they only
+    restart the recomputation of the states in the backward, whose arithmetic stays fp32; this
+    halves the largest memory stream of the pair of kernels), fp32 otherwise."""
+    return torch.bfloat16 if dtype in (torch.bfloat16, torch.float16) else torch.float32
 
 
 def _contiguous_last(x: Tensor | None) -> Tensor | None:
@@ -342,15 +303,15 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool):
-    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, N, e) fp32
-    or an empty tensor, chunk length)."""
+    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, N, e) (see
+    :func:`_state_dtype`) or an empty tensor, chunk length)."""
     b, t, e = u.shape
     n = A.shape[1]
     BT = _CONFIG["BT"]
     BE, warps, stages = _CONFIG["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
-    states = _empty((b, nchunks, n, e) if save_states else (0,), torch.float32, u.device)
+    states = _empty((b, nchunks, n, e) if save_states else (0,), _state_dtype(u.dtype), u.device)
     zs = z if z is not None else u
     _scan_fwd_kernel[(triton.cdiv(e, BE), b)](
         u, delta, A.t().contiguous(), B, C,
@@ -396,7 +357,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
         du.stride(0), du.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, RS=_use_reduce_scatter(BE, warps, chunk, n), num_warps=warps,
+        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, num_warps=warps,
         num_stages=stages,
     )
     dB = dB_part.sum(1).to(B.dtype)
@@ -422,7 +383,7 @@ def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
 def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
     b, t, e = u.shape
     nchunks = triton.cdiv(t, _CONFIG["BT"])
-    states = u.new_empty((b, nchunks, A.shape[1], e) if save_states else (0,), dtype=torch.float32)
+    states = u.new_empty((b, nchunks, A.shape[1], e) if save_states else (0,), dtype=_state_dtype(u.dtype))
     return u.new_empty((b, t, e)), states
 
 
