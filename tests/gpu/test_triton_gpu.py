@@ -33,11 +33,13 @@ def poisoned_outputs(monkeypatch):
     monkeypatch.setattr(conv_triton, "_empty", poisoned)
 
 
-def rel(a, b, floor=1e-6):
-    """||a - b|| / ||b||, with ||b|| floored at floor * sqrt(numel): a gradient that is exactly zero
-    in the reference (dA at t = 1: there is no earlier state) is compared absolutely."""
+def rel(a, b):
+    """||a - b|| / ||b||; where the reference is exactly zero (dA at t = 1: there is no earlier
+    state), the largest absolute difference instead, which fp32 rounding keeps far below 1e-5."""
     a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(floor * b.numel() ** 0.5)).item()
+    if b.norm() == 0:
+        return (a - b).abs().max().item()
+    return ((a - b).norm() / b.norm()).item()
 
 
 def make(b, t, e, dtype, n=16):

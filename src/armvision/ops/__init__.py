@@ -112,8 +112,12 @@ def _has_module(name: str) -> bool:
         return False
 
 
+# looked up once: torch.compile cannot trace importlib, and backend resolution runs in forward()
+_HAS = {name: _has_module(name) for name in ("triton", "mamba_ssm", "causal_conv1d")}
+
+
 def _triton_available(device_type: str) -> bool:
-    if not _has_module("triton"):
+    if not _HAS["triton"]:
         return False
     if device_type == "cuda":
         return torch.cuda.is_available()
@@ -148,7 +152,7 @@ def _mamba_ssm_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
 
 
 def _mamba_ssm_conv(x, weight, bias=None, activation=None):
-    if not _has_module("causal_conv1d"):
+    if not _HAS["causal_conv1d"]:
         return causal_conv1d_torch(x, weight, bias, activation)
     from causal_conv1d import causal_conv1d_fn  # optional dependency
 
@@ -157,7 +161,7 @@ def _mamba_ssm_conv(x, weight, bias=None, activation=None):
 
 
 register_backend(Backend("mamba_ssm", *_with_index(_mamba_ssm_scan, _mamba_ssm_conv),
-                         available=lambda device_type: device_type == "cuda" and _has_module("mamba_ssm"),
+                         available=lambda device_type: device_type == "cuda" and _HAS["mamba_ssm"],
                          priority=lambda device_type: -1))
 
 
