@@ -5,7 +5,8 @@ The functions here follow the structure of the reference repository (OliverRensu
 ``utils/pos_embed.py``) step by step -- its channel-first ``(b, d, l)`` mixer layout, its flips, its
 class-token juggling at ``L // 2``, its cluster rearrangement, its additive decoder mask, its loss --
 working directly on a state dict in the official key layout. They use plain torch, plus armvision's
-``selective_scan_ref`` for the recurrence itself, and nothing of armvision's model classes, layers
+loop references ``selective_scan_ref`` and ``causal_conv1d_ref`` for the recurrence and the causal
+convolution themselves (tested against closed forms and ``nn.Conv1d`` in test_ops.py), and nothing of armvision's model classes, layers
 or converters: a converted armvision model that computes what these functions compute is a faithful
 conversion.
 
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from armvision.ops import selective_scan_ref
+from armvision.ops import causal_conv1d_ref, selective_scan_ref
 
 CLUSTER = 4  # the reference hard-codes clusters of 4x4 patches (rearrange p1=4, p2=4)
 
@@ -165,9 +166,9 @@ def _lin(x: Tensor, sd, name: str) -> Tensor:
 def _inner_no_out_proj(xz: Tensor, sd, p: str, s: str) -> Tensor:
     """``mamba_inner_fn_no_out_proj``: xz (b, 2e, l) -> gated scan output (b, e, l)."""
     x, z = xz.chunk(2, dim=1)
-    seqlen = x.shape[-1]
-    w = sd[f"{p}conv1d{s}.weight"]
-    x = F.silu(F.conv1d(x, w, sd[f"{p}conv1d{s}.bias"], padding=w.shape[-1] - 1, groups=w.shape[0])[..., :seqlen])
+    # the reference's depthwise causal conv (conv1d with left padding d_conv - 1, cut to the sequence) + SiLU
+    x = causal_conv1d_ref(x.transpose(1, 2), sd[f"{p}conv1d{s}.weight"], sd[f"{p}conv1d{s}.bias"], "silu")
+    x = x.transpose(1, 2)  # (b, e, l)
     x_dbl = F.linear(x.transpose(1, 2), sd[f"{p}x_proj{s}.weight"])  # (b, l, dt_rank + 2n)
     d_state = sd[f"{p}A{s}_log"].shape[1]
     dt_rank = x_dbl.shape[-1] - 2 * d_state

@@ -112,6 +112,33 @@ def _some(items: list, limit: int = _LIST_LIMIT) -> str:
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
 
 
+def _block_prefix(key: str) -> str | None:
+    m = re.match(r"((?:layers|dec_block)\.\d+\.)", key)
+    return m.group(1) if m else None
+
+
+def _summarize(keys: list[str], universe: Iterable[str]) -> str:
+    """``keys`` listed with every block (``layers.i.`` / ``dec_block.k.``) whose keys in ``universe`` are all in
+    ``keys`` collapsed to ``layers.i.* (n keys)``."""
+    universe = list(universe)
+    chosen = set(keys)
+    whole = []
+    for prefix in dict.fromkeys(p for k in keys if (p := _block_prefix(k))):
+        members = [k for k in universe if k.startswith(prefix)]
+        if len(members) > 1 and all(k in chosen for k in members):
+            whole.append(prefix)
+    items, done = [], set()
+    for k in keys:
+        p = _block_prefix(k)
+        if p in whole:
+            if p not in done:
+                done.add(p)
+                items.append(f"{p}* ({sum(1 for m in keys if m.startswith(p))} keys)")
+        else:
+            items.append(k)
+    return _some(items)
+
+
 # ---------------------------------------------------------------------------------------------
 # safe loading
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +367,9 @@ def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model
         desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing key(s): {_some(missing)}")
+            parts.append(f"{len(missing)} missing key(s): {_summarize(missing, expected)}")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_some(unexpected)}")
+            parts.append(f"{len(unexpected)} unexpected key(s): {_summarize(unexpected, state_dict)}")
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatch(es): " + _some(
                 [f"{k} is {tuple(a)} in the checkpoint, expected {tuple(b)}" for k, a, b in mismatched]))
@@ -614,7 +641,6 @@ def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], clas
 def _representation_problems(model: nn.Module) -> tuple[list[str], list[str]]:
     """(what the official layout cannot describe, what the reference code cannot run)."""
     never, reference = [], []
-    cfg = model.config
     if isinstance(model, ARMPretrain):
         geo = model.geometry
         if geo.grid[0] != geo.grid[1]:
@@ -643,6 +669,7 @@ def _representation_problems(model: nn.Module) -> tuple[list[str], list[str]]:
         if not model.norm_pix_loss:
             reference.append("norm_pix_loss=False (the reference code always normalizes the target patches)")
     elif isinstance(model, ARMClassifier):
+        cfg = model.config
         (gh, gw) = model.geometry.grid
         if gh != gw:
             never.append(f"a non-square patch grid {(gh, gw)}")
