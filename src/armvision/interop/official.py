@@ -65,6 +65,8 @@ __all__ = [
     "to_official",
     "save_official",
     "clean_state_dict",
+    "select_state_dict",
+    "is_state_dict",
     "classifier_state_dict_from_classifier",
     "resize_classifier_pos_embed",
     "ALLOWED_GLOBALS",
@@ -207,22 +209,28 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
     return out
 
 
-def _is_state_dict(obj: Any) -> bool:
+def is_state_dict(obj: Any) -> bool:
+    """A non-empty mapping of str -> Tensor."""
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
 
 
-def _select_state_dict(obj: Any, ema: bool | None, source: str) -> tuple[dict[str, Tensor], str | None]:
-    """The state dict of a checkpoint object and the key it came from (None: the object itself)."""
-    if _is_state_dict(obj):
+def select_state_dict(obj: Any, ema: bool | None = None,
+                      source: str = "checkpoint") -> tuple[dict[str, Tensor], str | None]:
+    """The state dict of a loaded checkpoint and the key it came from (None: ``obj`` is the state dict).
+
+    ``ema``: None prefers ``model_ema`` / ``state_dict_ema`` over ``model`` / ``state_dict``; True
+    requires the EMA weights; False takes the plain ones.
+    """
+    if is_state_dict(obj):
         if ema:
             raise CheckpointError(f"{source}: EMA weights were asked for, but the file is a bare state dict")
         return dict(obj), None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{source}: expected a checkpoint dict ({{'model': state_dict, ...}}) or a state "
                               f"dict, found a {type(obj).__name__}")
-    ema_keys = [k for k in ("model_ema", "state_dict_ema") if _is_state_dict(obj.get(k))]
-    plain_keys = [k for k in ("model", "state_dict") if _is_state_dict(obj.get(k))]
+    ema_keys = [k for k in ("model_ema", "state_dict_ema") if is_state_dict(obj.get(k))]
+    plain_keys = [k for k in ("model", "state_dict") if is_state_dict(obj.get(k))]
     if ema is True:
         if not ema_keys:
             raise CheckpointError(f"{source}: EMA weights were asked for, but the checkpoint has no 'model_ema' "
@@ -480,7 +488,7 @@ def read_official_checkpoint(
         obj = safe_torch_load(checkpoint, allow_globals)
     else:
         source, obj = "checkpoint", checkpoint
-    raw, key = _select_state_dict(obj, ema, source)
+    raw, key = select_state_dict(obj, ema, source)
     sd = clean_state_dict(raw)
     kind = detect_kind(sd, source)
     meta = obj if isinstance(obj, Mapping) and key is not None else {}

@@ -564,7 +564,7 @@ class ARMClassifier(_Encoder):
             return_prefix_tokens: return (map, class token (b, 1, c)) pairs instead of maps.
 
         Returns:
-            the list of maps, or (normed final token sequence (b, tokens, c), list of maps).
+            the list of maps (in block order), or (normed final token sequence (b, tokens, c), that list).
         """
         if output_fmt not in ("NCHW", "NHWC", "NLC"):
             raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
