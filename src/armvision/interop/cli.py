@@ -64,6 +64,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("output", help="output file: .safetensors or .npy")
     e.add_argument("--weights", default=None, help="weights for a model name (any file timm's pretrained_cfg_overlay "
                                                    "file= accepts); without them the model is randomly initialised")
+    e.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="constructor arguments for a model name, as timm's scripts take them (img_size=384 ...)")
     e.add_argument("--layers", type=int, nargs="*", default=[],
                    help="blocks (0-based, negative from the end) whose token maps to write (default: none)")
     e.add_argument("--norm-maps", action="store_true", help="pass the token maps through the final norm")
@@ -199,8 +201,23 @@ def _collate(batch):
     return [i for i, _ in ok], images, bad
 
 
+def _parse_kwargs(items: list[str]) -> dict[str, Any]:
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--model-kwargs takes KEY=VALUE items, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
 def load_any_model(spec: str, weights: str | None = None, as_classifier: bool = False, ema: bool | None = None,
-                   dynamic_img_size: bool = True) -> nn.Module:
+                   dynamic_img_size: bool = True, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
     """A model for feature extraction from: an armvision model directory, an official checkpoint file, or a
     registered model name (with optional ``weights``). Classifiers are built with ``dynamic_img_size``
     and no head; ``as_classifier`` turns pretraining weights into the classifier they initialise."""
@@ -226,8 +243,8 @@ def load_any_model(spec: str, weights: str | None = None, as_classifier: bool = 
         if not weights:
             warnings.warn(f"{spec}: no --weights given, the features come from a randomly initialised model",
                           stacklevel=2)
-        return timm.create_model(spec, pretrained=bool(weights), pretrained_cfg_overlay=overlay, num_classes=0,
-                                 dynamic_img_size=dynamic_img_size)
+        return timm.create_model(spec, pretrained=bool(weights), pretrained_cfg_overlay=overlay,
+                                 **{"num_classes": 0, "dynamic_img_size": dynamic_img_size, **(model_kwargs or {})})
     else:
         raise FileNotFoundError(f"{spec}: not a model directory, a checkpoint file, or a model name "
                                 f"({', '.join(timm.list_models('arm_*'))})")
@@ -259,8 +276,9 @@ def run_extract(args: argparse.Namespace) -> int:
         files = list_images(args.images)
         if not files:
             return _fail("extract", f"{args.images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
-        model = load_any_model(args.model, args.weights, args.as_classifier, _ema(args.ema))
-    except (CheckpointError, FileNotFoundError, RuntimeError, ValueError) as e:
+        model = load_any_model(args.model, args.weights, args.as_classifier, _ema(args.ema),
+                               model_kwargs=_parse_kwargs(args.model_kwargs))
+    except (CheckpointError, FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as e:
         return _fail("extract", str(e))
     device = torch.device(args.device)
     model = model.to(device).eval()
