@@ -6,9 +6,9 @@ The functions here follow the structure of the reference repository (OliverRensu
 class-token juggling at ``L // 2``, its cluster rearrangement, its additive decoder mask, its loss --
 working directly on a state dict in the official key layout. They use plain torch, plus armvision's
 loop references ``selective_scan_ref`` and ``causal_conv1d_ref`` for the recurrence and the causal
-convolution themselves (tested against closed forms and ``nn.Conv1d`` in test_ops.py), and nothing of armvision's model classes, layers
-or converters: a converted armvision model that computes what these functions compute is a faithful
-conversion.
+convolution themselves (tested against closed forms and ``nn.Conv1d`` in test_ops.py), and nothing
+of armvision's model classes, layers or converters: a converted armvision model that computes what
+these functions compute is a faithful conversion.
 
 It also builds random checkpoints in the official layout (key names and shapes as the reference's
 modules create them), with values scaled so that deep random networks stay numerically tame.
@@ -32,10 +32,14 @@ CLUSTER = 4  # the reference hard-codes clusters of 4x4 patches (rearrange p1=4,
 # random official-layout checkpoints
 # ---------------------------------------------------------------------------------------------
 class _Filler:
-    def __init__(self, gen: torch.Generator, dtype: torch.dtype):
-        self.g, self.dtype = gen, dtype
+    """Random tensors; with ``meta`` only their shapes (meta tensors), for checking the full-size layouts."""
+
+    def __init__(self, gen: torch.Generator, dtype: torch.dtype, meta: bool = False):
+        self.g, self.dtype, self.meta = gen, dtype, meta
 
     def randn(self, *shape, std=1.0):
+        if self.meta:
+            return torch.empty(*shape, dtype=self.dtype, device="meta")
         return (torch.randn(*shape, generator=self.g, dtype=torch.float64) * std).to(self.dtype)
 
     def linear(self, sd, name, out_f, in_f, bias=True):
@@ -52,6 +56,10 @@ class _Filler:
         sd[f"{prefix}conv1d{suffix}.bias"] = self.randn(e, std=0.1)
         sd[f"{prefix}x_proj{suffix}.weight"] = self.randn(dt_rank + 2 * d_state, e, std=e ** -0.5)
         sd[f"{prefix}dt_proj{suffix}.weight"] = self.randn(e, dt_rank, std=dt_rank ** -0.5)
+        if self.meta:
+            for name, shape in ((f"dt_proj{suffix}.bias", (e,)), (f"A{suffix}_log", (e, d_state)), (f"D{suffix}", (e,))):
+                sd[prefix + name] = self.randn(*shape)
+            return
         dt = torch.exp(torch.rand(e, generator=self.g, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3))
                        + math.log(1e-3))
         sd[f"{prefix}dt_proj{suffix}.bias"] = (dt + torch.log(-torch.expm1(-dt))).to(self.dtype)
@@ -83,10 +91,12 @@ def reference_mask(segments: int, tokens_per_segment: int) -> Tensor:
 
 
 def make_official_pretrain_state_dict(embed_dim=32, depth=12, d_state=8, dec_dim=128, patch=2, in_chans=3,
-                                      grid=12, levels=4, seed=0, dtype=torch.float32) -> dict[str, Tensor]:
+                                      grid=12, levels=4, seed=0, dtype=torch.float32,
+                                      meta=False) -> dict[str, Tensor]:
     """Random weights with the names and shapes of the reference's pretraining ``VisionMamba``
-    (``bimamba_type="None"``: one direction), including the persistent ``mask`` buffer."""
-    f = _Filler(torch.Generator().manual_seed(seed), dtype)
+    (``bimamba_type="None"``: one direction), including the persistent ``mask`` buffer (always real).
+    ``meta``: shapes only."""
+    f = _Filler(torch.Generator().manual_seed(seed), dtype, meta)
     sd: dict[str, Tensor] = {}
     n = grid * grid
     f.linear(sd, "patch_embed.proj", embed_dim, in_chans * patch * patch)
@@ -117,10 +127,11 @@ def make_official_pretrain_state_dict(embed_dim=32, depth=12, d_state=8, dec_dim
 
 
 def make_official_finetune_state_dict(embed_dim=32, depth=2, d_state=8, patch=4, in_chans=3, grid=8,
-                                      num_classes=10, seed=0, dtype=torch.float32) -> dict[str, Tensor]:
+                                      num_classes=10, seed=0, dtype=torch.float32, meta=False) -> dict[str, Tensor]:
     """Random weights with the names and shapes of the reference's fine-tuning ``VisionMamba``
-    (``bimamba_type="v3"``, class token, absolute position embedding of patches + 1 tokens)."""
-    f = _Filler(torch.Generator().manual_seed(seed), dtype)
+    (``bimamba_type="v3"``, class token, absolute position embedding of patches + 1 tokens).
+    ``meta``: shapes only."""
+    f = _Filler(torch.Generator().manual_seed(seed), dtype, meta)
     sd: dict[str, Tensor] = {}
     f.linear(sd, "patch_embed.proj", embed_dim, in_chans * patch * patch)
     sd["patch_embed.proj.weight"] = sd["patch_embed.proj.weight"].reshape(embed_dim, in_chans, patch, patch)

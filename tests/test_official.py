@@ -175,6 +175,34 @@ def test_official_mask_written_back(pre_sd):
     assert mask.dtype == torch.float32 and torch.equal(mask, pre_sd["mask"])
 
 
+@pytest.mark.parametrize("name, width, depth, pre_params, ft_params", [
+    ("arm_base_pz16", 768, 12, 99.4, 85.0), ("arm_large_pz16", 1024, 24, 303.9, 297.0),
+    ("arm_huge_pz16", 1536, 24, 659.4, 662.7)])
+def test_full_size_official_layouts_are_understood(name, width, depth, pre_params, ft_params):
+    """The B/L/H layouts (shapes only): the inferred models are the paper's."""
+    from armvision.interop.official import check_official_state_dict, infer_model_args
+
+    pre = make_official_pretrain_state_dict(embed_dim=width, depth=depth, d_state=16, dec_dim=512, patch=16, grid=12,
+                                            meta=True)
+    args = infer_model_args(pre, "pretraining")
+    check_official_state_dict(pre, "pretraining", args)
+    skip = {12: (6, 8, 10, 12), 24: (12, 16, 20, 24)}[depth]  # the reference's self.skip
+    assert args == dict(embed_dim=width, depth=depth, patch_size=16, in_chans=3, d_state=16, img_size=192,
+                        cluster_size=4, decoder_dim=512, decoder_mlp_ratio=4.0, memory_layers=skip, norm_pix_loss=True)
+    with torch.device("meta"):
+        assert round(sum(p.numel() for p in ARMPretrain(**args).parameters()) / 1e6, 1) == pre_params
+    for grid in (14, 24):
+        ft = make_official_finetune_state_dict(embed_dim=width, depth=depth, d_state=16, patch=16, grid=grid,
+                                               num_classes=1000, meta=True)
+        args = infer_model_args(ft, "finetuning", {"global_pool": True})
+        check_official_state_dict(ft, "finetuning", args)
+        assert args == dict(embed_dim=width, depth=depth, patch_size=16, in_chans=3, d_state=16, img_size=grid * 16,
+                            num_classes=1000, directions=4, global_pool="avg")
+        if grid == 14:
+            with torch.device("meta"):
+                assert round(sum(p.numel() for p in ARMClassifier(**args).parameters()) / 1e6, 1) == ft_params
+
+
 def test_the_papers_models_have_an_official_layout():
     from armvision.interop.official import _representation_problems
 
@@ -345,7 +373,8 @@ def test_geometry_the_reference_cannot_have(pre_sd, ft_sd):
 def test_conversion_overrides_must_not_change_shapes(ft_sd):
     model = load_official({"model": ft_sd}, dynamic_img_size=True, drop_path_rate=0.1)
     assert model.forward_features(torch.randn(1, 3, 48, 48)).shape == (1, 145, 32)
-    with pytest.raises(TypeError, match=r"cannot override \['img_size', 'num_classes'\] .*init_classifier_from_official"):
+    with pytest.raises(TypeError, match=r"cannot override \['img_size', 'num_classes'\] .*"
+                                        r"init_classifier_from_official"):
         load_official({"model": ft_sd}, img_size=48, num_classes=3)
 
 
@@ -359,7 +388,8 @@ def test_models_without_an_official_layout(pre_sd):
     with pytest.raises(CheckpointError, match=r"a non-square patch grid \(8, 12\)"):
         to_official(rect, strict=False)
     small = ARMPretrain(img_size=16, patch_size=2, cluster_size=2, embed_dim=32, depth=12, decoder_dim=64)
-    with pytest.raises(CheckpointError, match=r"clusters of 2x2 patches, 16 of them .*\(pass strict=False to write the layout anyway\)"):
+    with pytest.raises(CheckpointError, match=r"clusters of 2x2 patches, 16 of them .*"
+                                              r"\(pass strict=False to write the layout anyway\)"):
         to_official(small)
     assert set(to_official(small, strict=False)["model"]) >= {"mask", "ar_pred.weight"}
     with pytest.raises(TypeError, match="not an armvision ARM model"):

@@ -95,8 +95,9 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
         rows += [("classes", str(args.get("num_classes"))), ("pooling", str(args.get("global_pool")))]
     data = config.get("data_config") or {}
     if data:
+        mean, std = tuple(data.get("mean", ())), tuple(data.get("std", ()))
         rows.append(("preprocessing", f"resize (crop_pct {data.get('crop_pct')}, {data.get('interpolation')}), "
-                                      f"center crop, mean {tuple(data.get('mean', ()))}, std {tuple(data.get('std', ()))}"))
+                                      f"center crop, mean {mean}, std {std}"))
     rows.append(("armvision version", str(config.get("armvision_version"))))
     lines += ["", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]
     lines += ["## How to use", "", "```python", "import armvision", "",
@@ -193,7 +194,8 @@ def _fetch(repo_id: str, revision: str | None, cache_dir: str | os.PathLike | No
     try:
         from huggingface_hub import hf_hub_download
     except ImportError as e:  # pragma: no cover - huggingface_hub comes with timm
-        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub (pip install huggingface_hub)") from e
+        raise ImportError("loading from the Hugging Face Hub needs huggingface_hub "
+                          "(pip install huggingface_hub)") from e
     paths = []
     for filename in (CONFIG_NAME, WEIGHTS_NAME):
         try:

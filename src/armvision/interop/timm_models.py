@@ -31,7 +31,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
