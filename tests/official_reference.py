@@ -57,7 +57,8 @@ class _Filler:
         sd[f"{prefix}x_proj{suffix}.weight"] = self.randn(dt_rank + 2 * d_state, e, std=e ** -0.5)
         sd[f"{prefix}dt_proj{suffix}.weight"] = self.randn(e, dt_rank, std=dt_rank ** -0.5)
         if self.meta:
-            for name, shape in ((f"dt_proj{suffix}.bias", (e,)), (f"A{suffix}_log", (e, d_state)), (f"D{suffix}", (e,))):
+            shapes = {f"dt_proj{suffix}.bias": (e,), f"A{suffix}_log": (e, d_state), f"D{suffix}": (e,)}
+            for name, shape in shapes.items():
                 sd[prefix + name] = self.randn(*shape)
             return
         dt = torch.exp(torch.rand(e, generator=self.g, dtype=torch.float64) * (math.log(0.1) - math.log(1e-3))

@@ -1,5 +1,6 @@
 """``armvision convert`` and ``armvision extract`` end to end (in process)."""
 
+import datetime
 import hashlib
 import json
 
@@ -89,6 +90,13 @@ def test_convert_errors(tmp_path, ft, capsys):
     assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o")]) == 1
     assert "none.pth: no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # a pickle holding an object outside the allow-list: refused, unless the user trusts that class
+    torch.save(official_pickle(ft[0], "finetuning", saved_at=datetime.date(2024, 6, 1)), tmp_path / "dated.pth")
+    assert main(["convert", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 1
+    assert "outside armvision's allow-list: datetime.date" in capsys.readouterr().err
+    assert main(["convert", "--trust-global", "datetime.date", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 0
+    assert main(["convert", "--trust-global", "datetime.nothing", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 1
+    assert "--trust-global datetime.nothing: no such class" in capsys.readouterr().err
 
 
 def test_extract_writes_features_file_list_and_skipped(tmp_path, ft, images, capsys):

@@ -49,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-strict", action="store_true",
                    help="--to-official: also write models the reference code cannot run (other cluster geometry, "
                         "depth, ...), as long as the layout can describe them")
+    p.add_argument("--trust-global", action="append", default=[], metavar="MODULE.NAME",
+                   help="also allow this class in the pickle (repeatable; only for files you trust: the default "
+                        "allow-list is argparse.Namespace)")
     p.set_defaults(func=run_convert)
 
     e = subparsers.add_parser(
@@ -78,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="pretraining weights: extract with the four-direction classifier they initialise instead of "
                         "the causal pretraining encoder")
     e.add_argument("--ema", choices=["auto", "yes", "no"], default="auto", help="official checkpoints: as in convert")
+    e.add_argument("--trust-global", action="append", default=[], metavar="MODULE.NAME",
+                   help="official checkpoints: as in convert")
     e.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=run_extract)
@@ -85,6 +90,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _ema(choice: str) -> bool | None:
     return {"auto": None, "yes": True, "no": False}[choice]
+
+
+def _trusted(names: list[str]) -> list[Any]:
+    """The classes named MODULE.QUALNAME, for ``allow_globals``."""
+    import importlib
+
+    out = []
+    for name in names:
+        module, _, qualname = name.rpartition(".")
+        try:
+            obj = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise ValueError(f"--trust-global {name}: no such class ({e})") from e
+        out.append(obj)
+    return out
 
 
 def _fail(command: str, message: str) -> int:
@@ -139,7 +161,8 @@ def run_convert(args: argparse.Namespace) -> int:
             save_official(model, dst, strict=not args.no_strict)
             print(f"wrote {dst} (official ARM layout) from {src}: {_describe(model)}")
             return 0
-        ckpt = read_official_checkpoint(src, ema=_ema(args.ema), global_pool=args.global_pool)
+        ckpt = read_official_checkpoint(src, ema=_ema(args.ema), global_pool=args.global_pool,
+                                        allow_globals=_trusted(args.trust_global))
         provenance: dict[str, Any] = {
             "file": src.name, "sha256": _sha256(src), "kind": ckpt.kind, "state_dict": ckpt.state_dict_key,
             "epoch": ckpt.epoch, **{k: v for k, v in ckpt.extra.items()},
@@ -217,7 +240,8 @@ def _parse_kwargs(items: list[str]) -> dict[str, Any]:
 
 
 def load_any_model(spec: str, weights: str | None = None, as_classifier: bool = False, ema: bool | None = None,
-                   dynamic_img_size: bool = True, model_kwargs: dict[str, Any] | None = None) -> nn.Module:
+                   dynamic_img_size: bool = True, model_kwargs: dict[str, Any] | None = None,
+                   allow_globals: list[Any] = ()) -> nn.Module:
     """A model for feature extraction from: an armvision model directory, an official checkpoint file, or a
     registered model name (with optional ``weights``). Classifiers are built with ``dynamic_img_size``
     and no head; ``as_classifier`` turns pretraining weights into the classifier they initialise."""
@@ -236,7 +260,7 @@ def load_any_model(spec: str, weights: str | None = None, as_classifier: bool = 
         overrides = {"dynamic_img_size": dynamic_img_size} if arch == "ARMClassifier" else {}
         model = load_model(path, **overrides)
     elif path.is_file():
-        ckpt = read_official_checkpoint(path, ema=ema)
+        ckpt = read_official_checkpoint(path, ema=ema, allow_globals=allow_globals)
         model = ckpt.build(**({"dynamic_img_size": dynamic_img_size} if ckpt.kind == "finetuning" else {}))
     elif spec in timm.list_models("arm_*"):
         overlay = dict(file=weights) if weights else None
@@ -277,7 +301,8 @@ def run_extract(args: argparse.Namespace) -> int:
         if not files:
             return _fail("extract", f"{args.images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
         model = load_any_model(args.model, args.weights, args.as_classifier, _ema(args.ema),
-                               model_kwargs=_parse_kwargs(args.model_kwargs))
+                               model_kwargs=_parse_kwargs(args.model_kwargs),
+                               allow_globals=_trusted(args.trust_global))
     except (CheckpointError, FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as e:
         return _fail("extract", str(e))
     device = torch.device(args.device)
