@@ -368,6 +368,10 @@ def test_geometry_the_reference_cannot_have(pre_sd, ft_sd):
     bad_mask[0, 20] = 0.0  # the first query may see into the second cluster
     with pytest.raises(CheckpointError, match="'mask' is not the block-causal mask of clusters of 16 tokens"):
         load_official({"model": dict(pre_sd, mask=bad_mask)})
+    ten = dict(pre_sd, pos_embed=torch.zeros(1, 100, 32), dec_pos_embed=torch.zeros(1, 100, 128),
+               mask=torch.zeros(91, 91))  # a 10x10 grid and clusters of 3x3 patches
+    with pytest.raises(CheckpointError, match="describes an ARM model armvision cannot build: the 10x10 patch grid"):
+        load_official({"model": ten})
 
 
 def test_conversion_overrides_must_not_change_shapes(ft_sd):

@@ -352,9 +352,12 @@ def infer_model_args(state_dict: Mapping[str, Tensor], kind: str, args: Mapping[
                 global_pool=global_pool)
 
 
-def _expected_shapes(architecture: type[nn.Module], model_args: Mapping[str, Any]) -> dict[str, tuple]:
-    with torch.device("meta"):
-        model = architecture(**model_args)
+def _expected_shapes(architecture: type[nn.Module], model_args: Mapping[str, Any], source: str) -> dict[str, tuple]:
+    try:
+        with torch.device("meta"):
+            model = architecture(**model_args)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{source}: describes an ARM model armvision cannot build: {e}") from e
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if architecture is ARMPretrain:
         t = model.num_input_tokens
@@ -366,7 +369,7 @@ def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model
                               source: str = "state dict") -> None:
     """Raise :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches of an
     official state dict against the model ``model_args`` describes (the pretraining ``mask`` may be absent)."""
-    expected = _expected_shapes(_ARCHITECTURE[kind], model_args)
+    expected = _expected_shapes(_ARCHITECTURE[kind], model_args, source)
     missing = [k for k in expected if k not in state_dict and k != "mask"]
     unexpected = [k for k in state_dict if k not in expected]
     mismatched = [(k, tuple(v.shape), expected[k]) for k, v in state_dict.items()
