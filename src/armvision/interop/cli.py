@@ -134,7 +134,10 @@ def _describe(model: nn.Module) -> str:
 
 
 def _classifier_for(ckpt, img_size: int | None, num_classes: int, **extra):
+    """The classifier a pretraining checkpoint initialises: its encoder's sizes, at ``img_size``
+    (default 224, the paper's fine-tuning size, when the patch divides it)."""
     from ..models import ARMClassifier
+    from .official import _registry_name
 
     a = ckpt.model_args
     if img_size is None:
@@ -142,10 +145,7 @@ def _classifier_for(ckpt, img_size: int | None, num_classes: int, **extra):
     clf = ARMClassifier(img_size=img_size, patch_size=a["patch_size"], in_chans=a["in_chans"],
                         num_classes=num_classes, embed_dim=a["embed_dim"], depth=a["depth"], d_state=a["d_state"],
                         **extra)
-    from ..models import MODEL_SIZES
-
-    clf.model_name = next((n for n, s in MODEL_SIZES.items() if (s["embed_dim"], s["depth"], 16) ==
-                           (a["embed_dim"], a["depth"], a["patch_size"])), None)
+    clf.model_name = _registry_name(a)
     return clf
 
 

@@ -44,6 +44,7 @@ from ..models import (
     ARMPretrain,
     Geometry,
     default_memory_layers,
+    init_classifier_from_pretraining,
 )
 from ..models.io import atomic_write
 
@@ -577,8 +578,6 @@ def init_classifier_from_official(
     This is what ``armvision finetune --init official.pth`` calls. The classifier's width and depth must
     be the checkpoint's; a CheckpointError says what differs.
     """
-    from ..models import init_classifier_from_pretraining
-
     ckpt = checkpoint if isinstance(checkpoint, OfficialCheckpoint) else read_official_checkpoint(
         checkpoint, ema, allow_globals=allow_globals)
     src = ckpt.model_args
