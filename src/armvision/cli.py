@@ -14,7 +14,7 @@ import sys
 from . import __version__
 
 # modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["armvision.interop.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, lecun_normal_, trunc_normal_
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..layers import (
@@ -143,6 +144,30 @@ def _drop_path_rates(rate: float, depth: int) -> list[float]:
     block (block 0 and block 1 get 0, the last gets rate * (depth - 2) / (depth - 1))."""
     linear = [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
     return [0.0] + linear[:-1]
+
+
+def feature_take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
+    """Absolute block indices selected by ``indices`` (timm's convention) and the largest of them.
+
+    None: all blocks; an int n: the last n; a sequence: those indices, negative ones counting from the end.
+    """
+    if indices is None:
+        indices = num_blocks
+    if isinstance(indices, int):
+        if not 0 < indices <= num_blocks:
+            raise ValueError(f"cannot take the last {indices} of {num_blocks} blocks (1 to {num_blocks})")
+        take = list(range(num_blocks - indices, num_blocks))
+    else:
+        take = []
+        for i in indices:
+            j = num_blocks + i if i < 0 else i
+            if not 0 <= j < num_blocks:
+                raise ValueError(f"block index {i} is out of range for {num_blocks} blocks "
+                                 f"(0 to {num_blocks - 1}, or negative from the end)")
+            take.append(j)
+        if not take:
+            raise ValueError("no block indices given")
+    return take, max(take)
 
 
 class _Encoder(nn.Module):
@@ -399,6 +424,7 @@ class ARMClassifier(_Encoder):
         self.dynamic_img_size = dynamic_img_size
         self.head_init_std = head_init_std
         self.num_prefix_tokens = 1
+        self.grad_checkpointing = False
         self.config = dict(
             img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, d_state=d_state, global_pool=global_pool, drop_rate=drop_rate,
@@ -418,6 +444,8 @@ class ARMClassifier(_Encoder):
         )
         self.norm_f = nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        # timm's feature metadata: every block's output is a token map at stride patch_size
+        self.feature_info = [dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.init_weights()
 
     @property
@@ -459,6 +487,11 @@ class ARMClassifier(_Encoder):
     def get_classifier(self) -> nn.Module:
         return self.head
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass (timm's ``--grad-checkpointing``)."""
+        self.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None:
             self._check_pool(global_pool)
@@ -494,12 +527,83 @@ class ARMClassifier(_Encoder):
         x = self.pos_drop(x + self.pos_embed_for(grid))
         return x, layout
 
+    def _run_layer(self, layer: nn.Module, x: Tensor, layout: TokenLayout) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return checkpoint(layer, x, layout, use_reentrant=False)
+        return layer(x, layout)
+
     def forward_features(self, images: Tensor) -> Tensor:
         """Normed token sequence (b, patches + 1, width), class token at index patches // 2."""
         x, layout = self.embed(images)
         for layer in self.layers:
-            x = layer(x, layout)
+            x = self._run_layer(layer, x, layout)
         return self.norm_f(x)
+
+    def forward_intermediates(
+        self,
+        images: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        return_prefix_tokens: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """Block outputs as patch-token maps, with timm's conventions (as its ViT).
+
+        Args:
+            images: (b, in_chans, h, w); any size that divides into patches when ``dynamic_img_size``.
+            indices: blocks to return (0-based): an int n takes the last n blocks, a sequence takes those
+                indices (negative ones count from the end), None takes all.
+            norm: pass each returned block output through the final norm (norm_f).
+            stop_early: do not run the blocks after the last requested one (the final features are then
+                those of the last block run).
+            output_fmt: "NCHW" -> (b, c, gh, gw), "NHWC" -> (b, gh, gw, c), "NLC" -> (b, gh * gw, c);
+                patch tokens in row-major grid order, the class token removed.
+            intermediates_only: return only the list of maps.
+            return_prefix_tokens: return (map, class token (b, 1, c)) pairs instead of maps.
+
+        Returns:
+            the list of maps (in block order), or (normed final token sequence (b, tokens, c), that list).
+        """
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        x, layout = self.embed(images)
+        layers = self.layers[: max_index + 1] if stop_early else self.layers
+        intermediates = []
+        for i, layer in enumerate(layers):
+            x = self._run_layer(layer, x, layout)
+            if i in take:
+                intermediates.append(self.norm_f(x) if norm else x)
+        c, (gh, gw) = layout.cls_index, layout.grid
+        prefix = [y[:, c:c + 1] for y in intermediates]
+        maps = []
+        for y in intermediates:
+            y = torch.cat([y[:, :c], y[:, c + 1:]], dim=1)  # (b, gh * gw, c) row-major
+            if output_fmt != "NLC":
+                y = y.reshape(y.shape[0], gh, gw, y.shape[-1])
+                if output_fmt == "NCHW":
+                    y = y.permute(0, 3, 1, 2).contiguous()
+            maps.append(y)
+        out = list(zip(maps, prefix)) if return_prefix_tokens else maps
+        if intermediates_only:
+            return out
+        return self.norm_f(x), out
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and optionally norm_f and the head), as timm's
+        feature wrappers expect. Returns the absolute block indices kept for ``forward_intermediates``."""
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        self.layers = self.layers[: max_index + 1]
+        self.feature_info = self.feature_info[: max_index + 1]
+        if prune_norm:
+            self.norm_f = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def pool(self, tokens: Tensor) -> Tensor:
         """(b, tokens, c) -> (b, c): mean of the patch tokens, or the class token."""

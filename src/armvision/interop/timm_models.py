@@ -1,0 +1,233 @@
+"""ARM classifiers in timm's model registry.
+
+After ``import armvision``::
+
+    model = timm.create_model("arm_base_pz16", pretrained=True, pretrained_cfg_overlay=dict(file=PATH))
+
+builds the four-direction :class:`~armvision.ARMClassifier` through timm's own builder
+(``build_model_with_cfg``), so every timm convention applies: ``pretrained_cfg`` (input size,
+mean/std, crop, interpolation, classifier name) for ``timm.data.resolve_data_config`` and
+``create_transform``, ``num_classes`` / ``in_chans`` / ``global_pool`` / ``drop_path_rate`` keyword
+arguments, a new head when ``num_classes`` differs from the weights', ``features_only=True`` (a
+``FeatureGetterNet`` over ``forward_intermediates``), ``reset_classifier``, ``group_matcher`` for
+layer-wise lr decay.
+
+``PATH`` may be any ARM weights: an official checkpoint (pretraining or fine-tuning ``.pth``), an
+armvision model directory or its ``model.safetensors``, or a state dict saved by ``torch.save``.
+Pickles are read with :func:`~armvision.interop.official.safe_torch_load` (``weights_only`` with an
+allow-list), never by timm's generic loader; :func:`checkpoint_filter_fn` then maps the weights onto
+the classifier (a pretraining checkpoint initialises it as the reference's fine-tuning does).
+
+Hub downloads: the pretrained cfgs name the official repository (``hf_hub_id = "OliverRen/ARM"``),
+but the file names in it were never seen by armvision (no network when it was written), so
+``pretrained=True`` needs either ``pretrained_cfg_overlay=dict(file=PATH)`` or
+``pretrained_cfg_overlay=dict(hf_hub_filename=NAME)`` (downloaded with ``huggingface_hub``; unverified).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from torch import Tensor
+
+from ..models import MODEL_SIZES, ARMClassifier, classifier_state_dict_from_pretraining
+from ..models.io import WEIGHTS_NAME
+from .official import (
+    classifier_state_dict_from_classifier,
+    clean_state_dict,
+    detect_kind,
+    is_state_dict,
+    safe_torch_load,
+    select_state_dict,
+)
+
+__all__ = ["OFFICIAL_HUB_ID", "checkpoint_filter_fn", "read_weights", "default_cfgs",
+           "arm_tiny_pz16", "arm_small_pz16", "arm_base_pz16", "arm_large_pz16", "arm_huge_pz16"]
+
+OFFICIAL_HUB_ID = "OliverRen/ARM"
+_UNVERIFIED = ("Official ARM weights (OliverRensu/ARM). The file names on the Hub are not verified by armvision: "
+               "pass pretrained_cfg_overlay=dict(file=PATH) or dict(hf_hub_filename=NAME).",)
+
+
+def _cfg(**kwargs) -> dict[str, Any]:
+    # eval transform of the reference (utils/datasets.py): resize the shorter side to size / crop_pct
+    # (bicubic), center crop; crop_pct = 224 / 256 up to 224 px, 1.0 above
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "fixed_input_size": True,
+        "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
+        "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj", "classifier": "head",
+        "paper_ids": "arXiv:2406.07537", "paper_name": "Autoregressive Pretraining with Mamba in Vision",
+        "origin_url": "https://github.com/OliverRensu/ARM", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "arm_tiny_pz16": _cfg(),
+    "arm_small_pz16": _cfg(),
+    "arm_base_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
+    "arm_large_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
+    "arm_huge_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
+    "arm_huge_pz16.arm_in1k_384": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED, input_size=(3, 384, 384),
+                                        crop_pct=1.0),
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# weights
+# ---------------------------------------------------------------------------------------------
+def _read(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """(state dict, training args) of a weights file; see :func:`read_weights`."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / WEIGHTS_NAME).is_file():
+            raise FileNotFoundError(f"{path}: a directory without {WEIGHTS_NAME}; expected an armvision model "
+                                    "directory (save_pretrained / armvision convert)")
+        path = path / WEIGHTS_NAME
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such weights file")
+        return load_file(str(path)), {}
+    obj = safe_torch_load(path)
+    state_dict, key = select_state_dict(obj, None, str(path))
+    args = obj.get("args") if key is not None else None
+    return state_dict, (dict(vars(args)) if isinstance(args, argparse.Namespace) else {})
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
+    """The state dict in any ARM weights file: ``*.safetensors``, an armvision model directory, or a
+    ``torch.save`` pickle (official checkpoint or bare state dict; EMA weights preferred, as timm and
+    the reference's evaluation do), read safely."""
+    return _read(path)[0]
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ARMClassifier) -> dict[str, Tensor]:
+    """Map any ARM weights onto ``model`` (timm's ``pretrained_filter_fn``).
+
+    Accepts armvision classifier weights and official fine-tuning weights (the same names: position
+    embedding resized to the model's grid, the head kept from the model when its shape differs), and
+    pretraining weights, armvision's or official (the encoder copied into every scan direction and
+    the position embedding resized, as the reference's fine-tuning starts; cls_token, norm_f and the
+    head keep the model's initialisation). A whole checkpoint dict is reduced to its state dict.
+    """
+    if not is_state_dict(state_dict):
+        state_dict, _ = select_state_dict(state_dict)
+    sd = clean_state_dict(state_dict)
+    if detect_kind(sd, "pretrained weights") == "pretraining":
+        sd = {k: v for k, v in sd.items() if k != "mask"}
+        out = classifier_state_dict_from_pretraining(sd, model)
+        own = model.state_dict()
+        out.update({k: v for k, v in own.items() if k not in out})  # cls_token, norm_f, head: fresh
+        return out
+    return classifier_state_dict_from_classifier(sd, model, source="pretrained weights")
+
+
+def _download(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> str:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo_id, filename, cache_dir=cache_dir)
+    except Exception as e:
+        raise RuntimeError(f"could not download {filename!r} from the Hugging Face Hub repository {repo_id!r} "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); download it yourself "
+                           "and pass pretrained_cfg_overlay=dict(file=PATH)") from e
+
+
+def _resolve_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any], kwargs: dict[str, Any]) -> dict:
+    """Read the weights a ``pretrained=True`` call names into ``overlay['state_dict']``, so that timm's
+    loader passes them to :func:`checkpoint_filter_fn` instead of unpickling the file itself. What the
+    weights say about the model (class count, the reference's pooling flag) becomes its default."""
+    if overlay.get("state_dict") is not None:
+        return overlay
+    base = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {}
+    file = overlay.get("file") or base.get("file")
+    if not file:
+        filename = overlay.get("hf_hub_filename") or base.get("hf_hub_filename")
+        if not filename:
+            raise RuntimeError(
+                f"{variant}: no verified download location for pretrained ARM weights. Pass the weights file: "
+                f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) (an "
+                f"official .pth, an armvision model directory or model.safetensors), or name a file of the Hub "
+                f"repository {overlay.get('hf_hub_id') or OFFICIAL_HUB_ID!r} with "
+                "pretrained_cfg_overlay=dict(hf_hub_filename=NAME)")
+        repo = overlay.get("hf_hub_id") or base.get("hf_hub_id") or OFFICIAL_HUB_ID
+        file = _download(repo, filename, kwargs.get("cache_dir"))
+    weights, args = _read(file)
+    weights = clean_state_dict(weights)
+    out = {**overlay, "state_dict": weights, "file": str(file)}
+    if detect_kind(weights, str(file)) == "finetuning":
+        # the class count of these weights: the model's default, and what timm compares num_classes with
+        # before it keeps or drops the head
+        out.setdefault("num_classes", int(weights["head.weight"].shape[0]) if "head.weight" in weights else 0)
+        if "global_pool" in args:  # as the reference's fine-tuning model reads its flag
+            kwargs.setdefault("global_pool", "avg" if args["global_pool"] else "token")
+    return out
+
+
+def _create_arm(variant: str, pretrained: bool = False, **kwargs) -> ARMClassifier:
+    out_indices = kwargs.pop("out_indices", 3)
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
+    if pretrained:
+        overlay = _resolve_weights(variant, kwargs.get("pretrained_cfg"), overlay, kwargs)
+    args = {**MODEL_SIZES[variant], "patch_size": 16, **kwargs}
+    model = build_model_with_cfg(
+        ARMClassifier, variant, pretrained,
+        pretrained_cfg_overlay=overlay,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **args,
+    )
+    inner = getattr(model, "model", model)  # a FeatureGetterNet wraps the classifier
+    inner.model_name = variant
+    input_size = (inner.geometry.in_chans, *inner.geometry.img_size)
+    for m in (model, inner):
+        cfg = getattr(m, "pretrained_cfg", None)
+        if not isinstance(cfg, dict):
+            continue
+        cfg.pop("state_dict", None)  # the weights were only passed through the cfg: don't keep them there
+        if tuple(cfg.get("input_size", ())) != input_size:
+            # a model built for another input size: its data config follows it (the reference's eval
+            # crop: 224 / 256 up to 224 px, none above)
+            cfg["input_size"] = input_size
+            cfg["crop_pct"] = 0.875 if max(input_size[1:]) <= 224 else 1.0
+    if device is not None or dtype is not None:
+        model = model.to(device=device, dtype=dtype)
+    return model
+
+
+@register_model
+def arm_tiny_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """ARM tiny (width 192, depth 12, patch 16): our small size for tests and demos; no published weights."""
+    return _create_arm("arm_tiny_pz16", pretrained, **kwargs)
+
+
+@register_model
+def arm_small_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """ARM small (width 384, depth 12, patch 16): no published weights."""
+    return _create_arm("arm_small_pz16", pretrained, **kwargs)
+
+
+@register_model
+def arm_base_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """ARM-B (width 768, depth 12, patch 16; 85.0M parameters at 224 px): 83.2% ImageNet-1k in the paper."""
+    return _create_arm("arm_base_pz16", pretrained, **kwargs)
+
+
+@register_model
+def arm_large_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """ARM-L (width 1024, depth 24, patch 16; 297.0M parameters): 84.5% ImageNet-1k in the paper."""
+    return _create_arm("arm_large_pz16", pretrained, **kwargs)
+
+
+@register_model
+def arm_huge_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """ARM-H (width 1536, depth 24, patch 16; 662.7M parameters): 85.0% (224 px) / 85.5% (384 px) in the paper."""
+    return _create_arm("arm_huge_pz16", pretrained, **kwargs)

@@ -1,0 +1,88 @@
+"""Feature extraction: pooled features and per-block token maps at any resolution."""
+
+import pytest
+import torch
+
+import armvision
+from armvision import ARMClassifier, ARMPretrain, extract_features
+from armvision.interop.features import data_config, eval_transform, pretraining_encoder_intermediates
+
+
+@pytest.fixture(scope="module")
+def clf():
+    torch.manual_seed(0)
+    return ARMClassifier(img_size=224, patch_size=16, embed_dim=32, depth=2, d_state=8, num_classes=0,
+                         dynamic_img_size=True).eval()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("size", [224, 384])
+def test_classifier_features_at_224_and_384(clf, size, seed):
+    x = torch.randn(1, 3, size, size)
+    f = extract_features(clf, x, layers=[0, -1])
+    g = size // 16
+    assert f.pooled.shape == (1, 32)
+    assert sorted(f.maps) == [0, 1] and all(m.shape == (1, g, g, 32) for m in f.maps.values())
+    # pooled: the head's input; a map: the block output with the class token (the middle one) removed,
+    # in row-major order
+    final, (m1,) = clf.forward_intermediates(x, indices=[1], output_fmt="NLC")
+    assert torch.allclose(f.pooled, clf.forward_head(final, pre_logits=True), atol=1e-6)
+    assert torch.equal(f.maps[1].reshape(1, g * g, 32), m1)
+    if size == 224:
+        assert extract_features(clf, x, layers=()).maps == {}
+
+
+@torch.no_grad()
+def test_layer_selection(clf, seed):
+    x = torch.randn(1, 3, 224, 224)
+    every = extract_features(clf, x, layers=None)
+    assert sorted(every.maps) == [0, 1]
+    reversed_order = extract_features(clf, x, layers=[1, 0])
+    assert all(torch.equal(reversed_order.maps[k], every.maps[k]) for k in (0, 1))
+    last = extract_features(clf, x, layers=1)
+    assert sorted(last.maps) == [1] and torch.equal(last.maps[1], every.maps[1])
+    normed = extract_features(clf, x, layers=[1], norm=True).maps[1]
+    assert torch.allclose(normed, clf.norm_f(every.maps[1]), atol=1e-6)
+
+
+def test_fixed_size_classifier_refuses_other_sizes():
+    model = ARMClassifier(img_size=32, patch_size=4, embed_dim=16, depth=1)
+    with pytest.raises(ValueError, match="model expects 32x32 images, got 48x48; .* dynamic_img_size=True"):
+        extract_features(model, torch.randn(1, 3, 48, 48))
+
+
+@torch.no_grad()
+def test_pretraining_encoder_features(seed):
+    model = ARMPretrain(img_size=32, patch_size=4, cluster_size=2, embed_dim=32, depth=6, d_state=8, decoder_dim=64)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    # the encoder's own block outputs over clusters 1..K-1, as pretraining computes them
+    seen = []
+    hooks = [layer.register_forward_hook(lambda m, i, o: seen.append(o)) for layer in model.layers]
+    model.forward_encoder(x)
+    for h in hooks:
+        h.remove()
+    final, maps = pretraining_encoder_intermediates(model, x, indices=None)
+    assert final.shape == (2, 64, 32) and [m.shape for m in maps] == [(2, 8, 8, 32)] * 6
+    order = model.cluster_order[: model.num_input_tokens]  # row-major index of each encoder token
+    for own, m in zip(seen, maps):
+        assert torch.allclose(m.reshape(2, 64, 32)[:, order], own, atol=1e-5)  # causal: the same values
+    f = extract_features(model, x, layers=[-1])
+    assert torch.allclose(f.pooled, model.norm_4(maps[-1]).mean(dim=(1, 2)), atol=1e-5)
+    # a larger image: 12x12 patches, still whole clusters; the position embedding is resized
+    big = extract_features(model, torch.randn(1, 3, 48, 48), layers=[0])
+    assert big.pooled.shape == (1, 32) and big.maps[0].shape == (1, 12, 12, 32)
+    with pytest.raises(ValueError, match="reads whole clusters of 2x2 patches: .*not divisible into clusters"):
+        extract_features(model, torch.randn(1, 3, 36, 36))
+
+
+def test_data_config_and_transform():
+    model = armvision.create_model("arm_tiny_pz16", embed_dim=32, depth=1)
+    assert data_config(model) == dict(input_size=(3, 224, 224), interpolation="bicubic",
+                                      mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
+                                      crop_mode="center")
+    assert data_config(model, 384)["crop_pct"] == 1.0 and data_config(model, 384)["input_size"] == (3, 384, 384)
+    text = str(eval_transform(model, 384))
+    assert "Resize(size=384, interpolation=bicubic" in text and "CenterCrop(size=(384, 384))" in text
+    gray = ARMClassifier(img_size=32, patch_size=4, in_chans=1, embed_dim=16, depth=1)
+    assert "Normalize(mean=tensor([0.4" in str(eval_transform(gray)).replace("\n", "")
