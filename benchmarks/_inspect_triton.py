@@ -66,6 +66,7 @@ if __name__ == "__main__":
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE)
             if which == "fwd":
                 consts["SAVE"] = True
+                consts["WRITE_OUT"] = True
             try:
                 k = compile_kernel(fn, consts, W)
                 print(f"{which} BT={BT} BE={BE} warps={W}: {report(k)}")

@@ -64,8 +64,13 @@ def forward_flops(model, pretraining, images) -> float:
     return counter.get_total_flops() / 2  # per image
 
 
-def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float) -> dict:
+def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
+        states: str = "save") -> dict:
     name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
+    if backend in ("triton", "auto"):
+        from armvision.ops import scan_triton
+
+        scan_triton.scan_launch_config(states=states)
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
     flops = forward_flops(model, pretraining, torch.randn(2, 3, size, size, device="cuda")) * 3
@@ -89,7 +94,7 @@ def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: in
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
     ips = batch / ms * 1e3
-    res = dict(workload=workload, model=name, backend=backend, compiled=compile_model, batch=batch, ms=ms,
+    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
     del model, opt, images
@@ -102,6 +107,8 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["triton"], help="ops backends to compare (triton, torch, ...)")
     ap.add_argument("--compile", action="store_true", help="also run each with torch.compile")
+    ap.add_argument("--states", nargs="+", default=["save"], choices=["save", "recompute"],
+                    help="Triton scan: keep the chunk states for the backward, or recompute them there")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
@@ -112,21 +119,23 @@ def main():
     for w in args.workloads:
         for backend in args.backends:
             for comp in ([False, True] if args.compile else [False]):
-                steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
-                try:
-                    r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak)
-                except torch.cuda.OutOfMemoryError as ex:
-                    print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
-                    torch.cuda.empty_cache()
-                    continue
-                rows.append(r)
-                print(f"{w:>11} {backend:>7} compile={str(comp):>5}: {r['images_per_s']:8.0f} img/s  "
-                      f"{r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  peak {r['peak_gib']:5.1f} GiB  "
-                      f"(reference ARM code: {r['ref_images_per_s']} img/s, {r['ref_peak_gib']} GiB)", flush=True)
-    hdr = f"| workload | backend | compile | batch | images/s | ms/step | MFU | peak GiB | reference images/s |"
-    print("\n" + hdr + "\n|" + "---|" * 9)
+                for states in (args.states if backend != "torch" else ["save"]):
+                    steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
+                    try:
+                        r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states)
+                    except torch.cuda.OutOfMemoryError as ex:
+                        print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
+                        torch.cuda.empty_cache()
+                        continue
+                    rows.append(r)
+                    print(f"{w:>11} {backend:>7} states={states:>9} compile={str(comp):>5}: "
+                          f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
+                          f"peak {r['peak_gib']:5.1f} GiB  (reference ARM code: {r['ref_images_per_s']} img/s, "
+                          f"{r['ref_peak_gib']} GiB)", flush=True)
+    hdr = "| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB | reference images/s |"
+    print("\n" + hdr + "\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['workload']} | {r['backend']} | {r['compiled']} | {r['batch']} | {r['images_per_s']:.0f} | "
+        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} | {r['images_per_s']:.0f} | "
               f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

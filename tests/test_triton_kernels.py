@@ -90,6 +90,12 @@ def test_scan_half(seed, dtype):
     check_scan(scan_inputs(2, 10, 9, 8, dtype), tol_out=1e-2, tol_grad=2e-2)
 
 
+def test_scan_recomputed_states(seed, monkeypatch):
+    """states="recompute": the backward rebuilds the chunk states instead of keeping them."""
+    monkeypatch.setitem(scan_triton._CONFIG, "states", "recompute")
+    check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
+
+
 def test_scan_index_order(seed):
     """A permuted scan order, read and written through the index (no copies)."""
     check_scan(scan_inputs(2, 11, 6, 4, torch.float32), index=torch.randperm(11, device=DEV))

@@ -115,7 +115,7 @@ def _scan_fwd_kernel(
     T, E, N,
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
-    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr,
+    SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WRITE_OUT: tl.constexpr,
     NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
 ):
     # Tiles are (time, state, channel) with channels last: Triton spreads lanes and warps over the
@@ -158,12 +158,14 @@ def _scan_fwd_kernel(
         x = Bm * (dt * u)[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
         hs = hl + ac * h[None, :, :]
-        y = tl.sum(hs * Cm, axis=1)  # (BT, BE)
-        if HAS_D:
-            y += Dv[None, :] * u
-        if HAS_Z:
-            y = y * zz * tl.sigmoid(zz)
-        tl.store(out_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], y.to(out_ptr.dtype.element_ty), mask=m2)
+        if WRITE_OUT:
+            y = tl.sum(hs * Cm, axis=1)  # (BT, BE)
+            if HAS_D:
+                y += Dv[None, :] * u
+            if HAS_Z:
+                y = y * zz * tl.sigmoid(zz)
+            tl.store(out_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=m2)
         h = tl.sum(tl.where(last, hs, 0.0), axis=0)
 
 
@@ -275,15 +277,22 @@ def _scan_bwd_kernel(
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
 # benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1)}
+_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "save"}
 
 
 def scan_launch_config(**updates) -> dict:
-    """Get (and with keyword arguments BT=, fwd=(BE, warps, stages), bwd=(BE, warps, stages), set)
-    the kernels' launch parameters."""
+    """Get (and with keyword arguments, set) the kernels' launch parameters.
+
+    BT: chunk length; fwd, bwd: (BE, num_warps, num_stages) of each kernel; states: "save" (the
+    forward keeps each chunk's start state for the backward: fastest) or "recompute" (the backward
+    re-runs the forward scan to get them: about a fifth more scan time, but the states of only one
+    call exist at a time instead of every layer's until its backward).
+    """
     unknown = set(updates) - set(_CONFIG)
     if unknown:
         raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
+    if updates.get("states", "save") not in ("save", "recompute"):
+        raise ValueError(f"states must be 'save' or 'recompute', got {updates['states']!r}")
     _CONFIG.update(updates)
     return dict(_CONFIG)
 
@@ -302,12 +311,13 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool):
-    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype, states (b, chunks, N, e) (see
-    :func:`_state_dtype`) or an empty tensor, chunk length)."""
+def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool,
+             write_out: bool = True, chunk: int | None = None):
+    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype (left unwritten without
+    write_out), states (b, chunks, N, e) (see :func:`_state_dtype`) or an empty tensor, chunk length)."""
     b, t, e = u.shape
     n = A.shape[1]
-    BT = _CONFIG["BT"]
+    BT = chunk or _CONFIG["BT"]
     BE, warps, stages = _CONFIG["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
@@ -321,7 +331,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, SAVE=save_states, NP=triton.next_power_of_2(n), BT=BT, BE=BE, num_warps=warps,
+        SOFTPLUS=softplus, SAVE=save_states, WRITE_OUT=write_out, NP=triton.next_power_of_2(n), BT=BT, BE=BE,
+        num_warps=warps,
         num_stages=stages,
     )
     return out, states, BT
@@ -387,6 +398,18 @@ def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
     return u.new_empty((b, t, e)), states
 
 
+@torch.library.custom_op("armvision::selective_scan_states", mutates_args=())
+def _scan_states_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
+                    delta_bias: Tensor | None, index: Tensor | None, softplus: bool, chunk: int) -> Tensor:
+    return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, True, write_out=False, chunk=chunk)[1]
+
+
+@_scan_states_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk):
+    b, t, e = u.shape
+    return u.new_empty((b, triton.cdiv(t, chunk), A.shape[1], e), dtype=_state_dtype(u.dtype))
+
+
 @torch.library.custom_op("armvision::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                  delta_bias: Tensor | None, index: Tensor | None, states: Tensor, dout: Tensor, softplus: bool,
@@ -412,9 +435,8 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dstates):
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
-    if states.numel() == 0:
-        raise RuntimeError("selective_scan (triton): the forward ran without saving states; call it with "
-                           "inputs that require grad to differentiate it")
+    if states.numel() == 0:  # states="recompute": rebuild the chunk states now
+        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk)
     grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk)
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
@@ -440,5 +462,6 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         index = index.to(device=u.device, dtype=torch.int32).contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
-    out, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, needs_grad)
+    save = needs_grad and _CONFIG["states"] == "save"
+    out, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)
     return out
