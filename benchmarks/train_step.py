@@ -65,7 +65,7 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str = "save") -> dict:
+        states: str = "recompute") -> dict:
     name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
     if backend in ("triton", "auto"):
         from armvision.ops import scan_triton
@@ -107,7 +107,7 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["triton"], help="ops backends to compare (triton, torch, ...)")
     ap.add_argument("--compile", action="store_true", help="also run each with torch.compile")
-    ap.add_argument("--states", nargs="+", default=["save"], choices=["save", "recompute"],
+    ap.add_argument("--states", nargs="+", default=["recompute"], choices=["save", "recompute"],
                     help="Triton scan: keep the chunk states for the backward, or recompute them there")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)

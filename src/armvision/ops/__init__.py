@@ -210,8 +210,11 @@ def resolve_backend(name: str | None, device_type: str) -> Backend:
     if name == "auto" and device_type == "meta":
         return _BACKENDS["torch"]
     if name == "auto":
-        usable = [b for b in _BACKENDS.values() if b.available(device_type)]
-        return max(usable, key=lambda b: b.priority(device_type))
+        best = None
+        for b in _BACKENDS.values():  # a plain loop: torch.compile traces it (max(key=...) it does not)
+            if b.available(device_type) and (best is None or b.priority(device_type) > best.priority(device_type)):
+                best = b
+        return best
     backend = _BACKENDS[name]
     if not backend.available(device_type):
         hint = {"triton": "it needs a CUDA GPU and the triton package (or TRITON_INTERPRET=1 on the CPU)",

@@ -277,16 +277,17 @@ def _scan_bwd_kernel(
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
 # benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "save"}
+_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute"}
 
 
 def scan_launch_config(**updates) -> dict:
     """Get (and with keyword arguments, set) the kernels' launch parameters.
 
-    BT: chunk length; fwd, bwd: (BE, num_warps, num_stages) of each kernel; states: "save" (the
-    forward keeps each chunk's start state for the backward: fastest) or "recompute" (the backward
-    re-runs the forward scan to get them: about a fifth more scan time, but the states of only one
-    call exist at a time instead of every layer's until its backward).
+    BT: chunk length; fwd, bwd: (BE, num_warps, num_stages) of each kernel; states: "recompute"
+    (default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's
+    states exist at a time) or "save" (the forward keeps them for the backward: no recompute, but
+    every layer's states stay alive until its backward; measured no faster on an H100, see
+    benchmarks/NOTES.md).
     """
     unknown = set(updates) - set(_CONFIG)
     if unknown:
@@ -373,7 +374,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     )
     dB = dB_part.sum(1).to(B.dtype)
     dC = dC_part.sum(1).to(C.dtype)
-    dA = dA_part.sum(0).t().to(A.dtype)
+    dA = dA_part.sum(0).t().contiguous().to(A.dtype)
     dD = dD_part.sum(0).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
