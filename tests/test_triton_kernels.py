@@ -161,3 +161,21 @@ def test_mixer_compiles_without_graph_breaks(seed):
     y = compiled(x, layout)
     y.sum().backward()
     assert torch.allclose(y, m(x, layout), atol=1e-6)
+
+
+def test_custom_ops_pass_opcheck(seed):
+    """Schemas, fake (meta) kernels, autograd registration: what torch.compile relies on."""
+    inp = {k: None if v is None else v.detach() for k, v in scan_inputs(2, 5, 4, 4, torch.float32).items()}
+    inp["B"] = torch.randn(2, 5, 11, device=DEV)[..., 2:6]  # non-contiguous, as x_proj's output slices are
+    args = [inp[k] for k in ARGS]
+    index = torch.randperm(5, device=DEV).int()
+    ops_ = torch.ops.armvision
+    torch.library.opcheck(ops_.selective_scan_fwd.default, (*args, index, True, True))
+    out, states = ops_.selective_scan_fwd(*args, index, True, True)
+    torch.library.opcheck(ops_.selective_scan_states.default, (*args, index, True, scan_triton._CONFIG["BT"]))
+    torch.library.opcheck(ops_.selective_scan_bwd.default,
+                          (*args, index, states, torch.randn_like(out), True, scan_triton._CONFIG["BT"]))
+    x = torch.randn(2, 6, 4, device=DEV)
+    w, b = torch.randn(4, 4, device=DEV), torch.randn(4, device=DEV)
+    torch.library.opcheck(ops_.causal_conv1d_fwd.default, (x, w, b, None, True))
+    torch.library.opcheck(ops_.causal_conv1d_bwd.default, (x, w, b, None, torch.randn_like(x), True))
