@@ -366,15 +366,22 @@ def _expected_shapes(architecture: type[nn.Module], model_args: Mapping[str, Any
     return shapes
 
 
+def _compare_keys(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple], optional: Iterable[str] = ()):
+    """(missing, unexpected, mismatched) of a state dict against expected shapes; keys in
+    ``optional`` may be absent. mismatched: (key, shape in the state dict, expected shape)."""
+    missing = [k for k in expected if k not in state_dict and k not in optional]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(v.shape), tuple(expected[k])) for k, v in state_dict.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k])]
+    return missing, unexpected, mismatched
+
+
 def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model_args: Mapping[str, Any],
                               source: str = "state dict") -> None:
     """Raise :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches of an
     official state dict against the model ``model_args`` describes (the pretraining ``mask`` may be absent)."""
     expected = _expected_shapes(_ARCHITECTURE[kind], model_args, source)
-    missing = [k for k in expected if k not in state_dict and k != "mask"]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [(k, tuple(v.shape), expected[k]) for k, v in state_dict.items()
-                  if k in expected and tuple(v.shape) != expected[k]]
+    missing, unexpected, mismatched = _compare_keys(state_dict, expected, optional=("mask",))
     if missing or unexpected or mismatched:
         desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
         parts = []
@@ -628,10 +635,7 @@ def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], clas
         for k in [k for k in sd if k.startswith("head.")]:
             del sd[k]
         sd.update({k: target[k] for k in head_keys})
-    missing = [k for k in target if k not in sd]
-    unexpected = [k for k in sd if k not in target]
-    mismatched = [(k, tuple(v.shape), tuple(target[k].shape)) for k, v in sd.items()
-                  if k in target and v.shape != target[k].shape]
+    missing, unexpected, mismatched = _compare_keys(sd, {k: tuple(v.shape) for k, v in target.items()})
     if missing or unexpected or mismatched:
         parts = []
         if missing:

@@ -16,22 +16,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_common import _rows
+
 
 def _empty(shape, dtype, device) -> Tensor:
     """Output allocation; tests replace it with a NaN-filled one to check every element is written."""
     return torch.empty(shape, dtype=dtype, device=device)
 
 __all__ = ["causal_conv1d_triton"]
-
-
-@triton.jit
-def _rows(idx_ptr, s, T, HAS_IDX: tl.constexpr):
-    m = (s >= 0) & (s < T)
-    if HAS_IDX:
-        r = tl.load(idx_ptr + s, mask=m, other=0).to(tl.int64)
-    else:
-        r = s.to(tl.int64)
-    return r, m
 
 
 @triton.jit

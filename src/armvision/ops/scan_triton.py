@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .triton_common import _rows
+
 
 def _empty(shape, dtype, device) -> Tensor:
     """Output allocation; tests replace it with a NaN-filled one to check every element is written."""
@@ -58,17 +60,6 @@ def _combine(a1, b1, a2, b2):
     # (a1, b1) then (a2, b2): h -> a2 * (a1 * h + b1) + b2; over a time-flipped tile the same scan
     # yields the adjoint recurrence g_t = a_t * g_{t+1} + b_t.
     return a1 * a2, a2 * b1 + b2
-
-
-@triton.jit
-def _rows(idx_ptr, s, T, HAS_IDX: tl.constexpr):
-    """Token rows of sequence steps s (masked beyond T)."""
-    ms = (s >= 0) & (s < T)
-    if HAS_IDX:
-        row = tl.load(idx_ptr + s, mask=ms, other=0).to(tl.int64)
-    else:
-        row = s.to(tl.int64)
-    return row, ms
 
 
 @triton.jit
