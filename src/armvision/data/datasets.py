@@ -43,7 +43,8 @@ class ReaderDataset(Dataset):
 
     def __init__(self, reader, transform: Callable | None = None, mode: str = "RGB", strict: bool = False):
         self.reader, self.transform, self.mode, self.strict = reader, transform, mode, strict
-        class_to_idx = getattr(reader, "class_to_idx", None) or {}
+        # timm's folder reader calls it class_to_idx, its tar reader class_name_to_idx
+        class_to_idx = getattr(reader, "class_to_idx", None) or getattr(reader, "class_name_to_idx", None) or {}
         self.classes = [c for c, _ in sorted(class_to_idx.items(), key=lambda kv: kv[1])] or None
 
     def __len__(self) -> int:

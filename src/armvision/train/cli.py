@@ -20,13 +20,25 @@ __all__ = ["register", "run_guarded"]
 _logger = logging.getLogger("armvision")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by a test harness)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _setup_logging() -> None:
     import os
 
     rank = int(os.environ.get("RANK", "0"))
     root = logging.getLogger("armvision")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
         root.addHandler(handler)
     # other ranks only speak when something is wrong
@@ -104,7 +116,7 @@ def _train_command(args, task: str, default_preset: str) -> int:
     from .trainer import train
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
-    cfg = load_config(args.config or default_preset, overrides, task=task)
+    cfg = load_config(args.config or default_preset, overrides, task=task, source="the command line")
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0

@@ -212,13 +212,14 @@ def _load_source(name_or_path: str) -> tuple[dict, str]:
 
 
 def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
-                task: str | None = None) -> RunConfig:
+                task: str | None = None, source: str = "overrides") -> RunConfig:
     """Build a :class:`RunConfig`: defaults, then ``config`` (preset name or YAML path), then ``overrides``.
 
     Args:
         config: a preset name (:func:`list_presets`) or a YAML file.
         overrides: ``{"optim.lr": 1e-3, "model.args": {...}}`` or ``["optim.lr=1e-3", ...]``.
         task: the subcommand's task; a config for the other task is an error.
+        source: how error messages name where the overrides came from.
     """
     data: dict = {}
     source = "defaults"
@@ -226,15 +227,15 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
         data, source = _load_source(config)
     cfg = config_from_dict(data, source)
     if isinstance(overrides, Mapping):
-        cfg = apply_overrides(cfg, overrides, "overrides")
+        cfg = apply_overrides(cfg, overrides, source)
     elif overrides:
         pairs = {}
         for item in overrides:
             key, sep, value = str(item).partition("=")
             if not sep:
                 raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-3)")
-            pairs[key.strip()] = _parse_text_value(value, _key_type(key.strip(), "overrides"))
-        cfg = apply_overrides(cfg, pairs, "overrides")
+            pairs[key.strip()] = _parse_text_value(value, _key_type(key.strip(), source))
+        cfg = apply_overrides(cfg, pairs, source)
     if task is not None:
         if "task" in data and data["task"] != task:
             raise ConfigError(f"{source} is a {data['task']} config; use `armvision {data['task']}` with it, "
@@ -448,9 +449,15 @@ def _parse_text_value(text: str, tp: Any) -> Any:
     if base is str or (typing.get_origin(base) is Literal and all(isinstance(a, str) for a in typing.get_args(base))):
         return text
     try:
-        return yaml.safe_load(text)
+        value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
+    if isinstance(value, str) and base is float:
+        try:
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return value
 
 
 def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:

@@ -425,6 +425,8 @@ class Trainer:
         loss = t[0].item() / max(t[1].item(), 1.0)
         seconds = time.time() - window.start
         self.loss_history.append((self.step, loss))
+        if len(self.loss_history) > 2000:  # a long run keeps an evenly thinned curve (first and last kept)
+            self.loss_history = self.loss_history[:-1:2] + self.loss_history[-1:]
         record = {"epoch": epoch + self.batch_in_epoch / (self.steps_per_epoch * self.accum_steps), "loss": loss,
                   "lr": lr, "images_per_s": window.images / max(seconds, 1e-9)}
         if math.isfinite(grad_norm):
