@@ -45,7 +45,7 @@ def normalization(stats: str, in_chans: int, mean: Sequence[float] | None = None
 
 def _black_if_no_bits(img: Image.Image, bits_to_keep: int, **kwargs) -> Image.Image:
     # timm's RandAugment asks for 0 bits at magnitude 10 (reached by m9 with mstd noise), which old
-    # Pillow turned into a black image and Pillow >= 10.4 rejects; keep the old behaviour.
+    # Pillow turned into a black image and recent Pillow rejects; keep the old behaviour.
     if bits_to_keep < 1:
         return Image.new(img.mode, img.size)
     return posterize(img, bits_to_keep, **kwargs)

@@ -7,7 +7,8 @@ directory under the demo's output folder:
    (labels unused);
 2. ``finetune``: the classifier initialised from it is fine-tuned on a labelled subset;
 3. ``scratch``: the same classifier from random weights, with the same labelled subset, recipe and
-   number of steps.
+   number of steps, except layer-wise lr decay, which only makes sense for pretrained layers (on this
+   budget it lowered the from-scratch accuracy by two points, so the baseline runs without it).
 
 Both classifiers are evaluated on the 10000 test images at the end of their run (raw and EMA
 weights; no model selection on the test set). The result table is printed and saved
@@ -51,9 +52,10 @@ PROFILES: dict[str, DemoProfile] = {
         "the presets as they are: about 8 minutes on a 2-core CPU",
     ),
     "gpu": DemoProfile(
-        "a longer schedule for a GPU: 10x the pretraining epochs, all 60000 labels for fine-tuning",
-        pretrain={"optim.epochs": 20, "optim.warmup_epochs": 1, "data.workers": 4},
-        finetune={"data.train_subset": None, "optim.epochs": 20, "optim.warmup_epochs": 1, "data.workers": 4},
+        "a longer schedule for a GPU: 8 pretraining epochs instead of 1, 10 fine-tuning epochs instead of 2 "
+        "(same 10000 labels)",
+        pretrain={"optim.epochs": 8, "optim.warmup_epochs": 0.5, "data.workers": 2},
+        finetune={"optim.epochs": 10, "optim.warmup_epochs": 0.5, "data.workers": 2},
     ),
     "smoke": DemoProfile(
         "a few steps of each stage on small subsets (about half a minute): checks an installation, "
@@ -125,6 +127,8 @@ def format_table(results: dict[str, Any]) -> str:
                   f"{_fmt(ft.get('top1'), '.2f')} vs {_fmt(sc.get('top1'), '.2f')} "
                   f"(EMA {_fmt(ft.get('ema_top1'), '.2f')} vs {_fmt(sc.get('ema_top1'), '.2f')}); "
                   f"test split: {results['setup']['test_images']} images",
+              "the same labelled images, steps and recipe for both, except layer-wise lr decay "
+              f"({results['setup']['layer_decay']}) for the pretrained model only",
               f"total wall time {results['wall_seconds']:.0f} s; {results['note']}"]
     return "\n".join(lines)
 
@@ -149,7 +153,9 @@ def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_r
     ft_over = {**prof.finetune, **common}
     ft_cfg = load_config("fmnist_finetune", {**ft_over, "output_dir": str(out / "finetune"),
                                              "init": str(out / "pretrain")}, task="finetune")
-    sc_cfg = load_config("fmnist_finetune", {**ft_over, "output_dir": str(out / "scratch")}, task="finetune")
+    # layer decay protects pretrained layers; from scratch there are none, and it only slows the early blocks
+    sc_cfg = load_config("fmnist_finetune", {**ft_over, "output_dir": str(out / "scratch"), "optim.layer_decay": None},
+                         task="finetune")
     _prepare_output(out)
     if profile == "gpu":
         _logger.info("GPU present: running the longer 'gpu' profile (%s)", prof.description)
@@ -175,7 +181,8 @@ def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_r
                     "torch_threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if has_gpu else None},
         "setup": {"model": geometry, "pretrain_images": pre_cfg.data.train_subset or 60000,
-                  "finetune_labels": labels, "test_images": ft_cfg.data.val_subset or 10000},
+                  "finetune_labels": labels, "test_images": ft_cfg.data.val_subset or 10000,
+                  "layer_decay": ft_cfg.optim.layer_decay},
         "wall_seconds": round(time.time() - t0, 1),
         "note": ("GPU present: longer 'gpu' schedule" if profile == "gpu" else prof.description),
         "runs": runs,
