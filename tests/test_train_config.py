@@ -52,7 +52,8 @@ def test_flags_override_any_field_with_typed_values():
     cfg = load_config("fmnist_pretrain", over, task="pretrain")
     assert cfg.optim.lr == 5e-4 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.betas == (0.9, 0.95) and cfg.aug.scale == (0.3, 1.0)
-    assert cfg.model.args == {"patch_size": 7, "cluster_size": 2, "embed_dim": 64, "depth": 6, "decoder_dim": 128}
+    assert cfg.model.args == {"patch_size": 7, "cluster_size": 2, "embed_dim": 64, "depth": 6, "d_state": 8,
+                              "decoder_dim": 128}
     assert cfg.data.val_split is None and cfg.data.root == "123" and cfg.seed == 3
 
 

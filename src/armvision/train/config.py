@@ -222,10 +222,10 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
         source: how error messages name where the overrides came from.
     """
     data: dict = {}
-    source = "defaults"
+    origin = "defaults"
     if config is not None:
-        data, source = _load_source(config)
-    cfg = config_from_dict(data, source)
+        data, origin = _load_source(config)
+    cfg = config_from_dict(data, origin)
     if isinstance(overrides, Mapping):
         cfg = apply_overrides(cfg, overrides, source)
     elif overrides:
@@ -238,7 +238,7 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
         cfg = apply_overrides(cfg, pairs, source)
     if task is not None:
         if "task" in data and data["task"] != task:
-            raise ConfigError(f"{source} is a {data['task']} config; use `armvision {data['task']}` with it, "
+            raise ConfigError(f"{origin} is a {data['task']} config; use `armvision {data['task']}` with it, "
                               f"or pick a {task} preset ({', '.join(p for p in list_presets() if task in p)})")
         cfg.task = task
     validate_config(cfg)
