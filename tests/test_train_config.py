@@ -107,6 +107,8 @@ def test_task_of_a_preset_must_match_the_command():
     with pytest.raises(ConfigError, match=r"preset arm_base_in1k_pretrain is a pretrain config; use "
                                           r"`armvision pretrain` with it"):
         load_config("arm_base_in1k_pretrain", task="finetune")
+    with pytest.raises(ConfigError, match=r"the task is set by the command \(armvision pretrain\)"):
+        load_config("fmnist_pretrain", {"task": "finetune"}, task="pretrain")
     with pytest.raises(ConfigError, match=r"'init': 'x'; expected null for pretraining"):
         load_config("arm_base_in1k_pretrain", {"init": "x"}, task="pretrain")
 

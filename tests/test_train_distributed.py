@@ -20,7 +20,8 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     data = make_imagefolder(tmp_path / "data", corrupt=1)
     out = tmp_path / "out"
     out.mkdir()
-    over = tiny_overrides(data, tmp_path / "run", "finetune", **{"optim.epochs": 2})
+    # micro-batch 2 on each of 2 processes, accumulated to the global batch of 8: DDP's no_sync path
+    over = tiny_overrides(data, tmp_path / "run", "finetune", **{"optim.epochs": 2, "optim.micro_batch": 2})
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(HERE)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "dist_worker.py"), json.dumps(over), str(out)]
@@ -31,7 +32,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ between the ranks"
     s0, s1 = (json.loads((out / f"summary{r}.json").read_text()) for r in (0, 1))
-    # 25 files (one unreadable) over 2 ranks: 12 each, micro-batch 8 / 2 = 4 -> 3 steps per epoch
+    # 25 files (one unreadable) over 2 ranks: 12 each = 6 micro-batches of 2 = 3 steps of 2 per epoch
     assert s0["processes"] == 2 and s0["steps"] == s1["steps"] == 6
     assert s0["images_seen"] == 48
     # evaluation sums over both ranks: all 12 validation images, once; every rank gets the same numbers

@@ -138,7 +138,7 @@ def _print_summary(summary: dict) -> None:
                      f"(min {summary['loss_min']:.4f})")
     for k in ("top1", "ema_top1", "loss", "ema_loss"):
         if k in ev:
-            parts.append(f"val {k} {ev[k]:.2f}{'%' if 'top' in k else ''}")
+            parts.append(f"val {k} {ev[k]:.2f}%" if "top" in k else f"val {k} {ev[k]:.4f}")
     if summary.get("skipped_images"):
         parts.append(f"{summary['skipped_images']} unreadable image(s) skipped")
     print("; ".join(parts))

@@ -237,6 +237,9 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
             pairs[key.strip()] = _parse_text_value(value, _key_type(key.strip(), source))
         cfg = apply_overrides(cfg, pairs, source)
     if task is not None:
+        if cfg.task != task and isinstance(overrides, Mapping) and "task" in overrides:
+            raise ConfigError(f"the task is set by the command (armvision {task}); drop the task override "
+                              f"{overrides['task']!r}")
         if "task" in data and data["task"] != task:
             raise ConfigError(f"{origin} is a {data['task']} config; use `armvision {data['task']}` with it, "
                               f"or pick a {task} preset ({', '.join(p for p in list_presets() if task in p)})")
@@ -572,6 +575,8 @@ def describe_keys(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]
     default = cls()
     hints = _hints(cls)
     for name, f in _fields(cls).items():
+        if cls is RunConfig and name == "task":  # chosen by the subcommand, not by a flag
+            continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             out += describe_keys(tp, f"{prefix}{name}.")
