@@ -51,11 +51,14 @@ def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     assert (pre / "metrics_train.csv").read_text().splitlines()[0].startswith("kind,step,time,epoch,loss,lr")
 
     ft = tmp_path / "ft"
-    flags = as_flags(tiny_overrides(data, ft, "finetune", **{"log.tensorboard": True}))
+    # loader worker processes this time (persistent across epochs); skipped images still counted
+    flags = as_flags(tiny_overrides(data, ft, "finetune", **{"log.tensorboard": True, "data.workers": 1,
+                                                             "data.persistent_workers": True}))
     code, out, err = run_cli(["finetune", "--config", "fmnist_finetune", "--init", pre, *flags], capsys)
     assert code == 0, err
     assert f"initialised from {pre}/checkpoints/step_00000006 (ARMPretrain)" in err
     summary = json.loads((ft / "summary.json").read_text())
+    assert summary["skipped_images"] == 2  # the unreadable file, once per epoch, counted from the worker
     ev = summary["eval"]
     assert ev["images"] == ev["ema_images"] == 12 and 0 <= ev["top1"] <= 100 and ev["top5"] == 100.0  # 3 classes
     assert list((ft / "tensorboard").iterdir())
@@ -158,9 +161,9 @@ def test_bad_inputs_give_a_message_a_nonzero_exit_and_write_nothing(case, tmp_pa
         for name in ("config.json", "model.safetensors", "training_state.pt"):
             (out / "checkpoints" / "step_00000001" / name).write_text("x")
         expect = "already holds a run (checkpoint step_00000001); pass --resume auto to continue it"
-    elif case == "strict_image":
-        over["data.strict_images"] = True
-        expect = "cannot read image"
+    elif case == "strict_image":  # raised in a loader worker: the message still arrives alone
+        over.update({"data.strict_images": True, "data.workers": 1})
+        expect = f"armvision: error: cannot read image {data}/train/circle/broken_0.png: cannot identify image file"
     elif case == "batch":
         over["optim.micro_batch"] = 3
         expect = "optim.batch_size 8 is not a multiple of optim.micro_batch (3)"

@@ -46,6 +46,7 @@ __all__ = [
     "resolve_resume_dir",
     "load_init_weights",
     "read_model_config",
+    "read_weights",
 ]
 
 _logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ def read_model_config(model_dir: Path) -> dict:
         raise CheckpointError(f"cannot read {model_dir / CONFIG_NAME}: {e}") from None
 
 
-def _load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(model_dir / WEIGHTS_NAME))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -199,7 +200,7 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
     if mismatch:
         raise CheckpointError(f"the --init model {model_dir} does not fit the fine-tuning model: {'; '.join(mismatch)}; "
                               "set model.name / model.args / model.in_chans to match the pretraining run")
-    sd = _load_weights(model_dir)
+    sd = read_weights(model_dir)
     if arch == "ARMPretrain":
         p = args["patch_size"]
         h, w = args["img_size"] if isinstance(args["img_size"], list) else (args["img_size"],) * 2

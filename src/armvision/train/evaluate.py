@@ -18,7 +18,7 @@ from ..data import build_dataset, eval_transform, make_loader, normalization
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.io import build_model
 from . import distributed
-from .checkpoint import _load_weights, read_model_config, resolve_model_dir
+from .checkpoint import read_model_config, read_weights, resolve_model_dir
 from .config import RunConfig, apply_overrides, config_from_dict
 
 __all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "autocast_for"]
@@ -85,7 +85,7 @@ def _load_for_eval(model_dir: Path, device: torch.device) -> tuple[nn.Module, di
         model = build_model(config)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"cannot build the model described by {model_dir}/config.json: {e}") from None
-    missing, unexpected = model.load_state_dict(_load_weights(model_dir), strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(model_dir), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{model_dir}/model.safetensors does not fit its config.json: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")

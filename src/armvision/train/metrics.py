@@ -1,5 +1,6 @@
-"""Metrics of a run: one JSON line per record (metrics.jsonl), a CSV file per kind of record
-(metrics_train.csv, metrics_eval.csv, ...) and TensorBoard scalars. Only the main process writes."""
+"""Metrics of a run: one JSON line per record (metrics.jsonl: setup, train, eval, summary, ...), a CSV
+file for the training and the evaluation records (metrics_train.csv, metrics_eval.csv) and TensorBoard
+scalars. Only the main process writes."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "format_duration"]
+__all__ = ["MetricsLogger", "format_duration", "CSV_KINDS"]
+
+CSV_KINDS = ("train", "eval")
 
 
 def format_duration(seconds: float) -> str:
@@ -23,8 +26,8 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricsLogger:
-    """``log("train", step, loss=..., lr=...)`` appends to metrics.jsonl and metrics_train.csv and
-    writes TensorBoard scalars ``train/loss``, ``train/lr``. Appends on resume."""
+    """``log("train", step, loss=..., lr=...)`` appends to metrics.jsonl (and metrics_train.csv for
+    train/eval records) and writes TensorBoard scalars ``train/loss``, ``train/lr``. Appends on resume."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
         self.dir = Path(run_dir)
@@ -46,7 +49,8 @@ class MetricsLogger:
             return
         record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
         self._jsonl.write(json.dumps(record) + "\n")
-        self._write_csv(kind, record)
+        if kind in CSV_KINDS:
+            self._write_csv(kind, record)
         if self._tb is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
