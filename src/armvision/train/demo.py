@@ -49,7 +49,7 @@ class DemoProfile:
 
 PROFILES: dict[str, DemoProfile] = {
     "cpu": DemoProfile(
-        "the presets as they are: about 8 minutes on a 2-core CPU",
+        "the presets as they are: about 7.5 minutes on a 2-core CPU",
     ),
     "gpu": DemoProfile(
         "a longer schedule for a GPU: 8 pretraining epochs instead of 1, 10 fine-tuning epochs instead of 2 "
