@@ -58,8 +58,7 @@ PROFILES: dict[str, DemoProfile] = {
         finetune={"optim.epochs": 10, "optim.warmup_epochs": 0.5, "data.workers": 2},
     ),
     "smoke": DemoProfile(
-        "a few steps of each stage on small subsets (about half a minute): checks an installation, "
-        "measures nothing",
+        "a few steps of each stage on small subsets (10-30 seconds): checks an installation, measures nothing",
         pretrain={"data.train_subset": 512, "optim.epochs": 1, "optim.warmup_epochs": 0.5, "optim.batch_size": 64},
         finetune={"data.train_subset": 256, "data.val_subset": 256, "optim.epochs": 2, "optim.warmup_epochs": 0.5,
                   "optim.batch_size": 64},
