@@ -7,8 +7,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from armvision.train import Trainer, load_config
-from armvision.train import distributed
+from armvision.train import Trainer, distributed, load_config
 
 
 def main() -> None:

@@ -64,8 +64,8 @@ def test_resolved_config_round_trips_through_yaml():
 
 
 @pytest.mark.parametrize("source,expected", [
-    ({"optim.lrr": 1}, r"unknown config key 'optim.lrr' in overrides \(did you mean lr, blr\?\); allowed keys in 'optim': "
-                       r"epochs, warmup_epochs, batch_size"),
+    ({"optim.lrr": 1}, r"unknown config key 'optim.lrr' in overrides \(did you mean lr, blr\?\); "
+                       r"allowed keys in 'optim': epochs, warmup_epochs, batch_size"),
     ({"optimizer.lr": 1}, r"unknown config key 'optimizer.lr'.*allowed keys: task, output_dir"),
     ({"optim.epochs": "many"}, r"bad value for 'optim.epochs' in overrides: 'many'; expected an integer"),
     ({"optim.epochs": 2.5}, r"bad value for 'optim.epochs' in overrides: 2.5; expected an integer"),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from trainhelpers import CLASSES, FMNIST_ROOT, HAS_FMNIST, make_fake_fmnist, make_image, make_imagefolder, write_idx
 
 from armvision.data import (
     FashionMNIST,
@@ -24,7 +25,6 @@ from armvision.data import (
     read_idx,
 )
 from armvision.errors import DataError
-from trainhelpers import CLASSES, FMNIST_ROOT, HAS_FMNIST, make_fake_fmnist, make_image, make_imagefolder, write_idx
 
 
 def test_idx_reader_reads_what_was_written(tmp_path):

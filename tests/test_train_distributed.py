@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from trainhelpers import make_imagefolder, tiny_overrides
 
 import armvision
-from trainhelpers import make_imagefolder, tiny_overrides
 
 HERE = Path(__file__).parent
 SRC = str(Path(armvision.__file__).resolve().parents[1])

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from trainhelpers import HAS_FMNIST, as_flags, make_imagefolder, tiny_overrides
 
 import armvision
 from armvision.cli import main
 from armvision.train import load_config, train
-from trainhelpers import HAS_FMNIST, as_flags, make_imagefolder, tiny_overrides
 
 SRC = str(Path(armvision.__file__).resolve().parents[1])
 
@@ -36,8 +36,8 @@ def data(tmp_path_factory):
 
 def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     pre = tmp_path / "pre"
-    code, out, err = run_cli(["pretrain", "--config", "fmnist_pretrain", *as_flags(tiny_overrides(data, pre, "pretrain"))],
-                             capsys)
+    flags = as_flags(tiny_overrides(data, pre, "pretrain"))
+    code, out, err = run_cli(["pretrain", "--config", "fmnist_pretrain", *flags], capsys)
     assert code == 0, err
     assert "pretrain finished: 6 steps, 48 images" in out  # 25 images (1 unreadable) -> 3 batches of 8, 2 epochs
     summary = json.loads((pre / "summary.json").read_text())
@@ -81,7 +81,7 @@ def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     assert code == 0 and "raw" in out  # a pretraining checkpoint reports its loss
 
 
-def test_resume_continues_from_the_saved_step_with_the_same_lr(tmp_path, data):
+def test_resume_continues_from_the_saved_step_with_the_same_lr(tmp_path, data, capsys):
     over = tiny_overrides(data, tmp_path / "full", "finetune", **{"optim.epochs": 3, "eval_every_epochs": 0,
                                                                   "checkpoint.every_steps": 2})
     full = train(load_config("fmnist_finetune", over, task="finetune"))
@@ -91,7 +91,13 @@ def test_resume_continues_from_the_saved_step_with_the_same_lr(tmp_path, data):
     assert first["steps"] == 4 and first["status"] == "stopped at step 4 (max_steps)"
     state = torch.load(tmp_path / "part" / "checkpoints" / "latest" / "training_state.pt", weights_only=True)
     assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (4, 1, 1)
-    resumed = train(load_config("fmnist_finetune", dict(part, max_steps=None, resume="auto"), task="finetune"))
+    # resumed through the command line with nothing but the folder: the run's own config.yaml is used
+    code, out, err = run_cli(["finetune", "--output_dir", tmp_path / "part", "--resume", "auto", "--max_steps", "null"],
+                             capsys)
+    assert code == 0, err
+    assert f"config: {tmp_path}/part/config.yaml (the run's own" in err
+    assert f"resumed from {tmp_path}/part/checkpoints/step_00000004 at step 4 (epoch 1)" in err
+    resumed = json.loads((tmp_path / "part" / "summary.json").read_text())
     assert resumed["steps"] == 9 == full["steps"]
 
     def records(run):

@@ -6,10 +6,10 @@ import math
 
 import pytest
 from safetensors.torch import load_file
+from trainhelpers import make_imagefolder, tiny_overrides
 
 from armvision.train import load_config, train
 from armvision.train.optim import WarmupCosine
-from trainhelpers import make_imagefolder, tiny_overrides
 
 
 @pytest.fixture(scope="module")

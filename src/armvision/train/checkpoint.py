@@ -198,8 +198,9 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
     mismatch = [f"{k}: {args.get(k)} (init) vs {classifier.config.get(k)} (fine-tuning model)"
                 for k in _ENCODER_KEYS if k in args and args.get(k) != classifier.config.get(k)]
     if mismatch:
-        raise CheckpointError(f"the --init model {model_dir} does not fit the fine-tuning model: {'; '.join(mismatch)}; "
-                              "set model.name / model.args / model.in_chans to match the pretraining run")
+        raise CheckpointError(f"the --init model {model_dir} does not fit the fine-tuning model: "
+                              f"{'; '.join(mismatch)}; set model.name / model.args / model.in_chans to match the "
+                              "pretraining run")
     sd = read_weights(model_dir)
     if arch == "ARMPretrain":
         p = args["patch_size"]
@@ -226,7 +227,8 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
         if skipped:
             _logger.info("init: kept the fresh %s (shapes differ from %s)", ", ".join(skipped), model_dir)
         return {"source": str(model_dir), "architecture": arch, "step": config.get("step"), "not_loaded": skipped}
-    raise CheckpointError(f"{model_dir / CONFIG_NAME} names architecture {arch!r}; expected ARMPretrain or ARMClassifier")
+    raise CheckpointError(f"{model_dir / CONFIG_NAME} names architecture {arch!r}; expected ARMPretrain or "
+                          "ARMClassifier")
 
 
 def _resize_classifier_pos_embed(pos: torch.Tensor, args: dict, classifier: ARMClassifier) -> torch.Tensor:

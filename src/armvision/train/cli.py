@@ -92,12 +92,15 @@ def _add_train_parser(sub, task: str) -> None:
     short = {"pretrain": "autoregressive pretraining of an ARM encoder",
              "finetune": "fine-tune an ARM classifier (from a pretraining checkpoint or from scratch)"}[task]
     examples = {
-        "pretrain": "  armvision pretrain --config arm_base_in1k_pretrain --data.root /data/imagenet --output_dir runs/pre_b\n"
-                    "  torchrun --nproc_per_node 8 -m armvision pretrain --data.root /data/imagenet --optim.micro_batch 128\n"
+        "pretrain": "  armvision pretrain --config arm_base_in1k_pretrain --data.root /data/imagenet \\\n"
+                    "      --output_dir runs/pre_b\n"
+                    "  torchrun --nproc_per_node 8 -m armvision pretrain --data.root /data/imagenet \\\n"
+                    "      --optim.micro_batch 128\n"
                     "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output_dir runs/fm_pre",
-        "finetune": "  armvision finetune --config arm_base_in1k_finetune --init runs/pre_b --data.root /data/imagenet\n"
+        "finetune": "  armvision finetune --config arm_base_in1k_finetune --init runs/pre_b \\\n"
+                    "      --data.root /data/imagenet --output_dir runs/ft_b\n"
                     "  armvision finetune --config fmnist_finetune --init runs/fm_pre --output_dir runs/fm_ft\n"
-                    "  armvision finetune --output_dir runs/fm_ft --resume auto",
+                    "  armvision finetune --output_dir runs/fm_ft --resume auto     # with the run's config.yaml",
     }[task]
     p = sub.add_parser(
         task, help=short, description=what,
@@ -105,7 +108,8 @@ def _add_train_parser(sub, task: str) -> None:
         epilog=f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n{_keys_help()}",
     )
     p.add_argument("--config", metavar="PRESET_OR_YAML", default=None,
-                   help=f"a preset name or a YAML file (default: {default_preset})")
+                   help=f"a preset name or a YAML file (default: {default_preset}; when resuming, the run's own "
+                        "OUTPUT_DIR/config.yaml)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.set_defaults(func=lambda args: run_guarded(lambda: _train_command(args, task, default_preset)),
                    config_overrides=True)
@@ -116,13 +120,25 @@ def _train_command(args, task: str, default_preset: str) -> int:
     from .trainer import train
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
-    cfg = load_config(args.config or default_preset, overrides, task=task, source="the command line")
+    config = args.config or _own_config(overrides) or default_preset
+    cfg = load_config(config, overrides, task=task, source="the command line")
     if args.print_config:
         print(config_to_yaml(cfg), end="")
         return 0
     summary = train(cfg)
     _print_summary(summary)
     return 0
+
+
+def _own_config(overrides: dict) -> str | None:
+    """The run's config.yaml when resuming without --config, so that the run continues as it was set up."""
+    from pathlib import Path
+
+    out = overrides.get("output_dir")
+    if overrides.get("resume") is None or out is None or not (Path(out) / "config.yaml").is_file():
+        return None
+    _logger.info("config: %s (the run's own; pass --config to use another)", Path(out) / "config.yaml")
+    return str(Path(out) / "config.yaml")
 
 
 def _print_summary(summary: dict) -> None:

@@ -514,7 +514,8 @@ def validate_config(cfg: RunConfig) -> None:
     need(d.num_classes is None or d.num_classes > 0, "data.num_classes", d.num_classes, "a positive integer or null")
     for key in ("mean", "std"):
         v = getattr(d, key)
-        need(v is None or len(v) == m.in_chans, f"data.{key}", v, f"{m.in_chans} value(s), one per channel (model.in_chans)")
+        need(v is None or len(v) == m.in_chans, f"data.{key}", v,
+             f"{m.in_chans} value(s), one per channel (model.in_chans)")
     need(d.std is None or min(d.std) > 0, "data.std", d.std, "positive values")
     for key in ("train_subset", "val_subset"):
         v = getattr(d, key)
@@ -538,7 +539,8 @@ def validate_config(cfg: RunConfig) -> None:
     need(o.min_lr >= 0, "optim.min_lr", o.min_lr, "0 or more")
     need(all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two values in [0, 1)")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "0 or more")
-    need(o.layer_decay is None or 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay, "a factor in (0, 1] or null")
+    need(o.layer_decay is None or 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay,
+         "a factor in (0, 1] or null")
     need(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", o.clip_grad, "a positive norm or null")
     need(cfg.ema.decay is None or 0 < cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "a decay in (0, 1) or null")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, "1 or more")

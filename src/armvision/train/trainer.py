@@ -291,7 +291,8 @@ class Trainer:
             if state.get("batch_in_epoch", 0):
                 raise CheckpointError(
                     f"{ckpt} was saved mid-epoch with micro_batch {state.get('micro_batch')} on "
-                    f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch checkpoint")
+                    f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch "
+                    "checkpoint")
         try:
             sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
             self.model.load_state_dict(sd)
@@ -403,8 +404,8 @@ class Trainer:
             if bar is not None:
                 rate = window.images / max(time.time() - window.start, 1e-9)
                 remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
-                bar.set_postfix_str(f"loss {step_loss:.4f} lr {lr:.2e} {rate:.0f} img/s eta {format_duration(remaining)}",
-                                    refresh=False)
+                bar.set_postfix_str(f"loss {step_loss:.4f} lr {lr:.2e} {rate:.0f} img/s "
+                                    f"eta {format_duration(remaining)}", refresh=False)
                 bar.update(1)
             if self.step % cfg.log.every_steps == 0 or self.step == stop_step:
                 self._log_window(window, lr, float(grad_norm), epoch)
@@ -457,12 +458,13 @@ class Trainer:
     def _is_best(self, metrics: dict[str, Any]) -> bool:
         if not metrics:
             return False
-        if self.task == "pretrain":
-            value, better = metrics["loss"], (lambda a, b: a < b)
-        else:
+        if self.task == "pretrain":  # lower validation loss is better
+            value = metrics["loss"]
+            improved = self.best_metric is None or value < self.best_metric
+        else:  # higher top-1 of the raw or the EMA weights
             value = max(metrics["top1"], metrics.get("ema_top1", -1.0))
-            better = (lambda a, b: a > b)
-        if self.best_metric is None or better(value, self.best_metric):
+            improved = self.best_metric is None or value > self.best_metric
+        if improved:
             self.best_metric = value
             return True
         return False
@@ -512,8 +514,10 @@ class Trainer:
             self.save_checkpoint(is_best=self._is_best(self.last_eval))
         summary = self._summary(time.time() - wall0, stop_step)
         if self.is_main:
-            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
-            self.logger.log("summary", self.step, **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))})
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
+            scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+            self.logger.log("summary", self.step, **scalars)
         self.logger.close()
         return summary
 
