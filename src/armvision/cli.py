@@ -2,7 +2,9 @@
 
 Each subcommand lives in the package that does its work and exposes ``register(subparsers)``,
 which adds its parser and sets ``func`` (called with the parsed args, returns an exit code).
-Add a subcommand by listing its module in ``_COMMAND_MODULES``.
+Add a subcommand by listing its module in ``_COMMAND_MODULES``. A subcommand that takes free-form
+config overrides (``--optim.lr 1e-3``) sets ``config_overrides=True`` in its defaults and receives
+the flags argparse does not know in ``args.overrides``; elsewhere they are an error.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import sys
 from . import __version__
 
 # modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
-_COMMAND_MODULES: list[str] = ["armvision.interop.cli"]
+_COMMAND_MODULES: list[str] = ["armvision.train.cli", "armvision.interop.cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "config_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.overrides = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

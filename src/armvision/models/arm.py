@@ -480,7 +480,9 @@ class ARMClassifier(_Encoder):
         """Parameter groups for layer-wise lr decay (timm's ``param_groups_layer_decay``)."""
         return dict(
             stem=r"^cls_token|^pos_embed|^patch_embed",
-            blocks=[(r"^layers\.(\d+)", None), (r"^norm_f", (99999,))],
+            # norm_f is left unmatched: timm then groups it with the head (lr scale 1), as the reference
+            # fine-tuning does (its layer id for everything after the blocks is num_layers)
+            blocks=[(r"^layers\.(\d+)", None)],
         )
 
     @torch.jit.ignore

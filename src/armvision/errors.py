@@ -1,0 +1,31 @@
+"""Errors that speak to the user.
+
+Everything a user can get wrong (a config key, a value, a dataset path, a checkpoint) raises a
+:class:`UserError` subclass whose message says what was wrong, what was expected and what to do.
+The command line prints that message and exits non-zero, without a Python traceback; anything
+else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged"]
+
+
+class UserError(Exception):
+    """Bad input: the message is meant for the user, the traceback is not."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config file, preset or flag names an unknown key or holds a bad value."""
+
+
+class DataError(UserError):
+    """A dataset is missing, empty, unreadable or has the wrong layout."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint, model directory or run directory is missing, incomplete or does not fit."""
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is left as it was."""

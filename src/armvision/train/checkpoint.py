@@ -1,0 +1,337 @@
+"""Checkpoints of a run, and finding weights to start from.
+
+A run directory holds ``checkpoints/step_00001234/`` folders, each a complete model directory
+(``config.json`` + ``model.safetensors``, loadable with :func:`armvision.load_model`) plus:
+
+- ``ema/``: the EMA weights as a second model directory (when EMA is on);
+- ``training_state.pt``: optimizer, scheduler, step, epoch, position in the epoch, RNG states of
+  every rank, best metric; read back with ``torch.load(weights_only=True)``;
+- ``metrics.json``: the evaluation metrics at that step, if any.
+
+A checkpoint is written into a hidden temporary folder and renamed into place in one step, so an
+interrupted save leaves the previous checkpoints as they were. ``latest`` and ``best`` are
+symbolic links, also replaced atomically. The newest ``keep_last`` checkpoints and the best one
+are kept; older ones are deleted after a new one is in place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..errors import CheckpointError
+from ..layers import insert_token_slot, resize_pos_embed
+from ..models import ARMClassifier, init_classifier_from_pretraining
+from ..models.io import CONFIG_NAME, WEIGHTS_NAME, save_model
+
+__all__ = [
+    "CheckpointManager",
+    "STATE_NAME",
+    "rng_state",
+    "set_rng_state",
+    "is_model_dir",
+    "resolve_model_dir",
+    "resolve_resume_dir",
+    "load_init_weights",
+    "read_model_config",
+    "read_weights",
+]
+
+_logger = logging.getLogger(__name__)
+
+STATE_NAME = "training_state.pt"
+_STEP_RE = re.compile(r"^step_(\d+)$")
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
+
+
+# ------------------------------------------------------------------------------------------------
+# RNG states
+# ------------------------------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states (python, numpy, torch CPU and CUDA), in types torch.load's
+    ``weights_only`` mode accepts."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ------------------------------------------------------------------------------------------------
+# finding model directories
+# ------------------------------------------------------------------------------------------------
+def is_model_dir(path: Path) -> bool:
+    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+
+
+def _pickle_message(path: Path) -> str:
+    # The one place that knows about foreign PyTorch pickles (official ARM .pth checkpoints):
+    # replace this with a call to the converter once it lands.
+    return (f"{path} is a PyTorch pickle (such as an official ARM .pth checkpoint); armvision reads only its own "
+            f"model directories (config.json + model.safetensors). Convert it first with "
+            f"`armvision convert {path} OUT_DIR` and pass OUT_DIR")
+
+
+def _step_dirs(ckpt_dir: Path) -> list[Path]:
+    if not ckpt_dir.is_dir():
+        return []
+    dirs = [p for p in ckpt_dir.iterdir() if p.is_dir() and not p.is_symlink() and _STEP_RE.match(p.name)]
+    return sorted(dirs, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
+
+
+def _link_target(link: Path) -> Path | None:
+    if link.is_symlink():
+        target = link.resolve()
+        if target.is_dir() and is_model_dir(target):
+            return target
+    return None
+
+
+def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
+    """A model directory from a model directory, a checkpoint folder or a run directory.
+
+    A run directory gives its ``best`` checkpoint (``prefer="best"``), else its latest.
+    """
+    p = Path(path)
+    if p.is_file():
+        if p.suffix in _PICKLE_SUFFIXES or p.name.endswith(".pth.tar"):
+            raise CheckpointError(_pickle_message(p))
+        raise CheckpointError(f"{p} is a file; expected an armvision model directory (config.json + "
+                              "model.safetensors) or a run directory (with checkpoints/)")
+    if not p.exists():
+        raise CheckpointError(f"{p} does not exist; expected an armvision model directory (config.json + "
+                              "model.safetensors), a checkpoint folder or a run directory")
+    if is_model_dir(p):
+        return p
+    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    order = ("best", "latest") if prefer == "best" else ("latest", "best")
+    for name in order:
+        target = _link_target(ckpt_dir / name)
+        if target is not None:
+            return target
+    steps = [d for d in _step_dirs(ckpt_dir) if is_model_dir(d)]
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"no model found in {p}: expected config.json + model.safetensors there, or a run "
+                          "directory with checkpoints/step_*/ (is the run finished or did it save anything?)")
+
+
+def resolve_resume_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder with a training state, from itself or from a run directory (its latest)."""
+    p = Path(path)
+    if (p / STATE_NAME).is_file() and is_model_dir(p):
+        return p
+    if p.is_file() and (p.suffix in _PICKLE_SUFFIXES):
+        raise CheckpointError(f"cannot resume from {p}: " + _pickle_message(p))
+    if not p.exists():
+        raise CheckpointError(f"cannot resume from {p}: it does not exist; pass a checkpoint folder "
+                              "(run/checkpoints/step_*), a run directory, or --resume auto")
+    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    latest = _link_target(ckpt_dir / "latest")
+    if latest is not None and (latest / STATE_NAME).is_file():
+        return latest
+    steps = [d for d in _step_dirs(ckpt_dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+    if steps:
+        return steps[-1]
+    raise CheckpointError(f"cannot resume from {p}: no checkpoint with a {STATE_NAME} in it")
+
+
+def read_model_config(model_dir: Path) -> dict:
+    try:
+        return json.loads((model_dir / CONFIG_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"cannot read {model_dir / CONFIG_NAME}: {e}") from None
+
+
+def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(model_dir / WEIGHTS_NAME))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"cannot read {model_dir / WEIGHTS_NAME}: {e}") from None
+
+
+_ENCODER_KEYS = ("embed_dim", "depth", "d_state", "patch_size", "in_chans")
+
+
+def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dict[str, Any]:
+    """Initialise a classifier for fine-tuning from ``path`` (``--init``); returns what was loaded.
+
+    A pretraining model (ARMPretrain) goes through :func:`armvision.init_classifier_from_pretraining`
+    (every direction copies the forward one, position embedding resized, class-token slot inserted).
+    A classifier's weights are copied where shapes agree (position embedding resized, a head with
+    another number of classes re-drawn).
+    """
+    model_dir = resolve_model_dir(path)
+    config = read_model_config(model_dir)
+    arch, args = config.get("architecture"), config.get("args", {})
+    mismatch = [f"{k}: {args.get(k)} (init) vs {classifier.config.get(k)} (fine-tuning model)"
+                for k in _ENCODER_KEYS if k in args and args.get(k) != classifier.config.get(k)]
+    if mismatch:
+        raise CheckpointError(f"the --init model {model_dir} does not fit the fine-tuning model: "
+                              f"{'; '.join(mismatch)}; set model.name / model.args / model.in_chans to match the "
+                              "pretraining run")
+    sd = read_weights(model_dir)
+    if arch == "ARMPretrain":
+        p = args["patch_size"]
+        h, w = args["img_size"] if isinstance(args["img_size"], list) else (args["img_size"],) * 2
+        try:
+            init_classifier_from_pretraining(classifier, sd, pretrain_grid=(h // p, w // p))
+        except (KeyError, ValueError) as e:
+            raise CheckpointError(f"cannot initialise the classifier from {model_dir}: {e}") from None
+        return {"source": str(model_dir), "architecture": arch, "step": config.get("step")}
+    if arch == "ARMClassifier":
+        own = classifier.state_dict()
+        loaded, skipped = {}, []
+        for k, v in sd.items():
+            if k == "pos_embed" and k in own and v.shape != own[k].shape:
+                v = _resize_classifier_pos_embed(v, args, classifier)
+            if k in own and own[k].shape == v.shape:
+                loaded[k] = v
+            else:
+                skipped.append(k)
+        missing = [k for k in own if k not in loaded]
+        if any(not k.startswith("head.") for k in missing):
+            raise CheckpointError(f"{model_dir} lacks parameters of the fine-tuning model: {missing[:5]}")
+        classifier.load_state_dict(loaded, strict=False)
+        if skipped:
+            _logger.info("init: kept the fresh %s (shapes differ from %s)", ", ".join(skipped), model_dir)
+        return {"source": str(model_dir), "architecture": arch, "step": config.get("step"), "not_loaded": skipped}
+    raise CheckpointError(f"{model_dir / CONFIG_NAME} names architecture {arch!r}; expected ARMPretrain or "
+                          "ARMClassifier")
+
+
+def _resize_classifier_pos_embed(pos: torch.Tensor, args: dict, classifier: ARMClassifier) -> torch.Tensor:
+    p = args["patch_size"]
+    size = args["img_size"] if isinstance(args["img_size"], list) else [args["img_size"]] * 2
+    src_grid = (size[0] // p, size[1] // p)
+    c = (src_grid[0] * src_grid[1]) // 2
+    patches = torch.cat([pos[:, :c], pos[:, c + 1:]], dim=1)
+    grid = classifier.geometry.grid
+    return insert_token_slot(resize_pos_embed(patches.float(), src_grid, grid), (grid[0] * grid[1]) // 2,
+                             pos[:, c:c + 1])
+
+
+# ------------------------------------------------------------------------------------------------
+# the manager
+# ------------------------------------------------------------------------------------------------
+class CheckpointManager:
+    """Saves, finds and prunes the checkpoints of one run (``run_dir/checkpoints``).
+
+    Only the main process writes; every process may read.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, keep_last: int = 2, is_main: bool = True):
+        self.dir = Path(run_dir) / "checkpoints"
+        self.keep_last = keep_last
+        self.is_main = is_main
+
+    # -- reading --------------------------------------------------------------------------------
+    def steps(self) -> list[Path]:
+        return [d for d in _step_dirs(self.dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+
+    def latest(self) -> Path | None:
+        target = _link_target(self.dir / "latest")
+        if target is not None and (target / STATE_NAME).is_file():
+            return target
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def best(self) -> Path | None:
+        return _link_target(self.dir / "best")
+
+    @staticmethod
+    def load_state(ckpt: Path) -> dict[str, Any]:
+        try:
+            return torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable state is the same problem for the user
+            raise CheckpointError(f"cannot read {ckpt / STATE_NAME}: {e}; the checkpoint is damaged; resume from "
+                                  "an older one (--resume PATH)") from None
+
+    # -- writing --------------------------------------------------------------------------------
+    def remove_partial(self) -> list[Path]:
+        """Delete temporary folders left by an interrupted save (they never replaced anything)."""
+        removed = []
+        if self.is_main and self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if p.name.startswith(".tmp-"):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
+
+    def save(self, step: int, model: nn.Module, state: dict[str, Any], extra_config: dict[str, Any],
+             ema_state_dict: dict[str, torch.Tensor] | None = None, metrics: dict[str, Any] | None = None,
+             is_best: bool = False) -> Path:
+        """Write checkpoint ``step_{step}`` atomically, point ``latest`` (and ``best``) at it, prune."""
+        final = self.dir / f"step_{step:08d}"
+        if not self.is_main:
+            return final
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+        try:
+            tmp.mkdir()
+            save_model(model, tmp, extra_config=extra_config)
+            if ema_state_dict is not None:
+                save_model(model, tmp / "ema", state_dict=ema_state_dict, extra_config={**extra_config, "ema": True})
+            if metrics:
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            torch.save(state, tmp / STATE_NAME)
+            if final.exists():  # the same step saved again (e.g. end of epoch, then end of run)
+                old = self.dir / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self._link("latest", final)
+        if is_best:
+            self._link("best", final)
+        self._prune()
+        return final
+
+    def _link(self, name: str, target: Path) -> None:
+        tmp = self.dir / f".tmp-link-{name}-{uuid.uuid4().hex[:8]}"
+        os.symlink(target.name, tmp)
+        os.replace(tmp, self.dir / name)
+
+    def _prune(self) -> None:
+        keep = set(self.steps()[-self.keep_last:])
+        best = self.best()
+        if best is not None:
+            keep.add(best)
+        for d in _step_dirs(self.dir):
+            if d not in keep:
+                shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,245 @@
+"""``armvision pretrain | finetune | eval | demo``: the training subcommands.
+
+Config overrides are plain flags named after the config keys: ``--optim.lr 1e-3``,
+``--model.args.embed_dim 128``, ``--data.pin_memory false`` (a boolean flag alone means true),
+``--output_dir runs/x`` (or ``--output-dir``). ``--help`` lists every key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import textwrap
+from typing import Callable
+
+from ..errors import UserError
+
+__all__ = ["register", "run_guarded"]
+
+_logger = logging.getLogger("armvision")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by a test harness)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _setup_logging() -> None:
+    import os
+
+    rank = int(os.environ.get("RANK", "0"))
+    root = logging.getLogger("armvision")
+    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
+        root.addHandler(handler)
+    # other ranks only speak when something is wrong
+    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    logging.getLogger("timm").setLevel(logging.WARNING)
+
+
+def _user_message(e: BaseException) -> str:
+    msg = str(e)
+    # an error raised inside a DataLoader worker arrives wrapped with the worker's traceback
+    marker = f"{type(e).__module__}.{type(e).__name__}: "
+    if "Original Traceback" in msg and marker in msg:
+        msg = msg.rsplit(marker, 1)[-1].strip()
+    return msg
+
+
+def run_guarded(fn: Callable[[], int | None]) -> int:
+    """Run a command: user errors print one message and exit 2; the process group is always left."""
+    from . import distributed
+
+    _setup_logging()
+    try:
+        return int(fn() or 0)
+    except UserError as e:
+        print(f"armvision: error: {_user_message(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("armvision: interrupted; completed checkpoints are intact (resume with --resume auto)", file=sys.stderr)
+        return 130
+    finally:
+        distributed.teardown()
+
+
+def _keys_help() -> str:
+    from .config import describe_keys
+
+    lines = ["config keys (flags --KEY VALUE override the preset; VALUE is YAML: 1e-3, true, [0.9, 0.95], null):"]
+    for key, default, help_text in describe_keys():
+        wrapped = textwrap.fill(help_text, 78, initial_indent=" " * 6, subsequent_indent=" " * 6) if help_text else ""
+        lines.append(f"  --{key} (default {default})" + (f"\n{wrapped}" if wrapped else ""))
+    return "\n".join(lines)
+
+
+def _add_train_parser(sub, task: str) -> None:
+    from .config import list_presets
+
+    default_preset = {"pretrain": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune"}[task]
+    what = {"pretrain": "Autoregressive pretraining (next-cluster prediction) of an ARM encoder.",
+            "finetune": "Fine-tune an ARM classifier (four-direction scans), from a pretraining checkpoint (--init) "
+                        "or from scratch."}[task]
+    short = {"pretrain": "autoregressive pretraining of an ARM encoder",
+             "finetune": "fine-tune an ARM classifier (from a pretraining checkpoint or from scratch)"}[task]
+    examples = {
+        "pretrain": "  armvision pretrain --config arm_base_in1k_pretrain --data.root /data/imagenet \\\n"
+                    "      --output_dir runs/pre_b\n"
+                    "  torchrun --nproc_per_node 8 -m armvision pretrain --data.root /data/imagenet \\\n"
+                    "      --optim.micro_batch 128\n"
+                    "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output_dir runs/fm_pre",
+        "finetune": "  armvision finetune --config arm_base_in1k_finetune --init runs/pre_b \\\n"
+                    "      --data.root /data/imagenet --output_dir runs/ft_b\n"
+                    "  armvision finetune --config fmnist_finetune --init runs/fm_pre --output_dir runs/fm_ft\n"
+                    "  armvision finetune --output_dir runs/fm_ft --resume auto     # with the run's config.yaml",
+    }[task]
+    p = sub.add_parser(
+        task, help=short, description=what,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n{_keys_help()}",
+    )
+    p.add_argument("--config", metavar="PRESET_OR_YAML", default=None,
+                   help=f"a preset name or a YAML file (default: {default_preset}; when resuming, the run's own "
+                        "OUTPUT_DIR/config.yaml)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.set_defaults(func=lambda args: run_guarded(lambda: _train_command(args, task, default_preset)),
+                   config_overrides=True)
+
+
+def _train_command(args, task: str, default_preset: str) -> int:
+    from .config import config_to_yaml, load_config, parse_cli_overrides
+    from .trainer import train
+
+    overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
+    config = args.config or _own_config(overrides) or default_preset
+    cfg = load_config(config, overrides, task=task, source="the command line")
+    if args.print_config:
+        print(config_to_yaml(cfg), end="")
+        return 0
+    summary = train(cfg)
+    _print_summary(summary)
+    return 0
+
+
+def _own_config(overrides: dict) -> str | None:
+    """The run's config.yaml when resuming without --config, so that the run continues as it was set up."""
+    from pathlib import Path
+
+    out = overrides.get("output_dir")
+    if overrides.get("resume") is None or out is None or not (Path(out) / "config.yaml").is_file():
+        return None
+    _logger.info("config: %s (the run's own; pass --config to use another)", Path(out) / "config.yaml")
+    return str(Path(out) / "config.yaml")
+
+
+def _print_summary(summary: dict) -> None:
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    ev = summary.get("eval") or {}
+    parts = [f"{summary['task']} {summary['status']}: {summary['steps']} steps, {summary['images_seen']} images, "
+             f"{summary['wall_seconds']:.1f} s"]
+    if summary.get("loss_last") is not None:
+        parts.append(f"train loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} "
+                     f"(min {summary['loss_min']:.4f})")
+    for k in ("top1", "ema_top1", "loss", "ema_loss"):
+        if k in ev:
+            parts.append(f"val {k} {ev[k]:.2f}%" if "top" in k else f"val {k} {ev[k]:.4f}")
+    if summary.get("skipped_images"):
+        parts.append(f"{summary['skipped_images']} unreadable image(s) skipped")
+    print("; ".join(parts))
+    print(f"checkpoint: {summary.get('best_checkpoint') or summary.get('last_checkpoint')}  "
+          f"(summary: {summary['output_dir']}/summary.json)")
+
+
+def _add_eval_parser(sub) -> None:
+    p = sub.add_parser(
+        "eval", help="evaluate a checkpoint on a dataset split (top-1/top-5/loss, raw and EMA weights)",
+        description="Evaluate a checkpoint (a model directory, a checkpoint folder or a run directory: its best, "
+                    "else latest checkpoint) on a dataset split. Data settings default to those the checkpoint "
+                    "was trained with; --data.* flags (after CHECKPOINT) change them.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  armvision eval runs/fm_ft\n"
+               "  armvision eval runs/ft_b/checkpoints/best --data.root /data/imagenet --split val --output val.json",
+    )
+    p.add_argument("checkpoint", help="model directory, checkpoint folder or run directory")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's data.val_split)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--weights", default="both", choices=["raw", "ema", "both"],
+                   help="raw weights, EMA weights, or both (default; EMA where the checkpoint has them)")
+    p.add_argument("--output", default=None, help="also write the results to this JSON file")
+    p.set_defaults(func=lambda args: run_guarded(lambda: _eval_command(args)), config_overrides=True)
+
+
+def _eval_command(args) -> int:
+    from .config import parse_cli_overrides
+    from .evaluate import evaluate_checkpoint
+
+    overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
+    out = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, batch_size=args.batch_size,
+                              weights=args.weights, output=args.output)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"{out['checkpoint']} on {out['dataset']} split {out['split']!r}:")
+        print(f"  {'weights':8s} {'images':>7s} {'top-1 %':>8s} {'top-5 %':>8s} {'loss':>8s}")
+        for name, r in out["results"].items():
+            top1 = f"{r['top1']:8.2f}" if "top1" in r else f"{'-':>8s}"
+            top5 = f"{r['top5']:8.2f}" if "top5" in r else f"{'-':>8s}"
+            print(f"  {name:8s} {r['images']:7d} {top1} {top5} {r['loss']:8.4f}")
+        if args.output:
+            print(f"  written to {args.output}")
+    return 0
+
+
+def _add_demo_parser(sub) -> None:
+    from .demo import PROFILES
+
+    p = sub.add_parser(
+        "demo", help="pretrain + fine-tune + from-scratch baseline on Fashion-MNIST, with a result table",
+        description="The embedded demo: on Fashion-MNIST, pretrain a small ARM with the autoregressive objective, "
+                    "fine-tune it, fine-tune the same architecture from scratch with the same budget, evaluate both "
+                    "on the test split and print a result table. About 7.5 minutes on a 2-core CPU; with a GPU it "
+                    "runs a longer schedule.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="profiles:\n" + "\n".join(f"  {k}: {v.description}" for k, v in PROFILES.items()),
+    )
+    p.add_argument("--output-dir", default="runs/demo",
+                   help="where the three runs and the results go (an earlier demo there is replaced)")
+    p.add_argument("--profile", default="auto", choices=["auto", *PROFILES],
+                   help="budget: auto picks gpu when a GPU is present, else cpu")
+    p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files "
+                                                     "(default /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: the profile's)")
+    p.set_defaults(func=lambda args: run_guarded(lambda: _demo_command(args)))
+
+
+def _demo_command(args) -> int:
+    from .demo import run_demo
+
+    result = run_demo(output_dir=args.output_dir, profile=args.profile, data_root=args.data_root,
+                      device=args.device, seed=args.seed, workers=args.workers)
+    print(result["table"])
+    print(f"\nresults: {result['paths']['json']} and {result['paths']['markdown']}")
+    return 0
+
+
+def register(sub) -> None:
+    """Add pretrain, finetune, eval and demo to the armvision command."""
+    _add_train_parser(sub, "pretrain")
+    _add_train_parser(sub, "finetune")
+    _add_eval_parser(sub)
+    _add_demo_parser(sub)
+

@@ -1,0 +1,590 @@
+"""Run configuration: one tree of dataclasses, filled from a preset, a YAML file and flags.
+
+A run is described by :class:`RunConfig`. Its values come, in this order (later wins), from the
+dataclass defaults, a packaged preset or a YAML file (``--config``), and ``key=value`` overrides
+(``--optim.lr 1e-3`` on the command line, a dict in Python). Every key is checked: an unknown key
+or a value of the wrong type or range raises :class:`~armvision.errors.ConfigError` naming the key
+and what is allowed. The resolved config is written beside the run's outputs (``config.yaml``).
+
+The paper's recipes are data files in ``armvision/train/presets`` (see :func:`list_presets`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence, Union
+
+import yaml
+
+from ..errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "DataConfig",
+    "AugmentConfig",
+    "OptimConfig",
+    "EmaConfig",
+    "CheckpointConfig",
+    "LogConfig",
+    "RunConfig",
+    "list_presets",
+    "load_config",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "config_to_yaml",
+    "validate_config",
+    "describe_keys",
+    "parse_cli_overrides",
+]
+
+Task = Literal["pretrain", "finetune"]
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", factory=None):  # noqa: A002 - "help" reads best
+    """A dataclass field with a help text (shown by ``armvision <task> --help``)."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("arm_base_pz16", "registry name (arm_tiny_pz16 ... arm_huge_pz16)")
+    img_size: int = _f(224, "input resolution in pixels (square)")
+    in_chans: int = _f(3, "image channels: 3 (RGB) or 1 (grayscale; images are converted to 'L')")
+    drop_path: float = _f(0.0, "stochastic depth rate of the encoder")
+    args: dict[str, Any] = _f(help="further constructor arguments of the model (patch_size, cluster_size, "
+                                   "embed_dim, depth, d_state, decoder_dim, memory_layers, ...), e.g. "
+                                   "--model.args.embed_dim 128", factory=dict)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = _f("imagefolder", "'imagefolder' (ROOT/TRAIN_SPLIT/CLASS/*.jpg, a folder or a .tar), "
+                                     "'fashion_mnist' (the idx files), or a timm reader such as 'wds/NAME' "
+                                     "(webdataset shards + _info.json) or 'hfds/NAME' (a local Hugging Face dataset)")
+    root: Union[str, None] = _f(None, "dataset location (fashion_mnist: defaults to Debian's "
+                                      "/usr/share/datasets/fashion-mnist)")
+    train_split: str = _f("train", "split to train on")
+    val_split: Union[str, None] = _f("val", "split to evaluate on during training (null: none)")
+    num_classes: Union[int, None] = _f(None, "classes of the head (null: from the dataset)")
+    stats: Literal["imagenet", "fashion_mnist", "half"] = _f("imagenet", "normalisation mean/std preset")
+    mean: Union[tuple[float, ...], None] = _f(None, "per-channel mean (overrides 'stats')")
+    std: Union[tuple[float, ...], None] = _f(None, "per-channel std (overrides 'stats')")
+    train_subset: Union[int, None] = _f(None, "train on this many images only (a fixed random subset, "
+                                              "drawn with subset_seed)")
+    val_subset: Union[int, None] = _f(None, "evaluate on this many images only (fixed random subset)")
+    subset_seed: int = _f(0, "seed of the subset draws (independent of the run's seed)")
+    workers: int = _f(8, "data loader worker processes per device (0: load in the main process)")
+    pin_memory: bool = _f(True, "pin host memory of batches (used only with a GPU)")
+    persistent_workers: bool = _f(True, "keep loader workers alive between epochs")
+    strict_images: bool = _f(False, "an unreadable image stops the run (default: skipped with a warning "
+                                    "and counted in the summary)")
+    eval_crop_pct: float = _f(0.875, "evaluation: resize (squash) to img_size / eval_crop_pct, then "
+                                     "center-crop img_size")
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")
+
+
+@dataclass
+class AugmentConfig:
+    scale: tuple[float, float] = _f((0.08, 1.0), "RandomResizedCrop area range")
+    ratio: tuple[float, float] = _f((3 / 4, 4 / 3), "RandomResizedCrop aspect-ratio range")
+    hflip: float = _f(0.5, "horizontal flip probability")
+    auto_augment: Union[str, None] = _f(None, "timm RandAugment/AutoAugment policy, e.g. rand-m9-mstd0.5-inc1 "
+                                              "(fine-tuning only)")
+    color_jitter: Union[float, None] = _f(None, "color jitter strength when auto_augment is off (fine-tuning only)")
+    reprob: float = _f(0.0, "random erasing probability (fine-tuning only)")
+    remode: Literal["pixel", "rand", "const"] = _f("pixel", "random erasing fill")
+    mixup: float = _f(0.0, "mixup alpha (0: off)")
+    cutmix: float = _f(0.0, "cutmix alpha (0: off)")
+    mixup_prob: float = _f(1.0, "probability of applying mixup or cutmix to a batch")
+    mixup_switch_prob: float = _f(0.5, "probability of cutmix instead of mixup when both are on")
+    smoothing: float = _f(0.0, "label smoothing")
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = _f(100, "training epochs (the schedule's length)")
+    warmup_epochs: float = _f(5.0, "linear warm-up, in epochs (counted in optimizer steps)")
+    batch_size: int = _f(1024, "global batch: micro_batch x devices x accumulation steps (lr scales with it)")
+    micro_batch: Union[int, None] = _f(None, "images per device per forward pass (null: batch_size / devices, "
+                                             "no accumulation); gradients are accumulated up to batch_size")
+    blr: float = _f(5e-4, "base learning rate: lr = blr * batch_size / 256")
+    lr: Union[float, None] = _f(None, "absolute learning rate (overrides blr)")
+    min_lr: float = _f(1e-6, "learning rate at the end of the half-cosine")
+    betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
+    weight_decay: float = _f(0.05, "AdamW weight decay (none on biases, norms, 1-D parameters, A_log, D, "
+                                   "position embeddings and tokens)")
+    layer_decay: Union[float, None] = _f(None, "layer-wise lr decay (fine-tuning; null: off)")
+    clip_grad: Union[float, None] = _f(None, "clip the gradient norm to this (null: off)")
+
+
+@dataclass
+class EmaConfig:
+    decay: Union[float, None] = _f(None, "EMA of the weights with this decay per optimizer step (null: off)")
+    warmup: bool = _f(False, "timm's EMA decay warm-up (useful for short runs)")
+
+
+@dataclass
+class CheckpointConfig:
+    every_epochs: int = _f(1, "save a checkpoint every N epochs (0: only at the end)")
+    every_steps: int = _f(0, "also save every N optimizer steps (0: off)")
+    keep_last: int = _f(2, "keep the N most recent checkpoints (the best one is kept as well)")
+
+
+@dataclass
+class LogConfig:
+    every_steps: int = _f(20, "log training metrics every N optimizer steps")
+    tensorboard: bool = _f(True, "write TensorBoard event files (OUTPUT_DIR/tensorboard)")
+    progress: Literal["auto", "on", "off"] = _f("auto", "progress bar (auto: only on a terminal)")
+
+
+@dataclass
+class RunConfig:
+    task: Task = _f("finetune", "pretrain (autoregressive) or finetune (classification)")
+    output_dir: str = _f("runs/run", "where config, logs, metrics and checkpoints go")
+    seed: int = _f(0, "random seed (each process adds its rank)")
+    device: str = _f("auto", "auto (cuda if present), cpu, cuda or cuda:N")
+    precision: Literal["auto", "bf16", "fp32"] = _f("auto", "auto: bf16 autocast on GPU, fp32 on CPU")
+    init: Union[str, None] = _f(None, "fine-tuning: start from this pretraining checkpoint (a model directory "
+                                      "or a pretraining run directory)")
+    resume: Union[str, None] = _f(None, "'auto' (continue the latest checkpoint in output_dir, if any) or a "
+                                        "checkpoint directory")
+    max_steps: Union[int, None] = _f(None, "stop after this many optimizer steps (the schedule still spans "
+                                           "all epochs; resume to continue)")
+    eval_every_epochs: int = _f(1, "evaluate on data.val_split every N epochs (0: only at the end)")
+    model: ModelConfig = _f(factory=ModelConfig)
+    data: DataConfig = _f(factory=DataConfig)
+    aug: AugmentConfig = _f(factory=AugmentConfig)
+    optim: OptimConfig = _f(factory=OptimConfig)
+    ema: EmaConfig = _f(factory=EmaConfig)
+    checkpoint: CheckpointConfig = _f(factory=CheckpointConfig)
+    log: LogConfig = _f(factory=LogConfig)
+
+
+# ------------------------------------------------------------------------------------------------
+# presets
+# ------------------------------------------------------------------------------------------------
+def _preset_dir():
+    return resources.files("armvision.train").joinpath("presets")
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (YAML files in armvision/train/presets)."""
+    return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, source: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of config keys (task, model, data, optim, ...), "
+                          f"got {type(data).__name__}")
+    return data
+
+
+def _load_source(name_or_path: str) -> tuple[dict, str]:
+    """Read a preset by name or a YAML file by path; returns (mapping, description)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found; pass a YAML file or a preset name "
+                              f"({', '.join(list_presets())})")
+        return _read_yaml(path.read_text(), str(path)), str(path)
+    res = _preset_dir().joinpath(f"{name_or_path}.yaml")
+    if not res.is_file():
+        close = difflib.get_close_matches(name_or_path, list_presets(), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError(f"unknown preset {name_or_path!r}{hint}; presets: {', '.join(list_presets())}; "
+                          "or pass a path to a YAML file")
+    return _read_yaml(res.read_text(), f"preset {name_or_path}"), f"preset {name_or_path}"
+
+
+def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
+                task: str | None = None, source: str = "overrides") -> RunConfig:
+    """Build a :class:`RunConfig`: defaults, then ``config`` (preset name or YAML path), then ``overrides``.
+
+    Args:
+        config: a preset name (:func:`list_presets`) or a YAML file.
+        overrides: ``{"optim.lr": 1e-3, "model.args": {...}}`` or ``["optim.lr=1e-3", ...]``.
+        task: the subcommand's task; a config for the other task is an error.
+        source: how error messages name where the overrides came from.
+    """
+    data: dict = {}
+    origin = "defaults"
+    if config is not None:
+        data, origin = _load_source(config)
+    cfg = config_from_dict(data, origin)
+    if isinstance(overrides, Mapping):
+        cfg = apply_overrides(cfg, overrides, source)
+    elif overrides:
+        pairs = {}
+        for item in overrides:
+            key, sep, value = str(item).partition("=")
+            if not sep:
+                raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-3)")
+            pairs[key.strip()] = _parse_text_value(value, _key_type(key.strip(), source))
+        cfg = apply_overrides(cfg, pairs, source)
+    if task is not None:
+        if cfg.task != task and isinstance(overrides, Mapping) and "task" in overrides:
+            raise ConfigError(f"the task is set by the command (armvision {task}); drop the task override "
+                              f"{overrides['task']!r}")
+        if "task" in data and data["task"] != task:
+            raise ConfigError(f"{origin} is a {data['task']} config; use `armvision {data['task']}` with it, "
+                              f"or pick a {task} preset ({', '.join(p for p in list_presets() if task in p)})")
+        cfg.task = task
+    validate_config(cfg)
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# typed assignment
+# ------------------------------------------------------------------------------------------------
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown_key(key: str, allowed: Sequence[str], where: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], allowed, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"unknown config key {key!r} in {source}{hint}; allowed keys{where}: {', '.join(allowed)}")
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0])}"
+        return f"a list of {len(args)} {_type_name(args[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; converts where it is lossless (5e-4 -> float)."""
+    def bad() -> ConfigError:
+        return ConfigError(f"bad value for {key!r} in {source}: {value!r}; expected {_type_name(tp)}")
+
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad()
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key, source)
+            except ConfigError as e:
+                errors.append(e)
+        raise bad()
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"bad value for {key!r} in {source}: {value!r}; allowed: "
+                              f"{', '.join(repr(c) for c in choices)}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], key, source) for v in value)
+        if len(value) != len(args):
+            raise bad()
+        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad()
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                try:
+                    f = float(value)
+                except ValueError:
+                    raise bad() from None
+                if f.is_integer():
+                    return int(f)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
+            except ValueError:
+                raise bad() from None
+        raise bad()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad()
+    raise TypeError(f"unsupported config annotation {tp} for {key}")  # a bug, not user input
+
+
+def _assign(obj: Any, data: Mapping[str, Any], prefix: str, source: str) -> None:
+    fields = _fields(type(obj))
+    hints = _hints(type(obj))
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in fields:
+            where = f" in {prefix[:-1]!r}" if prefix else ""
+            raise _unknown_key(key, list(fields), where, source)
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{key!r} in {source} must be a mapping of its keys "
+                                  f"({', '.join(_fields(tp))}), got {v!r}")
+            _assign(getattr(obj, k), v, f"{key}.", source)
+        else:
+            setattr(obj, k, _coerce(v, tp, key, source))
+
+
+def config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """A :class:`RunConfig` from a nested mapping (a YAML file's content); unknown keys are errors."""
+    cfg = RunConfig()
+    _assign(cfg, data, "", source)
+    return cfg
+
+
+def _key_type(key: str, source: str):
+    """(annotation) of a dotted key; ``model.args.X`` is any value."""
+    obj_cls, parts = RunConfig, key.split(".")
+    for i, part in enumerate(parts):
+        fields = _fields(obj_cls)
+        if part not in fields:
+            prefix = ".".join(parts[:i])
+            raise _unknown_key(key, list(fields), f" in {prefix!r}" if prefix else "", source)
+        tp = _hints(obj_cls)[part]
+        if dataclasses.is_dataclass(tp):
+            obj_cls = tp
+            continue
+        if typing.get_origin(tp) is dict and i < len(parts) - 1:
+            return Any
+        if i != len(parts) - 1:
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section; "
+                              f"{key!r} does not exist")
+        return tp
+    return obj_cls
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], source: str = "overrides") -> RunConfig:
+    """Set dotted keys (``optim.lr``, ``model.args.embed_dim``) on a copy of ``cfg``."""
+    cfg = config_from_dict(config_to_dict(cfg), source)
+    for key, value in overrides.items():
+        key = key.replace("-", "_")
+        tp = _key_type(key, source)
+        parts = key.split(".")
+        obj = cfg
+        for i, part in enumerate(parts):
+            attr = getattr(obj, part)
+            if dataclasses.is_dataclass(attr) and i < len(parts) - 1:
+                obj = attr
+                continue
+            if isinstance(attr, dict) and i < len(parts) - 1:  # model.args.X = value
+                sub = attr
+                for p in parts[i + 1: -1]:
+                    sub = sub.setdefault(p, {})
+                sub[parts[-1]] = value
+                break
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{key!r} is a section; set its keys ({', '.join(_fields(tp))}) one by one, "
+                                      f"e.g. {key}.{next(iter(_fields(tp)))}=...")
+                _assign(attr, value, f"{key}.", source)
+            else:
+                setattr(obj, part, _coerce(value, tp, key, source))
+            break
+    return cfg
+
+
+def _parse_text_value(text: str, tp: Any) -> Any:
+    """A value given as text (a flag): strings stay strings; anything else is read as YAML."""
+    base = tp
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
+        if text.strip().lower() in ("null", "none", "~"):
+            return None
+        base = non_none[0] if len(non_none) == 1 else tp
+    if base is str or (typing.get_origin(base) is Literal and all(isinstance(a, str) for a in typing.get_args(base))):
+        return text
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and base is float:
+        try:
+            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
+        except ValueError:
+            pass
+    return value
+
+
+def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
+    """``["--optim.lr", "1e-3", "--data.pin_memory", "--seed=3"]`` -> {"optim.lr": 0.001, ...}.
+
+    A boolean key given without a value means true. Unknown keys are errors naming the key.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    tokens = list(tokens)
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected argument {tok!r}; config overrides look like --section.key VALUE "
+                              "(e.g. --optim.lr 1e-3); see --help for the keys")
+        key, eq, value = tok[2:].partition("=")
+        key = key.replace("-", "_")
+        tp = _key_type(key, "the command line")
+        if not eq:
+            has_value = i + 1 < len(tokens) and not (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2)
+            if tp is bool and not has_value:
+                out[key] = True
+                i += 1
+                continue
+            if not has_value:
+                raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
+            value = tokens[i + 1]
+            i += 2
+        else:
+            i += 1
+        out[key] = _parse_text_value(value, tp)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# validation and output
+# ------------------------------------------------------------------------------------------------
+def validate_config(cfg: RunConfig) -> None:
+    """Range checks the types cannot express; raises ConfigError naming the key."""
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            raise ConfigError(f"bad value for {key!r}: {value!r}; expected {allowed}")
+
+    from ..models import list_models
+
+    m, d, a, o = cfg.model, cfg.data, cfg.aug, cfg.optim
+    need(m.name in list_models(), "model.name", m.name, f"one of {', '.join(list_models())}")
+    need(m.img_size > 0, "model.img_size", m.img_size, "a positive integer")
+    need(m.in_chans in (1, 3), "model.in_chans", m.in_chans, "1 (grayscale) or 3 (RGB)")
+    need(0 <= m.drop_path < 1, "model.drop_path", m.drop_path, "a rate in [0, 1)")
+    need(d.num_classes is None or d.num_classes > 0, "data.num_classes", d.num_classes, "a positive integer or null")
+    for key in ("mean", "std"):
+        v = getattr(d, key)
+        need(v is None or len(v) == m.in_chans, f"data.{key}", v,
+             f"{m.in_chans} value(s), one per channel (model.in_chans)")
+    need(d.std is None or min(d.std) > 0, "data.std", d.std, "positive values")
+    for key in ("train_subset", "val_subset"):
+        v = getattr(d, key)
+        need(v is None or v > 0, f"data.{key}", v, "a positive number of images or null")
+    need(d.workers >= 0, "data.workers", d.workers, "0 or more")
+    need(0 < d.eval_crop_pct <= 1, "data.eval_crop_pct", d.eval_crop_pct, "a fraction in (0, 1]")
+    need(0 < a.scale[0] <= a.scale[1] <= 1, "aug.scale", a.scale, "0 < min <= max <= 1")
+    need(0 < a.ratio[0] <= a.ratio[1], "aug.ratio", a.ratio, "0 < min <= max")
+    for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):
+        v = getattr(a, key)
+        need(0 <= v <= 1, f"aug.{key}", v, "a probability in [0, 1]")
+    need(0 <= a.smoothing < 1, "aug.smoothing", a.smoothing, "a value in [0, 1)")
+    need(a.mixup >= 0 and a.cutmix >= 0, "aug.mixup/aug.cutmix", (a.mixup, a.cutmix), "alphas >= 0")
+    need(o.epochs >= 1, "optim.epochs", o.epochs, "1 or more")
+    need(0 <= o.warmup_epochs <= o.epochs, "optim.warmup_epochs", o.warmup_epochs, f"0 .. optim.epochs ({o.epochs})")
+    need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "1 or more")
+    need(o.micro_batch is None or 1 <= o.micro_batch <= o.batch_size, "optim.micro_batch", o.micro_batch,
+         f"1 .. optim.batch_size ({o.batch_size}) or null")
+    need(o.blr > 0, "optim.blr", o.blr, "a positive learning rate")
+    need(o.lr is None or o.lr > 0, "optim.lr", o.lr, "a positive learning rate or null")
+    need(o.min_lr >= 0, "optim.min_lr", o.min_lr, "0 or more")
+    need(all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two values in [0, 1)")
+    need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "0 or more")
+    need(o.layer_decay is None or 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay,
+         "a factor in (0, 1] or null")
+    need(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", o.clip_grad, "a positive norm or null")
+    need(cfg.ema.decay is None or 0 < cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "a decay in (0, 1) or null")
+    need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, "1 or more")
+    need(cfg.checkpoint.every_epochs >= 0, "checkpoint.every_epochs", cfg.checkpoint.every_epochs, "0 or more")
+    need(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "0 or more")
+    need(cfg.log.every_steps >= 1, "log.every_steps", cfg.log.every_steps, "1 or more")
+    need(cfg.eval_every_epochs >= 0, "eval_every_epochs", cfg.eval_every_epochs, "0 or more")
+    need(cfg.max_steps is None or cfg.max_steps >= 1, "max_steps", cfg.max_steps, "1 or more, or null")
+    dev = cfg.device
+    need(dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit()), "device", dev,
+         "auto, cpu, cuda or cuda:N")
+    if cfg.task == "pretrain":
+        need(cfg.init is None, "init", cfg.init, "null for pretraining (init is a fine-tuning option)")
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain nested dict (tuples as lists), ready for YAML/JSON."""
+    def plain(v):
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(cfg))
+
+
+def config_to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def describe_keys(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) of every config key, for ``--help``."""
+    out = []
+    default = cls()
+    hints = _hints(cls)
+    for name, f in _fields(cls).items():
+        if cls is RunConfig and name == "task":  # chosen by the subcommand, not by a flag
+            continue
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            out += describe_keys(tp, f"{prefix}{name}.")
+        else:
+            value = getattr(default, name)
+            out.append((f"{prefix}{name}", yaml.safe_dump(value if not isinstance(value, tuple) else list(value),
+                                                          default_flow_style=True).strip().removesuffix("\n..."),
+                        f.metadata.get("help", "")))
+    return out

@@ -1,0 +1,157 @@
+"""Evaluation: top-1/top-5 accuracy and loss of a classifier, loss of a pretraining model, summed
+exactly over all ranks; and ``evaluate_checkpoint`` behind ``armvision eval``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import build_dataset, eval_transform, make_loader, normalization
+from ..errors import CheckpointError, ConfigError, DataError
+from ..models.io import build_model
+from . import distributed
+from .checkpoint import read_model_config, read_weights, resolve_model_dir
+from .config import RunConfig, apply_overrides, config_from_dict
+
+__all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "autocast_for"]
+
+_logger = logging.getLogger(__name__)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """bf16 autocast on GPU ("auto" or "bf16"), plain fp32 elsewhere (or when "fp32")."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, float]:
+    """Top-1, top-5 (%) and cross-entropy over every image of ``loader``, summed over all ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, images
+    for images, labels, _ in loader:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            logits = model(images)
+        logits = logits.float()
+        if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
+            raise DataError(f"the dataset has labels {labels.min().item()}..{labels.max().item()} but the model "
+                            f"predicts {logits.shape[-1]} classes; evaluate on the dataset it was trained for")
+        k = min(5, logits.shape[-1])
+        top = logits.topk(k, dim=-1).indices
+        hit = top == labels[:, None]
+        sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+        sums[1] += hit[:, 0].sum()
+        sums[2] += hit.any(dim=-1).sum()
+        sums[3] += labels.numel()
+    distributed.all_reduce_sum(sums)
+    model.train(was_training)
+    n = max(sums[3].item(), 1.0)
+    return {"top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n, "loss": sums[0].item() / n,
+            "images": int(sums[3].item())}
+
+
+@torch.no_grad()
+def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, float]:
+    """Mean next-cluster prediction loss over every image of ``loader``, over all ranks."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=device)
+    for images, _, _ in loader:
+        images = images.to(device, non_blocking=True)
+        with autocast_for(device, precision):
+            loss = model(images)
+        sums[0] += loss.double() * images.shape[0]
+        sums[1] += images.shape[0]
+    distributed.all_reduce_sum(sums)
+    model.train(was_training)
+    return {"loss": sums[0].item() / max(sums[1].item(), 1.0), "images": int(sums[1].item())}
+
+
+def _load_for_eval(model_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    config = read_model_config(model_dir)
+    try:
+        model = build_model(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"cannot build the model described by {model_dir}/config.json: {e}") from None
+    missing, unexpected = model.load_state_dict(read_weights(model_dir), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{model_dir}/model.safetensors does not fit its config.json: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return model.to(device), config
+
+
+def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None = None, split: str | None = None,
+                        batch_size: int = 256, weights: str = "both", output: str | Path | None = None) -> dict:
+    """Evaluate a checkpoint (model directory, checkpoint folder or run directory) on a dataset split.
+
+    The data settings default to those the checkpoint was trained with (its config.json); ``overrides``
+    (``{"data.root": ..., "data.dataset": ...}``) change them. ``weights``: "raw", "ema" or "both"
+    (EMA only where the checkpoint has an ``ema/`` folder). Returns
+    ``{"checkpoint", "split", "results": {"raw": {...}, "ema": {...}}}`` and writes it to ``output`` (JSON).
+    """
+    if weights not in ("raw", "ema", "both"):
+        raise ConfigError(f"bad value for weights: {weights!r}; allowed: 'raw', 'ema', 'both'")
+    if batch_size < 1:
+        raise ConfigError(f"bad value for batch size: {batch_size}; expected 1 or more")
+    model_dir = resolve_model_dir(checkpoint)
+    config = read_model_config(model_dir)
+    run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") if "training" in config \
+        else RunConfig()
+    run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")
+    info = distributed.setup(run_cfg.device)
+    dcfg = run_cfg.data
+    split = split or dcfg.val_split
+    if not split:
+        raise ConfigError("no split to evaluate: pass --split NAME (the checkpoint's config has no data.val_split)")
+    arch = config.get("architecture")
+    args = config.get("args", {})
+    in_chans = int(args.get("in_chans", run_cfg.model.in_chans))
+    size = args.get("img_size", run_cfg.model.img_size)
+    size = size[0] if isinstance(size, list) else int(size)
+    mean, std = normalization(dcfg.stats, in_chans, dcfg.mean, dcfg.std)
+    tf = eval_transform(size, mean, std, dcfg.eval_crop_pct, dcfg.interpolation)
+    classes = config.get("classes")
+    ds = build_dataset(dcfg.dataset, dcfg.root, split, tf, in_chans=in_chans, strict_images=dcfg.strict_images,
+                       class_map={c: i for i, c in enumerate(classes)} if classes else None,
+                       subset=dcfg.val_subset, subset_seed=dcfg.subset_seed, batch_size=batch_size,
+                       seed=run_cfg.seed)
+    loader, _ = make_loader(ds, batch_size, train=False, workers=dcfg.workers,
+                            pin_memory=dcfg.pin_memory and info.device.type == "cuda",
+                            persistent_workers=False, rank=info.rank, world_size=info.world_size)
+    candidates = {"raw": model_dir, "ema": model_dir / "ema"}
+    chosen = ["raw", "ema"] if weights == "both" else [weights]
+    results: dict[str, dict] = {}
+    for name in chosen:
+        d = candidates[name]
+        if name == "ema" and not (d / "config.json").is_file():
+            if weights == "ema":
+                raise CheckpointError(f"{model_dir} has no EMA weights (no ema/ folder); use --weights raw")
+            continue
+        model, _ = _load_for_eval(d, info.device)
+        t0 = time.time()
+        if arch == "ARMPretrain":
+            results[name] = evaluate_pretraining(model, loader, info.device, run_cfg.precision)
+        else:
+            if getattr(model, "num_classes", 0) <= 0:
+                raise CheckpointError(f"{d} is a classifier without a head (num_classes 0): nothing to evaluate")
+            results[name] = evaluate_classifier(model, loader, info.device, run_cfg.precision)
+        results[name]["seconds"] = round(time.time() - t0, 2)
+    out = {"checkpoint": str(model_dir), "architecture": arch, "dataset": dcfg.dataset, "root": dcfg.root,
+           "split": split, "results": results}
+    if output is not None and info.is_main:
+        from ..models.io import atomic_write
+
+        atomic_write(output, lambda p: Path(p).write_text(json.dumps(out, indent=2) + "\n"))
+    return out

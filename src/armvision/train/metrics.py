@@ -1,0 +1,90 @@
+"""Metrics of a run: one JSON line per record (metrics.jsonl: setup, train, eval, summary, ...), a CSV
+file for the training and the evaluation records (metrics_train.csv, metrics_eval.csv) and TensorBoard
+scalars. Only the main process writes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["MetricsLogger", "format_duration", "CSV_KINDS"]
+
+CSV_KINDS = ("train", "eval")
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    s = int(round(seconds))
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
+
+
+class MetricsLogger:
+    """``log("train", step, loss=..., lr=...)`` appends to metrics.jsonl (and metrics_train.csv for
+    train/eval records) and writes TensorBoard scalars ``train/loss``, ``train/lr``. Appends on resume."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+        self._csv: dict[str, tuple[Any, csv.DictWriter, list[str]]] = {}
+        self._tb = None
+        self._jsonl = None
+        if not enabled:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
+        self._jsonl.write(json.dumps(record) + "\n")
+        if kind in CSV_KINDS:
+            self._write_csv(kind, record)
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                    self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+
+    def _write_csv(self, kind: str, record: dict) -> None:
+        if kind not in self._csv:
+            path = self.dir / f"metrics_{kind}.csv"
+            columns = list(record)
+            if path.is_file() and path.stat().st_size > 0:  # resumed run: keep the file's columns
+                with open(path, newline="") as f:
+                    header = next(csv.reader(f), None)
+                columns = header or columns
+                f = open(path, "a", newline="", buffering=1)
+                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            else:
+                f = open(path, "w", newline="", buffering=1)
+                writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+                writer.writeheader()
+            self._csv[kind] = (f, writer, columns)
+        f, writer, _ = self._csv[kind]
+        writer.writerow({k: v for k, v in record.items() if not isinstance(v, (dict, list))})
+
+    def flush(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        for f, _, _ in self._csv.values():
+            f.close()
+        self._csv.clear()
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None

@@ -1,0 +1,71 @@
+"""Optimizer and learning-rate schedule of the ARM recipes.
+
+AdamW over parameter groups built by timm: no weight decay on biases, norms, 1-D parameters and the
+names the model lists in ``no_weight_decay()`` (A_log, D, position embeddings, tokens); optional
+layer-wise lr decay (timm's ``param_groups_layer_decay`` with the classifier's ``group_matcher``).
+The learning rate is ``blr * batch / 256``, warmed up linearly per optimizer step, then decayed by
+a half-cosine to ``min_lr``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+from torch import nn
+
+from .config import OptimConfig
+
+__all__ = ["peak_lr", "build_param_groups", "build_optimizer", "WarmupCosine", "build_scheduler"]
+
+
+def peak_lr(cfg: OptimConfig) -> float:
+    """The absolute lr: ``cfg.lr`` if set, else ``blr * batch_size / 256`` (global batch)."""
+    return cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
+
+
+def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
+    """Trainable parameters in groups with ``weight_decay`` and ``lr_scale`` (1 without layer decay)."""
+    no_wd = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay is not None and layer_decay < 1.0:
+        if not hasattr(model, "group_matcher"):
+            raise ValueError(f"layer-wise lr decay needs a model with group_matcher(); {type(model).__name__} has none")
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=no_wd, layer_decay=layer_decay)
+    else:
+        groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_wd)
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+    """AdamW with each group's lr = peak lr * its lr_scale (the scheduler multiplies it per step)."""
+    lr = peak_lr(cfg)
+    groups = build_param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g["lr"] = lr * g["lr_scale"]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+
+
+class WarmupCosine:
+    """lr factor of optimizer step ``s`` (0-based): linear warm-up to 1 over ``warmup_steps``
+    ((s + 1) / warmup_steps, so the first step already moves), then a half-cosine from 1 down to
+    ``min_lr / peak_lr`` at ``total_steps``. A plain object so LambdaLR can save its state."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float):
+        self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
+        self.min_factor = min_lr / peak_lr if peak_lr > 0 else 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        decay_steps = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, cfg: OptimConfig):
+    """Per-step LambdaLR of :class:`WarmupCosine` (call ``.step()`` after each optimizer step)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, peak_lr(cfg),
+                                                                     cfg.min_lr))

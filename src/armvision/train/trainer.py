@@ -1,0 +1,589 @@
+"""The training loop of both tasks: autoregressive pretraining and fine-tuning.
+
+One :class:`Trainer` per run. It joins the process group torchrun describes, builds the data, the
+model (fine-tuning: optionally from a pretraining checkpoint), AdamW and the schedule, EMA, and
+either starts fresh or resumes from a checkpoint; :meth:`Trainer.fit` then trains, evaluates,
+checkpoints and returns the run's summary (also written to ``summary.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from .. import __version__
+from ..data import (
+    build_dataset,
+    class_names_to_map,
+    dataset_classes,
+    eval_transform,
+    finetune_transform,
+    make_loader,
+    normalization,
+    pretrain_transform,
+)
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from ..models import create_model
+from ..models.io import atomic_write
+from . import distributed
+from .checkpoint import CheckpointManager, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
+from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
+from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
+from .metrics import MetricsLogger, format_duration
+from .optim import build_optimizer, build_scheduler, peak_lr
+
+__all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
+
+_logger = logging.getLogger("armvision.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_model_from_config(cfg: RunConfig, num_classes: int | None = None) -> nn.Module:
+    """The model a config describes (pretraining model, or classifier with ``num_classes``)."""
+    m = cfg.model
+    clash = sorted({"img_size", "in_chans", "drop_path_rate", "num_classes"} & set(m.args))
+    if clash:
+        raise ConfigError(f"model.args sets {clash}; set these with model.img_size, model.in_chans, "
+                          "model.drop_path and data.num_classes")
+    kw = dict(img_size=m.img_size, in_chans=m.in_chans, drop_path_rate=m.drop_path, **m.args)
+    try:
+        if cfg.task == "pretrain":
+            return create_model(m.name, pretraining=True, **kw)
+        return create_model(m.name, num_classes=num_classes, **kw)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"cannot build model {m.name!r} ({cfg.task}) from the config: {e}") from None
+
+
+class _Window:
+    """Running sums of the training loss between two log lines."""
+
+    def __init__(self):
+        self.loss = 0.0
+        self.steps = 0
+        self.images = 0
+        self.start = time.time()
+
+    def reset(self):
+        self.__init__()
+
+
+class Trainer:
+    """Trains one run described by a :class:`RunConfig` (see the module docstring)."""
+
+    def __init__(self, cfg: RunConfig):
+        validate_config(cfg)
+        self.cfg = cfg
+        self.dist = distributed.setup(cfg.device)
+        self.device = self.dist.device
+        self.is_main = self.dist.is_main
+        self.run_dir = Path(cfg.output_dir)
+        self.task = cfg.task
+        seed_everything(cfg.seed + self.dist.rank)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, self.is_main)
+        self.resume_from = self._find_resume()
+        self._setup_batches()
+        self._build_data()
+        self._build_model()
+        self._build_optimization()
+
+        # progress counters (restored on resume)
+        self.step = 0  # optimizer steps done
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # micro-batches of the current epoch consumed by this rank
+        self.best_metric: float | None = None
+        self.skipped_images = 0
+        self.images_seen = 0
+        self.loss_history: list[tuple[int, float]] = []
+        self.last_eval: dict[str, Any] = {}
+        self.train_seconds = 0.0
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard)
+        if self.is_main:
+            removed = self.ckpt.remove_partial()
+            for p in removed:
+                _logger.warning("removed %s, left by an interrupted save", p)
+            atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(config_to_yaml(cfg)))
+
+    # ------------------------------------------------------------------------------------------
+    # setup
+    # ------------------------------------------------------------------------------------------
+    def _find_resume(self) -> Path | None:
+        r = self.cfg.resume
+        existing = self.ckpt.latest()
+        if r is None:
+            if existing is not None:
+                raise CheckpointError(f"{self.run_dir} already holds a run (checkpoint {existing.name}); pass "
+                                      "--resume auto to continue it, or choose another --output_dir")
+            return None
+        if r == "auto":
+            if existing is None:
+                if self.is_main:
+                    _logger.info("resume auto: no checkpoint in %s, starting a new run", self.run_dir)
+                return None
+            return existing
+        return resolve_resume_dir(r)
+
+    def _setup_batches(self) -> None:
+        o, world = self.cfg.optim, self.dist.world_size
+        micro = o.micro_batch or o.batch_size // world
+        if micro < 1 or o.batch_size % (micro * world):
+            raise ConfigError(f"optim.batch_size {o.batch_size} is not a multiple of optim.micro_batch ({micro}) x "
+                              f"{world} process(es); choose a micro_batch that divides batch_size / {world}")
+        self.micro_batch = micro
+        self.accum_steps = o.batch_size // (micro * world)
+        a = self.cfg.aug
+        if self.task == "finetune" and (a.mixup > 0 or a.cutmix > 0) and micro % 2:
+            raise ConfigError(f"mixup/cutmix pair images within a batch: optim.micro_batch must be even, got {micro}")
+
+    def _build_data(self) -> None:
+        cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
+        mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
+        self.mean, self.std = mean, std
+        a = cfg.aug
+        if self.task == "pretrain":
+            train_tf = pretrain_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation)
+        else:
+            train_tf = finetune_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment,
+                                          a.color_jitter, a.reprob, a.remode, d.interpolation)
+        common = dict(in_chans=m.in_chans, strict_images=d.strict_images, subset_seed=d.subset_seed,
+                      batch_size=self.micro_batch, seed=cfg.seed)
+        self.train_set = build_dataset(d.dataset, d.root, d.train_split, train_tf, subset=d.train_subset,
+                                       is_training=True, **common)
+        self.classes = dataset_classes(self.train_set)
+        self.val_set = None
+        if d.val_split:
+            val_tf = eval_transform(m.img_size, mean, std, d.eval_crop_pct, d.interpolation)
+            self.val_set = build_dataset(d.dataset, d.root, d.val_split, val_tf, subset=d.val_subset,
+                                         class_map=class_names_to_map(self.classes), **common)
+        pin = d.pin_memory and self.device.type == "cuda"
+        loader_kw = dict(workers=d.workers, pin_memory=pin, persistent_workers=d.persistent_workers,
+                         seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
+        self.train_loader, self.train_sampler = make_loader(self.train_set, self.micro_batch, train=True, **loader_kw)
+        self.val_loader = None
+        if self.val_set is not None:
+            self.val_loader, _ = make_loader(self.val_set, self.micro_batch, train=False, **loader_kw)
+        per_rank = len(self.train_sampler.base) if self.train_sampler is not None else len(self.train_set)
+        self.steps_per_epoch = per_rank // self.micro_batch // self.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ConfigError(f"the training split holds {per_rank} image(s) per process, fewer than one batch of "
+                              f"{self.micro_batch * self.accum_steps}; lower optim.batch_size or use more data")
+        self.total_steps = self.steps_per_epoch * cfg.optim.epochs
+        self.warmup_steps = int(round(cfg.optim.warmup_epochs * self.steps_per_epoch))
+
+    def _num_classes(self) -> int:
+        n = self.cfg.data.num_classes
+        if self.classes is not None:
+            if n is not None and n != len(self.classes):
+                raise ConfigError(f"data.num_classes is {n} but the training split has {len(self.classes)} classes "
+                                  f"({', '.join(self.classes[:5])}...); drop data.num_classes or fix the dataset")
+            n = len(self.classes)
+        if n is None:
+            raise ConfigError(f"cannot tell the number of classes of {self.cfg.data.dataset}; set data.num_classes")
+        if n < 2:
+            raise DataError(f"the training split of {self.cfg.data.root} has {n} class; fine-tuning needs labelled "
+                            "images in at least two class folders")
+        return n
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        self.num_classes = None if self.task == "pretrain" else self._num_classes()
+        model = build_model_from_config(cfg, self.num_classes)
+        self.init_info = None
+        if cfg.init and self.resume_from is None:
+            self.init_info = load_init_weights(model, cfg.init)
+            if self.is_main:
+                _logger.info("initialised from %s (%s)", self.init_info["source"], self.init_info["architecture"])
+        self.model = model.to(self.device)
+        self.ema = None
+        if cfg.ema.decay is not None:
+            from timm.utils import ModelEmaV3
+
+            self.ema = ModelEmaV3(self.model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
+        self.ddp = None
+        if self.dist.distributed:
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                               if self.device.type == "cuda" else None)
+        self.mixup = None
+        if self.task == "finetune":
+            from timm.data import Mixup
+            from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+            a = cfg.aug
+            if a.mixup > 0 or a.cutmix > 0:
+                self.mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                                   switch_prob=a.mixup_switch_prob, mode="batch", label_smoothing=a.smoothing,
+                                   num_classes=self.num_classes)
+                self.criterion = SoftTargetCrossEntropy()
+            elif a.smoothing > 0:
+                self.criterion = LabelSmoothingCrossEntropy(smoothing=a.smoothing)
+            else:
+                self.criterion = nn.CrossEntropyLoss()
+
+    def _build_optimization(self) -> None:
+        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps, self.cfg.optim)
+        self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    # ------------------------------------------------------------------------------------------
+    # checkpoints
+    # ------------------------------------------------------------------------------------------
+    def _training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "micro_batch": self.micro_batch,
+            "world_size": self.dist.world_size,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": distributed.all_gather_object(rng_state()),
+            "best_metric": self.best_metric,
+            "skipped_images": self.skipped_images,
+            "images_seen": self.images_seen,
+            "train_seconds": self.train_seconds,
+            "loss_history": [[s, v] for s, v in self.loss_history],
+            "armvision_version": __version__,
+        }
+
+    def _model_extra_config(self) -> dict[str, Any]:
+        return {"training": config_to_dict(self.cfg), "classes": self.classes, "step": self.step, "epoch": self.epoch,
+                "task": self.task, "armvision_version": __version__}
+
+    def save_checkpoint(self, is_best: bool = False) -> Path:
+        state = self._training_state()  # every rank joins the RNG gather
+        path = None
+        if self.is_main:
+            ema_sd = self.ema.module.state_dict() if self.ema is not None else None
+            path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
+                                  metrics=self.last_eval or None, is_best=is_best)
+            _logger.info("saved checkpoint %s", path)
+        distributed.barrier()
+        return path or self.ckpt.dir / f"step_{self.step:08d}"
+
+    def _restore(self, ckpt: Path) -> None:
+        from safetensors.torch import load_file
+
+        state = self.ckpt.load_state(ckpt)
+        if state.get("micro_batch") != self.micro_batch or state.get("world_size") != self.dist.world_size:
+            if state.get("batch_in_epoch", 0):
+                raise CheckpointError(
+                    f"{ckpt} was saved mid-epoch with micro_batch {state.get('micro_batch')} on "
+                    f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch "
+                    "checkpoint")
+        try:
+            sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+            self.model.load_state_dict(sd)
+            if self.ema is not None:
+                ema_dir = ckpt / "ema"
+                ema_sd = load_file(str(ema_dir / "model.safetensors"), device=str(self.device)) \
+                    if (ema_dir / "model.safetensors").is_file() else sd
+                self.ema.module.load_state_dict(ema_sd)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
+                                  "resume with the config the run was started with") from None
+        # the schedule follows this run's config (e.g. more epochs); the step count continues
+        peak = peak_lr(self.cfg.optim)
+        schedule = self.scheduler.lr_lambdas[0]
+        schedule.__init__(self.total_steps, self.warmup_steps, peak, self.cfg.optim.min_lr)
+        for g in self.optimizer.param_groups:
+            g["initial_lr"] = peak * g["lr_scale"]
+            g["lr"] = g["initial_lr"] * schedule(int(state["step"]))
+        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        self.scheduler.last_epoch = int(state["step"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        self.best_metric = state.get("best_metric")
+        self.skipped_images = int(state.get("skipped_images", 0))
+        self.images_seen = int(state.get("images_seen", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.loss_history = [(int(s), float(v)) for s, v in state.get("loss_history", [])]
+        rngs = state.get("rng") or []
+        if len(rngs) == self.dist.world_size:
+            set_rng_state(rngs[self.dist.rank])
+        elif self.is_main:
+            _logger.warning("checkpoint has RNG states of %d process(es), this run has %d: random streams restart",
+                            len(rngs), self.dist.world_size)
+        if self.is_main:
+            _logger.info("resumed from %s at step %d (epoch %d)", ckpt, self.step, self.epoch)
+
+    # ------------------------------------------------------------------------------------------
+    # training
+    # ------------------------------------------------------------------------------------------
+    @property
+    def current_lr(self) -> float:
+        """The lr of the groups with scale 1 (the peak group under layer decay)."""
+        return max(g["lr"] for g in self.optimizer.param_groups)
+
+    def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        net = self.ddp or self.model
+        if self.task == "pretrain":
+            return net(images)
+        if self.mixup is not None:
+            images, labels = self.mixup(images, labels)
+        return self.criterion(net(images).float(), labels)
+
+    def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
+        cfg = self.cfg
+        start_micro = self.batch_in_epoch
+        if self.train_sampler is not None:
+            self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch)
+        elif hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        batches = iter(self.train_loader)
+        self.model.train()
+        window = _Window()
+        world_batch = self.micro_batch * self.dist.world_size
+        for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
+            if self.step >= stop_step:
+                break
+            t_step = time.time()
+            loss_sum = torch.zeros((), device=self.device)
+            skipped = torch.zeros((), dtype=torch.long)
+            for k in range(self.accum_steps):
+                try:
+                    images, labels, sk = next(batches)
+                except StopIteration:  # a streaming split that ran short
+                    raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
+                                    f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+                skipped += sk
+                images = images.to(self.device, non_blocking=True)
+                labels = labels.to(self.device, non_blocking=True)
+                sync = self.ddp is None or k == self.accum_steps - 1
+                ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+                with ctx:
+                    with autocast_for(self.device, cfg.precision):
+                        loss = self._loss(images, labels)
+                    (loss / self.accum_steps).backward()
+                loss_sum += loss.detach().float()
+                self.batch_in_epoch += 1
+            # one check per step, agreed by all ranks, before the weights change
+            flags = torch.stack([(~torch.isfinite(loss_sum)).double(), skipped.double().to(self.device)])
+            distributed.all_reduce_sum(flags)
+            if flags[0].item() > 0:
+                self._diverged(loss_sum.item() / self.accum_steps, epoch)
+            self.skipped_images += int(flags[1].item())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad or float("inf"))
+            lr = self.current_lr
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.step += 1
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step)
+            step_loss = loss_sum.item() / self.accum_steps
+            self.images_seen += world_batch * self.accum_steps
+            self.train_seconds += time.time() - t_step
+            window.loss += step_loss
+            window.steps += 1
+            window.images += world_batch * self.accum_steps
+            if bar is not None:
+                rate = window.images / max(time.time() - window.start, 1e-9)
+                remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
+                bar.set_postfix_str(f"loss {step_loss:.4f} lr {lr:.2e} {rate:.0f} img/s "
+                                    f"eta {format_duration(remaining)}", refresh=False)
+                bar.update(1)
+            if self.step % cfg.log.every_steps == 0 or self.step == stop_step:
+                self._log_window(window, lr, float(grad_norm), epoch)
+                window.reset()
+            epoch_end = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+            if self._step_checkpoint_due() and not epoch_end and self.step < stop_step:
+                self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
+        if window.steps:
+            self._log_window(window, self.current_lr, float("nan"), epoch)
+
+    def _step_checkpoint_due(self) -> bool:
+        every = self.cfg.checkpoint.every_steps
+        return bool(every) and self.step % every == 0
+
+    def _log_window(self, window: _Window, lr: float, grad_norm: float, epoch: int) -> None:
+        t = torch.tensor([window.loss, window.steps], dtype=torch.float64, device=self.device)
+        distributed.all_reduce_sum(t)
+        loss = t[0].item() / max(t[1].item(), 1.0)
+        seconds = time.time() - window.start
+        self.loss_history.append((self.step, loss))
+        if len(self.loss_history) > 2000:  # a long run keeps an evenly thinned curve (first and last kept)
+            self.loss_history = self.loss_history[:-1:2] + self.loss_history[-1:]
+        record = {"epoch": epoch + self.batch_in_epoch / (self.steps_per_epoch * self.accum_steps), "loss": loss,
+                  "lr": lr, "images_per_s": window.images / max(seconds, 1e-9)}
+        if math.isfinite(grad_norm):
+            record["grad_norm"] = grad_norm
+        self.logger.log("train", self.step, **record)
+
+    def _diverged(self, loss: float, epoch: int) -> None:
+        last = self.ckpt.latest()
+        where = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint had been saved yet"
+        self.logger.log("diverged", self.step, loss=loss, epoch=epoch)
+        self.logger.close()
+        raise TrainingDiverged(
+            f"the training loss became {loss} at step {self.step + 1} (epoch {epoch + 1}); the run stops and {where}. "
+            f"Lower the learning rate (optim.blr/optim.lr), set optim.clip_grad, or use precision fp32; "
+            f"then resume with --resume auto")
+
+    def evaluate(self) -> dict[str, Any]:
+        """Metrics of the raw (and EMA) weights on the validation split."""
+        if self.val_loader is None:
+            return {}
+        fn = evaluate_pretraining if self.task == "pretrain" else evaluate_classifier
+        out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
+        if self.ema is not None:
+            out.update({f"ema_{k}": v for k, v in
+                        fn(self.ema.module, self.val_loader, self.device, self.cfg.precision).items()})
+        return out
+
+    def _is_best(self, metrics: dict[str, Any]) -> bool:
+        if not metrics:
+            return False
+        if self.task == "pretrain":  # lower validation loss is better
+            value = metrics["loss"]
+            improved = self.best_metric is None or value < self.best_metric
+        else:  # higher top-1 of the raw or the EMA weights
+            value = max(metrics["top1"], metrics.get("ema_top1", -1.0))
+            improved = self.best_metric is None or value > self.best_metric
+        if improved:
+            self.best_metric = value
+            return True
+        return False
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the end of the schedule (or ``max_steps``); returns the summary."""
+        cfg = self.cfg
+        stop_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
+        self._announce(stop_step)
+        wall0 = time.time()
+        show = {"on": True, "off": False, "auto": None}[cfg.log.progress]
+        saved_at = self.step if self.resume_from is not None else -1
+        evaluated_at = -1
+        while self.epoch < cfg.optim.epochs and self.step < stop_step:
+            epoch = self.epoch
+            bar = None
+            if self.is_main and show is not False:
+                bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch // self.accum_steps,
+                           desc=f"{self.task} epoch {epoch + 1}/{cfg.optim.epochs}", disable=show is None and not
+                           sys.stderr.isatty(), dynamic_ncols=True, leave=False, file=sys.stderr)
+            try:
+                self._train_epoch(epoch, stop_step, bar)
+            finally:
+                if bar is not None:
+                    bar.close()
+            epoch_done = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+            if epoch_done:
+                self.epoch, self.batch_in_epoch = epoch + 1, 0
+            last = self.step >= stop_step
+            metrics: dict[str, Any] = {}
+            if (epoch_done and cfg.eval_every_epochs and self.epoch % cfg.eval_every_epochs == 0) or last:
+                metrics = self.evaluate()
+                evaluated_at = self.step
+                if metrics:
+                    self.last_eval = metrics
+                    self.logger.log("eval", self.step, epoch=self.epoch, **metrics)
+            if self.is_main:
+                _logger.info("%s epoch %d/%d step %d: %s", self.task, epoch + 1, cfg.optim.epochs, self.step,
+                             self._describe(metrics))
+            epoch_due = epoch_done and cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0
+            if last or epoch_due or self._step_checkpoint_due():
+                self.save_checkpoint(is_best=self._is_best(metrics))
+                saved_at = self.step
+        if saved_at != self.step:  # nothing left to train (e.g. resumed a finished run)
+            if evaluated_at != self.step:
+                self.last_eval = self.evaluate()
+            self.save_checkpoint(is_best=self._is_best(self.last_eval))
+        summary = self._summary(time.time() - wall0, stop_step)
+        if self.is_main:
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
+            scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+            self.logger.log("summary", self.step, **scalars)
+        self.logger.close()
+        return summary
+
+    # ------------------------------------------------------------------------------------------
+    # reporting
+    # ------------------------------------------------------------------------------------------
+    def _announce(self, stop_step: int) -> None:
+        if not self.is_main:
+            return
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        info = {
+            "task": self.task, "model": self.cfg.model.name, "trainable_params": n_params,
+            "train_images": len(self.train_set), "val_images": len(self.val_set) if self.val_set is not None else 0,
+            "device": str(self.device), "processes": self.dist.world_size, "batch_size": self.cfg.optim.batch_size,
+            "micro_batch": self.micro_batch, "accum_steps": self.accum_steps, "peak_lr": peak_lr(self.cfg.optim),
+            "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps, "warmup_steps": self.warmup_steps,
+            "stop_step": stop_step, "start_step": self.step,
+        }
+        self.logger.log("setup", self.step, **info)
+        _logger.info("%s %s: %.2fM trainable parameters, %d training images on %d process(es) (%s); batch %d = %d x %d "
+                     "x %d accumulation; peak lr %.3g; %d steps/epoch, %d steps%s", self.task, self.cfg.model.name,
+                     n_params / 1e6, info["train_images"], self.dist.world_size, self.device, self.cfg.optim.batch_size,
+                     self.micro_batch, self.dist.world_size, self.accum_steps, info["peak_lr"], self.steps_per_epoch,
+                     self.total_steps, f" (stopping at step {stop_step})" if stop_step < self.total_steps else "")
+
+    def _describe(self, metrics: dict[str, Any]) -> str:
+        recent = [v for s, v in self.loss_history[-5:]]
+        parts = [f"train loss {recent[-1]:.4f}" if recent else "no steps"]
+        for k in ("loss", "top1", "top5", "ema_loss", "ema_top1"):
+            if k in metrics:
+                parts.append(f"val {k} {metrics[k]:.4f}" if "loss" in k else f"val {k} {metrics[k]:.2f}%")
+        if self.skipped_images:
+            parts.append(f"{self.skipped_images} unreadable image(s) skipped")
+        return ", ".join(parts)
+
+    def _summary(self, wall: float, stop_step: int) -> dict[str, Any]:
+        losses = [v for _, v in self.loss_history]
+        best = self.ckpt.best()
+        latest = self.ckpt.latest()
+        return {
+            "task": self.task,
+            "status": "finished" if self.step >= self.total_steps else f"stopped at step {self.step} (max_steps)",
+            "output_dir": str(self.run_dir),
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "epochs_completed": self.epoch,
+            "images_seen": self.images_seen,
+            "wall_seconds": round(wall, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None,
+            "loss_min": min(losses) if losses else None,
+            "loss_curve": [[s, v] for s, v in self.loss_history],
+            "eval": self.last_eval,
+            "skipped_images": self.skipped_images,
+            "best_checkpoint": str(best) if best else None,
+            "last_checkpoint": str(latest) if latest else None,
+            "processes": self.dist.world_size,
+            "device": str(self.device),
+        }
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    """Run one training (pretraining or fine-tuning, by ``cfg.task``) and return its summary."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.logger.close()

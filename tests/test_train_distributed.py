@@ -1,0 +1,44 @@
+"""torchrun with 2 CPU processes (gloo): the ranks agree on every weight; metrics cover all images."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from trainhelpers import make_imagefolder, tiny_overrides
+
+import armvision
+
+HERE = Path(__file__).parent
+SRC = str(Path(armvision.__file__).resolve().parents[1])
+
+
+def test_two_gloo_processes_end_with_identical_weights(tmp_path):
+    data = make_imagefolder(tmp_path / "data", corrupt=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    # micro-batch 2 on each of 2 processes, accumulated to the global batch of 8: DDP's no_sync path
+    over = tiny_overrides(data, tmp_path / "run", "finetune", **{"optim.epochs": 2, "optim.micro_batch": 2})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(HERE)]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(HERE / "dist_worker.py"), json.dumps(over), str(out)]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    for name in ("rank", "ema"):
+        a, b = load_file(out / f"{name}0.safetensors"), load_file(out / f"{name}1.safetensors")
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name} weights differ between the ranks"
+    s0, s1 = (json.loads((out / f"summary{r}.json").read_text()) for r in (0, 1))
+    # 25 files (one unreadable) over 2 ranks: 12 each = 6 micro-batches of 2 = 3 steps of 2 per epoch
+    assert s0["processes"] == 2 and s0["steps"] == s1["steps"] == 6
+    assert s0["images_seen"] == 48
+    # evaluation sums over both ranks: all 12 validation images, once; every rank gets the same numbers
+    assert s0["eval"]["images"] == 12 and s0["eval"] == s1["eval"]
+    assert s0["loss_curve"] == s1["loss_curve"]  # logged losses are averaged over the ranks
+    saved = load_file(tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors")
+    held = load_file(out / "rank0.safetensors")
+    assert saved.keys() == held.keys() and all(torch.equal(saved[k], held[k]) for k in saved)  # what both hold
+    assert not list((tmp_path / "run").glob("rank*"))  # only rank 0 writes into the run directory
