@@ -134,7 +134,7 @@ def test_resolving_checkpoints_gives_clear_errors(tmp_path):
     pth = tmp_path / "arm_base.pth"
     pth.write_bytes(b"pickle")
     with pytest.raises(CheckpointError, match=r"arm_base.pth is a PyTorch pickle .*Convert it first with "
-                                              r"`armvision convert .*arm_base.pth OUT_DIR`"):
+                                              r"`armvision convert .*arm_base.pth OUT_DIR` and pass OUT_DIR \(`--init` takes the .pth directly\)"):
         resolve_model_dir(pth)
     with pytest.raises(CheckpointError, match=r"nowhere does not exist; expected an armvision model directory"):
         resolve_model_dir(tmp_path / "nowhere")

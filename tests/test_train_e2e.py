@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from official_reference import make_official_pretrain_state_dict, official_pickle, reference_finetune_init
 from trainhelpers import HAS_FMNIST, as_flags, make_imagefolder, tiny_overrides
 
 import armvision
 from armvision.cli import main
-from armvision.train import load_config, train
+from armvision.train import load_config, load_init_weights, train
 
 SRC = str(Path(armvision.__file__).resolve().parents[1])
 
@@ -161,7 +162,8 @@ def test_bad_inputs_give_a_message_a_nonzero_exit_and_write_nothing(case, tmp_pa
     elif case == "init_pth":
         (tmp_path / "official.pth").write_bytes(b"not really")
         extra = ["--init", str(tmp_path / "official.pth")]
-        expect = "official.pth is a PyTorch pickle (such as an official ARM .pth checkpoint)"
+        expect = (f"{tmp_path}/official.pth: cannot read a PyTorch checkpoint from this file (truncated, corrupt, "
+                  "or not a checkpoint written by torch.save)")
     elif case == "exists":
         (out / "checkpoints" / "step_00000001").mkdir(parents=True)
         for name in ("config.json", "model.safetensors", "training_state.pt"):
@@ -180,6 +182,39 @@ def test_bad_inputs_give_a_message_a_nonzero_exit_and_write_nothing(case, tmp_pa
         assert files_under(tmp_path) == before
     else:  # stopped in the first epoch: nothing but logs, no checkpoint
         assert not (out / "checkpoints").exists()
+
+
+def test_finetune_starts_from_an_official_pretraining_pth(tmp_path, data, capsys):
+    # an official pretraining checkpoint (reference key layout, random values): 12x12 patch grid of patch 2,
+    # clusters of 4x4 patches; the classifier fine-tunes at 16px (8x8 patches)
+    sd = make_official_pretrain_state_dict(embed_dim=32, depth=12, d_state=8, dec_dim=64, patch=2, grid=12, seed=3)
+    pth = tmp_path / "arm_official_pretrain.pth"
+    torch.save(official_pickle(sd, "pretraining"), pth)
+    args = {"patch_size": 2, "embed_dim": 32, "depth": 12, "d_state": 8}
+
+    # the initialisation the run starts from is the reference fine-tuning's
+    clf = armvision.create_model("arm_tiny_pz16", num_classes=3, img_size=16, **args)
+    info = load_init_weights(clf, pth)
+    assert info["architecture"] == "official ARM pretraining checkpoint"
+    expected = reference_finetune_init(sd, 64)
+    for k in ("layers.3.mixer.x_proj_c_b.weight", "layers.11.mixer.A_b_log", "layers.0.mixer.conv1d_c.weight",
+              "patch_embed.proj.weight"):
+        assert torch.equal(clf.state_dict()[k], expected[k]), k
+    assert torch.allclose(clf.pos_embed, expected["pos_embed"], atol=1e-6)
+
+    out = tmp_path / "ft"
+    over = tiny_overrides(data, out, "finetune", **{"model.args": args, "optim.epochs": 1})
+    code, _, err = run_cli(["finetune", "--config", "fmnist_finetune", "--init", pth, *as_flags(over)], capsys)
+    assert code == 0, err
+    assert f"initialised from {pth} (official ARM pretraining checkpoint)" in err
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+    # a width that does not fit is refused before anything is written
+    before = files_under(tmp_path)
+    over = tiny_overrides(data, tmp_path / "wide", "finetune", **{"model.args": {**args, "embed_dim": 64}})
+    code, _, err = run_cli(["finetune", "--config", "fmnist_finetune", "--init", pth, *as_flags(over)], capsys)
+    assert code == 2 and "does not fit this classifier: embed_dim: checkpoint 32, classifier 64" in err, err
+    assert files_under(tmp_path) == before
 
 
 def test_the_command_exits_nonzero_without_a_traceback(tmp_path):

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError as _UserCheckpointError
 from ..layers import insert_token_slot, resize_pos_embed
 from ..models import (
     MODEL_SIZES,
@@ -95,7 +96,7 @@ _SAFE_OVERRIDES = {
 _LIST_LIMIT = 8
 
 
-class CheckpointError(ValueError):
+class CheckpointError(_UserCheckpointError, ValueError):
     """A file or state dict that is not the checkpoint it should be.
 
     ``missing``, ``unexpected`` and ``mismatched`` (``(key, checkpoint shape, expected shape)``) list
@@ -186,11 +187,27 @@ def safe_torch_load(path: str | os.PathLike, allow_globals: Iterable[Any] = ()) 
                 "armvision loads checkpoints with torch.load(weights_only=True) and never unpickles arbitrary "
                 "objects; if you trust this file and these classes, pass them as allow_globals"
             ) from e
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first_line = _cause(e)
         raise CheckpointError(
             f"{path}: cannot read a PyTorch checkpoint from this file (truncated, corrupt, or not a "
             f"checkpoint written by torch.save): {first_line}"
         ) from e
+
+
+def _cause(e: Exception) -> str:
+    """The informative line of torch.load's error: torch's weights-only failure wraps the unpickler's
+    reason in advice to load with weights_only=False, which armvision must not pass on."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if not lines:
+        return type(e).__name__
+    if lines[0].startswith("Weights only load failed"):
+        for i, line in enumerate(lines):
+            if "WeightsUnpickler error" in line:
+                reason = line.split("WeightsUnpickler error:", 1)[-1].strip() or (lines[i + 1] if i + 1 < len(lines)
+                                                                                    else "")
+                return f"unpickler error: {reason}" if reason else "the unpickler refused it"
+        return "torch.load(weights_only=True) refused it"
+    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------

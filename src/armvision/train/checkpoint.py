@@ -95,12 +95,15 @@ def is_model_dir(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
 
 
+def is_pickle_file(path: Path) -> bool:
+    """A PyTorch pickle such as an official ARM ``.pth`` checkpoint (by its name)."""
+    return path.is_file() and (path.suffix in _PICKLE_SUFFIXES or path.name.endswith(".pth.tar"))
+
+
 def _pickle_message(path: Path) -> str:
-    # The one place that knows about foreign PyTorch pickles (official ARM .pth checkpoints):
-    # replace this with a call to the converter once it lands.
-    return (f"{path} is a PyTorch pickle (such as an official ARM .pth checkpoint); armvision reads only its own "
-            f"model directories (config.json + model.safetensors). Convert it first with "
-            f"`armvision convert {path} OUT_DIR` and pass OUT_DIR")
+    return (f"{path} is a PyTorch pickle (such as an official ARM .pth checkpoint); here armvision reads only its "
+            f"own model directories (config.json + model.safetensors). Convert it first with "
+            f"`armvision convert {path} OUT_DIR` and pass OUT_DIR (`--init` takes the .pth directly)")
 
 
 def _step_dirs(ckpt_dir: Path) -> list[Path]:
@@ -125,7 +128,7 @@ def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
     """
     p = Path(path)
     if p.is_file():
-        if p.suffix in _PICKLE_SUFFIXES or p.name.endswith(".pth.tar"):
+        if is_pickle_file(p):
             raise CheckpointError(_pickle_message(p))
         raise CheckpointError(f"{p} is a file; expected an armvision model directory (config.json + "
                               "model.safetensors) or a run directory (with checkpoints/)")
@@ -152,7 +155,7 @@ def resolve_resume_dir(path: str | os.PathLike) -> Path:
     p = Path(path)
     if (p / STATE_NAME).is_file() and is_model_dir(p):
         return p
-    if p.is_file() and (p.suffix in _PICKLE_SUFFIXES):
+    if is_pickle_file(p):
         raise CheckpointError(f"cannot resume from {p}: " + _pickle_message(p))
     if not p.exists():
         raise CheckpointError(f"cannot resume from {p}: it does not exist; pass a checkpoint folder "
@@ -190,8 +193,21 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
     A pretraining model (ARMPretrain) goes through :func:`armvision.init_classifier_from_pretraining`
     (every direction copies the forward one, position embedding resized, class-token slot inserted).
     A classifier's weights are copied where shapes agree (position embedding resized, a head with
-    another number of classes re-drawn).
+    another number of classes re-drawn). An official ARM ``.pth`` checkpoint (pretraining or
+    fine-tuning) goes through :func:`armvision.interop.official.init_classifier_from_official`, which
+    does the same from the reference's key layout.
     """
+    if is_pickle_file(Path(path)):
+        from ..interop.official import init_classifier_from_official, read_official_checkpoint
+
+        try:
+            ckpt = read_official_checkpoint(path)
+            init_classifier_from_official(classifier, ckpt)
+        except CheckpointError:
+            raise
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(f"cannot initialise the classifier from {path}: {e}") from None
+        return {"source": str(path), "architecture": f"official ARM {ckpt.kind} checkpoint", "step": None}
     model_dir = resolve_model_dir(path)
     config = read_model_config(model_dir)
     arch, args = config.get("architecture"), config.get("args", {})
