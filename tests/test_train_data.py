@@ -24,7 +24,8 @@ from armvision.data import (
     pretrain_transform,
     read_idx,
 )
-from armvision.errors import DataError
+from armvision.errors import ConfigError, DataError
+from armvision.train import load_config
 
 
 def test_idx_reader_reads_what_was_written(tmp_path):
@@ -185,6 +186,26 @@ def test_transforms_of_the_three_stages():
     assert sizes[:2] == [(256, 256), (224, 224)]  # squash to 224 / 0.875, then centre crop
     big = Image.new("RGB", (300, 200))
     assert ev(big).shape == (3, 224, 224)
+
+
+def test_eval_resize_squash_or_shorter_side():
+    # 400x200, the left quarter white: squashing keeps it in the crop; resizing the shorter side to 256
+    # (512x256) and cropping the centre 224 leaves it out
+    img = Image.new("RGB", (400, 200))
+    img.paste((255, 255, 255), (0, 0, 100, 200))
+    plain = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    squash = eval_transform(224, *plain, resize="squash")(img)
+    shorter = eval_transform(224, *plain, resize="shorter")(img)
+    assert squash.shape == shorter.shape == (3, 224, 224)
+    assert squash[:, :, :40].mean() > 0.99 and squash[:, :, 60:].max() < 0.01  # 64 white columns - 16 cropped
+    assert shorter.max() < 0.01
+    square = Image.new("RGB", (300, 300), (200, 10, 10))  # same result on a square image
+    assert torch.allclose(eval_transform(224, *plain, resize="squash")(square),
+                          eval_transform(224, *plain, resize="shorter")(square))
+    with pytest.raises(ValueError, match="eval resize 'crop': expected one of squash, shorter"):
+        eval_transform(224, *plain, resize="crop")
+    with pytest.raises(ConfigError, match="data.eval_resize"):
+        load_config("fmnist_finetune", {"data.eval_resize": "crop"})
 
 
 def test_resumable_sampler_continues_the_same_order():

@@ -3,7 +3,7 @@
 - pretraining: RandomResizedCrop (area 0.2-1, bicubic) + horizontal flip, then normalise;
 - fine-tuning: timm's ``create_transform`` training pipeline (RandomResizedCrop, flip, RandAugment,
   random erasing); mixup/cutmix act on batches (:func:`armvision.train.trainer`);
-- evaluation: resize (squash) to ``size / crop_pct``, centre-crop ``size``, normalise.
+- evaluation: resize (squash, or the shorter side) to ``size / crop_pct``, centre-crop ``size``, normalise.
 """
 
 from __future__ import annotations
@@ -78,9 +78,18 @@ def finetune_transform(img_size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4
     return t
 
 
-def eval_transform(img_size: int, mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic"):
-    """Resize (squash, both sides) to img_size / crop_pct, centre-crop img_size, normalise."""
-    return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode="squash",
+def eval_transform(img_size: int, mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic",
+                   resize: str = "squash"):
+    """Resize to img_size / crop_pct, centre-crop img_size, normalise.
+
+    ``resize="squash"`` scales both sides to the same length (ARM_SPEC's description);
+    ``"shorter"`` scales the shorter side and keeps the aspect ratio, as the reference code does
+    (MAE's ``transforms.Resize(int)``). They differ only on non-square images.
+    """
+    modes = {"squash": "squash", "shorter": "center"}
+    if resize not in modes:
+        raise ValueError(f"eval resize {resize!r}: expected one of {', '.join(modes)}")
+    return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode=modes[resize],
                             interpolation=interpolation, mean=tuple(mean), std=tuple(std))
 
 

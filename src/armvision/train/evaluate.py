@@ -121,7 +121,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     size = args.get("img_size", run_cfg.model.img_size)
     size = size[0] if isinstance(size, list) else int(size)
     mean, std = normalization(dcfg.stats, in_chans, dcfg.mean, dcfg.std)
-    tf = eval_transform(size, mean, std, dcfg.eval_crop_pct, dcfg.interpolation)
+    tf = eval_transform(size, mean, std, dcfg.eval_crop_pct, dcfg.interpolation, dcfg.eval_resize)
     classes = config.get("classes")
     ds = build_dataset(dcfg.dataset, dcfg.root, split, tf, in_chans=in_chans, strict_images=dcfg.strict_images,
                        class_map={c: i for i, c in enumerate(classes)} if classes else None,

@@ -175,7 +175,7 @@ class Trainer:
         self.classes = dataset_classes(self.train_set)
         self.val_set = None
         if d.val_split:
-            val_tf = eval_transform(m.img_size, mean, std, d.eval_crop_pct, d.interpolation)
+            val_tf = eval_transform(m.img_size, mean, std, d.eval_crop_pct, d.interpolation, d.eval_resize)
             self.val_set = build_dataset(d.dataset, d.root, d.val_split, val_tf, subset=d.val_subset,
                                          class_map=class_names_to_map(self.classes), **common)
         pin = d.pin_memory and self.device.type == "cuda"
