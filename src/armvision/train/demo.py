@@ -53,7 +53,7 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     "gpu": DemoProfile(
         "a longer schedule for a GPU: 8 pretraining epochs instead of 1, 10 fine-tuning epochs instead of 2 "
-        "(same 10000 labels)",
+        "(same 10000 labels); about 5.5 minutes on an H100",
         pretrain={"optim.epochs": 8, "optim.warmup_epochs": 0.5, "data.workers": 2},
         finetune={"optim.epochs": 10, "optim.warmup_epochs": 0.5, "data.workers": 2},
     ),
@@ -183,7 +183,8 @@ def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_r
                   "finetune_labels": labels, "test_images": ft_cfg.data.val_subset or 10000,
                   "layer_decay": ft_cfg.optim.layer_decay},
         "wall_seconds": round(time.time() - t0, 1),
-        "note": ("GPU present: longer 'gpu' schedule" if profile == "gpu" else prof.description),
+        "note": ("GPU present: longer 'gpu' schedule (8 pretraining epochs, 10 fine-tuning epochs)" if profile == "gpu"
+                 else prof.description),
         "runs": runs,
         "configs": {"pretrain": config_to_dict(pre_cfg), "finetune": config_to_dict(ft_cfg),
                     "scratch": config_to_dict(sc_cfg)},
