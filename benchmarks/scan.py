@@ -7,6 +7,8 @@ docs/KERNELS.md (bf16, N = 16, softplus and z gate). Run on a GPU:
     python benchmarks/scan.py                      # the anchor table
     python benchmarks/scan.py --sweep              # launch-config sweep of the Triton kernels first
     python benchmarks/scan.py --variants           # also time earlier kernel versions (benchmarks/variants)
+    python benchmarks/scan.py --mamba-ssm-src mamba_ssm-2.3.2.post1   # build the official CUDA kernel
+        # from its unpacked PyPI sdist for this GPU's arch only (a few minutes) and time it in the same run
 
 Times are medians of triton.testing.do_bench (CUDA events). "GB/s" counts the fewest bytes the
 op must move: forward reads u, delta, z, B, C and writes out; backward reads u, delta, z, B, C,
@@ -18,7 +20,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import time
+import types
 from pathlib import Path
 
 import torch
@@ -73,18 +78,115 @@ def triton_fns(mod, inp, dout):
     return fwd, fwd_bwd
 
 
-def autograd_fns(scan_fn, inp, dout):
+def autograd_fns(scan_fn, inp, dout, before=None):
+    """Closures through autograd; the backward returns the gradients (torch.autograd.grad) instead of
+    accumulating them into .grad, as inside a model, where these inputs are not leaves."""
     leaves = {k: v.detach().requires_grad_() for k, v in inp.items()}
     args = [leaves[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
 
     def fwd():
+        if before:
+            before()
         return scan_fn(*args)
 
     def fwd_bwd():
-        out = scan_fn(*args)
-        torch.autograd.backward(out, dout)
+        out = fwd()
+        return torch.autograd.grad(out, args, dout)
 
     return fwd, fwd_bwd
+
+
+def op_fns(inp, dout, states="recompute"):
+    """armvision's public op on the Triton backend, through autograd (what a model pays), with the
+    chunk states recomputed in the backward (the default) or saved by the forward."""
+    from armvision import ops
+    from armvision.ops import scan_triton as st
+
+    return autograd_fns(lambda *a: ops.selective_scan(*a, delta_softplus=True, backend="triton"), inp, dout,
+                        before=lambda: st.scan_launch_config(states=states))
+
+
+def build_mamba_ssm(src: Path, build_dir: Path):
+    """Build mamba-ssm's ``selective_scan_cuda`` extension from an unpacked sdist, for this GPU's
+    architecture only, with the package's own nvcc flags; return its ``selective_scan_fn``.
+
+    The package's ``__init__`` (which imports its whole model zoo) is bypassed: a bare package
+    module pointing at ``src/mamba_ssm`` lets ``mamba_ssm.ops.selective_scan_interface`` import alone.
+    """
+    from torch.utils.cpp_extension import load
+
+    major, minor = torch.cuda.get_device_capability()
+    os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
+    csrc = src / "csrc" / "selective_scan"
+    sources = [csrc / "selective_scan.cpp", *sorted(csrc.glob("selective_scan_*.cu"))]
+    if len(sources) < 2:
+        raise SystemExit(f"{csrc}: no selective_scan sources; pass the unpacked mamba-ssm sdist directory")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    ext = load(name="selective_scan_cuda", sources=[str(p) for p in sources], build_directory=str(build_dir),
+               extra_include_paths=[str(csrc)], extra_cflags=["-O3", "-std=c++17"],
+               extra_cuda_cflags=["-O3", "-std=c++17", "-U__CUDA_NO_HALF_OPERATORS__",
+                                  "-U__CUDA_NO_HALF_CONVERSIONS__", "-U__CUDA_NO_BFLOAT16_OPERATORS__",
+                                  "-U__CUDA_NO_BFLOAT16_CONVERSIONS__", "-U__CUDA_NO_BFLOAT162_OPERATORS__",
+                                  "-U__CUDA_NO_BFLOAT162_CONVERSIONS__", "--expt-relaxed-constexpr",
+                                  "--expt-extended-lambda", "--use_fast_math", "--threads", "4"])
+    sys.modules["selective_scan_cuda"] = ext
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__ = [str(src / "mamba_ssm")]
+    sys.modules["mamba_ssm"] = pkg
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    info = (src / "PKG-INFO").read_text() if (src / "PKG-INFO").is_file() else ""
+    version = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Version:")), "?")
+    print(f"built mamba-ssm {version} selective_scan_cuda for sm_{major}{minor} in {time.time() - t0:.0f} s")
+    return selective_scan_fn
+
+
+def mamba_ssm_native_fns(selective_scan_fn, inp, dout):
+    """The official kernel in its own layout: (b, e, t) activations, (b, N, t) B and C, contiguous
+    (copies made once, outside the timing), through its autograd function."""
+    def native(x):
+        return x.detach().transpose(1, 2).contiguous().requires_grad_()
+
+    u, delta, z, B, C = (native(inp[k]) for k in ("u", "delta", "z", "B", "C"))
+    A, D, delta_bias = (inp[k].detach().clone().requires_grad_() for k in ("A", "D", "delta_bias"))
+    d = dout.transpose(1, 2).contiguous()
+
+    def fwd():
+        return selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, True)
+
+    def fwd_bwd():
+        return torch.autograd.grad(fwd(), (u, delta, A, B, C, D, z, delta_bias), d)
+
+    return fwd, fwd_bwd
+
+
+def cross_check(selective_scan_fn, shape=(8, 256, 197)):
+    """Largest relative difference of outputs and gradients, armvision Triton vs mamba-ssm CUDA (bf16)."""
+    from armvision import ops
+
+    b, e, t = shape
+    inp = make_inputs(b, e, t, seed=1)
+    dout = torch.randn(b, t, e, device="cuda", dtype=torch.bfloat16)
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    ours = {k: inp[k].detach().clone().requires_grad_() for k in names}
+    out = ops.selective_scan(*[ours[k] for k in names], delta_softplus=True, backend="triton")
+    out.backward(dout)
+    theirs = {k: (inp[k].detach().transpose(1, 2).contiguous() if inp[k].dim() == 3 else inp[k].detach().clone())
+              .requires_grad_() for k in names}
+    ref = selective_scan_fn(*[theirs[k] for k in names], True)
+    ref.backward(dout.transpose(1, 2).contiguous())
+
+    def rel(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12)).item()
+
+    diffs = {"out": rel(out, ref.transpose(1, 2))}
+    for k in names:
+        g = theirs[k].grad.transpose(1, 2) if inp[k].dim() == 3 else theirs[k].grad
+        diffs["d" + k] = rel(ours[k].grad, g)
+    print(f"cross-check at b={b} e={e} t={t} (bf16), relative L2 difference, Triton vs mamba-ssm CUDA: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
 
 
 def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
@@ -135,6 +237,10 @@ def main():
     ap.add_argument("--variants", action="store_true", help="also time the kernel versions in benchmarks/variants")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--mamba-ssm-src", type=Path, help="unpacked mamba-ssm sdist: build its CUDA scan kernel for "
+                                                       "this GPU and time it in the same run")
+    ap.add_argument("--build-dir", type=Path, default=Path("build/mamba_ssm_cuda"),
+                    help="where --mamba-ssm-src builds (reused when up to date)")
     args = ap.parse_args()
 
     from armvision.ops import scan_triton as st
@@ -147,18 +253,23 @@ def main():
             st.scan_launch_config(BT=best[0], fwd=best[1], bwd=best[2])
     print(f"launch config: {st.scan_launch_config()}")
 
-    impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout)}
+    impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns,
+             "op_save": lambda inp, dout: op_fns(inp, dout, "save")}
     if args.variants:
         for path in sorted((Path(__file__).parent / "variants").glob("scan_v*.py")):
             mod = importlib.import_module(f"benchmarks.variants.{path.stem}")
             impls[path.stem.split("_")[1]] = lambda inp, dout, mod=mod: triton_fns(mod, inp, dout)
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
-        from armvision.ops import _mamba_ssm_scan
+    if args.mamba_ssm_src:
+        scan_fn = build_mamba_ssm(args.mamba_ssm_src, args.build_dir)
+        cross_check(scan_fn)
+        impls["cuda_ref"] = lambda inp, dout: mamba_ssm_native_fns(scan_fn, inp, dout)
+    else:
+        try:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-        impls["mamba_ssm"] = lambda inp, dout: autograd_fns(_mamba_ssm_scan, inp, dout)
-    except ImportError:
-        pass
+            impls["cuda_ref"] = lambda inp, dout: mamba_ssm_native_fns(selective_scan_fn, inp, dout)
+        except ImportError:
+            pass
     if not args.no_torch:
         impls["torch"] = lambda inp, dout: autograd_fns(scan_ref_module.selective_scan_torch, inp, dout)
 
@@ -180,7 +291,21 @@ def main():
                   f"{fbb / tfb / 1e6:>8.0f} | {ref_fb:>12.2f} {tfb / ref_fb:>6.2f}")
         del inp, dout
         torch.cuda.empty_cache()
-    print("\nratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd on an H100 (KERNELS.md); target <= 0.5")
+    st.scan_launch_config(states="recompute")
+    print("\nimpl: triton = the kernel launchers alone (forward saving the chunk states, backward); triton_op = "
+          "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
+          "op_save = the same with scan_launch_config(states='save'); cuda_ref = mamba-ssm's selective_scan_fn "
+          "through autograd in its own (b, e, t) layout")
+    print("ratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd on an H100 (KERNELS.md); target <= 0.5")
+    by = {(r["b"], r["e"], r["t"], r["impl"]): r for r in results}
+    if any(k[3] == "cuda_ref" for k in by):
+        print("\nsame-run ratios, fwd+bwd / cuda_ref fwd+bwd:")
+        for b, e, t, *_ in ANCHORS:
+            ref = by.get((b, e, t, "cuda_ref"))
+            if ref:
+                print(f"  {b}x{e}x{t}: " + ", ".join(
+                    f"{name} {by[(b, e, t, name)]['fwd_bwd_ms'] / ref['fwd_bwd_ms']:.2f}"
+                    for name in impls if name != "cuda_ref" and (b, e, t, name) in by))
     if args.json:
         args.json.write_text(json.dumps(dict(config=st.scan_launch_config(), device=torch.cuda.get_device_name(),
                                              results=results), indent=1))

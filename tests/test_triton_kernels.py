@@ -35,6 +35,15 @@ def small_blocks_and_poisoned_outputs(monkeypatch):
     monkeypatch.setattr(conv_triton, "_empty", poisoned)
 
 
+@pytest.fixture(params=["function", "custom_op"])
+def autograd_path(request, monkeypatch):
+    """Both ways into the kernels: the eager autograd.Function and the torch.library custom ops
+    (what torch.compile traces), forced here as if tracing."""
+    if request.param == "custom_op":
+        monkeypatch.setattr(scan_triton, "_use_custom_op", lambda x: True)
+    return request.param
+
+
 def scan_inputs(b, t, e, n, dtype, with_z=True, with_D=True, with_bias=True):
     inp = dict(
         u=torch.randn(b, t, e), delta=torch.randn(b, t, e) * 0.5 - 1.0, A=-torch.exp(torch.randn(e, n) * 0.5),
@@ -71,7 +80,7 @@ def check_scan(inp, index=None, softplus=True, tol_out=1e-5, tol_grad=1e-4):
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3, 4), (2, 9, 6, 16), (1, 13, 10, 5)])
-def test_scan_fp32(seed, shape):
+def test_scan_fp32(seed, shape, autograd_path):
     check_scan(scan_inputs(*shape, torch.float32))
 
 
@@ -86,11 +95,11 @@ def test_scan_variants(seed, variant):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_scan_half(seed, dtype):
+def test_scan_half(seed, dtype, autograd_path):
     check_scan(scan_inputs(2, 10, 9, 8, dtype), tol_out=1e-2, tol_grad=2e-2)
 
 
-def test_scan_recomputed_states(seed, monkeypatch):
+def test_scan_recomputed_states(seed, monkeypatch, autograd_path):
     """states="recompute": the backward rebuilds the chunk states instead of keeping them."""
     monkeypatch.setitem(scan_triton._CONFIG, "states", "recompute")
     check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
@@ -101,7 +110,7 @@ def test_scan_index_order(seed):
     check_scan(scan_inputs(2, 11, 6, 4, torch.float32), index=torch.randperm(11, device=DEV))
 
 
-def test_scan_without_grad_saves_no_states(seed):
+def test_scan_without_grad_saves_no_states(seed, autograd_path):
     inp = {k: None if v is None else v.detach() for k, v in scan_inputs(1, 6, 4, 4, torch.float32).items()}
     out = ops.selective_scan(*(inp[k] for k in ARGS), backend="triton")
     ref, _ = reference(inp, None)
@@ -111,7 +120,7 @@ def test_scan_without_grad_saves_no_states(seed):
 @pytest.mark.parametrize("activation,with_bias,dtype", [("silu", True, torch.float32), (None, False, torch.float32),
                                                         ("silu", True, torch.bfloat16)])
 @pytest.mark.parametrize("ordered", [False, True])
-def test_conv(seed, activation, with_bias, dtype, ordered):
+def test_conv(seed, activation, with_bias, dtype, ordered, autograd_path):
     b, t, e = 2, 9, 6
     x = torch.randn(b, t, e, device=DEV).to(dtype).requires_grad_()
     w = torch.randn(e, 1, 4, device=DEV, requires_grad=True)

@@ -114,8 +114,7 @@ def conv_launch_config(**updates) -> dict:
     return dict(_CONFIG)
 
 
-@torch.library.custom_op("armvision::causal_conv1d_fwd", mutates_args=())
-def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool) -> Tensor:
+def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool) -> Tensor:
     b, t, e = x.shape
     k = weight.shape[1]
     BT, BE, warps = _CONFIG["fwd"]
@@ -128,14 +127,18 @@ def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor |
     return out
 
 
+@torch.library.custom_op("armvision::causal_conv1d_fwd", mutates_args=())
+def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool) -> Tensor:
+    return _conv_fwd(x, weight, bias, index, silu)
+
+
 @_conv_fwd_op.register_fake
 def _(x, weight, bias, index, silu):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("armvision::causal_conv1d_bwd", mutates_args=())
-def _conv_bwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
-                 silu: bool) -> list[Tensor]:
+def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
+              silu: bool) -> list[Tensor]:
     b, t, e = x.shape
     k = weight.shape[1]
     BT, BE, warps = _CONFIG["bwd"]
@@ -149,6 +152,12 @@ def _conv_bwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor |
         K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BT=BT, BE=BE, num_warps=warps,
     )
     return [dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)]
+
+
+@torch.library.custom_op("armvision::causal_conv1d_bwd", mutates_args=())
+def _conv_bwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
+                 silu: bool) -> list[Tensor]:
+    return _conv_bwd(x, weight, bias, index, dout, silu)
 
 
 @_conv_bwd_op.register_fake
@@ -172,6 +181,22 @@ def _backward(ctx, dout):
 _conv_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _ConvFunction(torch.autograd.Function):
+    """Eager-mode autograd over the same launchers as the custom ops (see scan_triton._ScanFunction)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, index, silu):
+        ctx.silu, ctx.has_bias = silu, bias is not None
+        ctx.save_for_backward(x, weight, bias, index)
+        return _conv_fwd(x, weight, bias, index, silu)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias, index = ctx.saved_tensors
+        dx, dw, db = _conv_bwd(x, weight, bias, index, dout, ctx.silu)
+        return dx, dw, db if ctx.has_bias else None, None, None
+
+
 def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
                          index: Tensor | None = None) -> Tensor:
     """Causal depthwise conv on the Triton kernels; arguments as :func:`armvision.ops.causal_conv1d`."""
@@ -183,4 +208,11 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, 
     x = x if x.stride(-1) == 1 else x.contiguous()
     if index is not None:
         index = index.to(device=x.device, dtype=torch.int32).contiguous()
-    return _conv_fwd_op(x, w.contiguous(), bias, index, activation == "silu")
+    from .scan_triton import _use_custom_op
+
+    args = (x, w.contiguous(), bias, index, activation == "silu")
+    if _use_custom_op(x):
+        return _conv_fwd_op(*args)
+    if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args[:3]):
+        return _ConvFunction.apply(*args)
+    return _conv_fwd(*args)

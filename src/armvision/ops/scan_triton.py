@@ -422,10 +422,15 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states = inputs
     ctx.softplus = softplus
     ctx.chunk = _CONFIG["BT"]
+    # the states output gets no gradient: without this autograd would fill a zero tensor the size of
+    # the saved states (hundreds of MB) for it on every backward
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, output[1])
 
 
 def _backward(ctx, dout, dstates):
+    if dout is None:  # the output was not used
+        return (None,) * 11
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:  # states="recompute": rebuild the chunk states now
         states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk)
@@ -436,6 +441,33 @@ def _backward(ctx, dout, dstates):
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _ScanFunction(torch.autograd.Function):
+    """Eager-mode autograd over the same launchers as the custom ops, without the dispatcher's
+    per-call work (custom ops cost the host tens of microseconds per call in eager mode, enough to
+    leave the GPU idle at small shapes). ``torch.compile`` traces the custom ops instead."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
+        out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states)
+        ctx.softplus, ctx.chunk = softplus, chunk
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
+        if states.numel() == 0:  # states="recompute": rebuild the chunk states now
+            states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, True, write_out=False,
+                              chunk=ctx.chunk)[1]
+        grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk)
+        return (*grads, None, None, None)
+
+
+def _use_custom_op(x: Tensor) -> bool:
+    """Trace the custom op (torch.compile, fake tensors); run the eager autograd.Function otherwise."""
+    return torch.compiler.is_compiling() or torch._subclasses.fake_tensor.is_fake(x)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -455,5 +487,8 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
     save = needs_grad and _CONFIG["states"] == "save"
-    out, _ = _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)
-    return out
+    if _use_custom_op(u):
+        return _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)[0]
+    if not needs_grad:
+        return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, False)[0]
+    return _ScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)
