@@ -1,6 +1,7 @@
 """Optimizer groups, the lr schedule, checkpoints (atomic, pruned, resolvable) and RNG states."""
 
 import math
+import os
 import random
 from pathlib import Path
 
@@ -128,6 +129,21 @@ def test_checkpoints_are_atomic_pruned_and_keep_the_best(tmp_path, monkeypatch):
     # a stale temporary folder of a crashed process is removed at the next start
     (mgr.dir / ".tmp-step_00000009-dead").mkdir()
     assert [p.name for p in mgr.remove_partial()] == [".tmp-step_00000009-dead"]
+    # a step folder moved aside by a re-save that crashed before the new copy landed goes back in place
+    os.replace(mgr.dir / "step_00000004", mgr.dir / ".tmp-old-step_00000004-dead")
+    assert mgr.remove_partial() == []
+    assert (mgr.dir / "step_00000004" / "model.safetensors").read_bytes() == before
+
+
+def test_pruning_keeps_the_best_with_a_relative_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    clf = armvision.create_model("arm_tiny_pz16", num_classes=3, **TINY)
+    mgr = CheckpointManager("relrun", keep_last=1)
+    _save(mgr, 1, clf, is_best=True)
+    _save(mgr, 2, clf)
+    _save(mgr, 3, clf)
+    assert sorted(p.name for p in mgr.dir.iterdir()) == ["best", "latest", "step_00000001", "step_00000003"]
+    assert mgr.best().name == "step_00000001"
 
 
 def test_resolving_checkpoints_gives_clear_errors(tmp_path):
@@ -162,3 +178,14 @@ def test_init_from_pretraining_checks_the_encoder(tmp_path):
     info = load_init_weights(other, tmp_path / "clf")
     assert sorted(info["not_loaded"]) == ["head.bias", "head.weight"]
     assert torch.equal(other.layers[0].mixer.in_proj.weight, clf.layers[0].mixer.in_proj.weight)
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    from armvision.errors import ConfigError
+    from armvision.train import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"device 'cuda:0' under torchrun \(2 processes\) would put every process"):
+        distributed.setup("cuda:0")

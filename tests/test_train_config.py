@@ -79,6 +79,8 @@ def test_resolved_config_round_trips_through_yaml():
     ({"data.mean": [0.5]}, r"bad value for 'data.mean': \(0.5,\); expected 3 value\(s\), one per channel"),
     ({"device": "tpu"}, r"bad value for 'device': 'tpu'; expected auto, cpu, cuda or cuda:N"),
     ({"optim": 3}, r"'optim' is a section; set its keys"),
+    ({"task": "pretrain", "init": None, "optim.layer_decay": 0.75},
+     r"bad value for 'optim.layer_decay': 0.75; expected null for pretraining"),
     ({"optim.lr.x": 3}, r"config key 'optim.lr' is a value, not a section"),
 ])
 def test_unknown_keys_and_bad_values_are_named(source, expected):

@@ -49,7 +49,9 @@ def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     assert ckpts == ["best", "latest", "step_00000003", "step_00000006"]
     lines = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
-    assert (pre / "metrics_train.csv").read_text().splitlines()[0].startswith("kind,step,time,epoch,loss,lr")
+    csv_lines = (pre / "metrics_train.csv").read_text().splitlines()
+    assert csv_lines[0] == "kind,step,time,epoch,loss,lr,images_per_s,grad_norm"
+    assert all(line.split(",")[-1] for line in csv_lines[1:])  # every record has its step's gradient norm
 
     ft = tmp_path / "ft"
     # loader worker processes this time (persistent across epochs); skipped images still counted
@@ -113,26 +115,46 @@ def test_resume_continues_from_the_saved_step_with_the_same_lr(tmp_path, data, c
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_checkpoint(tmp_path, data, capsys, monkeypatch):
+def test_a_run_stopped_by_max_steps_resumes_to_its_end_through_the_cli(tmp_path, data, capsys):
+    out = tmp_path / "pre"
+    flags = as_flags(tiny_overrides(data, out, "pretrain", **{"max_steps": 2}))
+    code, out_text, err = run_cli(["pretrain", "--config", "fmnist_pretrain", *flags], capsys)
+    assert code == 0 and "stopped at step 2 (max_steps)" in out_text, err
+    code, out_text, err = run_cli(["pretrain", "--output_dir", out, "--resume", "auto"], capsys)
+    assert code == 0 and "pretrain finished: 6 steps" in out_text, err
+    assert "(the run's own; pass --config to use another)" in err
+
+
+@pytest.mark.parametrize("what", ["training loss", "gradient norm"])
+def test_divergence_stops_with_a_message_and_keeps_the_last_checkpoint(what, tmp_path, data, capsys, monkeypatch):
+    """A NaN loss, or a finite loss with NaN gradients (clipping on), stops the run before the
+    weights change; the last checkpoint stays as it was, and finite."""
     from armvision.models import ARMClassifier
 
     out = tmp_path / "nan"
-    flags = as_flags(tiny_overrides(data, out, "finetune", **{"eval_every_epochs": 0}))
+    flags = as_flags(tiny_overrides(data, out, "finetune", **{"eval_every_epochs": 0, "optim.clip_grad": 1.0}))
     forward = ARMClassifier.forward
     calls = {"n": 0}
 
     def poisoned(self, x):
         calls["n"] += 1 if self.training else 0
         y = forward(self, x)
-        return y * float("nan") if self.training and calls["n"] == 5 else y
+        if self.training and calls["n"] == 5:
+            if what == "training loss":
+                return y * float("nan")
+            y.register_hook(lambda g: g * float("nan"))
+        return y
 
     monkeypatch.setattr(ARMClassifier, "forward", poisoned)
     code, _, err = run_cli(["finetune", "--config", "fmnist_finetune", *flags], capsys)
     assert code == 2
-    assert "armvision: error: the training loss became nan at step 5 (epoch 2)" in err
+    assert f"armvision: error: the {what} became nan at step 5 (epoch 2); the weights were not updated" in err
     assert f"the last good checkpoint, {out}/checkpoints/step_00000003, is intact" in err
+    assert "set optim.clip_grad" not in err and "precision fp32" not in err  # clipping is on, the CPU runs fp32
     assert "Traceback" not in err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["latest", "step_00000003"]
+    weights = load_file(out / "checkpoints" / "step_00000003" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values())
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["kind"] == "diverged"
 

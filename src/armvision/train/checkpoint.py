@@ -296,10 +296,16 @@ class CheckpointManager:
 
     # -- writing --------------------------------------------------------------------------------
     def remove_partial(self) -> list[Path]:
-        """Delete temporary folders left by an interrupted save (they never replaced anything)."""
+        """Delete temporary folders left by an interrupted save (they never replaced anything). A step
+        folder moved aside while being re-saved (``.tmp-old-step_X-*``) goes back in place when the
+        interruption came before the new copy replaced it."""
         removed = []
         if self.is_main and self.dir.is_dir():
-            for p in self.dir.iterdir():
+            for p in sorted(self.dir.iterdir()):
+                m = re.match(r"\.tmp-old-(step_\d+)-", p.name)
+                if m and p.is_dir() and not (self.dir / m.group(1)).exists():
+                    os.replace(p, self.dir / m.group(1))
+                    continue
                 if p.name.startswith(".tmp-"):
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
                     removed.append(p)
@@ -344,10 +350,12 @@ class CheckpointManager:
         os.replace(tmp, self.dir / name)
 
     def _prune(self) -> None:
-        keep = set(self.steps()[-self.keep_last:])
+        # compared by folder name: best() resolves the link to an absolute path, the step folders are
+        # listed relative to self.dir (a relative output_dir, or one reached through a symlink)
+        keep = {d.name for d in self.steps()[-self.keep_last:]}
         best = self.best()
         if best is not None:
-            keep.add(best)
+            keep.add(best.name)
         for d in _step_dirs(self.dir):
-            if d not in keep:
+            if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)

@@ -120,7 +120,10 @@ def _train_command(args, task: str, default_preset: str) -> int:
     from .trainer import train
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
-    config = args.config or _own_config(overrides) or default_preset
+    own = None if args.config else _own_config(overrides)
+    if own:  # a stop asked of the earlier invocation (--max_steps) is not asked of this one
+        overrides.setdefault("max_steps", None)
+    config = args.config or own or default_preset
     cfg = load_config(config, overrides, task=task, source="the command line")
     if args.print_config:
         print(config_to_yaml(cfg), end="")

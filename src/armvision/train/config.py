@@ -557,6 +557,8 @@ def validate_config(cfg: RunConfig) -> None:
          "auto, cpu, cuda or cuda:N")
     if cfg.task == "pretrain":
         need(cfg.init is None, "init", cfg.init, "null for pretraining (init is a fine-tuning option)")
+        need(o.layer_decay is None, "optim.layer_decay", o.layer_decay,
+             "null for pretraining (layer-wise lr decay is a fine-tuning option)")
 
 
 def config_to_dict(cfg: RunConfig) -> dict:

@@ -54,6 +54,9 @@ def setup(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and device.startswith("cuda:"):
+        raise ConfigError(f"device {device!r} under torchrun ({world} processes) would put every process on one "
+                          "GPU; use --device cuda or auto (each process takes the GPU of its LOCAL_RANK)")
     dev = resolve_device(device, local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -14,6 +14,8 @@ from typing import Any
 __all__ = ["MetricsLogger", "format_duration", "CSV_KINDS"]
 
 CSV_KINDS = ("train", "eval")
+# columns a CSV file always has, whatever its first record holds (a record without one leaves it empty)
+_CSV_COLUMNS = {"train": ["kind", "step", "time", "epoch", "loss", "lr", "images_per_s", "grad_norm"]}
 
 
 def format_duration(seconds: float) -> str:
@@ -59,7 +61,8 @@ class MetricsLogger:
     def _write_csv(self, kind: str, record: dict) -> None:
         if kind not in self._csv:
             path = self.dir / f"metrics_{kind}.csv"
-            columns = list(record)
+            fixed = _CSV_COLUMNS.get(kind, [])
+            columns = fixed + [k for k in record if k not in fixed]
             if path.is_file() and path.stat().st_size > 0:  # resumed run: keep the file's columns
                 with open(path, newline="") as f:
                     header = next(csv.reader(f), None)

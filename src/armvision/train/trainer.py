@@ -272,13 +272,14 @@ class Trainer:
         return {"training": config_to_dict(self.cfg), "classes": self.classes, "step": self.step, "epoch": self.epoch,
                 "task": self.task, "armvision_version": __version__}
 
-    def save_checkpoint(self, is_best: bool = False) -> Path:
+    def save_checkpoint(self, is_best: bool = False, metrics: dict[str, Any] | None = None) -> Path:
+        """Checkpoint the current step; ``metrics``: the evaluation made at this step, if one was."""
         state = self._training_state()  # every rank joins the RNG gather
         path = None
         if self.is_main:
             ema_sd = self.ema.module.state_dict() if self.ema is not None else None
             path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
-                                  metrics=self.last_eval or None, is_best=is_best)
+                                  metrics=metrics or None, is_best=is_best)
             _logger.info("saved checkpoint %s", path)
         distributed.barrier()
         return path or self.ckpt.dir / f"step_{self.step:08d}"
@@ -354,9 +355,14 @@ class Trainer:
             self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch)
         elif hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
+        if start_micro and self.train_sampler is None and self.is_main:
+            _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
+                            "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
+                            epoch + 1)
         batches = iter(self.train_loader)
         self.model.train()
         window = _Window()
+        lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
         world_batch = self.micro_batch * self.dist.world_size
         for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
             if self.step >= stop_step:
@@ -381,13 +387,18 @@ class Trainer:
                     (loss / self.accum_steps).backward()
                 loss_sum += loss.detach().float()
                 self.batch_in_epoch += 1
+            # the gradient norm (clipping, when on) before the check: a finite loss can still give
+            # non-finite gradients, which must not reach the weights either
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad or float("inf"))
             # one check per step, agreed by all ranks, before the weights change
-            flags = torch.stack([(~torch.isfinite(loss_sum)).double(), skipped.double().to(self.device)])
+            flags = torch.stack([(~torch.isfinite(loss_sum)).double(), skipped.double().to(self.device),
+                                 (~torch.isfinite(grad_norm)).double().to(self.device)])
             distributed.all_reduce_sum(flags)
             if flags[0].item() > 0:
-                self._diverged(loss_sum.item() / self.accum_steps, epoch)
+                self._diverged("training loss", loss_sum.item() / self.accum_steps, epoch)
+            if flags[2].item() > 0:
+                self._diverged("gradient norm", float(grad_norm), epoch)
             self.skipped_images += int(flags[1].item())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad or float("inf"))
             lr = self.current_lr
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -413,8 +424,8 @@ class Trainer:
             epoch_end = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
             if self._step_checkpoint_due() and not epoch_end and self.step < stop_step:
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
-        if window.steps:
-            self._log_window(window, self.current_lr, float("nan"), epoch)
+        if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
+            self._log_window(window, lr, float(grad_norm), epoch)
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -434,15 +445,21 @@ class Trainer:
             record["grad_norm"] = grad_norm
         self.logger.log("train", self.step, **record)
 
-    def _diverged(self, loss: float, epoch: int) -> None:
+    def _diverged(self, what: str, value: float, epoch: int) -> None:
         last = self.ckpt.latest()
         where = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint had been saved yet"
-        self.logger.log("diverged", self.step, loss=loss, epoch=epoch)
+        self.logger.log("diverged", self.step, **{"loss" if what == "training loss" else "grad_norm": value},
+                        epoch=epoch)
         self.logger.close()
+        advice = ["lower the learning rate (optim.blr / optim.lr)"]
+        if not self.cfg.optim.clip_grad:
+            advice.append("set optim.clip_grad")
+        if not isinstance(autocast_for(self.device, self.cfg.precision), contextlib.nullcontext):  # bf16 now
+            advice.append("use precision fp32")
         raise TrainingDiverged(
-            f"the training loss became {loss} at step {self.step + 1} (epoch {epoch + 1}); the run stops and {where}. "
-            f"Lower the learning rate (optim.blr/optim.lr), set optim.clip_grad, or use precision fp32; "
-            f"then resume with --resume auto")
+            f"the {what} became {value} at step {self.step + 1} (epoch {epoch + 1}); the weights were not updated, "
+            f"the run stops and {where}. To go on: {', '.join(advice[:-1]) + ' or ' if len(advice) > 1 else ''}"
+            f"{advice[-1]}, then resume with --resume auto")
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the raw (and EMA) weights on the validation split."""
@@ -506,12 +523,12 @@ class Trainer:
                              self._describe(metrics))
             epoch_due = epoch_done and cfg.checkpoint.every_epochs and self.epoch % cfg.checkpoint.every_epochs == 0
             if last or epoch_due or self._step_checkpoint_due():
-                self.save_checkpoint(is_best=self._is_best(metrics))
+                self.save_checkpoint(is_best=self._is_best(metrics), metrics=metrics)
                 saved_at = self.step
         if saved_at != self.step:  # nothing left to train (e.g. resumed a finished run)
             if evaluated_at != self.step:
                 self.last_eval = self.evaluate()
-            self.save_checkpoint(is_best=self._is_best(self.last_eval))
+            self.save_checkpoint(is_best=self._is_best(self.last_eval), metrics=self.last_eval)
         summary = self._summary(time.time() - wall0, stop_step)
         if self.is_main:
             text = json.dumps(summary, indent=2) + "\n"
