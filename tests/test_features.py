@@ -69,6 +69,9 @@ def test_pretraining_encoder_features(seed):
         assert torch.allclose(m.reshape(2, 64, 32)[:, order], own, atol=1e-5)  # causal: the same values
     f = extract_features(model, x, layers=[-1])
     assert torch.allclose(f.pooled, model.norm_4(maps[-1]).mean(dim=(1, 2)), atol=1e-5)
+    pooled_only = extract_features(model, x)  # the default: pooled features, no maps
+    assert pooled_only.maps == {} and torch.allclose(pooled_only.pooled, f.pooled, atol=1e-6)
+    assert list(extract_features(model, x, layers=2).maps) == [2]  # an int is one block
     # a larger image: 12x12 patches, still whole clusters; the position embedding is resized
     big = extract_features(model, torch.randn(1, 3, 48, 48), layers=[0])
     assert big.pooled.shape == (1, 32) and big.maps[0].shape == (1, 12, 12, 32)

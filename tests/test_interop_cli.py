@@ -74,7 +74,7 @@ def test_convert_pretraining_checkpoint_as_classifier(tmp_path, capsys):
     assert read_config(tmp_path / "clf")["converted_from"]["initialised_classifier"] is True
     # the official layout refuses this small geometry unless asked
     capsys.readouterr()
-    assert main(["convert", "--to-official", str(tmp_path / "pre"), str(tmp_path / "p.pth")]) == 1
+    assert main(["convert", "--to-official", str(tmp_path / "pre"), str(tmp_path / "p.pth")]) == 2
     assert "clusters of 4x4" not in capsys.readouterr().err  # 9 clusters of 4x4 is fine; the patch values are not
     assert main(["convert", "--to-official", "--no-strict", str(tmp_path / "pre"), str(tmp_path / "p.pth")]) == 0
     assert torch.equal(safe_torch_load(tmp_path / "p.pth")["model"]["mask"], psd["mask"])
@@ -82,20 +82,20 @@ def test_convert_pretraining_checkpoint_as_classifier(tmp_path, capsys):
 
 def test_convert_errors(tmp_path, ft, capsys):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
-    assert main(["convert", str(tmp_path / "bad.pth"), str(tmp_path / "o")]) == 1
+    assert main(["convert", str(tmp_path / "bad.pth"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("armvision convert: error: ") and "bad.pth: cannot read a PyTorch checkpoint" in err
-    assert main(["convert", "--as-classifier", str(ft[1]), str(tmp_path / "o")]) == 1
+    assert err.startswith("armvision: error: convert: ") and "bad.pth: cannot read a PyTorch checkpoint" in err
+    assert main(["convert", "--as-classifier", str(ft[1]), str(tmp_path / "o")]) == 2
     assert "is a fine-tuning checkpoint; --as-classifier starts a classifier" in capsys.readouterr().err
-    assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o")]) == 1
+    assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o")]) == 2
     assert "none.pth: no such checkpoint file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
     # a pickle holding an object outside the allow-list: refused, unless the user trusts that class
     torch.save(official_pickle(ft[0], "finetuning", saved_at=datetime.date(2024, 6, 1)), tmp_path / "dated.pth")
-    assert main(["convert", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 1
+    assert main(["convert", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 2
     assert "outside armvision's allow-list: datetime.date" in capsys.readouterr().err
     assert main(["convert", "--trust-global", "datetime.date", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 0
-    assert main(["convert", "--trust-global", "datetime.nothing", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 1
+    assert main(["convert", "--trust-global", "datetime.nothing", str(tmp_path / "dated.pth"), str(tmp_path / "o")]) == 2
     assert "--trust-global datetime.nothing: no such class" in capsys.readouterr().err
 
 
@@ -139,7 +139,7 @@ def test_extract_npy_and_model_by_name(tmp_path, ft, images, capsys):
         expected = armvision.extract_features(model, x).pooled[0]
     assert torch.allclose(torch.from_numpy(pooled[0]).float(), expected, atol=2e-3)
     capsys.readouterr()
-    assert main(["extract", "arm_tiny_pz16", str(images), str(out), "--model-kwargs", "img_size"]) == 1
+    assert main(["extract", "arm_tiny_pz16", str(images), str(out), "--model-kwargs", "img_size"]) == 2
     assert "--model-kwargs takes KEY=VALUE items, got 'img_size'" in capsys.readouterr().err
 
 
@@ -159,14 +159,20 @@ def test_extract_pretraining_model(tmp_path, images):
 
 def test_extract_errors(tmp_path, ft, images, capsys):
     assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.safetensors"), "--strict-images",
-                 "--quiet"]) == 1
+                 "--quiet"]) == 2
     assert "cannot read image" in capsys.readouterr().err
-    assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.csv")]) == 1
+    assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.csv")]) == 2
     assert "must end in .safetensors or .npy" in capsys.readouterr().err
-    assert main(["extract", str(ft[1]), str(tmp_path / "nothing"), str(tmp_path / "x.npy")]) == 1
+    assert main(["extract", str(ft[1]), str(tmp_path / "nothing"), str(tmp_path / "x.npy")]) == 2
     assert "no such image folder" in capsys.readouterr().err
-    assert main(["extract", "arm_nonexistent", str(images), str(tmp_path / "x.npy")]) == 1
+    assert main(["extract", "arm_nonexistent", str(images), str(tmp_path / "x.npy")]) == 2
     assert "not a model directory, a checkpoint file, or a model name" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    assert main(["extract", str(ft[1]), str(tmp_path / "empty"), str(tmp_path / "x.npy")]) == 1
+    assert main(["extract", str(ft[1]), str(tmp_path / "empty"), str(tmp_path / "x.npy")]) == 2
     assert "no images" in capsys.readouterr().err
+    assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.npy"), "--device", "gpu7"]) == 2
+    assert capsys.readouterr().err.startswith("armvision: error: extract: --device gpu7: ")
+    if not torch.cuda.is_available():
+        assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.npy"), "--device", "cuda"]) == 2
+        assert "no CUDA GPU is available; use --device cpu" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()

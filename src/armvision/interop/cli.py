@@ -110,8 +110,9 @@ def _trusted(names: list[str]) -> list[Any]:
 
 
 def _fail(command: str, message: str) -> int:
-    print(f"armvision {command}: error: {message}", file=sys.stderr)
-    return 1
+    """A user error: one line, as every armvision command prints it, and exit status 2."""
+    print(f"armvision: error: {command}: {message}", file=sys.stderr)
+    return 2
 
 
 def _sha256(path: Path) -> str:
@@ -297,6 +298,12 @@ def run_extract(args: argparse.Namespace) -> int:
     if out.suffix not in (".safetensors", ".npy"):
         return _fail("extract", f"{out}: the output must end in .safetensors or .npy")
     try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        return _fail("extract", f"--device {args.device}: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return _fail("extract", f"--device {args.device} asked for, but no CUDA GPU is available; use --device cpu")
+    try:
         files = list_images(args.images)
         if not files:
             return _fail("extract", f"{args.images}: no images ({', '.join(IMAGE_EXTENSIONS)})")
@@ -305,7 +312,6 @@ def run_extract(args: argparse.Namespace) -> int:
                                allow_globals=_trusted(args.trust_global))
     except (CheckpointError, FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as e:
         return _fail("extract", str(e))
-    device = torch.device(args.device)
     model = model.to(device).eval()
     inner = getattr(model, "model", model)
     transform = eval_transform(inner, args.img_size)

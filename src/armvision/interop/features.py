@@ -120,14 +120,14 @@ def extract_features(model: nn.Module, images: Tensor, layers: int | Sequence[in
 
     Args:
         model: an :class:`~armvision.ARMClassifier` (or a timm-created one) or an :class:`~armvision.ARMPretrain`.
-        layers: blocks whose token maps to return (0-based, negative from the end; an int n: the last n;
-            None: all; ``()``: none, pooled features only).
+        layers: blocks whose token maps to return (0-based, negative from the end; an int: that one
+            block; None: all; ``()``: none, pooled features only).
         norm: pass the maps through the final norm (the classifier's norm_f, the pretraining model's
             last memory norm).
     """
     layers = _as_list(layers)
     if isinstance(model, ARMPretrain):
-        final, maps = pretraining_encoder_intermediates(model, images, layers if layers != [] else -1, norm)
+        final, maps = pretraining_encoder_intermediates(model, images, layers if layers != [] else [-1], norm)
         pooled = final.mean(dim=1)
     elif isinstance(model, ARMClassifier):
         if layers == []:

@@ -156,8 +156,8 @@ class RunConfig:
     seed: int = _f(0, "random seed (each process adds its rank)")
     device: str = _f("auto", "auto (cuda if present), cpu, cuda or cuda:N")
     precision: Literal["auto", "bf16", "fp32"] = _f("auto", "auto: bf16 autocast on GPU, fp32 on CPU")
-    init: Union[str, None] = _f(None, "fine-tuning: start from this pretraining checkpoint (a model directory "
-                                      "or a pretraining run directory)")
+    init: Union[str, None] = _f(None, "fine-tuning: start from this checkpoint (a model directory, a "
+                                      "pretraining run directory, or an official ARM .pth)")
     resume: Union[str, None] = _f(None, "'auto' (continue the latest checkpoint in output_dir, if any) or a "
                                         "checkpoint directory")
     max_steps: Union[int, None] = _f(None, "stop after this many optimizer steps (the schedule still spans "
