@@ -163,3 +163,16 @@ def test_resize_pos_embed(seed):
     assert resize_pos_embed(pos, (12, 12), (12, 12)) is pos
     with pytest.raises(ValueError, match="not a 10x10 grid"):
         resize_pos_embed(pos, (10, 10), (14, 14))
+
+
+def test_a_first_use_under_inference_mode_does_not_break_training(seed):
+    """The direction maps are cached: the first forward may come from feature extraction under
+    torch.inference_mode(), and a later training step must still be able to save them for backward."""
+    m = Mamba(8, d_state=4, directions=4)
+    layout = TokenLayout((3, 5), 7)  # a layout no other test uses, so that this test makes its cache entries
+    x = torch.randn(2, 16, 8)
+    with torch.inference_mode():
+        m(x, layout)
+    y = m(x.requires_grad_(), layout)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

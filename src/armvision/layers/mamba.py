@@ -77,8 +77,11 @@ def _direction_sequence(layout: TokenLayout, direction: str) -> tuple[int, ...]:
 
 @lru_cache(maxsize=256)
 def _direction_index_cached(layout: TokenLayout, direction: str, device: torch.device) -> tuple[Tensor, Tensor]:
-    index = torch.tensor(_direction_sequence(layout, direction), dtype=torch.long, device=device)
-    return index, torch.argsort(index)
+    # made as ordinary tensors even when the first call comes under torch.inference_mode() (feature
+    # extraction): a cached inference tensor would break every later call that autograd records
+    with torch.inference_mode(False):
+        index = torch.tensor(_direction_sequence(layout, direction), dtype=torch.long, device=device)
+        return index, torch.argsort(index)
 
 
 def direction_index(layout: TokenLayout, direction: str, device=None) -> tuple[Tensor, Tensor]:
