@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError as _UserCheckpointError
-from ..layers import insert_token_slot, resize_pos_embed
+from ..layers import resize_classifier_pos_embed
 from ..models import (
     MODEL_SIZES,
     ARMClassifier,
@@ -618,17 +618,6 @@ def init_classifier_from_official(
     sd = classifier_state_dict_from_classifier(ckpt.state_dict, classifier, source=ckpt.source)
     classifier.load_state_dict(sd, strict=True)
     return classifier
-
-
-def resize_classifier_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
-    """(1, old patches + 1, c) with the class-token slot in the middle -> the same for ``new_grid``:
-    the patch positions resized bicubically, the class-token slot kept and re-inserted in the middle."""
-    if tuple(old_grid) == tuple(new_grid):
-        return pos
-    c = (old_grid[0] * old_grid[1]) // 2
-    patches = torch.cat([pos[:, :c], pos[:, c + 1:]], dim=1)
-    patches = resize_pos_embed(patches, old_grid, new_grid)
-    return insert_token_slot(patches, (new_grid[0] * new_grid[1]) // 2, pos[:, c:c + 1])
 
 
 def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], classifier: ARMClassifier,

@@ -3,7 +3,7 @@
 from .block import MambaMLPBlock, SwiGLU, swiglu_hidden_dim
 from .decoder import CrossAttention, DecoderBlock, Mlp
 from .mamba import DIRECTIONS, Mamba, TokenLayout, direction_index
-from .pos_embed import insert_token_slot, resize_pos_embed, sincos_pos_embed_2d
+from .pos_embed import insert_token_slot, resize_classifier_pos_embed, resize_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
     "Mamba",
@@ -19,4 +19,5 @@ __all__ = [
     "sincos_pos_embed_2d",
     "resize_pos_embed",
     "insert_token_slot",
+    "resize_classifier_pos_embed",
 ]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["sincos_pos_embed_2d", "resize_pos_embed", "insert_token_slot"]
+__all__ = ["sincos_pos_embed_2d", "resize_pos_embed", "insert_token_slot", "resize_classifier_pos_embed"]
 
 
 def _sincos_1d(dim: int, pos: Tensor) -> Tensor:
@@ -49,3 +49,14 @@ def insert_token_slot(pos: Tensor, index: int, value: Tensor | None = None) -> T
     """Insert one token (zeros unless ``value``) at ``index`` of the token axis of (..., n, c)."""
     slot = torch.zeros_like(pos[..., :1, :]) if value is None else value.expand_as(pos[..., :1, :])
     return torch.cat([pos[..., :index, :], slot, pos[..., index:, :]], dim=-2)
+
+
+def resize_classifier_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """(1, old patches + 1, c) with the class-token slot in the middle -> the same for ``new_grid``:
+    the patch positions resized bicubically, the class-token slot kept and re-inserted in the middle."""
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    c = (old_grid[0] * old_grid[1]) // 2
+    patches = torch.cat([pos[:, :c], pos[:, c + 1:]], dim=1)
+    patches = resize_pos_embed(patches, old_grid, new_grid)
+    return insert_token_slot(patches, (new_grid[0] * new_grid[1]) // 2, pos[:, c:c + 1])

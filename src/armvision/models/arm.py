@@ -23,6 +23,7 @@ from ..layers import (
     MambaMLPBlock,
     TokenLayout,
     insert_token_slot,
+    resize_classifier_pos_embed,
     resize_pos_embed,
     sincos_pos_embed_2d,
 )
@@ -511,12 +512,7 @@ class ARMClassifier(_Encoder):
 
     def pos_embed_for(self, grid: tuple[int, int]) -> Tensor:
         """Position embedding (1, grid tokens + 1, c) for a patch grid, resized bicubically if needed."""
-        if tuple(grid) == self.geometry.grid:
-            return self.pos_embed
-        c = self.cls_index
-        patches = torch.cat([self.pos_embed[:, :c], self.pos_embed[:, c + 1:]], dim=1)
-        patches = resize_pos_embed(patches, self.geometry.grid, grid)
-        return insert_token_slot(patches, (grid[0] * grid[1]) // 2, self.pos_embed[:, c:c + 1])
+        return resize_classifier_pos_embed(self.pos_embed, self.geometry.grid, grid)
 
     def embed(self, images: Tensor) -> tuple[Tensor, TokenLayout]:
         """Patch tokens + class token + position embedding: ((b, tokens, c), layout)."""

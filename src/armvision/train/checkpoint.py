@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..layers import insert_token_slot, resize_pos_embed
+from ..layers import resize_classifier_pos_embed
 from ..models import ARMClassifier, init_classifier_from_pretraining
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME, save_model
 
@@ -219,10 +219,8 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
                               "pretraining run")
     sd = read_weights(model_dir)
     if arch == "ARMPretrain":
-        p = args["patch_size"]
-        h, w = args["img_size"] if isinstance(args["img_size"], list) else (args["img_size"],) * 2
         try:
-            init_classifier_from_pretraining(classifier, sd, pretrain_grid=(h // p, w // p))
+            init_classifier_from_pretraining(classifier, sd, pretrain_grid=_grid_of(args))
         except (KeyError, ValueError) as e:
             raise CheckpointError(f"cannot initialise the classifier from {model_dir}: {e}") from None
         return {"source": str(model_dir), "architecture": arch, "step": config.get("step")}
@@ -231,7 +229,7 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
         loaded, skipped = {}, []
         for k, v in sd.items():
             if k == "pos_embed" and k in own and v.shape != own[k].shape:
-                v = _resize_classifier_pos_embed(v, args, classifier)
+                v = resize_classifier_pos_embed(v, _grid_of(args), classifier.geometry.grid)
             if k in own and own[k].shape == v.shape:
                 loaded[k] = v
             else:
@@ -247,15 +245,11 @@ def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dic
                           "ARMClassifier")
 
 
-def _resize_classifier_pos_embed(pos: torch.Tensor, args: dict, classifier: ARMClassifier) -> torch.Tensor:
+def _grid_of(args: dict) -> tuple[int, int]:
+    """The patch grid of a model directory's constructor arguments."""
     p = args["patch_size"]
     size = args["img_size"] if isinstance(args["img_size"], list) else [args["img_size"]] * 2
-    src_grid = (size[0] // p, size[1] // p)
-    c = (src_grid[0] * src_grid[1]) // 2
-    patches = torch.cat([pos[:, :c], pos[:, c + 1:]], dim=1)
-    grid = classifier.geometry.grid
-    return insert_token_slot(resize_pos_embed(patches.float(), src_grid, grid), (grid[0] * grid[1]) // 2,
-                             pos[:, c:c + 1])
+    return size[0] // p, size[1] // p
 
 
 # ------------------------------------------------------------------------------------------------
