@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 
 from ..data import build_dataset, eval_transform, make_loader, normalization
 from ..errors import CheckpointError, ConfigError, DataError
-from ..models.io import build_model
+from ..models.io import load_model
 from . import distributed
-from .checkpoint import read_model_config, read_weights, resolve_model_dir
+from .checkpoint import read_model_config, resolve_model_dir
 from .config import RunConfig, apply_overrides, config_from_dict
 
 __all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "autocast_for"]
@@ -79,17 +80,13 @@ def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precisi
     return {"loss": sums[0].item() / max(sums[1].item(), 1.0), "images": int(sums[1].item())}
 
 
-def _load_for_eval(model_dir: Path, device: torch.device) -> tuple[nn.Module, dict]:
-    config = read_model_config(model_dir)
+def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
+    """:func:`armvision.load_model` on ``device``, with a model directory that cannot be loaded (config
+    unreadable or naming no model, weights damaged or not fitting it) reported as a CheckpointError."""
     try:
-        model = build_model(config)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"cannot build the model described by {model_dir}/config.json: {e}") from None
-    missing, unexpected = model.load_state_dict(read_weights(model_dir), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{model_dir}/model.safetensors does not fit its config.json: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
-    return model.to(device), config
+        return load_model(model_dir, map_location=device)
+    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as e:
+        raise CheckpointError(f"cannot load the model in {model_dir}: {str(e).strip(chr(39))}") from None
 
 
 def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None = None, split: str | None = None,
@@ -139,7 +136,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
             if weights == "ema":
                 raise CheckpointError(f"{model_dir} has no EMA weights (no ema/ folder); use --weights raw")
             continue
-        model, _ = _load_for_eval(d, info.device)
+        model = _load_for_eval(d, info.device)
         t0 = time.time()
         if arch == "ARMPretrain":
             results[name] = evaluate_pretraining(model, loader, info.device, run_cfg.precision)
