@@ -8,7 +8,9 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged"]
+import sys
+
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "report"]
 
 
 class UserError(Exception):
@@ -29,3 +31,9 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+def report(message: str) -> int:
+    """How every command reports a user error: one line on stderr; returns the exit status, 2."""
+    print(f"armvision: error: {message}", file=sys.stderr)
+    return 2

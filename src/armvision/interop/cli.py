@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import report
+
 __all__ = ["register", "load_any_model", "IMAGE_EXTENSIONS", "list_images"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -110,9 +112,7 @@ def _trusted(names: list[str]) -> list[Any]:
 
 
 def _fail(command: str, message: str) -> int:
-    """A user error: one line, as every armvision command prints it, and exit status 2."""
-    print(f"armvision: error: {command}: {message}", file=sys.stderr)
-    return 2
+    return report(f"{command}: {message}")
 
 
 def _sha256(path: Path) -> str:

@@ -13,7 +13,7 @@ import sys
 import textwrap
 from typing import Callable
 
-from ..errors import UserError
+from ..errors import UserError, report
 
 __all__ = ["register", "run_guarded"]
 
@@ -63,8 +63,7 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
     try:
         return int(fn() or 0)
     except UserError as e:
-        print(f"armvision: error: {_user_message(e)}", file=sys.stderr)
-        return 2
+        return report(_user_message(e))
     except KeyboardInterrupt:
         print("armvision: interrupted; completed checkpoints are intact (resume with --resume auto)", file=sys.stderr)
         return 130
