@@ -53,7 +53,7 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     "gpu": DemoProfile(
         "a longer schedule for a GPU: 8 pretraining epochs instead of 1, 10 fine-tuning epochs instead of 2 "
-        "(same 10000 labels); about 5.5 minutes on an H100",
+        "(same 10000 labels); 5.5 minutes on an H100 with --workers 6",
         pretrain={"optim.epochs": 8, "optim.warmup_epochs": 0.5, "data.workers": 2},
         finetune={"optim.epochs": 10, "optim.warmup_epochs": 0.5, "data.workers": 2},
     ),
