@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
-from ..data import build_dataset, eval_transform, make_loader, normalization
 from ..errors import CheckpointError, ConfigError, DataError
 from ..models.io import load_model
 from . import distributed
 from .checkpoint import read_model_config, resolve_model_dir
 from .config import RunConfig, apply_overrides, config_from_dict
+from .data import build_pipeline
 
 __all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "autocast_for"]
 
@@ -117,16 +117,10 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     in_chans = int(args.get("in_chans", run_cfg.model.in_chans))
     size = args.get("img_size", run_cfg.model.img_size)
     size = size[0] if isinstance(size, list) else int(size)
-    mean, std = normalization(dcfg.stats, in_chans, dcfg.mean, dcfg.std)
-    tf = eval_transform(size, mean, std, dcfg.eval_crop_pct, dcfg.interpolation, dcfg.eval_resize)
     classes = config.get("classes")
-    ds = build_dataset(dcfg.dataset, dcfg.root, split, tf, in_chans=in_chans, strict_images=dcfg.strict_images,
-                       class_map={c: i for i, c in enumerate(classes)} if classes else None,
-                       subset=dcfg.val_subset, subset_seed=dcfg.subset_seed, batch_size=batch_size,
-                       seed=run_cfg.seed)
-    loader, _ = make_loader(ds, batch_size, train=False, workers=dcfg.workers,
-                            pin_memory=dcfg.pin_memory and info.device.type == "cuda",
-                            persistent_workers=False, rank=info.rank, world_size=info.world_size)
+    loader = build_pipeline(run_cfg, split, False, batch_size, rank=info.rank, world=info.world_size,
+                            device=info.device, class_map={c: i for i, c in enumerate(classes)} if classes else None,
+                            img_size=size, in_chans=in_chans, persistent_workers=False).loader
     candidates = {"raw": model_dir, "ema": model_dir / "ema"}
     chosen = ["raw", "ema"] if weights == "both" else [weights]
     results: dict[str, dict] = {}

@@ -17,7 +17,8 @@ from torch import nn
 
 from .config import OptimConfig
 
-__all__ = ["peak_lr", "build_param_groups", "build_optimizer", "WarmupCosine", "build_scheduler"]
+__all__ = ["peak_lr", "build_param_groups", "build_optimizer", "WarmupCosine", "WarmupCosineSchedule",
+           "build_scheduler"]
 
 
 def peak_lr(cfg: OptimConfig) -> float:
@@ -51,7 +52,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
 class WarmupCosine:
     """lr factor of optimizer step ``s`` (0-based): linear warm-up to 1 over ``warmup_steps``
     ((s + 1) / warmup_steps, so the first step already moves), then a half-cosine from 1 down to
-    ``min_lr / peak_lr`` at ``total_steps``. A plain object so LambdaLR can save its state."""
+    ``min_lr / peak_lr`` at ``total_steps``."""
 
     def __init__(self, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float):
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
@@ -65,7 +66,53 @@ class WarmupCosine:
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, cfg: OptimConfig):
-    """Per-step LambdaLR of :class:`WarmupCosine` (call ``.step()`` after each optimizer step)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, peak_lr(cfg),
-                                                                     cfg.min_lr))
+class WarmupCosineSchedule:
+    """The per-step learning rate of a run: each group's lr is ``peak_lr * lr_scale * factor(step)``
+    (:class:`WarmupCosine`), ``step`` counting the optimizer steps done.
+
+    Call :meth:`step` after each optimizer step. The schedule is built from the *current* run's
+    config and only its step count is state: resuming with more epochs stretches the cosine, and the
+    step count continues (:meth:`load_state_dict`).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, peak_lr: float,
+                 min_lr: float):
+        self.optimizer = optimizer
+        self.factor = WarmupCosine(total_steps, warmup_steps, peak_lr, min_lr)
+        self.base_lrs = [peak_lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def lr_at(self, step: int) -> list[float]:
+        """The lr of each parameter group for optimizer step ``step`` (0-based)."""
+        f = self.factor(step)
+        return [base * f for base in self.base_lrs]
+
+    def _apply(self) -> None:
+        for g, lr in zip(self.optimizer.param_groups, self.lr_at(self.last_step)):
+            g["lr"] = lr
+
+    def step(self) -> None:
+        """One optimizer step done: set the lrs of the next one."""
+        self.last_step += 1
+        self._apply()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.last_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue at the saved step count; also reads the LambdaLR state of earlier checkpoints."""
+        if "step" in state:
+            step = state["step"]
+        elif "last_epoch" in state:  # torch LambdaLR (armvision before the schedule had its own state)
+            step = state["last_epoch"]
+        else:
+            raise ValueError(f"not a learning-rate schedule state (keys {sorted(state)})")
+        self.last_step = int(step)
+        self._apply()
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                    cfg: OptimConfig) -> WarmupCosineSchedule:
+    """The run's :class:`WarmupCosineSchedule` (call ``.step()`` after each optimizer step)."""
+    return WarmupCosineSchedule(optimizer, total_steps, warmup_steps, peak_lr(cfg), cfg.min_lr)

@@ -25,24 +25,17 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__
-from ..data import (
-    build_dataset,
-    class_names_to_map,
-    dataset_classes,
-    eval_transform,
-    finetune_transform,
-    make_loader,
-    normalization,
-    pretrain_transform,
-)
+from ..data import class_names_to_map, dataset_classes, normalization
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
 from .checkpoint import CheckpointManager, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
+from .data import build_pipeline
 from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
 from .metrics import MetricsLogger, format_duration
+from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
@@ -159,32 +152,17 @@ class Trainer:
             raise ConfigError(f"mixup/cutmix pair images within a batch: optim.micro_batch must be even, got {micro}")
 
     def _build_data(self) -> None:
-        cfg, d, m = self.cfg, self.cfg.data, self.cfg.model
-        mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
-        self.mean, self.std = mean, std
-        a = cfg.aug
-        if self.task == "pretrain":
-            train_tf = pretrain_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation)
-        else:
-            train_tf = finetune_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment,
-                                          a.color_jitter, a.reprob, a.remode, d.interpolation)
-        common = dict(in_chans=m.in_chans, strict_images=d.strict_images, subset_seed=d.subset_seed,
-                      batch_size=self.micro_batch, seed=cfg.seed)
-        self.train_set = build_dataset(d.dataset, d.root, d.train_split, train_tf, subset=d.train_subset,
-                                       is_training=True, **common)
+        cfg, d = self.cfg, self.cfg.data
+        self.mean, self.std = normalization(d.stats, cfg.model.in_chans, d.mean, d.std)
+        where = dict(rank=self.dist.rank, world=self.dist.world_size, device=self.device)
+        train = build_pipeline(cfg, d.train_split, True, self.micro_batch, **where)
+        self.train_set, self.train_loader, self.train_sampler = train.dataset, train.loader, train.sampler
         self.classes = dataset_classes(self.train_set)
-        self.val_set = None
+        self.val_set = self.val_loader = None
         if d.val_split:
-            val_tf = eval_transform(m.img_size, mean, std, d.eval_crop_pct, d.interpolation, d.eval_resize)
-            self.val_set = build_dataset(d.dataset, d.root, d.val_split, val_tf, subset=d.val_subset,
-                                         class_map=class_names_to_map(self.classes), **common)
-        pin = d.pin_memory and self.device.type == "cuda"
-        loader_kw = dict(workers=d.workers, pin_memory=pin, persistent_workers=d.persistent_workers,
-                         seed=cfg.seed, rank=self.dist.rank, world_size=self.dist.world_size)
-        self.train_loader, self.train_sampler = make_loader(self.train_set, self.micro_batch, train=True, **loader_kw)
-        self.val_loader = None
-        if self.val_set is not None:
-            self.val_loader, _ = make_loader(self.val_set, self.micro_batch, train=False, **loader_kw)
+            val = build_pipeline(cfg, d.val_split, False, self.micro_batch, class_map=class_names_to_map(self.classes),
+                                 **where)
+            self.val_set, self.val_loader = val.dataset, val.loader
         per_rank = len(self.train_sampler.base) if self.train_sampler is not None else len(self.train_set)
         self.steps_per_epoch = per_rank // self.micro_batch // self.accum_steps
         if self.steps_per_epoch < 1:
@@ -226,21 +204,7 @@ class Trainer:
         if self.dist.distributed:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
-        self.mixup = None
-        if self.task == "finetune":
-            from timm.data import Mixup
-            from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-            a = cfg.aug
-            if a.mixup > 0 or a.cutmix > 0:
-                self.mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
-                                   switch_prob=a.mixup_switch_prob, mode="batch", label_smoothing=a.smoothing,
-                                   num_classes=self.num_classes)
-                self.criterion = SoftTargetCrossEntropy()
-            elif a.smoothing > 0:
-                self.criterion = LabelSmoothingCrossEntropy(smoothing=a.smoothing)
-            else:
-                self.criterion = nn.CrossEntropyLoss()
+        self.objective = build_objective(cfg, self.num_classes)
 
     def _build_optimization(self) -> None:
         self.optimizer = build_optimizer(self.model, self.cfg.optim)
@@ -308,14 +272,9 @@ class Trainer:
             raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
                                   "resume with the config the run was started with") from None
         # the schedule follows this run's config (e.g. more epochs); the step count continues
-        peak = peak_lr(self.cfg.optim)
-        schedule = self.scheduler.lr_lambdas[0]
-        schedule.__init__(self.total_steps, self.warmup_steps, peak, self.cfg.optim.min_lr)
-        for g in self.optimizer.param_groups:
-            g["initial_lr"] = peak * g["lr_scale"]
-            g["lr"] = g["initial_lr"] * schedule(int(state["step"]))
-        self.scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
-        self.scheduler.last_epoch = int(state["step"])
+        if self.scheduler.last_step != int(state["step"]):
+            raise CheckpointError(f"{ckpt}: its schedule is at step {self.scheduler.last_step} but the run at step "
+                                  f"{state['step']}; the checkpoint is damaged")
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.best_metric = state.get("best_metric")
@@ -341,12 +300,7 @@ class Trainer:
         return max(g["lr"] for g in self.optimizer.param_groups)
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        net = self.ddp or self.model
-        if self.task == "pretrain":
-            return net(images)
-        if self.mixup is not None:
-            images, labels = self.mixup(images, labels)
-        return self.criterion(net(images).float(), labels)
+        return self.objective(self.ddp or self.model, images, labels)
 
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
         cfg = self.cfg

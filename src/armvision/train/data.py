@@ -1,0 +1,74 @@
+"""The data pipeline of a run, one builder for training, validation and ``armvision eval``.
+
+:func:`build_pipeline` turns the run's config into transform -> dataset -> loader for one split:
+the task's training augmentation (``train=True``: pretraining or fine-tuning transform, shuffled,
+sharded over ranks, whole batches) or the evaluation transform (resize, centre-crop; every image
+once over all ranks, in order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..data import (
+    build_dataset,
+    eval_transform,
+    finetune_transform,
+    make_loader,
+    normalization,
+    pretrain_transform,
+)
+from .config import RunConfig
+
+__all__ = ["Pipeline", "build_transform", "build_pipeline"]
+
+
+@dataclass
+class Pipeline:
+    """One split's transform, dataset, loader (batches ``(images (b, c, h, w), labels (b,), skipped)``)
+    and sampler (None for streaming datasets)."""
+
+    transform: Callable
+    dataset: Dataset
+    loader: DataLoader
+    sampler: Any
+
+
+def build_transform(cfg: RunConfig, train: bool, img_size: int | None = None, in_chans: int | None = None):
+    """The task's training transform (``train``) or the evaluation transform, normalised with data.stats
+    (or data.mean/std). ``img_size``/``in_chans`` default to the config's model (a checkpoint's own win)."""
+    d, m, a = cfg.data, cfg.model, cfg.aug
+    size = img_size or m.img_size
+    mean, std = normalization(d.stats, in_chans or m.in_chans, d.mean, d.std)
+    if not train:
+        return eval_transform(size, mean, std, d.eval_crop_pct, d.interpolation, d.eval_resize)
+    if cfg.task == "pretrain":
+        return pretrain_transform(size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation)
+    return finetune_transform(size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment, a.color_jitter, a.reprob,
+                              a.remode, d.interpolation)
+
+
+def build_pipeline(cfg: RunConfig, split: str, train: bool, batch_size: int, rank: int = 0, world: int = 1,
+                   device: torch.device | None = None, class_map: dict | None = None, img_size: int | None = None,
+                   in_chans: int | None = None, persistent_workers: bool | None = None) -> Pipeline:
+    """Transform, dataset and loader of ``split`` for this process (``rank`` of ``world``).
+
+    ``train``: training augmentation, ``data.train_subset``, shuffled; else evaluation, ``data.val_subset``,
+    in order. ``class_map``: class name -> label (evaluation uses the training split's). ``device``: pin host
+    memory only for a GPU. ``persistent_workers`` defaults to ``data.persistent_workers``.
+    """
+    d = cfg.data
+    chans = in_chans or cfg.model.in_chans
+    tf = build_transform(cfg, train, img_size, chans)
+    ds = build_dataset(d.dataset, d.root, split, tf, in_chans=chans, strict_images=d.strict_images,
+                       class_map=class_map, subset=d.train_subset if train else d.val_subset,
+                       subset_seed=d.subset_seed, is_training=train, batch_size=batch_size, seed=cfg.seed)
+    pin = d.pin_memory and device is not None and device.type == "cuda"
+    persistent = d.persistent_workers if persistent_workers is None else persistent_workers
+    loader, sampler = make_loader(ds, batch_size, train=train, workers=d.workers, pin_memory=pin,
+                                  persistent_workers=persistent, seed=cfg.seed, rank=rank, world_size=world)
+    return Pipeline(tf, ds, loader, sampler)
