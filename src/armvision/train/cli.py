@@ -33,9 +33,9 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _setup_logging() -> None:
-    import os
+    from .distributed import process_rank
 
-    rank = int(os.environ.get("RANK", "0"))
+    rank = process_rank()
     root = logging.getLogger("armvision")
     if not any(isinstance(h, _StderrHandler) for h in root.handlers):
         handler = _StderrHandler()
@@ -144,9 +144,9 @@ def _own_config(overrides: dict) -> str | None:
 
 
 def _print_summary(summary: dict) -> None:
-    import os
+    from .distributed import is_main_process
 
-    if int(os.environ.get("RANK", "0")) != 0:
+    if not is_main_process():
         return
     ev = summary.get("eval") or {}
     parts = [f"{summary['task']} {summary['status']}: {summary['steps']} steps, {summary['images_seen']} images, "
@@ -190,9 +190,9 @@ def _eval_command(args) -> int:
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
     out = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, batch_size=args.batch_size,
                               weights=args.weights, output=args.output)
-    import os
+    from .distributed import is_main_process
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(f"{out['checkpoint']} on {out['dataset']} split {out['split']!r}:")
         print(f"  {'weights':8s} {'images':>7s} {'top-1 %':>8s} {'top-5 %':>8s} {'loss':>8s}")
         for name, r in out["results"].items():

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistInfo", "setup", "teardown", "all_reduce_sum", "all_gather_object", "barrier", "resolve_device"]
+__all__ = ["DistInfo", "setup", "process_rank", "is_main_process", "teardown", "all_reduce_sum", "all_gather_object", "barrier", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,19 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
         if dev.index >= torch.cuda.device_count():
             raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) visible")
     return dev
+
+
+def process_rank() -> int:
+    """This process's rank: the process group's once joined, else the one torchrun set (RANK), else 0.
+    Readable before :func:`setup` (e.g. to configure logging)."""
+    if dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """Rank 0: the process that prints, logs and writes files."""
+    return process_rank() == 0
 
 
 def setup(device: str = "auto") -> DistInfo:
