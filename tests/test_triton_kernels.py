@@ -25,14 +25,11 @@ ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 def small_blocks_and_poisoned_outputs(monkeypatch):
     """Small blocks so that tiny shapes still span several chunks and channel blocks; outputs
     allocated full of NaN so that an element the kernels forget to write fails the test."""
-    monkeypatch.setitem(scan_triton._CONFIG, "BT", 4)
-    monkeypatch.setitem(scan_triton._CONFIG, "fwd", (4, 1, 1))
-    monkeypatch.setitem(scan_triton._CONFIG, "bwd", (8, 1, 1))
-    monkeypatch.setitem(conv_triton._CONFIG, "fwd", (4, 4, 1))
-    monkeypatch.setitem(conv_triton._CONFIG, "bwd", (4, 8, 1))
     poisoned = lambda shape, dtype, device: torch.full(shape, float("nan"), dtype=dtype, device=device)  # noqa: E731
     monkeypatch.setattr(scan_triton, "_empty", poisoned)
     monkeypatch.setattr(conv_triton, "_empty", poisoned)
+    with ops.scan_config(BT=4, fwd=(4, 1, 1), bwd=(8, 1, 1)), ops.conv_config(fwd=(4, 4, 1), bwd=(4, 8, 1)):
+        yield
 
 
 @pytest.fixture(params=["function", "custom_op"])
@@ -101,8 +98,35 @@ def test_scan_half(seed, dtype, autograd_path):
 
 def test_scan_recomputed_states(seed, monkeypatch, autograd_path):
     """states="recompute": the backward rebuilds the chunk states instead of keeping them."""
-    monkeypatch.setitem(scan_triton._CONFIG, "states", "recompute")
-    check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
+    with ops.scan_config(states="recompute"):
+        check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
+
+
+def test_scan_saved_states(seed, autograd_path):
+    """states="save" (inside an ops.scan_config scope): the backward starts from the forward's states."""
+    with ops.scan_config(states="save"):
+        check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
+
+
+def test_launch_config_is_scoped():
+    """A scope changes the launch parameters inside it only; nothing persists; bad keys are errors."""
+    outer = ops.current_scan_config()
+    with ops.scan_config(states="save", BT=8) as cfg:
+        assert cfg["states"] == "save" and cfg["BT"] == 8 and cfg["fwd"] == outer["fwd"]
+        with ops.scan_config(BT=2):
+            assert ops.current_scan_config()["BT"] == 2 and ops.current_scan_config()["states"] == "save"
+        assert ops.current_scan_config()["BT"] == 8
+    assert ops.current_scan_config() == outer
+    with pytest.raises(KeyError, match="unknown scan launch parameters"):
+        with ops.scan_config(chunk=4):
+            pass
+    with pytest.raises(ValueError, match="states must be 'save' or 'recompute'"):
+        with ops.scan_config(states="keep"):
+            pass
+    assert ops.current_scan_config() == outer
+    with pytest.raises(TypeError, match=r"with armvision.ops.scan_config\(states='save'\)"):
+        scan_triton.scan_launch_config(states="save")
+    assert scan_triton.scan_launch_config() == outer
 
 
 def test_scan_index_order(seed):
@@ -181,9 +205,9 @@ def test_custom_ops_pass_opcheck(seed):
     ops_ = torch.ops.armvision
     torch.library.opcheck(ops_.selective_scan_fwd.default, (*args, index, True, True))
     out, states = ops_.selective_scan_fwd(*args, index, True, True)
-    torch.library.opcheck(ops_.selective_scan_states.default, (*args, index, True, scan_triton._CONFIG["BT"]))
+    torch.library.opcheck(ops_.selective_scan_states.default, (*args, index, True, ops.current_scan_config()["BT"]))
     torch.library.opcheck(ops_.selective_scan_bwd.default,
-                          (*args, index, states, torch.randn_like(out), True, scan_triton._CONFIG["BT"]))
+                          (*args, index, states, torch.randn_like(out), True, ops.current_scan_config()["BT"]))
     x = torch.randn(2, 6, 4, device=DEV)
     w, b = torch.randn(4, 4, device=DEV), torch.randn(4, device=DEV)
     torch.library.opcheck(ops_.causal_conv1d_fwd.default, (x, w, b, None, True))

@@ -18,6 +18,10 @@ read and write through the index; the other backends gather and scatter.
 
 The default can be changed globally with :func:`set_backend` or for a block of code with
 :func:`use_backend`; a per-call ``backend=`` argument wins over both.
+
+The Triton kernels' launch parameters (chunk length, blocks, whether the scan keeps its chunk
+states for the backward) are set for a block of code with :func:`scan_config` / :func:`conv_config`
+(:mod:`armvision.ops.launch`); nothing process-wide.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .conv import causal_conv1d_ref, causal_conv1d_torch
+from .launch import conv_config, current_conv_config, current_scan_config, scan_config
 from .scan import selective_scan_ref, selective_scan_torch
 
 __all__ = [
@@ -51,6 +56,10 @@ __all__ = [
     "check_backend",
     "backend_available",
     "register_backend",
+    "scan_config",
+    "conv_config",
+    "current_scan_config",
+    "current_conv_config",
 ]
 
 

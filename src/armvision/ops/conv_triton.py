@@ -11,11 +11,14 @@ would only trade one read of u for a re-read of x.
 
 from __future__ import annotations
 
+from typing import List, Optional, Sequence
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from .launch import current_conv_config
 from .triton_common import _rows
 
 
@@ -102,22 +105,28 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, go_ptr, dx_ptr, dw_ptr, db_pt
     tl.store(db_ptr + pb * E + e, db_acc, mask=me)
 
 
-_CONFIG = {"fwd": (32, 64, 4), "bwd": (32, 64, 4)}  # (BT, BE, num_warps)
+# Launch parameters (BT, BE, num_warps) of each kernel come from armvision.ops.launch (defaults, or a
+# ``with ops.conv_config(...)`` scope), read once per call in causal_conv1d_triton and passed down:
+# ``launch`` = [fwd BT, fwd BE, fwd warps, bwd BT, bwd BE, bwd warps].
+def _launch_list() -> list[int]:
+    cfg = current_conv_config()
+    return [*(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"])]
 
 
 def conv_launch_config(**updates) -> dict:
-    """Get (and with fwd=(BT, BE, warps) / bwd=(...), set) the kernels' launch parameters."""
-    unknown = set(updates) - set(_CONFIG)
-    if unknown:
-        raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
-    _CONFIG.update(updates)
-    return dict(_CONFIG)
+    """The conv's launch parameters in effect (see :mod:`armvision.ops.launch`); to change them, use
+    ``with armvision.ops.conv_config(**updates):``."""
+    if updates:
+        raise TypeError("conv_launch_config(...) no longer changes a process-wide setting; wrap the calls in "
+                        "`with armvision.ops.conv_config(...):` instead")
+    return current_conv_config()
 
 
-def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool) -> Tensor:
+def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool,
+              block: Sequence[int] | None = None) -> Tensor:
     b, t, e = x.shape
     k = weight.shape[1]
-    BT, BE, warps = _CONFIG["fwd"]
+    BT, BE, warps = block or current_conv_config()["fwd"]
     out = _empty((b, t, e), x.dtype, x.device)
     _conv_fwd_kernel[(triton.cdiv(t, BT), triton.cdiv(e, BE), b)](
         x, weight, bias if bias is not None else weight, index if index is not None else out, out, t, e,
@@ -128,20 +137,21 @@ def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | No
 
 
 @torch.library.custom_op("armvision::causal_conv1d_fwd", mutates_args=())
-def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool) -> Tensor:
-    return _conv_fwd(x, weight, bias, index, silu)
+def _conv_fwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool,
+                 launch: Optional[List[int]] = None) -> Tensor:
+    return _conv_fwd(x, weight, bias, index, silu, (launch or _launch_list())[:3])
 
 
 @_conv_fwd_op.register_fake
-def _(x, weight, bias, index, silu):
+def _(x, weight, bias, index, silu, launch=None):
     return x.new_empty(x.shape)
 
 
 def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
-              silu: bool) -> list[Tensor]:
+              silu: bool, block: Sequence[int] | None = None) -> list[Tensor]:
     b, t, e = x.shape
     k = weight.shape[1]
-    BT, BE, warps = _CONFIG["bwd"]
+    BT, BE, warps = block or current_conv_config()["bwd"]
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     dx = _empty((b, t, e), x.dtype, x.device)
     dw = _empty((b, e, k), torch.float32, x.device)
@@ -156,26 +166,27 @@ def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | No
 
 @torch.library.custom_op("armvision::causal_conv1d_bwd", mutates_args=())
 def _conv_bwd_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
-                 silu: bool) -> list[Tensor]:
-    return _conv_bwd(x, weight, bias, index, dout, silu)
+                 silu: bool, block: Optional[List[int]] = None) -> list[Tensor]:
+    return _conv_bwd(x, weight, bias, index, dout, silu, block)
 
 
 @_conv_bwd_op.register_fake
-def _(x, weight, bias, index, dout, silu):
+def _(x, weight, bias, index, dout, silu, block=None):
     return [x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[:1])]
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias, index, silu = inputs
+    x, weight, bias, index, silu, launch = inputs
     ctx.silu = silu
+    ctx.bwd_block = list(launch or _launch_list())[3:6]
     ctx.has_bias = bias is not None
     ctx.save_for_backward(x, weight, bias, index)
 
 
 def _backward(ctx, dout):
     x, weight, bias, index = ctx.saved_tensors
-    dx, dw, db = _conv_bwd_op(x, weight, bias, index, dout, ctx.silu)
-    return dx, dw, db if ctx.has_bias else None, None, None
+    dx, dw, db = _conv_bwd_op(x, weight, bias, index, dout, ctx.silu, ctx.bwd_block)
+    return dx, dw, db if ctx.has_bias else None, None, None, None
 
 
 _conv_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -185,16 +196,16 @@ class _ConvFunction(torch.autograd.Function):
     """Eager-mode autograd over the same launchers as the custom ops (see scan_triton._ScanFunction)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, index, silu):
-        ctx.silu, ctx.has_bias = silu, bias is not None
+    def forward(ctx, x, weight, bias, index, silu, launch):
+        ctx.silu, ctx.has_bias, ctx.bwd_block = silu, bias is not None, launch[3:6]
         ctx.save_for_backward(x, weight, bias, index)
-        return _conv_fwd(x, weight, bias, index, silu)
+        return _conv_fwd(x, weight, bias, index, silu, launch[:3])
 
     @staticmethod
     def backward(ctx, dout):
         x, weight, bias, index = ctx.saved_tensors
-        dx, dw, db = _conv_bwd(x, weight, bias, index, dout, ctx.silu)
-        return dx, dw, db if ctx.has_bias else None, None, None
+        dx, dw, db = _conv_bwd(x, weight, bias, index, dout, ctx.silu, ctx.bwd_block)
+        return dx, dw, db if ctx.has_bias else None, None, None, None
 
 
 def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, activation: str | None = None,
@@ -211,8 +222,9 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor, bias: Tensor | None = None, 
     from .scan_triton import _use_custom_op
 
     args = (x, w.contiguous(), bias, index, activation == "silu")
+    launch = _launch_list()  # the active ops.conv_config scope, read once; passed down from here
     if _use_custom_op(x):
-        return _conv_fwd_op(*args)
+        return _conv_fwd_op(*args, launch)
     if torch.is_grad_enabled() and any(a is not None and a.requires_grad for a in args[:3]):
-        return _ConvFunction.apply(*args)
-    return _conv_fwd(*args)
+        return _ConvFunction.apply(*args, launch)
+    return _conv_fwd(*args, launch[:3])

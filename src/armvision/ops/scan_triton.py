@@ -23,11 +23,14 @@ Design (see docs/KERNELS.md and benchmarks/NOTES.md):
 
 from __future__ import annotations
 
+from typing import List, Optional, Sequence
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from .launch import current_scan_config
 from .triton_common import _rows
 
 
@@ -265,28 +268,22 @@ def _scan_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
-# Chunk length BT (shared by the forward and the backward: the backward restarts from the states
-# the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
-# benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
-_CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute"}
+# Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
+# scope), read once per call in selective_scan_triton and passed down as arguments: ``launch`` =
+# [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages].
+def _launch_list(cfg: dict | None = None) -> list[int]:
+    cfg = cfg or current_scan_config()
+    return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"])]
 
 
 def scan_launch_config(**updates) -> dict:
-    """Get (and with keyword arguments, set) the kernels' launch parameters.
-
-    BT: chunk length; fwd, bwd: (BE, num_warps, num_stages) of each kernel; states: "recompute"
-    (default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's
-    states exist at a time) or "save" (the forward keeps them for the backward: no recompute, but
-    every layer's states stay alive until its backward; measured no faster on an H100, see
-    benchmarks/NOTES.md).
-    """
-    unknown = set(updates) - set(_CONFIG)
-    if unknown:
-        raise KeyError(f"unknown launch parameters {sorted(unknown)}; known: {sorted(_CONFIG)}")
-    if updates.get("states", "save") not in ("save", "recompute"):
-        raise ValueError(f"states must be 'save' or 'recompute', got {updates['states']!r}")
-    _CONFIG.update(updates)
-    return dict(_CONFIG)
+    """The scan's launch parameters in effect (see :mod:`armvision.ops.launch`). Setting them here is
+    gone: use ``with armvision.ops.scan_config(**updates):`` for the code that should run with them."""
+    if updates:
+        raise TypeError(f"scan_launch_config({', '.join(f'{k}={v!r}' for k, v in updates.items())}) no longer "
+                        "changes a process-wide setting; wrap the calls in `with armvision.ops.scan_config("
+                        f"{', '.join(f'{k}={v!r}' for k, v in updates.items())}):` instead")
+    return current_scan_config()
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -304,13 +301,15 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool,
-             write_out: bool = True, chunk: int | None = None):
-    """Launch the forward kernel. Returns (out (b, t, e) in u.dtype (left unwritten without
-    write_out), states (b, chunks, N, e) (see :func:`_state_dtype`) or an empty tensor, chunk length)."""
+             write_out: bool = True, chunk: int | None = None, block: Sequence[int] | None = None):
+    """Launch the forward kernel with chunk length ``chunk`` and ``block`` = (BE, num_warps, num_stages)
+    (None: the active :func:`~armvision.ops.scan_config`). Returns (out (b, t, e) in u.dtype (left
+    unwritten without write_out), states (b, chunks, N, e) (see :func:`_state_dtype`) or an empty
+    tensor, chunk length)."""
     b, t, e = u.shape
     n = A.shape[1]
-    BT = chunk or _CONFIG["BT"]
-    BE, warps, stages = _CONFIG["fwd"]
+    BT = chunk or current_scan_config()["BT"]
+    BE, warps, stages = block or current_scan_config()["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
     states = _empty((b, nchunks, n, e) if save_states else (0,), _state_dtype(u.dtype), u.device)
@@ -330,14 +329,16 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
     return out, states, BT
 
 
-def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int):
-    """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd`.
+def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
+             block: Sequence[int] | None = None):
+    """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd`; ``block`` =
+    (BE, num_warps, num_stages) (None: the active :func:`~armvision.ops.scan_config`).
 
     Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes.
     """
     b, t, e = u.shape
     n = A.shape[1]
-    BE, warps, stages = _CONFIG["bwd"]
+    BE, warps, stages = block or current_scan_config()["bwd"]
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -377,27 +378,31 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
 @torch.library.custom_op("armvision::selective_scan_fwd", mutates_args=())
 def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                  delta_bias: Tensor | None, index: Tensor | None, softplus: bool,
-                 save_states: bool) -> tuple[Tensor, Tensor]:
-    out, states, _ = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states)
+                 save_states: bool, launch: Optional[List[int]] = None) -> tuple[Tensor, Tensor]:
+    launch = launch or _launch_list()
+    out, states, _ = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, chunk=launch[0],
+                              block=launch[1:4])
     return out, states
 
 
 @_scan_fwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
+def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch=None):
     b, t, e = u.shape
-    nchunks = triton.cdiv(t, _CONFIG["BT"])
+    nchunks = triton.cdiv(t, (launch or _launch_list())[0])
     states = u.new_empty((b, nchunks, A.shape[1], e) if save_states else (0,), dtype=_state_dtype(u.dtype))
     return u.new_empty((b, t, e)), states
 
 
 @torch.library.custom_op("armvision::selective_scan_states", mutates_args=())
 def _scan_states_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
-                    delta_bias: Tensor | None, index: Tensor | None, softplus: bool, chunk: int) -> Tensor:
-    return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, True, write_out=False, chunk=chunk)[1]
+                    delta_bias: Tensor | None, index: Tensor | None, softplus: bool, chunk: int,
+                    block: Optional[List[int]] = None) -> Tensor:
+    return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, True, write_out=False, chunk=chunk,
+                    block=block)[1]
 
 
 @_scan_states_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk):
+def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk, block=None):
     b, t, e = u.shape
     return u.new_empty((b, triton.cdiv(t, chunk), A.shape[1], e), dtype=_state_dtype(u.dtype))
 
@@ -405,13 +410,13 @@ def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk):
 @torch.library.custom_op("armvision::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                  delta_bias: Tensor | None, index: Tensor | None, states: Tensor, dout: Tensor, softplus: bool,
-                 chunk: int) -> list[Tensor]:
-    grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk)
+                 chunk: int, block: Optional[List[int]] = None) -> list[Tensor]:
+    grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_bwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk):
+def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None):
     def like(x):
         return x.new_empty(x.shape) if x is not None else u.new_empty(0)
 
@@ -419,9 +424,10 @@ def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk)
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states = inputs
+    u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch = inputs
+    launch = list(launch or _launch_list())
     ctx.softplus = softplus
-    ctx.chunk = _CONFIG["BT"]
+    ctx.chunk, ctx.fwd_block, ctx.bwd_block = launch[0], launch[1:4], launch[4:7]
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
     # the saved states (hundreds of MB) for it on every backward
     ctx.set_materialize_grads(False)
@@ -430,14 +436,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dout, dstates):
     if dout is None:  # the output was not used
-        return (None,) * 11
+        return (None,) * 12
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:  # states="recompute": rebuild the chunk states now
-        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk)
-    grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk)
+        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.fwd_block)
+    grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
+                         ctx.bwd_block)
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
-            dbias if delta_bias is not None else None, None, None, None)
+            dbias if delta_bias is not None else None, None, None, None, None)
 
 
 _scan_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -449,9 +456,10 @@ class _ScanFunction(torch.autograd.Function):
     leave the GPU idle at small shapes). ``torch.compile`` traces the custom ops instead."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states):
-        out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states)
-        ctx.softplus, ctx.chunk = softplus, chunk
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch):
+        out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
+                                      chunk=launch[0], block=launch[1:4])
+        ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], launch[4:7]
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
         return out
 
@@ -460,9 +468,10 @@ class _ScanFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
         if states.numel() == 0:  # states="recompute": rebuild the chunk states now
             states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, True, write_out=False,
-                              chunk=ctx.chunk)[1]
-        grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk)
-        return (*grads, None, None, None)
+                              chunk=ctx.chunk, block=ctx.fwd_block)[1]
+        grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
+                         ctx.bwd_block)
+        return (*grads, None, None, None, None)
 
 
 def _use_custom_op(x: Tensor) -> bool:
@@ -486,9 +495,12 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         index = index.to(device=u.device, dtype=torch.int32).contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (u, delta, A, B, C, D, z, delta_bias))
-    save = needs_grad and _CONFIG["states"] == "save"
+    cfg = current_scan_config()  # the active ops.scan_config scope, read once; passed down from here
+    launch = _launch_list(cfg)
+    save = needs_grad and cfg["states"] == "save"
     if _use_custom_op(u):
-        return _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)[0]
+        return _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save, launch)[0]
     if not needs_grad:
-        return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, False)[0]
-    return _ScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save)
+        return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, False, chunk=launch[0],
+                        block=launch[1:4])[0]
+    return _ScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save, launch)

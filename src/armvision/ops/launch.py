@@ -1,0 +1,85 @@
+"""Launch configuration of the Triton kernels, set for a block of code, never process-wide.
+
+The defaults were chosen with benchmarks/scan.py on an H100. A ``with`` block changes them for the
+calls made inside it (scopes nest; the innermost wins) and the defaults are back when it ends::
+
+    with ops.scan_config(states="save"):      # keep the scan's chunk states from forward to backward
+        loss = model(images); loss.backward()
+
+Scan keys: ``BT`` chunk length (shared by the forward and the backward); ``fwd``, ``bwd``:
+(BE channel block, num_warps, num_stages) of each kernel; ``states``: "recompute" (default: the
+backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
+a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
+its backward). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps).
+
+The kernels' entry points read the active scope once per call and hand the values to the launchers
+and to the torch.library custom ops as arguments, so a ``torch.compile`` trace records them in its
+graph (a scope active while tracing is baked into that compiled graph).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+__all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
+
+SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute"}
+CONV_DEFAULTS: dict[str, Any] = {"fwd": (32, 64, 4), "bwd": (32, 64, 4)}
+
+# the active scopes, innermost last; empty outside every ``with`` block
+_SCAN_SCOPES: list[dict[str, Any]] = []
+_CONV_SCOPES: list[dict[str, Any]] = []
+
+
+def current_scan_config() -> dict[str, Any]:
+    """The scan's launch parameters in effect here (a copy)."""
+    return dict(_SCAN_SCOPES[-1] if _SCAN_SCOPES else SCAN_DEFAULTS)
+
+
+def current_conv_config() -> dict[str, Any]:
+    """The causal conv's launch parameters in effect here (a copy)."""
+    return dict(_CONV_SCOPES[-1] if _CONV_SCOPES else CONV_DEFAULTS)
+
+
+def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dict[str, Any]:
+    unknown = set(updates) - set(current)
+    if unknown:
+        raise KeyError(f"unknown {what} launch parameters {sorted(unknown)}; known: {sorted(current)}")
+    out = dict(current)
+    for key, value in updates.items():
+        if key == "states":
+            if value not in ("save", "recompute"):
+                raise ValueError(f"states must be 'save' or 'recompute', got {value!r}")
+        elif key == "BT":
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"BT must be a positive integer, got {value!r}")
+        else:
+            value = tuple(value)
+            if len(value) != len(current[key]) or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise ValueError(f"{key} must be {len(current[key])} positive integers, got {value!r}")
+        out[key] = value
+    return out
+
+
+@contextlib.contextmanager
+def scan_config(**updates) -> Iterator[dict[str, Any]]:
+    """Scan launch parameters for the calls inside the ``with`` block (keys: see the module docstring);
+    yields the resulting configuration."""
+    cfg = _checked(current_scan_config(), updates, "scan")
+    _SCAN_SCOPES.append(cfg)
+    try:
+        yield dict(cfg)
+    finally:
+        _SCAN_SCOPES.pop()
+
+
+@contextlib.contextmanager
+def conv_config(**updates) -> Iterator[dict[str, Any]]:
+    """Causal-conv launch parameters (``fwd``/``bwd`` = (BT, BE, num_warps)) inside the ``with`` block."""
+    cfg = _checked(current_conv_config(), updates, "conv")
+    _CONV_SCOPES.append(cfg)
+    try:
+        yield dict(cfg)
+    finally:
+        _CONV_SCOPES.pop()
