@@ -129,3 +129,40 @@ def test_apply_overrides_leaves_the_original_alone():
     new = apply_overrides(cfg, {"optim.epochs": 3, "model.args.depth": 6})
     assert (cfg.optim.epochs, cfg.model.args) == (100, {})
     assert (new.optim.epochs, new.model.args) == (3, {"depth": 6})
+
+
+def test_one_override_syntax_for_flags_and_python_lists():
+    """The command line and load_config's list form go through one parser: --k v, --k=v and k=v."""
+    flags = ["--optim.lr", "1e-3", "--seed=3", "output-dir=runs/y", "--data.pin_memory"]
+    expected = {"optim.lr": 1e-3, "seed": 3, "output_dir": "runs/y", "data.pin_memory": True}
+    assert parse_cli_overrides(flags) == expected
+    cfg = load_config("fmnist_pretrain", flags, task="pretrain")
+    assert (cfg.optim.lr, cfg.seed, cfg.output_dir, cfg.data.pin_memory) == (1e-3, 3, "runs/y", True)
+    assert load_config("fmnist_pretrain", expected, task="pretrain") == cfg
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr' in overrides \(did you mean lr"):
+        load_config("fmnist_pretrain", ["optim.lrr=1"])
+
+
+def test_configtree_is_generic():
+    """The machinery works on any dataclass tree, not only RunConfig."""
+    from dataclasses import dataclass
+
+    from armvision.configtree import apply_overrides as set_keys
+    from armvision.configtree import describe_keys, from_dict, option, parse_overrides, to_dict
+
+    @dataclass
+    class Inner:
+        size: int = option(4, "a size")
+
+    @dataclass
+    class Outer:
+        name: str = option("x", "a name")
+        inner: Inner = option(factory=Inner)
+
+    obj = from_dict(Outer, {"inner": {"size": "8"}})
+    assert obj == Outer("x", Inner(8))
+    assert set_keys(obj, parse_overrides(Outer, ["--inner.size=16", "name=7"])) == Outer("7", Inner(16))
+    assert to_dict(obj) == {"name": "x", "inner": {"size": 8}}
+    assert describe_keys(Outer) == [("name", "x", "a name"), ("inner.size", "4", "a size")]
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner.sise' in flags \(did you mean size"):
+        parse_overrides(Outer, ["--inner.sise", "1"], "flags")

@@ -1,27 +1,33 @@
 """Run configuration: one tree of dataclasses, filled from a preset, a YAML file and flags.
 
+This module is the schema: where every config key is defined (the dataclasses below, with their
+defaults and help texts), the packaged presets, :func:`load_config` and the range checks of
+:func:`validate_config`. Reading YAML, type checks, dotted overrides and flag parsing are generic
+(:mod:`armvision.configtree`, which also documents the one override syntax).
+
 A run is described by :class:`RunConfig`. Its values come, in this order (later wins), from the
-dataclass defaults, a packaged preset or a YAML file (``--config``), and ``key=value`` overrides
-(``--optim.lr 1e-3`` on the command line, a dict in Python). Every key is checked: an unknown key
-or a value of the wrong type or range raises :class:`~armvision.errors.ConfigError` naming the key
-and what is allowed. The resolved config is written beside the run's outputs (``config.yaml``).
+dataclass defaults, a packaged preset or a YAML file (``--config``), and overrides: on the command
+line ``--optim.lr 1e-3`` / ``--optim.lr=1e-3``; in Python a dict ``{"optim.lr": 1e-3}`` or the same
+flags as a list (``["--optim.lr", "1e-3"]`` or ``["optim.lr=1e-3"]``). Every key is checked: an
+unknown key or a value of the wrong type or range raises :class:`~armvision.errors.ConfigError`
+naming the key and what is allowed. The resolved config is written beside the run's outputs
+(``config.yaml``).
 
 The paper's recipes are data files in ``armvision/train/presets`` (see :func:`list_presets`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence, Union
 
-import yaml
-
+from ..configtree import apply_overrides as _apply_overrides
+from ..configtree import describe_keys as _describe_keys
+from ..configtree import from_dict, parse_overrides, read_yaml, to_dict, to_yaml
+from ..configtree import option as _f
 from ..errors import ConfigError
 
 __all__ = [
@@ -45,13 +51,6 @@ __all__ = [
 ]
 
 Task = Literal["pretrain", "finetune"]
-
-
-def _f(default: Any = dataclasses.MISSING, help: str = "", factory=None):  # noqa: A002 - "help" reads best
-    """A dataclass field with a help text (shown by ``armvision <task> --help``)."""
-    if factory is not None:
-        return field(default_factory=factory, metadata={"help": help})
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -184,19 +183,6 @@ def list_presets() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in _preset_dir().iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_yaml(text: str, source: str) -> dict:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a mapping of config keys (task, model, data, optim, ...), "
-                          f"got {type(data).__name__}")
-    return data
-
-
 def _load_source(name_or_path: str) -> tuple[dict, str]:
     """Read a preset by name or a YAML file by path; returns (mapping, description)."""
     path = Path(name_or_path)
@@ -204,14 +190,14 @@ def _load_source(name_or_path: str) -> tuple[dict, str]:
         if not path.is_file():
             raise ConfigError(f"config file {path} not found; pass a YAML file or a preset name "
                               f"({', '.join(list_presets())})")
-        return _read_yaml(path.read_text(), str(path)), str(path)
+        return read_yaml(path.read_text(), str(path)), str(path)
     res = _preset_dir().joinpath(f"{name_or_path}.yaml")
     if not res.is_file():
         close = difflib.get_close_matches(name_or_path, list_presets(), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError(f"unknown preset {name_or_path!r}{hint}; presets: {', '.join(list_presets())}; "
                           "or pass a path to a YAML file")
-    return _read_yaml(res.read_text(), f"preset {name_or_path}"), f"preset {name_or_path}"
+    return read_yaml(res.read_text(), f"preset {name_or_path}"), f"preset {name_or_path}"
 
 
 def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
@@ -220,7 +206,8 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
 
     Args:
         config: a preset name (:func:`list_presets`) or a YAML file.
-        overrides: ``{"optim.lr": 1e-3, "model.args": {...}}`` or ``["optim.lr=1e-3", ...]``.
+        overrides: ``{"optim.lr": 1e-3, "model.args": {...}}`` or a list in the flag syntax
+            (``["optim.lr=1e-3"]``, ``["--optim.lr", "1e-3"]``; see :mod:`armvision.configtree`).
         task: the subcommand's task; a config for the other task is an error.
         source: how error messages name where the overrides came from.
     """
@@ -232,13 +219,7 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
     if isinstance(overrides, Mapping):
         cfg = apply_overrides(cfg, overrides, source)
     elif overrides:
-        pairs = {}
-        for item in overrides:
-            key, sep, value = str(item).partition("=")
-            if not sep:
-                raise ConfigError(f"override {item!r} is not KEY=VALUE (e.g. optim.lr=1e-3)")
-            pairs[key.strip()] = _parse_text_value(value, _key_type(key.strip(), source))
-        cfg = apply_overrides(cfg, pairs, source)
+        cfg = apply_overrides(cfg, parse_overrides(RunConfig, overrides, source), source)
     if task is not None:
         if cfg.task != task and isinstance(overrides, Mapping) and "task" in overrides:
             raise ConfigError(f"the task is set by the command (armvision {task}); drop the task override "
@@ -251,251 +232,20 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
     return cfg
 
 
-# ------------------------------------------------------------------------------------------------
-# typed assignment
-# ------------------------------------------------------------------------------------------------
-def _fields(cls) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _unknown_key(key: str, allowed: Sequence[str], where: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(key.split(".")[-1], allowed, n=3)
-    hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ConfigError(f"unknown config key {key!r} in {source}{hint}; allowed keys{where}: {', '.join(allowed)}")
-
-
-def _type_name(tp) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in typing.get_args(tp))
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_type_name(args[0])}"
-        return f"a list of {len(args)} {_type_name(args[0])}"
-    if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; converts where it is lossless (5e-4 -> float)."""
-    def bad() -> ConfigError:
-        return ConfigError(f"bad value for {key!r} in {source}: {value!r}; expected {_type_name(tp)}")
-
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise bad()
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key, source)
-            except ConfigError as e:
-                errors.append(e)
-        raise bad()
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            raise ConfigError(f"bad value for {key!r} in {source}: {value!r}; allowed: "
-                              f"{', '.join(repr(c) for c in choices)}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.strip("()[] ").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise bad()
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key, source) for v in value)
-        if len(value) != len(args):
-            raise bad()
-        return tuple(_coerce(v, a, key, source) for v, a in zip(value, args))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad()
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
-            return value.lower() in ("true", "yes", "on", "1")
-        raise bad()
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                try:
-                    f = float(value)
-                except ValueError:
-                    raise bad() from None
-                if f.is_integer():
-                    return int(f)
-        raise bad()
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise bad()
-    raise TypeError(f"unsupported config annotation {tp} for {key}")  # a bug, not user input
-
-
-def _assign(obj: Any, data: Mapping[str, Any], prefix: str, source: str) -> None:
-    fields = _fields(type(obj))
-    hints = _hints(type(obj))
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if k not in fields:
-            where = f" in {prefix[:-1]!r}" if prefix else ""
-            raise _unknown_key(key, list(fields), where, source)
-        tp = hints[k]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(v, Mapping):
-                raise ConfigError(f"{key!r} in {source} must be a mapping of its keys "
-                                  f"({', '.join(_fields(tp))}), got {v!r}")
-            _assign(getattr(obj, k), v, f"{key}.", source)
-        else:
-            setattr(obj, k, _coerce(v, tp, key, source))
-
-
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConfig:
     """A :class:`RunConfig` from a nested mapping (a YAML file's content); unknown keys are errors."""
-    cfg = RunConfig()
-    _assign(cfg, data, "", source)
-    return cfg
-
-
-def _key_type(key: str, source: str):
-    """(annotation) of a dotted key; ``model.args.X`` is any value."""
-    obj_cls, parts = RunConfig, key.split(".")
-    for i, part in enumerate(parts):
-        fields = _fields(obj_cls)
-        if part not in fields:
-            prefix = ".".join(parts[:i])
-            raise _unknown_key(key, list(fields), f" in {prefix!r}" if prefix else "", source)
-        tp = _hints(obj_cls)[part]
-        if dataclasses.is_dataclass(tp):
-            obj_cls = tp
-            continue
-        if typing.get_origin(tp) is dict and i < len(parts) - 1:
-            return Any
-        if i != len(parts) - 1:
-            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} is a value, not a section; "
-                              f"{key!r} does not exist")
-        return tp
-    return obj_cls
+    return from_dict(RunConfig, data, source)
 
 
 def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], source: str = "overrides") -> RunConfig:
     """Set dotted keys (``optim.lr``, ``model.args.embed_dim``) on a copy of ``cfg``."""
-    cfg = config_from_dict(config_to_dict(cfg), source)
-    for key, value in overrides.items():
-        key = key.replace("-", "_")
-        tp = _key_type(key, source)
-        parts = key.split(".")
-        obj = cfg
-        for i, part in enumerate(parts):
-            attr = getattr(obj, part)
-            if dataclasses.is_dataclass(attr) and i < len(parts) - 1:
-                obj = attr
-                continue
-            if isinstance(attr, dict) and i < len(parts) - 1:  # model.args.X = value
-                sub = attr
-                for p in parts[i + 1: -1]:
-                    sub = sub.setdefault(p, {})
-                sub[parts[-1]] = value
-                break
-            if dataclasses.is_dataclass(tp):
-                if not isinstance(value, Mapping):
-                    raise ConfigError(f"{key!r} is a section; set its keys ({', '.join(_fields(tp))}) one by one, "
-                                      f"e.g. {key}.{next(iter(_fields(tp)))}=...")
-                _assign(attr, value, f"{key}.", source)
-            else:
-                setattr(obj, part, _coerce(value, tp, key, source))
-            break
-    return cfg
-
-
-def _parse_text_value(text: str, tp: Any) -> Any:
-    """A value given as text (a flag): strings stay strings; anything else is read as YAML."""
-    base = tp
-    if typing.get_origin(tp) in (Union, types.UnionType):
-        non_none = [a for a in typing.get_args(tp) if a is not type(None)]
-        if text.strip().lower() in ("null", "none", "~"):
-            return None
-        base = non_none[0] if len(non_none) == 1 else tp
-    if base is str or (typing.get_origin(base) is Literal and all(isinstance(a, str) for a in typing.get_args(base))):
-        return text
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    if isinstance(value, str) and base is float:
-        try:
-            return float(value)  # YAML 1.1 reads 5e-4 (no dot) as a string
-        except ValueError:
-            pass
-    return value
+    return _apply_overrides(cfg, overrides, source)
 
 
 def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
-    """``["--optim.lr", "1e-3", "--data.pin_memory", "--seed=3"]`` -> {"optim.lr": 0.001, ...}.
-
-    A boolean key given without a value means true. Unknown keys are errors naming the key.
-    """
-    out: dict[str, Any] = {}
-    i = 0
-    tokens = list(tokens)
-    while i < len(tokens):
-        tok = tokens[i]
-        if not tok.startswith("--") or tok == "--":
-            raise ConfigError(f"unexpected argument {tok!r}; config overrides look like --section.key VALUE "
-                              "(e.g. --optim.lr 1e-3); see --help for the keys")
-        key, eq, value = tok[2:].partition("=")
-        key = key.replace("-", "_")
-        tp = _key_type(key, "the command line")
-        if not eq:
-            has_value = i + 1 < len(tokens) and not (tokens[i + 1].startswith("--") and len(tokens[i + 1]) > 2)
-            if tp is bool and not has_value:
-                out[key] = True
-                i += 1
-                continue
-            if not has_value:
-                raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
-            value = tokens[i + 1]
-            i += 2
-        else:
-            i += 1
-        out[key] = _parse_text_value(value, tp)
-    return out
+    """``["--optim.lr", "1e-3", "--data.pin_memory", "--seed=3"]`` -> {"optim.lr": 0.001, ...}: the one
+    override syntax of :mod:`armvision.configtree` over the :class:`RunConfig` keys."""
+    return parse_overrides(RunConfig, tokens, "the command line")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -563,33 +313,13 @@ def validate_config(cfg: RunConfig) -> None:
 
 def config_to_dict(cfg: RunConfig) -> dict:
     """Plain nested dict (tuples as lists), ready for YAML/JSON."""
-    def plain(v):
-        if isinstance(v, (tuple, list)):
-            return [plain(x) for x in v]
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        return v
-    return plain(dataclasses.asdict(cfg))
+    return to_dict(cfg)
 
 
 def config_to_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False, default_flow_style=False)
+    return to_yaml(cfg)
 
 
 def describe_keys(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) of every config key, for ``--help``."""
-    out = []
-    default = cls()
-    hints = _hints(cls)
-    for name, f in _fields(cls).items():
-        if cls is RunConfig and name == "task":  # chosen by the subcommand, not by a flag
-            continue
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            out += describe_keys(tp, f"{prefix}{name}.")
-        else:
-            value = getattr(default, name)
-            out.append((f"{prefix}{name}", yaml.safe_dump(value if not isinstance(value, tuple) else list(value),
-                                                          default_flow_style=True).strip().removesuffix("\n..."),
-                        f.metadata.get("help", "")))
-    return out
+    """(key, default, help) of every config key, for ``--help`` (``task`` is chosen by the subcommand)."""
+    return _describe_keys(cls, prefix, skip=("task",) if cls is RunConfig else ())

@@ -15,7 +15,8 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
-__all__ = ["DistInfo", "setup", "process_rank", "is_main_process", "teardown", "all_reduce_sum", "all_gather_object", "barrier", "resolve_device"]
+__all__ = ["DistInfo", "setup", "process_rank", "is_main_process", "teardown", "all_reduce_sum", "all_gather_object",
+           "barrier", "resolve_device"]
 
 
 @dataclass(frozen=True)
