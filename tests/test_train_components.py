@@ -189,3 +189,30 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(ConfigError, match=r"device 'cuda:0' under torchrun \(2 processes\) would put every process"):
         distributed.setup("cuda:0")
+
+
+def test_schedule_restores_through_its_step_count():
+    """The schedule's state is its step count; restored into a schedule built from the current config
+    (here: twice as long), it continues there. Checkpoints of torch's LambdaLR still load."""
+    from armvision.train.optim import WarmupCosineSchedule
+
+    lin = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW([{"params": lin.weight, "lr_scale": 1.0}, {"params": lin.bias, "lr_scale": 0.5}])
+    sched = WarmupCosineSchedule(opt, 110, 10, 1e-3, 1e-5)
+    for _ in range(7):
+        sched.step()
+    assert sched.state_dict() == {"step": 7}
+    assert [g["lr"] for g in opt.param_groups] == sched.lr_at(7) == [pytest.approx(8e-4), pytest.approx(4e-4)]
+    longer = WarmupCosineSchedule(opt, 220, 10, 1e-3, 1e-5)
+    longer.load_state_dict(sched.state_dict())
+    f = WarmupCosine(220, 10, 1e-3, 1e-5)
+    longer.step()
+    assert longer.last_step == 8 and [g["lr"] for g in opt.param_groups] == [1e-3 * f(8), 0.5e-3 * f(8)]
+    old = torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW(lin.parameters(), lr=1e-3), lambda s: 1.0)
+    for _ in range(5):
+        old.optimizer.step()
+        old.step()
+    longer.load_state_dict({k: v for k, v in old.state_dict().items() if k != "lr_lambdas"})
+    assert longer.last_step == 5 and opt.param_groups[0]["lr"] == 1e-3 * f(5)
+    with pytest.raises(ValueError, match="not a learning-rate schedule state"):
+        longer.load_state_dict({"epoch": 3})
