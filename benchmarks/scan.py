@@ -100,10 +100,12 @@ def op_fns(inp, dout, states="recompute"):
     """armvision's public op on the Triton backend, through autograd (what a model pays), with the
     chunk states recomputed in the backward (the default) or saved by the forward."""
     from armvision import ops
-    from armvision.ops import scan_triton as st
 
-    return autograd_fns(lambda *a: ops.selective_scan(*a, delta_softplus=True, backend="triton"), inp, dout,
-                        before=lambda: st.scan_launch_config(states=states))
+    def scan(*a):
+        with ops.scan_config(states=states):  # decided at the forward call; the backward follows it
+            return ops.selective_scan(*a, delta_softplus=True, backend="triton")
+
+    return autograd_fns(scan, inp, dout)
 
 
 def build_mamba_ssm(src: Path, build_dir: Path):
@@ -199,23 +201,19 @@ def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     rows, best = [], None
     for BT in chunk_lengths:
-        st.scan_launch_config(BT=BT)
         fwd_times = {}
         for cfg in configs_fwd:
-            st.scan_launch_config(fwd=cfg)
             try:
-                fwd_times[cfg] = bench(lambda: st.scan_fwd(*args, None, True, True), 100)
+                fwd_times[cfg] = bench(lambda: st.scan_fwd(*args, None, True, True, chunk=BT, block=cfg), 100)
             except Exception as ex:  # noqa: BLE001 - a sweep reports failing configs and goes on
                 print(f"  BT={BT} fwd={cfg}: {type(ex).__name__}: {str(ex)[:120]}")
         if not fwd_times:
             continue
         best_fwd = min(fwd_times, key=fwd_times.get)
-        st.scan_launch_config(fwd=best_fwd)
-        _, states, chunk = st.scan_fwd(*args, None, True, True)
+        _, states, chunk = st.scan_fwd(*args, None, True, True, chunk=BT, block=best_fwd)
         for cfg in configs_bwd:
-            st.scan_launch_config(bwd=cfg)
             try:
-                tb = bench(lambda: st.scan_bwd(*args, None, states, dout, True, chunk), 100)
+                tb = bench(lambda: st.scan_bwd(*args, None, states, dout, True, chunk, cfg), 100)
             except Exception as ex:  # noqa: BLE001
                 print(f"  BT={BT} bwd={cfg}: {type(ex).__name__}: {str(ex)[:120]}")
                 continue
@@ -243,14 +241,21 @@ def main():
                     help="where --mamba-ssm-src builds (reused when up to date)")
     args = ap.parse_args()
 
+    from armvision import ops
     from armvision.ops import scan_triton as st
 
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
           f"triton {importlib.import_module('triton').__version__}")
+    launch = {}
     if args.sweep:
         best = sweep((256, 768, 128), [(32, 1), (64, 2), (128, 4)], [(32, 1), (64, 2), (16, 1)], [4, 8])
         if best:
-            st.scan_launch_config(BT=best[0], fwd=best[1], bwd=best[2])
+            launch = dict(BT=best[0], fwd=best[1], bwd=best[2])
+    with ops.scan_config(**launch):  # the sweep's best (or the defaults) for the rest of the run
+        _measure(args, st)
+
+
+def _measure(args, st):
     print(f"launch config: {st.scan_launch_config()}")
 
     impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns,
@@ -291,10 +296,9 @@ def main():
                   f"{fbb / tfb / 1e6:>8.0f} | {ref_fb:>12.2f} {tfb / ref_fb:>6.2f}")
         del inp, dout
         torch.cuda.empty_cache()
-    st.scan_launch_config(states="recompute")
     print("\nimpl: triton = the kernel launchers alone (forward saving the chunk states, backward); triton_op = "
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
-          "op_save = the same with scan_launch_config(states='save'); cuda_ref = mamba-ssm's selective_scan_fn "
+          "op_save = the same inside ops.scan_config(states='save'); cuda_ref = mamba-ssm's selective_scan_fn "
           "through autograd in its own (b, e, t) layout")
     print("ratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd on an H100 (KERNELS.md); target <= 0.5")
     by = {(r["b"], r["e"], r["t"], r["impl"]): r for r in results}

@@ -66,11 +66,14 @@ def forward_flops(model, pretraining, images) -> float:
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
         states: str = "recompute") -> dict:
-    name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
-    if backend in ("triton", "auto"):
-        from armvision.ops import scan_triton
+    """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed."""
+    with armvision.ops.scan_config(states=states):
+        return _run(workload, backend, compile_model, steps, warmup, peak, states)
 
-        scan_triton.scan_launch_config(states=states)
+
+def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
+         states: str) -> dict:
+    name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
     flops = forward_flops(model, pretraining, torch.randn(2, 3, size, size, device="cuda")) * 3
