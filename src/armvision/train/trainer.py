@@ -4,6 +4,11 @@ One :class:`Trainer` per run. It joins the process group torchrun describes, bui
 model (fine-tuning: optionally from a pretraining checkpoint), AdamW and the schedule, EMA, and
 either starts fresh or resumes from a checkpoint; :meth:`Trainer.fit` then trains, evaluates,
 checkpoints and returns the run's summary (also written to ``summary.json``).
+
+The pieces are components built from the config: the data (:func:`armvision.train.data.build_pipeline`,
+shared with ``armvision eval``), the loss (:mod:`armvision.train.objective`), the optimizer and the lr
+schedule (:mod:`armvision.train.optim`; the schedule's state is its step count), the process group
+(:mod:`armvision.train.distributed`). The Trainer wires them and runs the loop.
 """
 
 from __future__ import annotations
