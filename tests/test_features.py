@@ -5,7 +5,8 @@ import torch
 
 import armvision
 from armvision import ARMClassifier, ARMPretrain, extract_features
-from armvision.interop.features import data_config, eval_transform, pretraining_encoder_intermediates
+from armvision.data import data_config, model_eval_transform
+from armvision.features import pretraining_encoder_intermediates
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def test_data_config_and_transform():
                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
                                       crop_mode="center")
     assert data_config(model, 384)["crop_pct"] == 1.0 and data_config(model, 384)["input_size"] == (3, 384, 384)
-    text = str(eval_transform(model, 384))
+    text = str(model_eval_transform(model, 384))
     assert "Resize(size=384, interpolation=bicubic" in text and "CenterCrop(size=(384, 384))" in text
     gray = ARMClassifier(img_size=32, patch_size=4, in_chans=1, embed_dim=16, depth=1)
-    assert "Normalize(mean=tensor([0.4" in str(eval_transform(gray)).replace("\n", "")
+    assert "Normalize(mean=tensor([0.4" in str(model_eval_transform(gray)).replace("\n", "")
