@@ -48,9 +48,8 @@ from torch import Tensor, nn
 from .errors import CheckpointError
 from .interop.official import (
     FINETUNING,
+    check_keys,
     OfficialCheckpoint,
-    _compare_keys,
-    _some,
     _square_side,
     clean_state_dict,
     detect_kind,
@@ -218,16 +217,20 @@ def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
                           "directory with checkpoints/step_*/ (is the run finished or did it save anything?)")
 
 
+def _model_file(path: Path) -> Path:
+    """``path``, a file of a model directory; FileNotFoundError saying what a model directory holds if absent."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: an armvision model directory holds {CONFIG_NAME} and "
+                                f"{WEIGHTS_NAME} (written by save_model / save_pretrained / training runs)")
+    return path
+
+
 def read_config(directory: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` of a model directory (the one place armvision parses it).
 
     Raises FileNotFoundError when the directory has no model, CheckpointError when it cannot be read.
     """
-    directory = Path(directory)
-    path = directory / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: an armvision model directory holds {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} (written by save_model / save_pretrained / training runs)")
+    path = _model_file(Path(directory) / CONFIG_NAME)
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -235,9 +238,7 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: an armvision model directory holds {CONFIG_NAME} and "
-                                f"{WEIGHTS_NAME} (written by save_model / save_pretrained / training runs)")
+    _model_file(path)
     try:
         return load_file(str(path), device=str(map_location))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
@@ -400,17 +401,8 @@ def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], clas
         for k in [k for k in sd if k.startswith("head.")]:
             del sd[k]
         sd.update({k: target[k] for k in head_keys})
-    missing, unexpected, mismatched = _compare_keys(sd, {k: tuple(v.shape) for k, v in target.items()})
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_some(unexpected)}")
-        if mismatched:
-            parts.append("shape mismatches " + _some([f"{k}: {a} vs {b}" for k, a, b in mismatched]))
-        raise CheckpointError(f"{source}: classifier weights do not fit this classifier: " + "; ".join(parts),
-                              missing, unexpected, mismatched)
+    check_keys(sd, {k: tuple(v.shape) for k, v in target.items()},
+               f"{source}: classifier weights do not fit this classifier")
     return sd
 
 

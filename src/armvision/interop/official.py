@@ -51,6 +51,7 @@ __all__ = [
     "detect_kind",
     "infer_model_args",
     "check_official_state_dict",
+    "check_keys",
     "load_official",
     "official_state_dict",
     "to_official",
@@ -364,25 +365,32 @@ def _compare_keys(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple
     return missing, unexpected, mismatched
 
 
+def check_keys(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple], what: str,
+               optional: Iterable[str] = ()) -> None:
+    """Raise ``CheckpointError("{what}: N missing key(s): ...; N unexpected key(s): ...; N shape mismatch(es): ...")``
+    (with the lists as attributes) when ``state_dict`` does not have exactly the ``expected`` keys and shapes."""
+    missing, unexpected, mismatched = _compare_keys(state_dict, expected, optional)
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_summarize(missing, expected)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_summarize(unexpected, state_dict)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es): " + _some(
+            [f"{k} is {tuple(a)} in the checkpoint, expected {tuple(b)}" for k, a, b in mismatched]))
+    raise CheckpointError(f"{what}: " + "; ".join(parts), missing, unexpected, mismatched)
+
+
 def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model_args: Mapping[str, Any],
                               source: str = "state dict") -> None:
     """Raise :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches of an
     official state dict against the model ``model_args`` describes (the pretraining ``mask`` may be absent)."""
     expected = _expected_shapes(_ARCHITECTURE[kind], model_args, source)
-    missing, unexpected, mismatched = _compare_keys(state_dict, expected, optional=("mask",))
-    if missing or unexpected or mismatched:
-        desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_summarize(missing, expected)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_summarize(unexpected, state_dict)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): " + _some(
-                [f"{k} is {tuple(a)} in the checkpoint, expected {tuple(b)}" for k, a, b in mismatched]))
-        raise CheckpointError(
-            f"{source}: does not match the ARM {kind} model it describes ({desc}): " + "; ".join(parts),
-            missing, unexpected, mismatched)
+    desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
+    check_keys(state_dict, expected, f"{source}: does not match the ARM {kind} model it describes ({desc})",
+               optional=("mask",))
     if "mask" in state_dict:
         _check_mask(state_dict["mask"], model_args, source)
 
