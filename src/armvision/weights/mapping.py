@@ -150,8 +150,9 @@ def init_classifier_from_pretraining(
     sd = classifier_state_dict_from_pretraining(source, classifier, pretrain_grid)
     missing = set(classifier.state_dict()) - set(sd)
     expected_missing = {k for k in missing if k in ("cls_token",) or k.startswith(("norm_f.", "head."))}
-    if missing - expected_missing:
-        raise KeyError(f"pretrained weights lack parameters of the classifier: {sorted(missing - expected_missing)[:5]}")
+    lacking = sorted(missing - expected_missing)
+    if lacking:
+        raise KeyError(f"pretrained weights lack parameters of the classifier: {lacking[:5]}")
     with torch.no_grad():
         params = dict(classifier.named_parameters())
         for k, v in sd.items():
