@@ -5,7 +5,8 @@ import torch
 
 import armvision
 from armvision import ARMClassifier, ARMPretrain, extract_features
-from armvision.interop.features import data_config, eval_transform, pretraining_encoder_intermediates
+from armvision.data import data_config, model_eval_transform
+from armvision.features import pretraining_encoder_intermediates
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,34 @@ def test_data_config_and_transform():
                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
                                       crop_mode="center")
     assert data_config(model, 384)["crop_pct"] == 1.0 and data_config(model, 384)["input_size"] == (3, 384, 384)
-    text = str(eval_transform(model, 384))
+    text = str(model_eval_transform(model, 384))
     assert "Resize(size=384, interpolation=bicubic" in text and "CenterCrop(size=(384, 384))" in text
     gray = ARMClassifier(img_size=32, patch_size=4, in_chans=1, embed_dim=16, depth=1)
-    assert "Normalize(mean=tensor([0.4" in str(eval_transform(gray)).replace("\n", "")
+    assert "Normalize(mean=tensor([0.4" in str(model_eval_transform(gray)).replace("\n", "")
+
+
+def test_extract_folder_is_a_library_call(tmp_path):
+    from PIL import Image
+
+    from armvision.data import IMAGE_EXTENSIONS, list_images
+    from armvision.errors import DataError
+    from armvision.features import extract_folder, write_features
+
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.new("RGB", (20, 24), (10, 20, 30)).save(tmp_path / "in" / "sub" / "x.PNG")
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "bad.png").write_bytes(b"no")
+    (tmp_path / "in" / "notes.txt").write_text("-")
+    assert ".png" in IMAGE_EXTENSIONS and ".txt" not in IMAGE_EXTENSIONS
+    assert [p.name for p in list_images(tmp_path / "in")] == ["a.jpg", "bad.png", "x.PNG"]
+    model = ARMClassifier(img_size=16, patch_size=4, embed_dim=32, depth=2, d_state=4, num_classes=0)
+    seen = []
+    result = extract_folder(model, tmp_path / "in", layers=[-1], batch_size=2, on_skip=lambda f, e: seen.append(f))
+    assert result.files == ["a.jpg", "sub/x.PNG"] and [f for f, _ in result.skipped] == ["bad.png"] == seen
+    assert result.tensors["pooled"].shape == (2, 32) and result.tensors["layer1"].shape == (2, 4, 4, 32)
+    written = write_features(result, tmp_path / "out.npy")
+    assert [p.name for p in written] == ["out.npy", "out.layer1.npy"]
+    assert (tmp_path / "out.files.txt").read_text() == "a.jpg\nsub/x.PNG\n"
+    assert (tmp_path / "out.skipped.txt").read_text().startswith("bad.png\t")
+    with pytest.raises(DataError, match="cannot read image .*bad.png"):
+        extract_folder(model, tmp_path / "in", strict_images=True)

@@ -8,7 +8,7 @@ from timm.data import resolve_data_config
 
 import armvision
 from armvision import ARMClassifier, ARMPretrain
-from armvision.interop.hub import read_config
+from armvision.weights import read_config
 
 SMALL = dict(img_size=32, patch_size=4, embed_dim=32, depth=2, d_state=8)
 

@@ -13,9 +13,9 @@ from safetensors import safe_open
 
 import armvision
 from armvision.cli import main
-from armvision.interop.features import eval_transform
-from armvision.interop.hub import read_config
+from armvision.data import model_eval_transform
 from armvision.interop.official import safe_torch_load
+from armvision.weights import read_config
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_extract_writes_features_file_list_and_skipped(tmp_path, ft, images, cap
     model = armvision.load_official(ft[1], dynamic_img_size=True).eval()
     model.reset_classifier(0)
     with Image.open(images / "b" / "dog.JPEG") as im:
-        x = eval_transform(model, 48)(im.convert("RGB"))[None]
+        x = model_eval_transform(model, 48)(im.convert("RGB"))[None]
     with torch.no_grad():
         expected = armvision.extract_features(model, x, layers=[0, 1])
     assert torch.allclose(tensors["pooled"][2], expected.pooled[0], atol=1e-5)
@@ -134,7 +134,7 @@ def test_extract_npy_and_model_by_name(tmp_path, ft, images, capsys):
     assert pooled.shape == (4, 32) and pooled.dtype == np.float16 and maps.shape == (4, 8, 8, 32)
     model = armvision.load_official(ft[1]).eval()
     with Image.open(images / "a.jpg") as im:
-        x = eval_transform(model)(im.convert("RGB"))[None]
+        x = model_eval_transform(model)(im.convert("RGB"))[None]
     with torch.no_grad():
         expected = armvision.extract_features(model, x).pooled[0]
     assert torch.allclose(torch.from_numpy(pooled[0]).float(), expected, atol=2e-3)

@@ -21,7 +21,6 @@ import armvision
 from armvision import ARMClassifier, ARMPretrain
 from armvision.interop.official import (
     CheckpointError,
-    init_classifier_from_official,
     is_official_checkpoint,
     load_official,
     read_official_checkpoint,
@@ -30,6 +29,7 @@ from armvision.interop.official import (
     to_official,
 )
 from armvision.layers import DIRECTIONS
+from armvision.weights import init_classifier_from_official
 from armvision.models import default_memory_layers
 
 # small versions of the reference geometry: pretraining 12x12 patches (9 clusters of 4x4), patch 2;

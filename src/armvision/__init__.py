@@ -1,29 +1,42 @@
-"""armvision: autoregressive pretraining (ARM) of Mamba vision models, in plain PyTorch."""
+"""armvision: autoregressive pretraining (ARM) of Mamba vision models, in plain PyTorch.
 
-from .models import (
-    ARMClassifier,
-    ARMPretrain,
-    create_model,
-    init_classifier_from_pretraining,
-    list_models,
-    load_model,
-    save_model,
-)
+Where things are (layers go one way: ops -> layers -> models -> data / weights / interop -> train -> CLI):
+
+- :mod:`armvision.models`: the modules (:class:`ARMPretrain`, :class:`ARMClassifier`), the registry
+  (:func:`create_model`) and writing a model directory (:func:`save_model`); models never load weights;
+- :mod:`armvision.weights`: **where weights are loaded** -- every source (model / checkpoint / run
+  directories, ``.safetensors``, official ``.pth``, state dicts) read into one ``Weights`` by
+  ``read_weights``, the pretraining -> classifier and classifier -> classifier mappings, :func:`load_model`;
+- :mod:`armvision.data`: datasets, image folders, the transforms (one evaluation transform);
+- :mod:`armvision.features`: features of a batch or of an image folder;
+- :mod:`armvision.interop`: official checkpoints (reading the pickle, writing it back), timm, Hub directories;
+- :mod:`armvision.train`: the recipe's config, the trainer, checkpoints of a run, evaluation.
+
+Command line: :mod:`armvision.cli` dispatches to ``register(subparsers)`` of ``armvision.train.cli``
+(pretrain, finetune, eval, ...), ``armvision.interop.cli`` (convert) and ``armvision.features_cli``
+(extract); each parses flags, calls the library functions named in its docstring and prints.
+"""
+
+from .models import ARMClassifier, ARMPretrain, create_model, list_models, save_model
 
 __version__ = "0.1.0"
 
-# interoperability (official checkpoints, timm registration, Hub layout, features); importing it
-# registers the ARM classifiers with timm
+# interoperability (official checkpoints, timm registration, Hub layout); importing it registers the ARM
+# classifiers with timm. It comes before .weights, which reads official checkpoints through it.
 from .interop import (  # noqa: E402  (after __version__, which interop.hub records)
     CheckpointError,
-    init_classifier_from_official,
     is_official_checkpoint,
     load_official,
     save_official,
     to_official,
 )
-from .interop.features import Features, extract_features  # noqa: E402
 from .interop.hub import from_pretrained, save_pretrained  # noqa: E402
+from .weights import (  # noqa: E402
+    init_classifier_from_official,
+    init_classifier_from_pretraining,
+    load_model,
+)
+from .features import Features, extract_features  # noqa: E402
 
 __all__ = [
     "create_model",

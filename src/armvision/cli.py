@@ -16,7 +16,7 @@ import sys
 from . import __version__
 
 # modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
-_COMMAND_MODULES: list[str] = ["armvision.train.cli", "armvision.interop.cli"]
+_COMMAND_MODULES: list[str] = ["armvision.train.cli", "armvision.interop.cli", "armvision.features_cli"]
 
 
 def build_parser() -> argparse.ArgumentParser:

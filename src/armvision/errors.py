@@ -9,6 +9,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from typing import Iterable
 
 __all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "report"]
 
@@ -25,8 +26,19 @@ class DataError(UserError):
     """A dataset is missing, empty, unreadable or has the wrong layout."""
 
 
-class CheckpointError(UserError):
-    """A checkpoint, model directory or run directory is missing, incomplete or does not fit."""
+class CheckpointError(UserError, ValueError):
+    """A checkpoint, model directory, run directory or state dict is missing, unreadable or does not fit.
+
+    ``missing``, ``unexpected`` and ``mismatched`` (``(key, checkpoint shape, expected shape)``) list what a
+    key check found (empty when the error is not about keys); the message names them.
+    """
+
+    def __init__(self, message: str, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
+                 mismatched: Iterable[tuple[str, tuple, tuple]] = ()):
+        super().__init__(message)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.mismatched = list(mismatched)
 
 
 class TrainingDiverged(UserError):

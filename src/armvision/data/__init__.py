@@ -1,12 +1,25 @@
 """Data: datasets (ImageFolder/tar via timm readers, Fashion-MNIST idx files, timm's streaming
-readers), the transforms of each stage, and samplers/loaders for (distributed) training."""
+readers), image folders for inference (``IMAGE_EXTENSIONS``, ``list_images``), the transforms of each
+stage (one evaluation transform, ``eval_transform``, and ``model_eval_transform`` from a model's
+preprocessing), and samplers/loaders for (distributed) training."""
 
 from .datasets import STREAMING_PREFIXES, ReaderDataset, build_dataset, class_names_to_map, dataset_classes
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST, read_idx
 from .loader import ResumableSampler, ShardSampler, collate, make_loader
-from .transforms import NORMALIZATION, eval_transform, finetune_transform, normalization, pretrain_transform, to_mode
+from .images import IMAGE_EXTENSIONS, ImageFiles, collate_readable, list_images
+from .transforms import (
+    NORMALIZATION,
+    data_config,
+    eval_transform,
+    finetune_transform,
+    model_eval_transform,
+    normalization,
+    pretrain_transform,
+    reference_crop_pct,
+    to_mode,
+)
 
 __all__ = [
     "build_dataset",
@@ -28,4 +41,11 @@ __all__ = [
     "finetune_transform",
     "eval_transform",
     "to_mode",
+    "reference_crop_pct",
+    "data_config",
+    "model_eval_transform",
+    "IMAGE_EXTENSIONS",
+    "list_images",
+    "ImageFiles",
+    "collate_readable",
 ]

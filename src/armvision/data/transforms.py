@@ -3,18 +3,21 @@
 - pretraining: RandomResizedCrop (area 0.2-1, bicubic) + horizontal flip, then normalise;
 - fine-tuning: timm's ``create_transform`` training pipeline (RandomResizedCrop, flip, RandAugment,
   random erasing); mixup/cutmix act on batches (:func:`armvision.train.trainer`);
-- evaluation: resize (squash, or the shorter side) to ``size / crop_pct``, centre-crop ``size``, normalise.
+- evaluation: resize (squash, or the shorter side) to ``size / crop_pct``, centre-crop ``size``, normalise
+  (:func:`eval_transform`: the one evaluation transform; :func:`model_eval_transform` builds it from a
+  model's preprocessing, :func:`data_config`, as feature extraction and the Hub model cards use it).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from PIL import Image
 from timm.data import create_transform
 from timm.data.auto_augment import RandAugment, posterize
 
-__all__ = ["NORMALIZATION", "normalization", "pretrain_transform", "finetune_transform", "eval_transform", "to_mode"]
+__all__ = ["NORMALIZATION", "normalization", "pretrain_transform", "finetune_transform", "eval_transform", "to_mode",
+           "reference_crop_pct", "data_config", "model_eval_transform"]
 
 # mean, std per preset (RGB, or one grayscale channel)
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -78,7 +81,7 @@ def finetune_transform(img_size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4
     return t
 
 
-def eval_transform(img_size: int, mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic",
+def eval_transform(img_size: int | tuple[int, int], mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic",
                    resize: str = "squash"):
     """Resize to img_size / crop_pct, centre-crop img_size, normalise.
 
@@ -91,6 +94,45 @@ def eval_transform(img_size: int, mean, std, crop_pct: float = 0.875, interpolat
         raise ValueError(f"eval resize {resize!r}: expected one of {', '.join(modes)}")
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode=modes[resize],
                             interpolation=interpolation, mean=tuple(mean), std=tuple(std))
+
+
+def reference_crop_pct(img_size: int) -> float:
+    """The reference's evaluation crop (MAE's utils/datasets.py): resize to size / 0.875 up to 224 px, no
+    margin above (the one place of this rule: timm's pretrained cfgs and :func:`data_config` use it)."""
+    return 224 / 256 if img_size <= 224 else 1.0
+
+
+def data_config(model: Any, img_size: int | None = None) -> dict[str, Any]:
+    """Preprocessing of an ARM ``model`` in timm's data-config form (input_size, interpolation, mean, std,
+    crop_pct, crop_mode), at ``img_size`` if given. A timm-created model's ``pretrained_cfg`` wins;
+    otherwise the reference's evaluation transform: bicubic resize of the shorter side to
+    img_size / crop_pct, center crop, ImageNet mean/std."""
+    inner = getattr(model, "model", model)
+    cfg = getattr(inner, "pretrained_cfg", None) or {}
+    geo = inner.geometry
+    size = (img_size, img_size) if img_size else tuple(cfg.get("input_size", (0, *geo.img_size))[1:])
+    crop = cfg.get("crop_pct") if (not img_size and "crop_pct" in cfg) else reference_crop_pct(max(size))
+    mean, std = NORMALIZATION["imagenet"]
+    return {
+        "input_size": (geo.in_chans, *size),
+        "interpolation": cfg.get("interpolation", "bicubic"),
+        "mean": tuple(cfg.get("mean", mean)),
+        "std": tuple(cfg.get("std", std)),
+        "crop_pct": crop,
+        "crop_mode": cfg.get("crop_mode", "center"),
+    }
+
+
+def model_eval_transform(model: Any, img_size: int | None = None):
+    """PIL image -> normalized tensor for ``model``: :func:`eval_transform` as :func:`data_config` says
+    (statistics of another channel count averaged / repeated to the model's channels)."""
+    cfg = data_config(model, img_size)
+    channels, *size = cfg["input_size"]
+    mean, std = cfg["mean"], cfg["std"]
+    if channels != len(mean):  # e.g. a one-channel model with the 3-channel ImageNet statistics
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    resize = {"center": "shorter", "squash": "squash"}[cfg["crop_mode"]]
+    return eval_transform(tuple(size), mean, std, cfg["crop_pct"], cfg["interpolation"], resize)
 
 
 def to_mode(in_chans: int) -> str:

@@ -1,13 +1,20 @@
-"""Interoperability: official ARM checkpoints, timm, Hub-style model directories, feature extraction.
+"""Interoperability: official ARM checkpoints (OliverRensu/ARM), timm, Hub-style model directories.
 
-Importing this package registers the ARM classifiers with timm (``timm.create_model("arm_base_pz16")``).
-It sits above :mod:`armvision.models`; nothing below imports it.
+- :mod:`.official`: reading an official ``.pth`` safely and checking it (``read_official_checkpoint``),
+  ``load_official``, writing the official layout back (``to_official`` / ``save_official``);
+- :mod:`.timm_models`: the ARM classifiers in timm's registry (``timm.create_model("arm_base_pz16")``),
+  their pretrained cfgs and ``checkpoint_filter_fn``;
+- :mod:`.hub`: ``save_pretrained`` / ``from_pretrained`` (config.json + model.safetensors + model card);
+- :mod:`.convert`: what ``armvision convert`` does; :mod:`.cli` parses its flags.
+
+Mapping weights onto a model (pretraining -> classifier, classifier -> classifier) is not here but in
+:mod:`armvision.weights`, which every loader above calls. Importing this package registers the ARM
+classifiers with timm. It sits above :mod:`armvision.models`; nothing below imports it.
 """
 
 from . import timm_models  # noqa: F401  (registers the models with timm)
 from .official import (
     CheckpointError,
-    init_classifier_from_official,
     is_official_checkpoint,
     load_official,
     read_official_checkpoint,
@@ -20,7 +27,6 @@ __all__ = [
     "load_official",
     "read_official_checkpoint",
     "is_official_checkpoint",
-    "init_classifier_from_official",
     "to_official",
     "save_official",
 ]

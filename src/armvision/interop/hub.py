@@ -4,7 +4,7 @@ A directory holds ``config.json`` (architecture, registry name, constructor argu
 :mod:`armvision.models.io` -- plus the preprocessing, the training configuration and the results when
 known), ``model.safetensors`` and a model card ``README.md``. Such a directory uploaded as a Hub
 repository (``huggingface-cli upload USER/NAME DIR``) loads back with ``from_pretrained("USER/NAME")``.
-Local directories never touch the network.
+Local directories never touch the network. Reading the directory back is :mod:`armvision.weights`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from torch import nn
 
 from .. import __version__
 from ..models import ARMClassifier, ARMPretrain
-from ..models.io import CONFIG_NAME, WEIGHTS_NAME, atomic_write, load_model, save_model
-from .features import data_config
+from ..data import data_config
+from ..models.io import CONFIG_NAME, WEIGHTS_NAME, atomic_write, save_model
+from ..weights import read_config, read_weights
 
-__all__ = ["MODEL_CARD_NAME", "save_pretrained", "from_pretrained", "read_config", "model_card"]
+__all__ = ["MODEL_CARD_NAME", "save_pretrained", "from_pretrained", "model_card"]
 
 MODEL_CARD_NAME = "README.md"
 
@@ -173,14 +174,6 @@ def save_pretrained(
     return directory
 
 
-def read_config(directory: str | os.PathLike) -> dict[str, Any]:
-    """``config.json`` of a model directory, as a dict."""
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: not an armvision model directory")
-    return json.loads(path.read_text())
-
-
 def _looks_like_repo_id(name: str) -> bool:
     parts = name.split("/")
     return (len(parts) in (1, 2) and all(parts) and not name.startswith((".", "~"))
@@ -241,8 +234,9 @@ def from_pretrained(
     else:
         raise FileNotFoundError(f"{name_or_path}: no such directory, and not a Hugging Face Hub repository id "
                                 "('user/name')")
-    model = load_model(directory, map_location=map_location, strict=strict, **overrides)
-    config = read_config(directory)
+    weights = read_weights(directory, map_location=map_location)
+    model = weights.build(map_location, strict, **overrides)
+    config = weights.config
     data = config.get("data_config")
     if data:
         data = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}

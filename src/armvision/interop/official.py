@@ -24,7 +24,6 @@ Reference behaviour a conversion reproduces (see ARM_SPEC.md and the notes in RE
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import re
@@ -37,16 +36,8 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError as _UserCheckpointError
-from ..layers import resize_classifier_pos_embed
-from ..models import (
-    MODEL_SIZES,
-    ARMClassifier,
-    ARMPretrain,
-    Geometry,
-    default_memory_layers,
-    init_classifier_from_pretraining,
-)
+from ..errors import CheckpointError
+from ..models import MODEL_SIZES, ARMClassifier, ARMPretrain, Geometry, default_memory_layers
 from ..models.io import atomic_write
 
 __all__ = [
@@ -60,21 +51,17 @@ __all__ = [
     "detect_kind",
     "infer_model_args",
     "check_official_state_dict",
+    "check_keys",
     "load_official",
-    "pretraining_state_dict_from_official",
-    "init_classifier_from_official",
     "official_state_dict",
     "to_official",
     "save_official",
     "clean_state_dict",
     "select_state_dict",
     "is_state_dict",
-    "classifier_state_dict_from_classifier",
-    "resize_classifier_pos_embed",
     "ALLOWED_GLOBALS",
+    "registry_name",
 ]
-
-_log = logging.getLogger(__name__)
 
 PRETRAINING = "pretraining"
 FINETUNING = "finetuning"
@@ -94,21 +81,6 @@ _SAFE_OVERRIDES = {
     FINETUNING: {"backend", "drop_path_rate", "drop_rate", "dynamic_img_size", "global_pool", "head_init_std"},
 }
 _LIST_LIMIT = 8
-
-
-class CheckpointError(_UserCheckpointError, ValueError):
-    """A file or state dict that is not the checkpoint it should be.
-
-    ``missing``, ``unexpected`` and ``mismatched`` (``(key, checkpoint shape, expected shape)``) list
-    what a key check found; the message names them.
-    """
-
-    def __init__(self, message: str, missing: Iterable[str] = (), unexpected: Iterable[str] = (),
-                 mismatched: Iterable[tuple[str, tuple, tuple]] = ()):
-        super().__init__(message)
-        self.missing = list(missing)
-        self.unexpected = list(unexpected)
-        self.mismatched = list(mismatched)
 
 
 def _some(items: list, limit: int = _LIST_LIMIT) -> str:
@@ -393,25 +365,32 @@ def _compare_keys(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple
     return missing, unexpected, mismatched
 
 
+def check_keys(state_dict: Mapping[str, Tensor], expected: Mapping[str, tuple], what: str,
+               optional: Iterable[str] = ()) -> None:
+    """Raise ``CheckpointError("{what}: N missing key(s): ...; N unexpected key(s): ...; N shape mismatch(es): ...")``
+    (with the lists as attributes) when ``state_dict`` does not have exactly the ``expected`` keys and shapes."""
+    missing, unexpected, mismatched = _compare_keys(state_dict, expected, optional)
+    if not (missing or unexpected or mismatched):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing key(s): {_summarize(missing, expected)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s): {_summarize(unexpected, state_dict)}")
+    if mismatched:
+        parts.append(f"{len(mismatched)} shape mismatch(es): " + _some(
+            [f"{k} is {tuple(a)} in the checkpoint, expected {tuple(b)}" for k, a, b in mismatched]))
+    raise CheckpointError(f"{what}: " + "; ".join(parts), missing, unexpected, mismatched)
+
+
 def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model_args: Mapping[str, Any],
                               source: str = "state dict") -> None:
     """Raise :class:`CheckpointError` listing missing keys, unexpected keys and shape mismatches of an
     official state dict against the model ``model_args`` describes (the pretraining ``mask`` may be absent)."""
     expected = _expected_shapes(_ARCHITECTURE[kind], model_args, source)
-    missing, unexpected, mismatched = _compare_keys(state_dict, expected, optional=("mask",))
-    if missing or unexpected or mismatched:
-        desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_summarize(missing, expected)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_summarize(unexpected, state_dict)}")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatch(es): " + _some(
-                [f"{k} is {tuple(a)} in the checkpoint, expected {tuple(b)}" for k, a, b in mismatched]))
-        raise CheckpointError(
-            f"{source}: does not match the ARM {kind} model it describes ({desc}): " + "; ".join(parts),
-            missing, unexpected, mismatched)
+    desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
+    check_keys(state_dict, expected, f"{source}: does not match the ARM {kind} model it describes ({desc})",
+               optional=("mask",))
     if "mask" in state_dict:
         _check_mask(state_dict["mask"], model_args, source)
 
@@ -473,11 +452,11 @@ class OfficialCheckpoint:
         model = self.architecture(**{**self.model_args, **overrides})
         sd = {k: v for k, v in self.state_dict.items() if k != "mask"}
         model.load_state_dict(sd, strict=True)
-        model.model_name = _registry_name(self.model_args)
+        model.model_name = registry_name(self.model_args)
         return model
 
 
-def _registry_name(model_args: Mapping[str, Any]) -> str | None:
+def registry_name(model_args: Mapping[str, Any]) -> str | None:
     for name, size in MODEL_SIZES.items():
         if (size["embed_dim"], size["depth"], 16) == (model_args["embed_dim"], model_args["depth"],
                                                        model_args["patch_size"]):
@@ -566,93 +545,6 @@ def load_official(
             dynamic_img_size, ...).
     """
     return read_official_checkpoint(checkpoint, ema, global_pool, allow_globals).build(**overrides)
-
-
-def pretraining_state_dict_from_official(
-    checkpoint: str | os.PathLike | Mapping[str, Any] | OfficialCheckpoint, ema: bool | None = None,
-    allow_globals: Iterable[Any] = (),
-) -> tuple[dict[str, Tensor], tuple[int, int]]:
-    """(encoder state dict, patch grid) of an official *pretraining* checkpoint, as
-    :func:`armvision.init_classifier_from_pretraining` takes them."""
-    ckpt = checkpoint if isinstance(checkpoint, OfficialCheckpoint) else read_official_checkpoint(
-        checkpoint, ema, allow_globals=allow_globals)
-    if ckpt.kind != PRETRAINING:
-        raise CheckpointError(f"{ckpt.source}: a fine-tuning checkpoint, not a pretraining one")
-    side = ckpt.model_args["img_size"] // ckpt.model_args["patch_size"]
-    return {k: v for k, v in ckpt.state_dict.items() if k != "mask"}, (side, side)
-
-
-def init_classifier_from_official(
-    classifier: ARMClassifier,
-    checkpoint: str | os.PathLike | Mapping[str, Any] | OfficialCheckpoint,
-    ema: bool | None = None,
-    allow_globals: Iterable[Any] = (),
-) -> ARMClassifier:
-    """Initialise ``classifier`` (in place; returned) from an official checkpoint, as the reference's
-    ``main_finetune.py --finetune`` does.
-
-    * pretraining checkpoint: patch embedding and blocks copied, every direction's conv1d / x_proj /
-      dt_proj / A_log / D a copy of the pretrained (forward) one, the 2-D position embedding resized
-      bicubically to the classifier's grid with a zero class-token slot in the middle; the decoder is
-      dropped; cls_token keeps its init, norm_f and the head are re-initialised
-      (:func:`armvision.init_classifier_from_pretraining`).
-    * fine-tuning checkpoint: every weight copied, the position embedding resized when the grids
-      differ; the head is copied when its shape fits and re-initialised otherwise.
-
-    This is what ``armvision finetune --init official.pth`` calls. The classifier's width and depth must
-    be the checkpoint's; a CheckpointError says what differs.
-    """
-    ckpt = checkpoint if isinstance(checkpoint, OfficialCheckpoint) else read_official_checkpoint(
-        checkpoint, ema, allow_globals=allow_globals)
-    src = ckpt.model_args
-    mine = classifier.config
-    diff = [f"{k}: checkpoint {src[k]}, classifier {mine[k]}" for k in ("embed_dim", "depth", "patch_size",
-                                                                         "in_chans", "d_state")
-            if src[k] != mine[k]]
-    if diff:
-        raise CheckpointError(f"{ckpt.source}: the {ckpt.kind} checkpoint does not fit this classifier: "
-                              + "; ".join(diff))
-    if ckpt.kind == PRETRAINING:
-        sd, grid = pretraining_state_dict_from_official(ckpt)
-        return init_classifier_from_pretraining(classifier, sd, pretrain_grid=grid)
-    sd = classifier_state_dict_from_classifier(ckpt.state_dict, classifier, source=ckpt.source)
-    classifier.load_state_dict(sd, strict=True)
-    return classifier
-
-
-def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], classifier: ARMClassifier,
-                                          source: str = "state dict") -> dict[str, Tensor]:
-    """A classifier state dict made to fit ``classifier``: the position embedding resized to its grid
-    (square source grid), the head taken from ``classifier`` when the source's does not fit
-    (other class count, or no head). Everything else must match; a CheckpointError lists what does not."""
-    sd = dict(state_dict)
-    target = classifier.state_dict()
-    if "pos_embed" in sd and sd["pos_embed"].shape != target["pos_embed"].shape:
-        n = sd["pos_embed"].shape[1] - 1
-        side = _square_side(n, "pos_embed (class token slot excluded)", source)
-        sd["pos_embed"] = resize_classifier_pos_embed(sd["pos_embed"], (side, side), classifier.geometry.grid)
-    head_keys = [k for k in target if k.startswith("head.")]
-    fits = all(k in sd and sd[k].shape == target[k].shape for k in head_keys)
-    extra_head = [k for k in sd if k.startswith("head.") and k not in target]
-    if not fits or extra_head:
-        if any(k.startswith("head.") for k in sd):
-            _log.info("%s: head of another shape than the classifier's (%d classes): keeping the classifier's head",
-                      source, classifier.num_classes)
-        for k in [k for k in sd if k.startswith("head.")]:
-            del sd[k]
-        sd.update({k: target[k] for k in head_keys})
-    missing, unexpected, mismatched = _compare_keys(sd, {k: tuple(v.shape) for k, v in target.items()})
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing {_some(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {_some(unexpected)}")
-        if mismatched:
-            parts.append("shape mismatches " + _some([f"{k}: {a} vs {b}" for k, a, b in mismatched]))
-        raise CheckpointError(f"{source}: classifier weights do not fit this classifier: " + "; ".join(parts),
-                              missing, unexpected, mismatched)
-    return sd
 
 
 # ---------------------------------------------------------------------------------------------

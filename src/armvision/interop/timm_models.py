@@ -26,27 +26,18 @@ but the file names in it were never seen by armvision (no network when it was wr
 
 from __future__ import annotations
 
-import argparse
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor
 
-from ..models import MODEL_SIZES, ARMClassifier, classifier_state_dict_from_pretraining
-from ..models.io import WEIGHTS_NAME
-from .official import (
-    classifier_state_dict_from_classifier,
-    clean_state_dict,
-    detect_kind,
-    is_state_dict,
-    safe_torch_load,
-    select_state_dict,
-)
+from ..data.transforms import reference_crop_pct
+from ..models import MODEL_SIZES, ARMClassifier
+from ..weights import CLASSIFIER, classifier_state_dict, read_weights
 
-__all__ = ["OFFICIAL_HUB_ID", "checkpoint_filter_fn", "read_weights", "default_cfgs",
+__all__ = ["OFFICIAL_HUB_ID", "checkpoint_filter_fn", "default_cfgs",
            "arm_tiny_pz16", "arm_small_pz16", "arm_base_pz16", "arm_large_pz16", "arm_huge_pz16"]
 
 OFFICIAL_HUB_ID = "OliverRen/ARM"
@@ -56,10 +47,11 @@ _UNVERIFIED = ("Official ARM weights (OliverRensu/ARM). The file names on the Hu
 
 def _cfg(**kwargs) -> dict[str, Any]:
     # eval transform of the reference (utils/datasets.py): resize the shorter side to size / crop_pct
-    # (bicubic), center crop; crop_pct = 224 / 256 up to 224 px, 1.0 above
+    # (bicubic), center crop (crop_pct: reference_crop_pct)
+    size = kwargs.get("input_size", (3, 224, 224))
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "fixed_input_size": True,
-        "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
+        "crop_pct": reference_crop_pct(max(size[1:])), "crop_mode": "center", "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": "head",
         "paper_ids": "arXiv:2406.07537", "paper_name": "Autoregressive Pretraining with Mamba in Vision",
@@ -73,43 +65,16 @@ default_cfgs = generate_default_cfgs({
     "arm_base_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
     "arm_large_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
     "arm_huge_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
-    "arm_huge_pz16.arm_in1k_384": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED, input_size=(3, 384, 384),
-                                        crop_pct=1.0),
+    "arm_huge_pz16.arm_in1k_384": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED, input_size=(3, 384, 384)),
 })
 
 
 # ---------------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------------
-def _read(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """(state dict, training args) of a weights file; see :func:`read_weights`."""
-    path = Path(path)
-    if path.is_dir():
-        if not (path / WEIGHTS_NAME).is_file():
-            raise FileNotFoundError(f"{path}: a directory without {WEIGHTS_NAME}; expected an armvision model "
-                                    "directory (save_pretrained / armvision convert)")
-        path = path / WEIGHTS_NAME
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such weights file")
-        return load_file(str(path)), {}
-    obj = safe_torch_load(path)
-    state_dict, key = select_state_dict(obj, None, str(path))
-    args = obj.get("args") if key is not None else None
-    return state_dict, (dict(vars(args)) if isinstance(args, argparse.Namespace) else {})
-
-
-def read_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """The state dict in any ARM weights file: ``*.safetensors``, an armvision model directory, or a
-    ``torch.save`` pickle (official checkpoint or bare state dict; EMA weights preferred, as timm and
-    the reference's evaluation do), read safely."""
-    return _read(path)[0]
-
-
 def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ARMClassifier) -> dict[str, Tensor]:
-    """Map any ARM weights onto ``model`` (timm's ``pretrained_filter_fn``).
+    """Map any ARM weights onto ``model`` (timm's ``pretrained_filter_fn``): :func:`armvision.weights.read_weights`
+    then :func:`armvision.weights.classifier_state_dict`.
 
     Accepts armvision classifier weights and official fine-tuning weights (the same names: position
     embedding resized to the model's grid, the head kept from the model when its shape differs), and
@@ -117,16 +82,10 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: ARMClassifier) ->
     the position embedding resized, as the reference's fine-tuning starts; cls_token, norm_f and the
     head keep the model's initialisation). A whole checkpoint dict is reduced to its state dict.
     """
-    if not is_state_dict(state_dict):
-        state_dict, _ = select_state_dict(state_dict)
-    sd = clean_state_dict(state_dict)
-    if detect_kind(sd, "pretrained weights") == "pretraining":
-        sd = {k: v for k, v in sd.items() if k != "mask"}
-        out = classifier_state_dict_from_pretraining(sd, model)
-        own = model.state_dict()
-        out.update({k: v for k, v in own.items() if k not in out})  # cls_token, norm_f, head: fresh
-        return out
-    return classifier_state_dict_from_classifier(sd, model, source="pretrained weights")
+    weights = read_weights(state_dict)
+    weights.state_dict.pop("mask", None)  # the official pretraining decoder mask: derived from the geometry
+    weights.source = "pretrained weights"
+    return classifier_state_dict(weights, model)
 
 
 def _download(repo_id: str, filename: str, cache_dir: str | os.PathLike | None) -> str:
@@ -159,15 +118,16 @@ def _resolve_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any],
                 "pretrained_cfg_overlay=dict(hf_hub_filename=NAME)")
         repo = overlay.get("hf_hub_id") or base.get("hf_hub_id") or OFFICIAL_HUB_ID
         file = _download(repo, filename, kwargs.get("cache_dir"))
-    weights, args = _read(file)
-    weights = clean_state_dict(weights)
-    out = {**overlay, "state_dict": weights, "file": str(file)}
-    if detect_kind(weights, str(file)) == "finetuning":
+    weights = read_weights(file)
+    out = {**overlay, "state_dict": weights.state_dict, "file": str(file)}
+    if weights.kind == CLASSIFIER:
+        sd = weights.state_dict
         # the class count of these weights: the model's default, and what timm compares num_classes with
         # before it keeps or drops the head
-        out.setdefault("num_classes", int(weights["head.weight"].shape[0]) if "head.weight" in weights else 0)
-        if "global_pool" in args:  # as the reference's fine-tuning model reads its flag
-            kwargs.setdefault("global_pool", "avg" if args["global_pool"] else "token")
+        out.setdefault("num_classes", int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0)
+        if weights.official is not None and "global_pool" in weights.official.args:
+            # as the reference's fine-tuning model reads its flag
+            kwargs.setdefault("global_pool", weights.args["global_pool"])
     return out
 
 
@@ -194,10 +154,9 @@ def _create_arm(variant: str, pretrained: bool = False, **kwargs) -> ARMClassifi
             continue
         cfg.pop("state_dict", None)  # the weights were only passed through the cfg: don't keep them there
         if tuple(cfg.get("input_size", ())) != input_size:
-            # a model built for another input size: its data config follows it (the reference's eval
-            # crop: 224 / 256 up to 224 px, none above)
+            # a model built for another input size: its data config follows it
             cfg["input_size"] = input_size
-            cfg["crop_pct"] = 0.875 if max(input_size[1:]) <= 224 else 1.0
+            cfg["crop_pct"] = reference_crop_pct(max(input_size[1:]))
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model

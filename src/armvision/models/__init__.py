@@ -1,20 +1,19 @@
-"""ARM models and the registry behind :func:`armvision.create_model`."""
+"""ARM models (plain PyTorch modules), the registry behind :func:`armvision.create_model`, and writing a
+model directory.
+
+- :mod:`.arm`: :class:`ARMPretrain` (autoregressive pretraining) and :class:`ARMClassifier` (fine-tuning);
+- :mod:`.registry`: the size table :data:`MODEL_SIZES`, :func:`create_model`, :func:`list_models`;
+- :mod:`.io`: ``config.json`` + ``model.safetensors`` (:func:`save_model`, :func:`build_model`).
+
+Models never load weights: reading any ARM weights (model directories, checkpoints, official ``.pth``,
+state dicts) and mapping pretraining weights onto a classifier is :mod:`armvision.weights`.
+"""
 
 from __future__ import annotations
 
-import inspect
-
-from torch import nn
-
-from .arm import (
-    ARMClassifier,
-    ARMPretrain,
-    Geometry,
-    classifier_state_dict_from_pretraining,
-    default_memory_layers,
-    init_classifier_from_pretraining,
-)
-from .io import build_model, load_model, model_config, save_model
+from .arm import ARMClassifier, ARMPretrain, Geometry, default_memory_layers
+from .io import build_model, model_config, save_model
+from .registry import MODEL_SIZES, create_model, list_models, model_args
 
 __all__ = [
     "ARMPretrain",
@@ -23,55 +22,9 @@ __all__ = [
     "create_model",
     "list_models",
     "model_args",
-    "init_classifier_from_pretraining",
-    "classifier_state_dict_from_pretraining",
     "default_memory_layers",
     "MODEL_SIZES",
     "save_model",
-    "load_model",
     "build_model",
     "model_config",
 ]
-
-# name -> encoder size; everything else is the reference's default (patch 16; pretraining at
-# 192px with clusters of 4x4 patches; classifiers at 224px with 1000 classes)
-MODEL_SIZES: dict[str, dict] = {
-    "arm_tiny_pz16": dict(embed_dim=192, depth=12),
-    "arm_small_pz16": dict(embed_dim=384, depth=12),
-    "arm_base_pz16": dict(embed_dim=768, depth=12),
-    "arm_large_pz16": dict(embed_dim=1024, depth=24),
-    "arm_huge_pz16": dict(embed_dim=1536, depth=24),
-}
-
-
-def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, smallest first."""
-    return list(MODEL_SIZES)
-
-
-def model_args(name: str, pretraining: bool = False, **overrides) -> dict:
-    """The constructor arguments ``create_model(name, pretraining, **overrides)`` would use."""
-    if name not in MODEL_SIZES:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    cls = ARMPretrain if pretraining else ARMClassifier
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        kind = "pretraining" if pretraining else "classifier"
-        raise TypeError(f"unknown argument(s) {unknown} for the {kind} model {name!r}; allowed: {', '.join(allowed)}")
-    return {**MODEL_SIZES[name], "patch_size": 16, **overrides}
-
-
-def create_model(name: str, pretraining: bool = False, **overrides) -> nn.Module:
-    """Build an ARM model by name.
-
-    Args:
-        name: one of :func:`list_models` (``arm_tiny_pz16`` ... ``arm_huge_pz16``).
-        pretraining: the autoregressive pretraining model (:class:`ARMPretrain`) instead of the
-            four-direction classifier (:class:`ARMClassifier`).
-        overrides: any constructor argument of that class (img_size, cluster_size, num_classes, ...).
-    """
-    args = model_args(name, pretraining, **overrides)
-    model = (ARMPretrain if pretraining else ARMClassifier)(**args)
-    model.model_name = name
-    return model

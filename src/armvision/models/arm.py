@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -18,13 +18,11 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..layers import (
-    DIRECTIONS,
     DecoderBlock,
     MambaMLPBlock,
     TokenLayout,
     insert_token_slot,
     resize_classifier_pos_embed,
-    resize_pos_embed,
     sincos_pos_embed_2d,
 )
 
@@ -32,8 +30,6 @@ __all__ = [
     "Geometry",
     "ARMPretrain",
     "ARMClassifier",
-    "init_classifier_from_pretraining",
-    "classifier_state_dict_from_pretraining",
     "default_memory_layers",
 ]
 
@@ -630,87 +626,3 @@ class ARMClassifier(_Encoder):
                 f"model expects {geo.img_size[0]}x{geo.img_size[1]} images, got {h}x{w}; resize the input, "
                 f"or create the model with img_size={h} or dynamic_img_size=True"
             )
-
-
-# ---------------------------------------------------------------------------------------------
-# pretraining -> fine-tuning
-# ---------------------------------------------------------------------------------------------
-_MIXER_DIRECTION_KEYS = ("conv1d.weight", "conv1d.bias", "x_proj.weight", "dt_proj.weight", "dt_proj.bias")
-
-
-def classifier_state_dict_from_pretraining(
-    pretrained: Mapping[str, Tensor], classifier: ARMClassifier, pretrain_grid: tuple[int, int] | None = None
-) -> dict[str, Tensor]:
-    """Map a pretraining state dict onto ``classifier``'s parameters.
-
-    Copies the patch embedding and the encoder blocks; copies each mixer's forward direction
-    (conv1d, x_proj, dt_proj, A_log, D) into all of the classifier's directions; resizes the
-    position embedding from ``pretrain_grid`` (default: square, from its length) to the
-    classifier's grid and inserts a zero class-token slot in the middle. Decoder weights are
-    dropped. Returns only the keys it fills (cls_token, norm_f and head keep their init).
-    """
-    sd = dict(pretrained)
-    if "pos_embed" not in sd or not any(k.startswith("layers.") for k in sd):
-        raise KeyError("not an ARM pretraining state dict: expected 'pos_embed' and 'layers.*' keys")
-    target = classifier.state_dict()
-    out: dict[str, Tensor] = {}
-    suffixes = [s for _, s in DIRECTIONS[: classifier.layers[0].mixer.num_directions]]
-    for k, v in sd.items():
-        if k.startswith("patch_embed.") or (k.startswith("layers.") and ".mixer." not in k):
-            out[k] = v
-        elif k.startswith("layers.") and ".mixer." in k:
-            prefix, name = k.split(".mixer.")
-            if name in ("in_proj.weight", "out_proj.weight"):
-                out[k] = v
-                continue
-            for s in suffixes:
-                if name == "A_log":
-                    out[f"{prefix}.mixer.A{s}_log"] = v
-                elif name == "D":
-                    out[f"{prefix}.mixer.D{s}"] = v
-                elif name in _MIXER_DIRECTION_KEYS:
-                    mod, param = name.split(".")
-                    out[f"{prefix}.mixer.{mod}{s}.{param}"] = v
-    pos = sd["pos_embed"]
-    n = pos.shape[1]
-    if pretrain_grid is None:
-        side = math.isqrt(n)
-        if side * side != n:
-            raise ValueError(f"pretrained pos_embed has {n} tokens, not a square grid; pass pretrain_grid")
-        pretrain_grid = (side, side)
-    grid = classifier.geometry.grid
-    out["pos_embed"] = insert_token_slot(resize_pos_embed(pos.float(), pretrain_grid, grid), (grid[0] * grid[1]) // 2)
-    unknown = [k for k in out if k not in target]
-    if unknown:
-        raise KeyError(f"pretrained weights do not fit this classifier (depth or directions differ): {unknown[:5]}")
-    bad = [f"{k}: {tuple(v.shape)} vs {tuple(target[k].shape)}" for k, v in out.items() if v.shape != target[k].shape]
-    if bad:
-        raise ValueError("pretrained weights have other shapes than this classifier: " + "; ".join(bad[:5]))
-    return out
-
-
-def init_classifier_from_pretraining(
-    classifier: ARMClassifier,
-    source: ARMPretrain | Mapping[str, Tensor],
-    pretrain_grid: tuple[int, int] | None = None,
-) -> ARMClassifier:
-    """Initialise ``classifier`` from a pretraining model or its state dict (in place; returned).
-
-    See :func:`classifier_state_dict_from_pretraining`. The head is re-drawn (trunc-normal,
-    ``head_init_std``) and norm_f reset, as the reference's fine-tuning does.
-    """
-    if isinstance(source, ARMPretrain):
-        pretrain_grid = source.geometry.grid
-        source = source.state_dict()
-    sd = classifier_state_dict_from_pretraining(source, classifier, pretrain_grid)
-    missing = set(classifier.state_dict()) - set(sd)
-    expected_missing = {k for k in missing if k in ("cls_token",) or k.startswith(("norm_f.", "head."))}
-    if missing - expected_missing:
-        raise KeyError(f"pretrained weights lack parameters of the classifier: {sorted(missing - expected_missing)[:5]}")
-    with torch.no_grad():
-        params = dict(classifier.named_parameters())
-        for k, v in sd.items():
-            params[k].copy_(v)
-    classifier.norm_f.reset_parameters()
-    classifier._init_head()
-    return classifier

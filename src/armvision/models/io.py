@@ -2,7 +2,7 @@
 
 This is the one format armvision writes model weights in: training checkpoints, converted
 official checkpoints and ``save_pretrained`` directories all use it, so any of them loads with
-:func:`load_model`.
+:func:`armvision.load_model`. Writing lives here; reading (and parsing config.json) is :mod:`armvision.weights`.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from .arm import ARMClassifier, ARMPretrain
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "model_config", "build_model", "save_model", "load_model",
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "model_config", "build_model", "save_model",
            "atomic_write"]
 
 CONFIG_NAME = "config.json"
@@ -76,22 +75,3 @@ def save_model(model: nn.Module, directory: str | os.PathLike, state_dict: dict 
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(sd, p, metadata={"format": "pt"}))
     atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(json.dumps(cfg, indent=2) + "\n"))
     return directory
-
-
-def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu", strict: bool = True,
-               **overrides) -> nn.Module:
-    """Build the model described by ``directory/config.json`` and load ``model.safetensors``."""
-    directory = Path(directory)
-    cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-    for p in (cfg_path, w_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"{p} not found: an armvision model directory holds {CONFIG_NAME} and "
-                                    f"{WEIGHTS_NAME} (written by save_model / save_pretrained / training runs)")
-    config = json.loads(cfg_path.read_text())
-    model = build_model(config, **overrides)
-    sd = load_file(str(w_path), device=str(map_location))
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    if strict and (missing or unexpected):
-        raise KeyError(f"{w_path} does not fit {config.get('architecture')}: missing {missing[:5]}, "
-                       f"unexpected {unexpected[:5]}")
-    return model.to(map_location)

@@ -17,7 +17,6 @@ are kept; older ones are deleted after a new one is in place.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import re
@@ -28,13 +27,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import CheckpointError
-from ..layers import resize_classifier_pos_embed
-from ..models import ARMClassifier, init_classifier_from_pretraining
-from ..models.io import CONFIG_NAME, WEIGHTS_NAME, save_model
+from ..models import ARMClassifier
+from ..models.io import save_model
+from ..weights import (
+    encoder_mismatch,
+    init_classifier,
+    is_model_dir,
+    is_pickle_file,
+    link_target,
+    pickle_message,
+    read_weights,
+    resolve_model_dir,
+    step_dirs,
+)
 
 __all__ = [
     "CheckpointManager",
@@ -45,15 +53,9 @@ __all__ = [
     "resolve_model_dir",
     "resolve_resume_dir",
     "load_init_weights",
-    "read_model_config",
-    "read_weights",
 ]
 
-_logger = logging.getLogger(__name__)
-
 STATE_NAME = "training_state.pt"
-_STEP_RE = re.compile(r"^step_(\d+)$")
-_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -91,165 +93,48 @@ def _as_tuple(x):
 # ------------------------------------------------------------------------------------------------
 # finding model directories
 # ------------------------------------------------------------------------------------------------
-def is_model_dir(path: Path) -> bool:
-    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
-
-
-def is_pickle_file(path: Path) -> bool:
-    """A PyTorch pickle such as an official ARM ``.pth`` checkpoint (by its name)."""
-    return path.is_file() and (path.suffix in _PICKLE_SUFFIXES or path.name.endswith(".pth.tar"))
-
-
-def _pickle_message(path: Path) -> str:
-    return (f"{path} is a PyTorch pickle (such as an official ARM .pth checkpoint); here armvision reads only its "
-            f"own model directories (config.json + model.safetensors). Convert it first with "
-            f"`armvision convert {path} OUT_DIR` and pass OUT_DIR (`--init` takes the .pth directly)")
-
-
-def _step_dirs(ckpt_dir: Path) -> list[Path]:
-    if not ckpt_dir.is_dir():
-        return []
-    dirs = [p for p in ckpt_dir.iterdir() if p.is_dir() and not p.is_symlink() and _STEP_RE.match(p.name)]
-    return sorted(dirs, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
-
-
-def _link_target(link: Path) -> Path | None:
-    if link.is_symlink():
-        target = link.resolve()
-        if target.is_dir() and is_model_dir(target):
-            return target
-    return None
-
-
-def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
-    """A model directory from a model directory, a checkpoint folder or a run directory.
-
-    A run directory gives its ``best`` checkpoint (``prefer="best"``), else its latest.
-    """
-    p = Path(path)
-    if p.is_file():
-        if is_pickle_file(p):
-            raise CheckpointError(_pickle_message(p))
-        raise CheckpointError(f"{p} is a file; expected an armvision model directory (config.json + "
-                              "model.safetensors) or a run directory (with checkpoints/)")
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; expected an armvision model directory (config.json + "
-                              "model.safetensors), a checkpoint folder or a run directory")
-    if is_model_dir(p):
-        return p
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    order = ("best", "latest") if prefer == "best" else ("latest", "best")
-    for name in order:
-        target = _link_target(ckpt_dir / name)
-        if target is not None:
-            return target
-    steps = [d for d in _step_dirs(ckpt_dir) if is_model_dir(d)]
-    if steps:
-        return steps[-1]
-    raise CheckpointError(f"no model found in {p}: expected config.json + model.safetensors there, or a run "
-                          "directory with checkpoints/step_*/ (is the run finished or did it save anything?)")
-
-
 def resolve_resume_dir(path: str | os.PathLike) -> Path:
     """A checkpoint folder with a training state, from itself or from a run directory (its latest)."""
     p = Path(path)
     if (p / STATE_NAME).is_file() and is_model_dir(p):
         return p
     if is_pickle_file(p):
-        raise CheckpointError(f"cannot resume from {p}: " + _pickle_message(p))
+        raise CheckpointError(f"cannot resume from {p}: " + pickle_message(p))
     if not p.exists():
         raise CheckpointError(f"cannot resume from {p}: it does not exist; pass a checkpoint folder "
                               "(run/checkpoints/step_*), a run directory, or --resume auto")
     ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    latest = _link_target(ckpt_dir / "latest")
+    latest = link_target(ckpt_dir / "latest")
     if latest is not None and (latest / STATE_NAME).is_file():
         return latest
-    steps = [d for d in _step_dirs(ckpt_dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+    steps = [d for d in step_dirs(ckpt_dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
     if steps:
         return steps[-1]
     raise CheckpointError(f"cannot resume from {p}: no checkpoint with a {STATE_NAME} in it")
 
 
-def read_model_config(model_dir: Path) -> dict:
-    try:
-        return json.loads((model_dir / CONFIG_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {model_dir / CONFIG_NAME}: {e}") from None
-
-
-def read_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(str(model_dir / WEIGHTS_NAME))
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"cannot read {model_dir / WEIGHTS_NAME}: {e}") from None
-
-
-_ENCODER_KEYS = ("embed_dim", "depth", "d_state", "patch_size", "in_chans")
-
-
 def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dict[str, Any]:
     """Initialise a classifier for fine-tuning from ``path`` (``--init``); returns what was loaded.
 
-    A pretraining model (ARMPretrain) goes through :func:`armvision.init_classifier_from_pretraining`
-    (every direction copies the forward one, position embedding resized, class-token slot inserted).
-    A classifier's weights are copied where shapes agree (position embedding resized, a head with
-    another number of classes re-drawn). An official ARM ``.pth`` checkpoint (pretraining or
-    fine-tuning) goes through :func:`armvision.interop.official.init_classifier_from_official`, which
-    does the same from the reference's key layout.
+    ``path``: an armvision model directory, checkpoint folder or run directory (its best checkpoint), or
+    an official ARM ``.pth`` checkpoint. The work is :func:`armvision.weights.init_classifier`; this adds
+    what the training config has to say when the encoder sizes differ.
     """
-    if is_pickle_file(Path(path)):
-        from ..interop.official import init_classifier_from_official, read_official_checkpoint
-
-        try:
-            ckpt = read_official_checkpoint(path)
-            init_classifier_from_official(classifier, ckpt)
-        except CheckpointError:
-            raise
-        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
-            raise CheckpointError(f"cannot initialise the classifier from {path}: {e}") from None
-        return {"source": str(path), "architecture": f"official ARM {ckpt.kind} checkpoint", "step": None}
-    model_dir = resolve_model_dir(path)
-    config = read_model_config(model_dir)
-    arch, args = config.get("architecture"), config.get("args", {})
-    mismatch = [f"{k}: {args.get(k)} (init) vs {classifier.config.get(k)} (fine-tuning model)"
-                for k in _ENCODER_KEYS if k in args and args.get(k) != classifier.config.get(k)]
-    if mismatch:
-        raise CheckpointError(f"the --init model {model_dir} does not fit the fine-tuning model: "
-                              f"{'; '.join(mismatch)}; set model.name / model.args / model.in_chans to match the "
-                              "pretraining run")
-    sd = read_weights(model_dir)
-    if arch == "ARMPretrain":
-        try:
-            init_classifier_from_pretraining(classifier, sd, pretrain_grid=_grid_of(args))
-        except (KeyError, ValueError) as e:
-            raise CheckpointError(f"cannot initialise the classifier from {model_dir}: {e}") from None
-        return {"source": str(model_dir), "architecture": arch, "step": config.get("step")}
-    if arch == "ARMClassifier":
-        own = classifier.state_dict()
-        loaded, skipped = {}, []
-        for k, v in sd.items():
-            if k == "pos_embed" and k in own and v.shape != own[k].shape:
-                v = resize_classifier_pos_embed(v, _grid_of(args), classifier.geometry.grid)
-            if k in own and own[k].shape == v.shape:
-                loaded[k] = v
-            else:
-                skipped.append(k)
-        missing = [k for k in own if k not in loaded]
-        if any(not k.startswith("head.") for k in missing):
-            raise CheckpointError(f"{model_dir} lacks parameters of the fine-tuning model: {missing[:5]}")
-        classifier.load_state_dict(loaded, strict=False)
-        if skipped:
-            _logger.info("init: kept the fresh %s (shapes differ from %s)", ", ".join(skipped), model_dir)
-        return {"source": str(model_dir), "architecture": arch, "step": config.get("step"), "not_loaded": skipped}
-    raise CheckpointError(f"{model_dir / CONFIG_NAME} names architecture {arch!r}; expected ARMPretrain or "
-                          "ARMClassifier")
-
-
-def _grid_of(args: dict) -> tuple[int, int]:
-    """The patch grid of a model directory's constructor arguments."""
-    p = args["patch_size"]
-    size = args["img_size"] if isinstance(args["img_size"], list) else [args["img_size"]] * 2
-    return size[0] // p, size[1] // p
+    if not is_pickle_file(Path(path)):
+        weights = read_weights(resolve_model_dir(path))
+        mismatch = [f"{k}: {a} (init) vs {b} (fine-tuning model)" for k, a, b in encoder_mismatch(weights.args,
+                                                                                                    classifier)]
+        if mismatch:
+            raise CheckpointError(f"the --init model {weights.source} does not fit the fine-tuning model: "
+                                  f"{'; '.join(mismatch)}; set model.name / model.args / model.in_chans to match the "
+                                  "pretraining run")
+        path = weights
+    try:
+        return init_classifier(classifier, path)
+    except CheckpointError:
+        raise
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot initialise the classifier from {path}: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -268,17 +153,17 @@ class CheckpointManager:
 
     # -- reading --------------------------------------------------------------------------------
     def steps(self) -> list[Path]:
-        return [d for d in _step_dirs(self.dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+        return [d for d in step_dirs(self.dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
 
     def latest(self) -> Path | None:
-        target = _link_target(self.dir / "latest")
+        target = link_target(self.dir / "latest")
         if target is not None and (target / STATE_NAME).is_file():
             return target
         steps = self.steps()
         return steps[-1] if steps else None
 
     def best(self) -> Path | None:
-        return _link_target(self.dir / "best")
+        return link_target(self.dir / "best")
 
     @staticmethod
     def load_state(ckpt: Path) -> dict[str, Any]:
@@ -350,6 +235,6 @@ class CheckpointManager:
         best = self.best()
         if best is not None:
             keep.add(best.name)
-        for d in _step_dirs(self.dir):
+        for d in step_dirs(self.dir):
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)

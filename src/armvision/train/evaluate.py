@@ -16,9 +16,8 @@ from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError, DataError
-from ..models.io import load_model
+from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
-from .checkpoint import read_model_config, resolve_model_dir
 from .config import RunConfig, apply_overrides, config_from_dict
 from .data import build_pipeline
 
@@ -103,7 +102,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     if batch_size < 1:
         raise ConfigError(f"bad value for batch size: {batch_size}; expected 1 or more")
     model_dir = resolve_model_dir(checkpoint)
-    config = read_model_config(model_dir)
+    config = read_config(model_dir)
     run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") if "training" in config \
         else RunConfig()
     run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")

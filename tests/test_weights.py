@@ -1,0 +1,73 @@
+"""armvision.weights: every source read into one Weights; the mappings onto a classifier; one CheckpointError."""
+
+import shutil
+
+import pytest
+import torch
+from official_reference import make_official_finetune_state_dict, official_pickle
+
+import armvision
+from armvision.errors import CheckpointError
+from armvision.weights import CLASSIFIER, PRETRAINING, classifier_for, init_classifier, read_weights
+
+TINY = dict(embed_dim=32, depth=6, d_state=4)
+PRE = dict(TINY, img_size=16, patch_size=4, cluster_size=2, decoder_dim=32)
+
+
+def test_every_source_reads_into_one_weights(tmp_path):
+    pre = armvision.create_model("arm_tiny_pz16", pretraining=True, **PRE)
+    armvision.save_model(pre, tmp_path / "m")
+    step = tmp_path / "run" / "checkpoints" / "step_00000007"
+    shutil.copytree(tmp_path / "m", step)
+    (tmp_path / "bare").mkdir()
+    shutil.copy(tmp_path / "m" / "model.safetensors", tmp_path / "bare" / "w.safetensors")
+    own = pre.state_dict()
+    for source in (tmp_path / "m", tmp_path / "m" / "model.safetensors", tmp_path / "run", step):
+        w = read_weights(source)
+        assert w.kind == PRETRAINING and w.config["architecture"] == "ARMPretrain" and w.grid == (4, 4), source
+        assert w.official is None and set(w.state_dict) == set(own)
+        assert all(torch.equal(w.state_dict[k], v) for k, v in own.items())
+    assert read_weights(tmp_path / "run").source == str(step)
+    bare = read_weights(tmp_path / "bare" / "w.safetensors")
+    assert bare.kind == PRETRAINING and bare.config is None and bare.grid is None
+    with pytest.raises(CheckpointError, match="bare weights without a config.json"):
+        bare.build()
+    memory = read_weights({"model": {f"module.{k}": v for k, v in own.items()}, "epoch": 3})
+    assert memory.kind == PRETRAINING and set(memory.state_dict) == set(own) and memory.source == "state dict"
+
+    sd = make_official_finetune_state_dict(embed_dim=32, depth=2, d_state=8, patch=4, grid=8, num_classes=10, seed=1)
+    torch.save(official_pickle(sd, "finetuning"), tmp_path / "ft.pth")
+    off = read_weights(tmp_path / "ft.pth")
+    assert off.kind == CLASSIFIER and off.official.kind == "finetuning" and off.config["architecture"] == "ARMClassifier"
+    assert off.args["num_classes"] == 10 and off.grid == (8, 8)
+    assert torch.equal(off.build().head.weight, sd["head.weight"])
+
+
+def test_init_classifier_is_the_pretraining_mapping_and_checks_the_encoder(tmp_path):
+    pre = armvision.create_model("arm_tiny_pz16", pretraining=True, **PRE)
+    armvision.save_model(pre, tmp_path / "m")
+    torch.manual_seed(0)
+    a = classifier_for(read_weights(tmp_path / "m"), num_classes=5)
+    torch.manual_seed(0)
+    b = armvision.create_model("arm_tiny_pz16", num_classes=5, img_size=16, patch_size=4, **TINY)
+    info = init_classifier(a, tmp_path / "m")
+    armvision.init_classifier_from_pretraining(b, pre)
+    assert info == {"source": str(tmp_path / "m"), "architecture": "ARMPretrain", "step": None, "not_loaded": []}
+    assert a.config["img_size"] == (16, 16) and a.num_classes == 5
+    for (k, v), (k2, v2) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and (k.startswith("head.") or torch.equal(v, v2)), k  # the head is re-drawn
+    assert a.head.weight.shape == (5, 32) and a.head.weight.abs().max() < 1e-3 and torch.all(a.head.bias == 0)
+    wide = armvision.create_model("arm_tiny_pz16", num_classes=5, img_size=16, patch_size=4, **{**TINY, "depth": 7})
+    with pytest.raises(CheckpointError, match=r"the pretraining model does not fit this classifier: depth: "
+                                              r"checkpoint 6, classifier 7") as info:
+        init_classifier(wide, tmp_path / "m")
+    assert info.value.missing == []
+
+
+def test_one_checkpoint_error_class():
+    from armvision.interop import official
+
+    assert official.CheckpointError is CheckpointError is armvision.CheckpointError
+    assert issubclass(CheckpointError, ValueError) and issubclass(CheckpointError, armvision.errors.UserError)
+    e = CheckpointError("m", missing=["a"], unexpected=("b",), mismatched=[("c", (1,), (2,))])
+    assert (e.missing, e.unexpected, e.mismatched) == (["a"], ["b"], [("c", (1,), (2,))])
