@@ -1,12 +1,14 @@
 """Training-step throughput of ARM models: images/s, ms/step, MFU and peak memory.
 
-The anchors' method (docs/ANCHORS.md): one process, bf16 autocast, fused AdamW, gradient clipping
-at 3.0, random input images, median of the timed steps after warm-up steps. Run on a GPU:
+The method of the reference figures in benchmarks/anchors.py: one process, bf16 autocast, fused
+AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
+Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
+benchmarks/train_cli.py). Run on a GPU:
 
     python benchmarks/train_step.py                                 # ARM-B pretrain / fine-tune, ARM-L pretrain
     python benchmarks/train_step.py --workloads pretrain_b --backends triton torch --compile
 
-MFU counts matrix multiplies only (as ANCHORS.md does): the forward's matmul FLOPs (measured with
+MFU counts matrix multiplies only: the forward's matmul FLOPs (measured with
 torch.utils.flop_counter) x 3 for a training step, over the bf16 matmul rate measured in the same run.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +27,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import armvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors.py, when imported from elsewhere
+import anchors  # noqa: E402
+
 WORKLOADS = {
-    # name: (model, pretraining, batch, image size, reference images/s and GiB on an H100 from ANCHORS.md)
-    "pretrain_b": ("arm_base_pz16", True, 256, 192, (1872, 17.8)),
-    "pretrain_l": ("arm_large_pz16", True, 128, 192, (570, 22.3)),
-    "finetune_b": ("arm_base_pz16", False, 128, 224, (458, 20.1)),
+    # name: (model, pretraining, batch, image size, reference images/s and peak GiB from benchmarks/anchors.py)
+    "pretrain_b": ("arm_base_pz16", True, 256, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_b"]),
+    "pretrain_l": ("arm_large_pz16", True, 128, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_l"]),
+    "finetune_b": ("arm_base_pz16", False, 128, 224, anchors.TRAIN_STEP_REFERENCE["finetune_b"]),
 }
 
 
@@ -115,6 +121,7 @@ def main():
     args = ap.parse_args()
     peak = matmul_tflops()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16 matmul {peak:.0f} TFLOP/s")
+    print(anchors.describe() + "; compare only with the same card kind")
     rows = []
     for w in args.workloads:
         for backend in args.backends:

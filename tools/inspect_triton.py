@@ -1,6 +1,6 @@
 """Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python benchmarks/_inspect_triton.py BT,BE,WARPS [...]
+Usage: python tools/inspect_triton.py BT,BE,WARPS [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
 """
