@@ -100,7 +100,8 @@ def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: in
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
     ips = batch / ms * 1e3
-    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch, ms=ms,
+    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch,
+               ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
     del model, opt, images
@@ -139,10 +140,12 @@ def main():
                           f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
                           f"peak {r['peak_gib']:5.1f} GiB  (reference ARM code: {r['ref_images_per_s']} img/s, "
                           f"{r['ref_peak_gib']} GiB)", flush=True)
-    hdr = "| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB | reference images/s |"
+    hdr = ("| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB "
+           "| reference images/s |")
     print("\n" + hdr + "\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} | {r['images_per_s']:.0f} | "
+        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} "
+              f"| {r['images_per_s']:.0f} | "
               f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

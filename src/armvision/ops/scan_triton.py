@@ -5,7 +5,7 @@ channels-last (b, t, e) inputs in fp32/fp16/bf16 with an fp32 state, plus an opt
 (t,) that makes the kernel scan the tokens in another order without copying them: sequence step
 s reads token row ``index[s]`` and writes its outputs back to that row.
 
-Design (see docs/KERNELS.md and benchmarks/NOTES.md):
+Design (see docs/kernels.md):
 
 * one program per (block of BE channels, batch); time is cut into chunks of BT steps; each chunk
   is a (BT, N, BE) register tile whose recurrence is solved by ``tl.associative_scan`` on
@@ -267,7 +267,7 @@ def _scan_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # Chunk length BT (shared by the forward and the backward: the backward restarts from the states
 # the forward saved at chunk starts), and (BE, num_warps) of each kernel. Chosen with
-# benchmarks/scan.py on an H100 (see benchmarks/NOTES.md); ``scan_launch_config`` overrides them.
+# benchmarks/scan.py on an H100 (see docs/kernels.md); ``scan_launch_config`` overrides them.
 _CONFIG = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute"}
 
 
@@ -278,7 +278,7 @@ def scan_launch_config(**updates) -> dict:
     (default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's
     states exist at a time) or "save" (the forward keeps them for the backward: no recompute, but
     every layer's states stay alive until its backward; measured no faster on an H100, see
-    benchmarks/NOTES.md).
+    docs/kernels.md).
     """
     unknown = set(updates) - set(_CONFIG)
     if unknown:
