@@ -18,6 +18,9 @@ Fashion-MNIST, about 7.5 minutes on a 2-core CPU).
   --no-install      do not run `pip install -e .` (armvision is installed already)
   -h, --help        this message
 
+The environment variable PYTHON picks the interpreter (default python3; inside a virtual
+environment that is the environment's).
+
 Every other option goes to `armvision demo`, e.g. `scripts/demo.sh --profile smoke` (10-30 s)
 or `scripts/demo.sh --output-dir runs/demo --seed 1`; `armvision demo --help` lists them.
 EOF
