@@ -78,7 +78,8 @@ def main():
                  "custom op recompute": (autograd_fns(via_custom_op, inp, dout)[1], "recompute"),
                  "custom op save": (autograd_fns(via_custom_op, inp, dout)[1], "save")}
         print(f"\nb={b} e={e} t={t}: forward+backward")
-        print(f"  {'path':<22} {'loop ms':>8} {'cpu ms/call':>11} {'kernels ms':>10}   top kernels (ms per call, launches)")
+        print(f"  {'path':<22} {'loop ms':>8} {'cpu ms/call':>11} {'kernels ms':>10}   "
+              "top kernels (ms per call, launches)")
         for name, (fn, states) in paths.items():
             if states:
                 st.scan_launch_config(states=states)

@@ -2,11 +2,11 @@
 
 Compares armvision's Triton kernels with the plain-PyTorch path (backend "torch") and, when the
 package is importable, the official mamba-ssm CUDA kernel, at the anchor shapes of
-docs/KERNELS.md (bf16, N = 16, softplus and z gate). Run on a GPU:
+benchmarks/anchors.py (bf16, N = 16, softplus and z gate; docs/kernels.md explains the kernels).
+Run on a GPU:
 
     python benchmarks/scan.py                      # the anchor table
     python benchmarks/scan.py --sweep              # launch-config sweep of the Triton kernels first
-    python benchmarks/scan.py --variants           # also time earlier kernel versions (benchmarks/variants)
     python benchmarks/scan.py --mamba-ssm-src mamba_ssm-2.3.2.post1   # build the official CUDA kernel
         # from its unpacked PyPI sdist for this GPU's arch only (a few minutes) and time it in the same run
 
@@ -28,17 +28,14 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.variants
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors.py, when imported from elsewhere
+
+import anchors  # noqa: E402
 
 from armvision.ops import scan as scan_ref_module  # noqa: E402
 
-ANCHORS = [  # (b, e, t, reference fwd ms, reference fwd+bwd ms) on an H100, from KERNELS.md
-    (256, 768, 128, 0.608, 3.04),
-    (128, 1024, 128, 0.409, 2.02),
-    (128, 1536, 128, 0.607, 3.01),
-    (128, 768, 197, 0.778, 3.15),
-    (64, 768, 1024, 0.842, 4.43),
-]
+# (b, e, t, reference CUDA kernel's fwd+bwd ms) from benchmarks/anchors.py
+ANCHORS = [(b, e, t, ms) for (b, e, t), ms in anchors.SCAN_REFERENCE_FWD_BWD_MS.items()]
 N = 16
 
 
@@ -232,7 +229,6 @@ def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sweep", action="store_true", help="sweep launch configs first and use the best")
-    ap.add_argument("--variants", action="store_true", help="also time the kernel versions in benchmarks/variants")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--mamba-ssm-src", type=Path, help="unpacked mamba-ssm sdist: build its CUDA scan kernel for "
@@ -260,10 +256,6 @@ def _measure(args, st):
 
     impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns,
              "op_save": lambda inp, dout: op_fns(inp, dout, "save")}
-    if args.variants:
-        for path in sorted((Path(__file__).parent / "variants").glob("scan_v*.py")):
-            mod = importlib.import_module(f"benchmarks.variants.{path.stem}")
-            impls[path.stem.split("_")[1]] = lambda inp, dout, mod=mod: triton_fns(mod, inp, dout)
     if args.mamba_ssm_src:
         scan_fn = build_mamba_ssm(args.mamba_ssm_src, args.build_dir)
         cross_check(scan_fn)
@@ -282,7 +274,7 @@ def _measure(args, st):
     header = (f"{'b':>4} {'e':>5} {'t':>5} | {'impl':>10} | {'fwd ms':>8} {'fwd+bwd ms':>10} | {'fwd GB/s':>8} "
               f"{'f+b GB/s':>8} | {'ref CUDA f+b':>12} {'ratio':>6}")
     print("\n" + header + "\n" + "-" * len(header))
-    for b, e, t, ref_f, ref_fb in ANCHORS:
+    for b, e, t, ref_fb in ANCHORS:
         inp = make_inputs(b, e, t)
         dout = torch.randn(b, t, e, device="cuda", dtype=torch.bfloat16)
         fb, fbb = bytes_moved(b, e, t)
@@ -290,8 +282,7 @@ def _measure(args, st):
             fwd, fwd_bwd = make(inp, dout)
             budget = 50 if name == "torch" else 200
             tf, tfb = bench(fwd, budget), bench(fwd_bwd, budget)
-            results.append(dict(b=b, e=e, t=t, impl=name, fwd_ms=tf, fwd_bwd_ms=tfb, ref_fwd_ms=ref_f,
-                                ref_fwd_bwd_ms=ref_fb))
+            results.append(dict(b=b, e=e, t=t, impl=name, fwd_ms=tf, fwd_bwd_ms=tfb, ref_fwd_bwd_ms=ref_fb))
             print(f"{b:>4} {e:>5} {t:>5} | {name:>10} | {tf:>8.3f} {tfb:>10.3f} | {fb / tf / 1e6:>8.0f} "
                   f"{fbb / tfb / 1e6:>8.0f} | {ref_fb:>12.2f} {tfb / ref_fb:>6.2f}")
         del inp, dout
@@ -300,7 +291,8 @@ def _measure(args, st):
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
           "op_save = the same inside ops.scan_config(states='save'); cuda_ref = mamba-ssm's selective_scan_fn "
           "through autograd in its own (b, e, t) layout")
-    print("ratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd on an H100 (KERNELS.md); target <= 0.5")
+    print(f"ratio = fwd+bwd time / the reference CUDA kernel's fwd+bwd in benchmarks/anchors.py ({anchors.CARD}, "
+          f"{anchors.DATE}); target <= {1 / anchors.TARGET_SPEEDUP}")
     by = {(r["b"], r["e"], r["t"], r["impl"]): r for r in results}
     if any(k[3] == "cuda_ref" for k in by):
         print("\nsame-run ratios, fwd+bwd / cuda_ref fwd+bwd:")
@@ -312,7 +304,8 @@ def _measure(args, st):
                     for name in impls if name != "cuda_ref" and (b, e, t, name) in by))
     if args.json:
         args.json.write_text(json.dumps(dict(config=st.scan_launch_config(), device=torch.cuda.get_device_name(),
-                                             results=results), indent=1))
+                                             reference=dict(card=anchors.CARD, date=anchors.DATE), results=results),
+                                        indent=1))
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Training-step throughput of ARM models: images/s, ms/step, MFU and peak memory.
 
-The anchors' method (docs/ANCHORS.md): one process, bf16 autocast, fused AdamW, gradient clipping
-at 3.0, random input images, median of the timed steps after warm-up steps. Run on a GPU:
+The method of the reference figures in benchmarks/anchors.py: one process, bf16 autocast, fused
+AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
+Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
+benchmarks/train_cli.py). Run on a GPU:
 
     python benchmarks/train_step.py                                 # ARM-B pretrain / fine-tune, ARM-L pretrain
     python benchmarks/train_step.py --workloads pretrain_b --backends triton torch --compile
 
-MFU counts matrix multiplies only (as ANCHORS.md does): the forward's matmul FLOPs (measured with
+MFU counts matrix multiplies only: the forward's matmul FLOPs (measured with
 torch.utils.flop_counter) x 3 for a training step, over the bf16 matmul rate measured in the same run.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -24,11 +27,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import armvision
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors.py, when imported from elsewhere
+import anchors  # noqa: E402
+
 WORKLOADS = {
-    # name: (model, pretraining, batch, image size, reference images/s and GiB on an H100 from ANCHORS.md)
-    "pretrain_b": ("arm_base_pz16", True, 256, 192, (1872, 17.8)),
-    "pretrain_l": ("arm_large_pz16", True, 128, 192, (570, 22.3)),
-    "finetune_b": ("arm_base_pz16", False, 128, 224, (458, 20.1)),
+    # name: (model, pretraining, batch, image size, reference images/s and peak GiB from benchmarks/anchors.py)
+    "pretrain_b": ("arm_base_pz16", True, 256, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_b"]),
+    "pretrain_l": ("arm_large_pz16", True, 128, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_l"]),
+    "finetune_b": ("arm_base_pz16", False, 128, 224, anchors.TRAIN_STEP_REFERENCE["finetune_b"]),
 }
 
 
@@ -97,7 +103,8 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
     ips = batch / ms * 1e3
-    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch, ms=ms,
+    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch,
+               ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
     del model, opt, images
@@ -118,6 +125,7 @@ def main():
     args = ap.parse_args()
     peak = matmul_tflops()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16 matmul {peak:.0f} TFLOP/s")
+    print(anchors.describe() + "; compare only with the same card kind")
     rows = []
     for w in args.workloads:
         for backend in args.backends:
@@ -135,10 +143,12 @@ def main():
                           f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
                           f"peak {r['peak_gib']:5.1f} GiB  (reference ARM code: {r['ref_images_per_s']} img/s, "
                           f"{r['ref_peak_gib']} GiB)", flush=True)
-    hdr = "| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB | reference images/s |"
+    hdr = ("| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB "
+           "| reference images/s |")
     print("\n" + hdr + "\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} | {r['images_per_s']:.0f} | "
+        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} "
+              f"| {r['images_per_s']:.0f} | "
               f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

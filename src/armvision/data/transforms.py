@@ -85,7 +85,7 @@ def eval_transform(img_size: int | tuple[int, int], mean, std, crop_pct: float =
                    resize: str = "squash"):
     """Resize to img_size / crop_pct, centre-crop img_size, normalise.
 
-    ``resize="squash"`` scales both sides to the same length (ARM_SPEC's description);
+    ``resize="squash"`` scales both sides to the same length (the project's method notes; see docs/fidelity.md);
     ``"shorter"`` scales the shorter side and keeps the aspect ratio, as the reference code does
     (MAE's ``transforms.Resize(int)``). They differ only on non-square images.
     """

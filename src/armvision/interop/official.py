@@ -11,7 +11,7 @@ What the official layout has that armvision models do not: the pretraining model
 elsewhere). It is checked against the mask armvision derives from the geometry and then dropped;
 the inverse (:func:`to_official`) writes it back.
 
-Reference behaviour a conversion reproduces (see ARM_SPEC.md and the notes in README.md):
+Reference behaviour a conversion reproduces (see docs/method.md and docs/fidelity.md):
 
 * pretraining: the target is always the per-patch normalized image (the reference's loss ignores
   ``--norm_pix_loss``); the decoder reads blocks 6, 8, 10, 12 (depth 12) or 12, 16, 20, 24 (depth 24),

@@ -148,7 +148,7 @@ class Mamba(nn.Module):
 
     # -- initialisation ------------------------------------------------------------------------
     def reset_parameters(self) -> None:
-        """Mamba's initialisation, for every direction (see ARM_SPEC.md).
+        """Mamba's initialisation, for every direction (see docs/method.md).
 
         out_proj keeps PyTorch's default here; the model rescales it by 1/sqrt(depth).
         """

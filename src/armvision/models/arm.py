@@ -283,7 +283,7 @@ class ARMPretrain(_Encoder):
         return self.geometry.num_patches - self.geometry.patches_per_cluster
 
     def init_weights(self) -> None:
-        """The reference initialisation (ARM_SPEC.md)."""
+        """The reference initialisation (docs/method.md)."""
         _init_patch_embed_(self.patch_embed)
         trunc_normal_(self.ar_token, std=0.02)
         for layer in self.layers:

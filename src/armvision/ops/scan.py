@@ -6,7 +6,7 @@ Two implementations of one function live here:
   written to be read, not to be fast. Every other implementation is tested against it.
 * :func:`selective_scan_torch` -- the CPU path and the fallback on any device: the same math,
   vectorised over batch, channels and state, with the time recurrence as a loop of one fused
-  multiply-add per step and a hand-written backward (the formulas of ``docs/KERNELS.md``).
+  multiply-add per step and a hand-written backward (the formulas of ``docs/kernels.md``).
 
 Semantics (per batch b, time t, channel e, state n; all arithmetic in at least fp32)::
 

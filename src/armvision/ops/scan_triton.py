@@ -5,7 +5,7 @@ channels-last (b, t, e) inputs in fp32/fp16/bf16 with an fp32 state, plus an opt
 (t,) that makes the kernel scan the tokens in another order without copying them: sequence step
 s reads token row ``index[s]`` and writes its outputs back to that row.
 
-Design (see docs/KERNELS.md and benchmarks/NOTES.md):
+Design (see docs/kernels.md):
 
 * one program per (block of BE channels, batch); time is cut into chunks of BT steps; each chunk
   is a (BT, N, BE) register tile whose recurrence is solved by ``tl.associative_scan`` on

@@ -88,7 +88,7 @@ class DataConfig:
                                     "and counted in the summary)")
     eval_crop_pct: float = _f(0.875, "evaluation: resize to img_size / eval_crop_pct, then center-crop img_size")
     eval_resize: Literal["squash", "shorter"] = _f("squash", "evaluation resize: 'squash' both sides to "
-                                                             "img_size / eval_crop_pct (ARM_SPEC), or 'shorter': "
+                                                             "img_size / eval_crop_pct, or 'shorter': "
                                                              "the shorter side, keeping the aspect ratio (the "
                                                              "reference code's MAE transform)")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")

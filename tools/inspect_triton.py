@@ -1,6 +1,6 @@
 """Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python benchmarks/_inspect_triton.py BT,BE,WARPS [...]
+Usage: python tools/inspect_triton.py BT,BE,WARPS [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
 """
@@ -55,7 +55,8 @@ def sass_mix(k, top=12):
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     out = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
-    ops = collections.Counter(m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", out, re.M))
+    instr = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", re.M)
+    ops = collections.Counter(m.group(1).split(".")[0] for m in instr.finditer(out))
     return ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
 
 
