@@ -30,7 +30,8 @@ def test_cuda_fixed_crop_equals_cpu():
 def test_cuda_random_crops_statistics_match_cpu(seed):
     rng = np.random.default_rng(seed)
     data = [encoded(jpeg_bytes(natural(rng, 120, 160))) for _ in range(16)]
-    cpu = torch.cat([GpuBatchTransform(32, MEAN, STD, "cpu", seed=seed)(data)[0] for _ in range(20)])
-    gpu = torch.cat([GpuBatchTransform(32, MEAN, STD, "cuda", seed=seed + 1)(data)[0].cpu() for _ in range(20)])
+    on_cpu, on_gpu = GpuBatchTransform(32, MEAN, STD, "cpu", seed=seed), GpuBatchTransform(32, MEAN, STD, "cuda")
+    cpu = torch.cat([on_cpu(data)[0] for _ in range(20)])
+    gpu = torch.cat([on_gpu(data)[0].cpu() for _ in range(20)])
     for c in range(3):
         assert ks_2samp(cpu[:, c].mean((1, 2)).numpy(), gpu[:, c].mean((1, 2)).numpy()).pvalue > 1e-4
