@@ -115,6 +115,24 @@ def test_scan_error_within_fp32_math_rounded_once(seed, dtype, monkeypatch):
     assert not bad, bad
 
 
+@pytest.mark.parametrize("ordered", [False, True])
+def test_scan_segment_checkpoints_equal_per_chunk_states(seed, ordered):
+    """seg > 1 (launch parameter of scan_fwd / scan_bwd): one fp32 checkpoint per seg chunks, the
+    backward rebuilds the rest per segment; same arithmetic, so the same bits as seg = 1 (BT 4 from
+    the fixture: 3 chunks, segments of 2 -- the last one partial)."""
+    inp = {k: v.detach() for k, v in scan_inputs(2, 9, 6, 4, torch.float32).items()}
+    a = [inp[k] for k in ARGS]
+    index = torch.randperm(9, device=DEV).int() if ordered else None
+    dout = torch.randn(2, 9, 6, device=DEV)
+    out1, st1, chunk = scan_triton.scan_fwd(*a, index, True, True)
+    out2, st2, _ = scan_triton.scan_fwd(*a, index, True, True, seg=2)
+    assert torch.equal(out1, out2) and st2.shape == (2, 2, 4, 6) and torch.equal(st2, st1[:, ::2])
+    g1 = scan_triton.scan_bwd(*a, index, st1, dout, True, chunk)
+    g2 = scan_triton.scan_bwd(*a, index, st2, dout, True, chunk, seg=2)
+    for k, x, y in zip(ARGS, g1, g2):
+        assert torch.equal(x, y), k
+
+
 def test_scan_recomputed_states(seed, monkeypatch, autograd_path):
     """states="recompute": the backward rebuilds the chunk states instead of keeping them."""
     monkeypatch.setitem(scan_triton._CONFIG, "states", "recompute")
