@@ -150,8 +150,10 @@ def main():
         r = pipeline_rate(args.root, mode, args.workers, args.batches, args.warmup, batch=args.batch,
                           img_size=args.img_size)
         rows.append(r)
-        print(f"{mode:>9}: {r['images_per_s']:8.0f} images/s (slowest window {r['min_window_images_per_s']:.0f}), "
-              f"{r['workers']} workers, batch {r['batch']}, {r['epochs_crossed']} epoch(s) of {r['images']}", flush=True)
+        slowest = r["min_window_images_per_s"]
+        print(f"{mode:>9}: {r['images_per_s']:8.0f} images/s (slowest window {slowest or 0:.0f}), "
+              f"{r['workers']} workers, batch {r['batch']}, {r['epochs_crossed']} epoch(s) of {r['images']}",
+              flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -79,7 +79,7 @@ def steady_rate(windows: list[dict]) -> dict:
 
 
 def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, workers: int, tiny: bool,
-            log_every: int, timeout: float) -> dict:
+            log_every: int, timeout: float, decode: str = "cpu") -> dict:
     out_dir = workdir / "runs" / name
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume of the last one
     micro = 4 if tiny else spec["micro"]
@@ -87,6 +87,8 @@ def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, w
             "optim.batch_size": micro, "optim.micro_batch": micro, "data.workers": workers,
             "data.val_split": None, "eval_every_epochs": 0, "checkpoint.every_epochs": 0,
             "log.every_steps": log_every, "log.progress": "off", "log.tensorboard": False}
+    if decode != "cpu":  # data.decode gpu: pretraining only (no RandAugment on the GPU)
+        over["data.decode"] = decode
     if tiny:
         args = dict(TINY_ARGS, **({"cluster_size": 2, "decoder_dim": 32} if spec["task"] == "pretrain" else {}))
         over.update({"device": "cpu", "model.name": "arm_tiny_pz16", "model.img_size": 16, "model.args": args})
@@ -126,8 +128,8 @@ def _fmt(v, spec="{:.0f}"):
 
 def table(res: dict) -> str:
     ceil = {(r.get("workload"), r.get("compiled")): r for r in res["train_step"] if "error" not in r}
-    lines = ["| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager | train_step compiled |"
-             " reference ARM code (GiB) | ANCHORS eager / compiled | CLI before (ANCHORS) | 2x target |",
+    lines = ["| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager | train_step "
+             "compiled | reference ARM code (GiB) | ANCHORS eager / compiled | CLI before (ANCHORS) | 2x target |",
              "|" + "---|" * 9]
     for r in res["cli"]:
         spec = WORKLOADS[r["workload"]]
@@ -135,15 +137,16 @@ def table(res: dict) -> str:
         cli = (f"{_fmt(r.get('images_per_s'))} ({_fmt(r.get('min_window_images_per_s'))})" if r["exit_code"] == 0
                else f"failed ({r['exit_code']})")
         lines.append(f"| {r['workload']} | {cli} | {_fmt(r.get('peak_gib'), '{:.1f}')} | "
-                     f"{_fmt(e.get('images_per_s'))} | {_fmt(c.get('images_per_s'))} | {spec['ref']} ({spec['ref_gib']}) | "
+                     f"{_fmt(e.get('images_per_s'))} | {_fmt(c.get('images_per_s'))} | "
+                     f"{spec['ref']} ({spec['ref_gib']}) | "
                      f"{_fmt(spec['eager'])} / {_fmt(spec['compiled'])} | {_fmt(spec['cli_before'])} | "
                      f">= {spec['target']} |")
     lines.append("")
     lines.append("| data pipeline alone | workers | batch | images/s | slowest window |")
     lines.append("|---|---|---|---|---|")
     for p in res["pipeline"]:
-        lines.append(f"| {p['mode']} | {p.get('workers', '-')} | {p.get('batch', '-')} | {_fmt(p.get('images_per_s'))} | "
-                     f"{_fmt(p.get('min_window_images_per_s'))} |")
+        lines.append(f"| {p['mode']} | {p.get('workers', '-')} | {p.get('batch', '-')} | "
+                     f"{_fmt(p.get('images_per_s'))} | {_fmt(p.get('min_window_images_per_s'))} |")
     return "\n".join(lines)
 
 
@@ -158,6 +161,8 @@ def main():
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--large", action="store_true", help="also arm_large_in1k_pretrain (~1 min more)")
     ap.add_argument("--no-compile", action="store_true", help="train_step.py eager only (saves ~2-3 min)")
+    ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                    help="data.decode of the pretraining runs (gpu: needs the trainer's data.decode hook)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, few small images and steps")
     args = ap.parse_args()
     if args.tiny:
@@ -187,8 +192,9 @@ def main():
 
     names = ["pretrain_b", "finetune_b"] + (["pretrain_l"] if args.large else [])
     for name in names:
+        decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,
-                    args.log_every, timeout=600)
+                    args.log_every, timeout=600, decode=decode)
         res["cli"].append(r)
         print(f"armvision {name}: {_fmt(r.get('images_per_s'))} images/s, exit {r['exit_code']}, "
               f"{r['wall_s']:.0f} s" + (f"\n{r['error']}" if "error" in r else ""), flush=True)
