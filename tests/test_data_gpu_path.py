@@ -99,3 +99,20 @@ def test_loader_fallbacks_png_and_unreadable(tmp_path):
     assert out.shape == (8, 3, 8, 8) and torch.isfinite(out).all() and bad == 1
     with pytest.raises(ConfigError, match="data.decode"):
         build_encoded_dataset("fashion_mnist", None, "train")
+
+
+def test_gpu_batch_transform_from_run_config():
+    from armvision.data.gpu import gpu_batch_transform
+    from armvision.train import load_config
+
+    cfg = load_config("arm_base_in1k_pretrain", {"data.decode": "gpu", "model.img_size": 32})
+    t = gpu_batch_transform(cfg, "cpu")
+    assert (t.size, t.scale, t.hflip, t.mode, t.erase) == (32, (0.2, 1.0), 0.5, "bicubic", None)
+    rng = np.random.default_rng(0)
+    out, skipped = t([encoded(jpeg_bytes(natural(rng, 40, 50))) for _ in range(3)])
+    assert out.shape == (3, 3, 32, 32) and skipped == 0
+    ft = load_config("arm_base_in1k_finetune", {"data.decode": "gpu"})
+    with pytest.raises(ConfigError, match="RandAugment"):
+        gpu_batch_transform(ft, "cpu")
+    ft = load_config("arm_base_in1k_finetune", {"data.decode": "gpu", "aug.auto_augment": None})
+    assert gpu_batch_transform(ft, "cpu").erase is not None  # random erasing 0.25 on the batch
