@@ -6,7 +6,8 @@ benchmarks/anchors.py (bf16, N = 16, softplus and z gate; docs/kernels.md explai
 Run on a GPU:
 
     python benchmarks/scan.py                      # the anchor table
-    python benchmarks/scan.py --sweep              # launch-config sweep of the Triton kernels first
+    python benchmarks/scan.py --sweep --json sweep.json   # the candidates (CANDIDATES) at the five anchor shapes
+    python benchmarks/scan.py --config-sweep       # launch-config sweep at one shape first, then the table
     python benchmarks/scan.py --mamba-ssm-src mamba_ssm-2.3.2.post1   # build the official CUDA kernel
         # from its unpacked PyPI sdist for this GPU's arch only (a few minutes) and time it in the same run
 
@@ -226,9 +227,90 @@ def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
     return best
 
 
+# Candidates for the long-sequence gap (issue 9): (name, BT, fwd (BE, warps, stages), bwd (...), seg).
+# seg > 1: the forward checkpoints the fp32 state every seg chunks and the backward rebuilds each
+# segment's chunk states in a per-program scratch (L2-resident) instead of reading one fp32 state per
+# chunk (32 bytes per (b, t, e) element at BT 2, N 16) from HBM. "base" is the current default.
+CANDIDATES = [
+    ("base", 2, (32, 1, 1), (16, 1, 1), 1),
+    ("seg4", 2, (32, 1, 1), (16, 1, 1), 4),
+    ("seg8", 2, (32, 1, 1), (16, 1, 1), 8),
+    ("seg16", 2, (32, 1, 1), (16, 1, 1), 16),
+    ("seg32", 2, (32, 1, 1), (16, 1, 1), 32),
+    ("seg8_bwd32", 2, (32, 1, 1), (32, 1, 1), 8),
+    ("bt4", 4, (32, 1, 1), (16, 1, 1), 1),
+    ("bt4_seg8", 4, (32, 1, 1), (16, 1, 1), 8),
+    ("bt4_seg8_bwd8", 4, (32, 1, 1), (8, 1, 1), 8),
+]
+H200_CUDA_FB = anchors.SCAN_REFERENCE_FWD_BWD_MS  # mamba-ssm's CUDA kernel, fwd+bwd ms (benchmarks/anchors.py)
+
+
+def candidate_sweep(json_path: Path | None = None) -> list[dict]:
+    """Forward+backward ms of each candidate at the five anchor shapes, as a model runs it (states
+    recomputed in the backward: forward, states pass, backward) and with the states saved by the
+    forward; prints one table per mode and the best candidate per shape."""
+    from armvision.ops import scan_triton as st
+
+    rows = []
+    for b, e, t, *_ in ANCHORS:
+        inp = make_inputs(b, e, t)
+        dout = torch.randn(b, t, e, device=inp["u"].device, dtype=torch.bfloat16)
+        a = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        for name, BT, fwd_cfg, bwd_cfg, seg in CANDIDATES:
+            def save_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg):
+                _, states, _ = st.scan_fwd(*a, None, True, True, chunk=BT, block=fwd_cfg, seg=seg)
+                return st.scan_bwd(*a, None, states, dout, True, BT, block=bwd_cfg, seg=seg)
+
+            def recompute_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg):
+                st.scan_fwd(*a, None, True, False, chunk=BT, block=fwd_cfg)
+                states = st.scan_fwd(*a, None, True, True, write_out=False, chunk=BT, block=fwd_cfg, seg=seg)[1]
+                return st.scan_bwd(*a, None, states, dout, True, BT, block=bwd_cfg, seg=seg)
+
+            try:
+                r = dict(b=b, e=e, t=t, candidate=name, BT=BT, fwd=fwd_cfg, bwd=bwd_cfg, seg=seg,
+                         save_ms=bench(save_mode, 100), recompute_ms=bench(recompute_mode, 100),
+                         cuda_ref_ms=H200_CUDA_FB[(b, e, t)])
+            except Exception as ex:  # noqa: BLE001 - a sweep reports failing candidates and goes on
+                print(f"  {b}x{e}x{t} {name}: {type(ex).__name__}: {str(ex)[:160]}", flush=True)
+                continue
+            rows.append(r)
+            print(f"  {b}x{e}x{t} {name:>14}: save {r['save_ms']:.3f} ms, recompute {r['recompute_ms']:.3f} ms "
+                  f"(CUDA kernel on an H200: {r['cuda_ref_ms']:.3f})", flush=True)
+        del inp, dout, a
+        torch.cuda.empty_cache()
+    shapes = [(b, e, t) for b, e, t, *_ in ANCHORS]
+    by = {(r["b"], r["e"], r["t"], r["candidate"]): r for r in rows}
+    for mode in ("recompute", "save"):
+        print(f"\nfwd+bwd ms, states {mode} (ratio to mamba-ssm's CUDA kernel on an H200, benchmarks/anchors.py; target <= 0.5)")
+        print("| candidate | " + " | ".join(f"{b}x{e}x{t}" for b, e, t in shapes) + " | worst ratio |")
+        print("|---|" + "---|" * (len(shapes) + 1))
+        for name, *_ in CANDIDATES:
+            cells, worst = [], 0.0
+            for b, e, t in shapes:
+                r = by.get((b, e, t, name))
+                if r is None:
+                    cells.append("-")
+                    continue
+                ratio = r[f"{mode}_ms"] / r["cuda_ref_ms"]
+                worst = max(worst, ratio)
+                cells.append(f"{r[f'{mode}_ms']:.3f} ({ratio:.2f})")
+            print(f"| {name} | " + " | ".join(cells) + f" | {worst:.2f} |")
+        for b, e, t in shapes:
+            cand = [r for r in rows if (r["b"], r["e"], r["t"]) == (b, e, t)]
+            if cand:
+                best = min(cand, key=lambda r: r[f"{mode}_ms"])
+                print(f"  best at {b}x{e}x{t}: {best['candidate']} {best[f'{mode}_ms']:.3f} ms")
+    if json_path:
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        json_path.write_text(json.dumps(dict(device=device, candidates=CANDIDATES, rows=rows), indent=1))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sweep", action="store_true", help="sweep launch configs first and use the best")
+    ap.add_argument("--sweep", action="store_true", help="time the candidates (CANDIDATES) at the five anchor shapes "
+                                                         "and stop (with --json: write them there)")
+    ap.add_argument("--config-sweep", action="store_true", help="sweep launch configs at one shape first, use the best")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--mamba-ssm-src", type=Path, help="unpacked mamba-ssm sdist: build its CUDA scan kernel for "
@@ -244,6 +326,9 @@ def main():
           f"triton {importlib.import_module('triton').__version__}")
     launch = {}
     if args.sweep:
+        candidate_sweep(args.json)
+        return
+    if args.config_sweep:
         best = sweep((256, 768, 128), [(32, 1), (64, 2), (128, 4)], [(32, 1), (64, 2), (16, 1)], [4, 8])
         if best:
             launch = dict(BT=best[0], fwd=best[1], bwd=best[2])

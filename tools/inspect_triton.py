@@ -1,6 +1,6 @@
 """Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG] [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
 """
@@ -19,8 +19,8 @@ from armvision.ops import scan_triton as st
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
 BF, F32 = "*bf16", "*fp32"
 PTRS = dict(u_ptr=BF, dl_ptr=BF, At_ptr=F32, B_ptr=BF, C_ptr=BF, D_ptr=F32, z_ptr=BF, bias_ptr=F32, idx_ptr="*i32",
-            out_ptr=BF, st_ptr=BF, go_ptr=BF, du_ptr=BF, ddl_ptr=BF, dz_ptr=BF, dB_ptr=F32, dC_ptr=F32, dA_ptr=F32,
-            dD_ptr=F32, dbias_ptr=F32)
+            out_ptr=BF, st_ptr=F32, go_ptr=BF, du_ptr=BF, ddl_ptr=BF, dz_ptr=BF, dB_ptr=F32, dC_ptr=F32, dA_ptr=F32,
+            dD_ptr=F32, dbias_ptr=F32, scr_ptr=F32)
 
 
 # what Triton's runtime specialisation would see for the usual shapes: 16-byte aligned pointers
@@ -62,15 +62,16 @@ def sass_mix(k, top=12):
 
 if __name__ == "__main__":
     for arg in sys.argv[1:] or ["16,32,1"]:
-        BT, BE, W = map(int, arg.split(","))
+        BT, BE, W, SEG = (list(map(int, arg.split(","))) + [1])[:4]
         for which, fn in (("fwd", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
-            consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE)
+            consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
+                          SEG=SEG)
             if which == "fwd":
                 consts["SAVE"] = True
                 consts["WRITE_OUT"] = True
             try:
                 k = compile_kernel(fn, consts, W)
-                print(f"{which} BT={BT} BE={BE} warps={W}: {report(k)}")
+                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}")
                 print("     ", sass_mix(k, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")

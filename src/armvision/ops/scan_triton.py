@@ -87,9 +87,9 @@ def _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me
 @triton.jit
 def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e, me,
                     n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
-                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr):
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, SEG: tl.constexpr):
     """What the backward reads for chunk c (c < 0: nothing): the forward inputs, delta of the next
-    steps, dout, and the state saved at the chunk's start."""
+    steps, dout, and (SEG == 1) the state saved at the chunk's start."""
     row, ms, u, dl, Bm, Cm, zz = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n,
                                                  mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
                                                  HAS_Z, HAS_IDX, BT)
@@ -98,8 +98,11 @@ def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr,
     dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=ms1[:, None] & me[None, :],
                   other=0.0).to(tl.float32)
     go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
-    h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :],
-                 mask=mn[:, None] & me[None, :] & (c >= 0), other=0.0).to(tl.float32)
+    if SEG == 1:
+        h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :],
+                     mask=mn[:, None] & me[None, :] & (c >= 0), other=0.0).to(tl.float32)
+    else:  # rebuilt from the segment's checkpoint by _segment_states, read in the chunk's iteration
+        h0 = tl.zeros((n.shape[0], e.shape[0]), tl.float32)
     return row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0
 
 
@@ -110,7 +113,7 @@ def _scan_fwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WRITE_OUT: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr,
 ):
     # Tiles are (time, state, channel) with channels last: Triton spreads lanes and warps over the
     # channels and keeps the time and state axes inside each thread, so the scan over time and the
@@ -145,9 +148,10 @@ def _scan_fwd_kernel(
         else:
             dt = dl
         dt = tl.where(m2, dt, 0.0)  # padded steps: decay 1, input 0 -> the state passes through
-        if SAVE:
-            tl.store(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :], h.to(st_ptr.dtype.element_ty),
-                     mask=mne)
+        if SAVE:  # the state entering every SEG-th chunk (SEG == 1: every chunk)
+            nseg = tl.cdiv(nchunks, SEG)
+            tl.store(st_ptr + ((pb * nseg + c // SEG) * N + n[:, None]) * E + e[None, :],
+                     h.to(st_ptr.dtype.element_ty), mask=mne & (c % SEG == 0))
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
         x = Bm * (dt * u)[:, None, :]
         ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
@@ -164,14 +168,44 @@ def _scan_fwd_kernel(
 
 
 @triton.jit
+def _segment_states(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, scr_ptr, sg, nseg, T, E, N, pb, e, me, n, mn,
+                    A2, bias, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
+                    HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr, SOFTPLUS: tl.constexpr,
+                    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr):
+    """Backward with SEG > 1: from the fp32 checkpoint of segment sg (the state entering its first
+    chunk), re-run the forward over the segment's SEG chunks and write each chunk's entering state
+    to this program's scratch (SEG, NP, BE) (small: it stays in L2), instead of reading a state per
+    chunk from HBM. Chunks past the end see masked (zero-dt) steps: the state passes through."""
+    last = (tl.arange(0, BT) == BT - 1)[:, None, None]
+    h = tl.load(st_ptr + ((pb * nseg + sg) * N + n[:, None]) * E + e[None, :], mask=mn[:, None] & me[None, :],
+                other=0.0)
+    j = tl.arange(0, BE)
+    for k in range(0, SEG):
+        tl.store(scr_ptr + (k * NP + n[:, None]) * BE + j[None, :], h)
+        row, ms, u, dl, Bm, Cm, zz = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, sg * SEG + k, T, pb,
+                                                     e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct,
+                                                     s_zb, s_zt, False, HAS_IDX, BT)
+        if HAS_BIAS:
+            dl += bias[None, :]
+        if SOFTPLUS:
+            dt = _softplus(dl)
+        else:
+            dt = dl
+        dt = tl.where(ms[:, None] & me[None, :], dt, 0.0)
+        dA = tl.exp2(dt[:, None, :] * A2[None, :, :])
+        ac, hl = tl.associative_scan((dA, Bm * (dt * u)[:, None, :]), axis=0, combine_fn=_combine)
+        h = tl.sum(tl.where(last, hl + ac * h[None, :, :], 0.0), axis=0)
+
+
+@triton.jit
 def _scan_bwd_kernel(
     u_ptr, dl_ptr, At_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, st_ptr, go_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, scr_ptr,
     T, E, N,
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr,
 ):
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -187,21 +221,32 @@ def _scan_bwd_kernel(
         Dv = tl.load(D_ptr + e, mask=me, other=0.0)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + e, mask=me, other=0.0)
+    else:
+        bias = tl.zeros((BE,), tl.float32)
     first = (tl.arange(0, BT) == 0)[:, None, None]
     g_next = tl.zeros((NP, BE), tl.float32)  # g at the first step of the chunk after this one
     dA_acc = tl.zeros((NP, BE), tl.float32)
     dD_acc = tl.zeros((BE,), tl.float32)
     db_acc = tl.zeros((BE,), tl.float32)
     nchunks = tl.cdiv(T, BT)
+    nseg = tl.cdiv(nchunks, SEG)
+    scr = scr_ptr + (pb * n_eb + pe) * (SEG * NP * BE)  # this program's scratch (SEG > 1)
     nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
                           N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                          s_gt, HAS_Z, HAS_IDX, BT)
+                          s_gt, HAS_Z, HAS_IDX, BT, SEG)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
         row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
         nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
                               N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                              s_gt, HAS_Z, HAS_IDX, BT)
+                              s_gt, HAS_Z, HAS_IDX, BT, SEG)
+        if SEG > 1:
+            if (c == nchunks - 1) | (c % SEG == SEG - 1):  # entering a segment from its end: rebuild its states
+                _segment_states(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, scr, c // SEG, nseg, T, E, N, pb,
+                                e, me, n, mn, A2, bias, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb,
+                                s_Ct, s_zb, s_zt, HAS_BIAS, HAS_IDX, SOFTPLUS, NP, BT, BE, SEG)
+                tl.debug_barrier()  # the scratch is read back below, maybe by other threads
+            h0 = tl.load(scr + ((c % SEG) * NP + n[:, None]) * BE + tl.arange(0, BE)[None, :])
         m2 = ms[:, None] & me[None, :]
         m21 = ms1[:, None] & me[None, :]
         if HAS_BIAS:
@@ -287,10 +332,12 @@ def scan_launch_config(**updates) -> dict:
 
 
 def _state_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Dtype of the chunk states saved for the backward: bf16 for half-precision inputs (they only
-    restart the recomputation of the states in the backward, whose arithmetic stays fp32; this
-    halves the largest memory stream of the pair of kernels), fp32 otherwise."""
-    return torch.bfloat16 if dtype in (torch.bfloat16, torch.float16) else torch.float32
+    """Dtype of the chunk states saved for the backward: always fp32. (They restart the fp32
+    recomputation of the states in the backward; an earlier version stored them in bf16 for half
+    inputs, which put a bf16 rounding into every state the backward used: for fp16 inputs the
+    gradients of z, C, delta, A and delta_bias were then 3-14x further from float64 than fp32
+    arithmetic rounded once at the end, issue 9.)"""
+    return torch.float32
 
 
 def _contiguous_last(x: Tensor | None) -> Tensor | None:
@@ -301,18 +348,18 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
 
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool,
-             write_out: bool = True, chunk: int | None = None, block: Sequence[int] | None = None):
+             write_out: bool = True, chunk: int | None = None, block: Sequence[int] | None = None, seg: int = 1):
     """Launch the forward kernel with chunk length ``chunk`` and ``block`` = (BE, num_warps, num_stages)
     (None: the active :func:`~armvision.ops.scan_config`). Returns (out (b, t, e) in u.dtype (left
-    unwritten without write_out), states (b, chunks, N, e) (see :func:`_state_dtype`) or an empty
-    tensor, chunk length)."""
+    unwritten without write_out), states (b, ceil(chunks / seg), N, e) fp32 (the state entering every
+    seg-th chunk) or an empty tensor, chunk length). ``seg`` > 1 must be passed to :func:`scan_bwd` too."""
     b, t, e = u.shape
     n = A.shape[1]
     BT = chunk or current_scan_config()["BT"]
     BE, warps, stages = block or current_scan_config()["fwd"]
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
-    states = _empty((b, nchunks, n, e) if save_states else (0,), _state_dtype(u.dtype), u.device)
+    states = _empty((b, triton.cdiv(nchunks, seg), n, e) if save_states else (0,), _state_dtype(u.dtype), u.device)
     zs = z if z is not None else u
     _scan_fwd_kernel[(triton.cdiv(e, BE), b)](
         u, delta, A.t().contiguous(), B, C,
@@ -323,16 +370,19 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
         SOFTPLUS=softplus, SAVE=save_states, WRITE_OUT=write_out, NP=triton.next_power_of_2(n), BT=BT, BE=BE,
-        num_warps=warps,
+        SEG=seg, num_warps=warps,
         num_stages=stages,
     )
     return out, states, BT
 
 
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
-             block: Sequence[int] | None = None):
-    """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd`; ``block`` =
-    (BE, num_warps, num_stages) (None: the active :func:`~armvision.ops.scan_config`).
+             block: Sequence[int] | None = None, seg: int = 1):
+    """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
+    ``block`` = (BE, num_warps, num_stages) (None: the active :func:`~armvision.ops.scan_config`).
+
+    seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
+    rebuilds the other chunk states per segment in a small per-program scratch.
 
     Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes.
     """
@@ -350,18 +400,20 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     dA_part = _empty((b, n, e), *f32)
     dD_part = _empty((b, e), *f32)
     dbias_part = _empty((b, e), *f32)
+    np2 = triton.next_power_of_2(n)
+    scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32, device=u.device)
     zs = z if z is not None else u
     _scan_bwd_kernel[(n_eb, b)](
         u, delta, A.t().contiguous(), B, C,
         D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
         index if index is not None else du, states, dout,
-        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
+        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part, scratch,
         t, e, n,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
         du.stride(0), du.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, NP=triton.next_power_of_2(n), BT=chunk, BE=BE, num_warps=warps,
+        SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, SEG=seg, num_warps=warps,
         num_stages=stages,
     )
     dB = dB_part.sum(1).to(B.dtype)

@@ -1,0 +1,162 @@
+"""Input-pipeline throughput: images/s of armvision's own data path (no model), on ImageNet-like JPEGs.
+
+Modes (each through armvision's dataset builder and DataLoader, with the presets' transforms):
+  pretrain  decode + RandomResizedCrop (0.2-1, bicubic) + flip + normalise in N loader workers
+  finetune  timm's training transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1,
+            random erasing 0.25) in the workers, then timm Mixup/CutMix on each batch on the device
+  gpu       data.decode gpu: workers read bytes; batched nvjpeg decode + crop + flip + normalise on
+            the GPU (armvision.data.gpu), needs CUDA
+
+    python benchmarks/data_pipeline.py --make 8192 --root /tmp/jpegs --workers 15
+    python benchmarks/data_pipeline.py --root /tmp/jpegs --modes pretrain finetune gpu --json out.json
+
+Images/s counts the timed batches after ``--warmup`` batches (workers starting), across epoch
+boundaries (the loop starts a new epoch when one ends, as the trainer does); ``min_window`` is the
+slowest window of ``--window`` batches, which shows an epoch-boundary stall.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFilter
+
+from armvision.data import build_dataset, finetune_transform, make_loader, normalization, pretrain_transform
+from armvision.train import load_config
+
+PRESETS = {"pretrain": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune", "gpu": "arm_base_in1k_pretrain"}
+BATCH = {"pretrain": 256, "finetune": 128, "gpu": 256}  # ANCHORS.md's micro-batches of ARM-B
+
+
+def _synthetic_image(args) -> None:
+    """One natural-looking JPEG: a smooth random colour field, a few soft shapes, sensor-like noise."""
+    path, seed, cls, size, quality = args
+    rng = np.random.default_rng(seed)
+    w, h = size
+    low = rng.random((rng.integers(3, 7), rng.integers(3, 7), 3)) * 255
+    low[..., cls % 3] = low[..., cls % 3] * 0.5 + 110  # a faint colour cast per class
+    img = Image.fromarray(low.astype(np.uint8)).resize((w, h), Image.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(rng.integers(3, 9)):
+        x0, y0 = int(rng.integers(0, w - 20)), int(rng.integers(0, h - 20))
+        x1, y1 = x0 + int(rng.integers(20, w // 2)), y0 + int(rng.integers(20, h // 2))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x0, y0, x1, y1), fill=color)
+    img = img.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
+    arr = np.asarray(img, dtype=np.float32) + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(path, "JPEG", quality=quality)
+
+
+def make_synthetic_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), quality: int = 90, seed: int = 0,
+                         workers: int | None = None, split: str = "train") -> Path:
+    """``n`` JPEGs in ImageFolder layout ROOT/SPLIT/class_K/*.jpg (kept if already there)."""
+    root = Path(root)
+    jobs = []
+    for i in range(n):
+        d = root / split / f"class_{i % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / f"img_{i:06d}.jpg"
+        if not p.exists():
+            jobs.append((p, seed * 1_000_003 + i, i % classes, tuple(size), quality))
+    if jobs:
+        with Pool(workers or os.cpu_count()) as pool:
+            pool.map(_synthetic_image, jobs, chunksize=16)
+    return root
+
+
+def pipeline_rate(root: Path, mode: str, workers: int, batches: int = 40, warmup: int = 5, window: int = 5,
+                  batch: int | None = None, device: str | None = None, img_size: int | None = None) -> dict:
+    """Images/s of one mode (see the module docstring) through armvision's data path; returns a record."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    over = {"data.root": str(root), "data.val_split": None, "data.workers": workers}
+    if img_size:
+        over["model.img_size"] = img_size
+    cfg = load_config(PRESETS[mode], over)
+    d, a, m = cfg.data, cfg.aug, cfg.model
+    batch = batch or BATCH[mode]
+    mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
+    gpu_tf, mixup = None, None
+    if mode == "gpu":
+        from armvision.data.gpu import build_encoded_dataset, collate_encoded, gpu_batch_transform
+
+        ds = build_encoded_dataset(d.dataset, d.root, d.train_split, m.in_chans)
+        gpu_tf = gpu_batch_transform(cfg, device)
+    else:
+        if mode == "pretrain":
+            tf = pretrain_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation)
+        else:
+            tf = finetune_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment, a.color_jitter,
+                                    a.reprob, a.remode, d.interpolation)
+            from timm.data import Mixup
+
+            mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
+                          switch_prob=a.mixup_switch_prob, mode="batch", label_smoothing=a.smoothing,
+                          num_classes=4)
+        ds = build_dataset(d.dataset, d.root, d.train_split, tf, in_chans=m.in_chans, is_training=True)
+    loader, sampler = make_loader(ds, batch, train=True, workers=workers, pin_memory=device.type == "cuda",
+                                  persistent_workers=True, seed=0)
+    if gpu_tf is not None:
+        loader.collate_fn = collate_encoded
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    stamps, epoch = [], 0
+    while len(stamps) < warmup + batches + 1:
+        sampler.set_epoch(epoch)
+        for images, labels, _ in loader:
+            labels = labels.to(device, non_blocking=True)
+            if gpu_tf is not None:
+                images, _ = gpu_tf(images)
+            else:
+                images = images.to(device, non_blocking=True)
+            if mixup is not None:
+                images, labels = mixup(images, labels)
+            sync()
+            stamps.append(time.perf_counter())
+            if len(stamps) >= warmup + batches + 1:
+                break
+        epoch += 1
+    t = np.array(stamps[warmup:])
+    rates = [window * batch / (t[i + window] - t[i]) for i in range(0, len(t) - window, window)]
+    return {"mode": mode, "workers": workers, "batch": batch, "img_size": m.img_size, "images": len(ds),
+            "epochs_crossed": epoch, "images_per_s": batches * batch / (t[-1] - t[0]),
+            "min_window_images_per_s": min(rates) if rates else None, "device": str(device)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, required=True, help="ImageFolder root (ROOT/train/CLASS/*.jpg)")
+    ap.add_argument("--make", type=int, default=0, help="first make this many synthetic 500x375 JPEGs under ROOT")
+    ap.add_argument("--modes", nargs="+", default=["pretrain", "finetune"] + (["gpu"] if torch.cuda.is_available()
+                                                                               else []), choices=list(PRESETS))
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--batch", type=int, help="batch size (default: ANCHORS.md's micro-batch of the mode)")
+    ap.add_argument("--img-size", type=int, help="crop size (default: the preset's)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.make:
+        t = time.perf_counter()
+        make_synthetic_jpegs(args.root, args.make)
+        print(f"made {args.make} JPEGs in {time.perf_counter() - t:.1f} s")
+    rows = []
+    for mode in args.modes:
+        r = pipeline_rate(args.root, mode, args.workers, args.batches, args.warmup, batch=args.batch,
+                          img_size=args.img_size)
+        rows.append(r)
+        slowest = r["min_window_images_per_s"]
+        print(f"{mode:>9}: {r['images_per_s']:8.0f} images/s (slowest window {slowest or 0:.0f}), "
+              f"{r['workers']} workers, batch {r['batch']}, {r['epochs_crossed']} epoch(s) of {r['images']}",
+              flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""GPU image decoding and augmentation (``data.decode: gpu``).
+
+Loader workers only read the files' bytes (:class:`EncodedImageDataset`); the training process
+decodes each batch of JPEGs at once on the GPU (``torchvision.io.decode_jpeg(device="cuda")``,
+nvjpeg) and applies the pretraining transform there (:class:`GpuBatchTransform`):
+RandomResizedCrop (the crop sampled as torchvision's ``RandomResizedCrop.get_params`` does, resized
+with antialiased bicubic/bilinear interpolation, rounded to 8 bits as PIL does), horizontal flip and
+normalisation, giving the same distribution of crops and pixel statistics as the CPU path
+(:func:`armvision.data.pretrain_transform`). Fine-tuning adds timm's batch random erasing; timm's
+RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.decode: cpu``.
+
+Non-JPEG files are decoded by PIL in the worker (the CPU path) and cropped on the GPU like the others;
+a JPEG the GPU decoder rejects (CMYK, progressive oddities) is decoded on the CPU instead; a file no
+decoder reads is replaced by another image of the batch and counted as skipped.
+
+The same code runs on the CPU (``device="cpu"``: torchvision's CPU decoder); the tests use that to
+check the distributions against the CPU path. Shapes: a batch is a list of b encoded images and
+comes out as (b, c, size, size) float32 on the device.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from ..errors import ConfigError, DataError
+from .datasets import ReaderDataset, _folder_reader
+
+__all__ = ["EncodedImageDataset", "collate_encoded", "sample_crop_boxes", "GpuBatchTransform",
+           "build_encoded_dataset", "gpu_batch_transform", "is_jpeg"]
+
+_logger = logging.getLogger(__name__)
+
+
+def is_jpeg(data: bytes | Tensor) -> bool:
+    """True when the bytes start with the JPEG start-of-image marker (FF D8 FF)."""
+    head = bytes(data[:3].tolist()) if isinstance(data, Tensor) else bytes(data[:3])
+    return head == b"\xff\xd8\xff"
+
+
+class EncodedImageDataset(ReaderDataset):
+    """A folder/tar of images whose samples are ``(encoded, label, skipped)``: ``encoded`` is the
+    file's bytes as a 1-D uint8 tensor for a JPEG, or the image decoded by PIL as a (c, h, w) uint8
+    tensor for any other format (the CPU fallback). No transform: :class:`GpuBatchTransform` does it."""
+
+    def _load(self, index: int):
+        item = self.reader[index]
+        f, target = item[0], (-1 if item[1] is None else int(item[1]))
+        try:
+            data = f.read()
+        finally:
+            if hasattr(f, "close"):
+                f.close()
+        if is_jpeg(data):
+            return torch.frombuffer(bytearray(data), dtype=torch.uint8), target
+        return _pil_decode(data, self.mode), target
+
+
+def _pil_decode(data: bytes, mode: str) -> Tensor:
+    import io
+
+    img = Image.open(io.BytesIO(data)).convert(mode)
+    arr = np.asarray(img, dtype=np.uint8)
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _decode_jpeg(data, **kwargs):
+    """torchvision.io.decode_jpeg without its deprecation warning (torchvision 0.29 points to
+    TorchCodec, which the GPU machines do not have; the decoder itself is unchanged)."""
+    from torchvision.io import decode_jpeg
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities", category=DeprecationWarning)
+        return decode_jpeg(data, **kwargs)
+
+
+def collate_encoded(batch):
+    """``(list of encoded images, labels (b,), skipped_total)``: the images differ in size and format."""
+    images = [b[0] for b in batch]
+    labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
+    skipped = torch.tensor(sum(int(b[2]) for b in batch), dtype=torch.long)
+    return images, labels, skipped
+
+
+def sample_crop_boxes(sizes: Tensor, scale: Sequence[float], ratio: Sequence[float],
+                      generator: torch.Generator | None = None, attempts: int = 10) -> Tensor:
+    """RandomResizedCrop boxes for a batch: (b, 2) image (height, width) -> (b, 4) (top, left, h, w).
+
+    The same distribution as torchvision's ``RandomResizedCrop.get_params`` (and timm's): up to 10
+    draws of an area fraction uniform in ``scale`` and a log-uniform aspect ratio in ``ratio``; the
+    first draw that fits is placed uniformly; if none fits, the central crop clamped to ``ratio``.
+    """
+    sizes = sizes.to(torch.float64)
+    b = sizes.shape[0]
+    height, width = sizes[:, 0:1], sizes[:, 1:2]
+    area = height * width
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    frac = torch.rand(b, attempts, generator=generator, dtype=torch.float64) * (scale[1] - scale[0]) + scale[0]
+    aspect = torch.exp(torch.rand(b, attempts, generator=generator, dtype=torch.float64) * (hi - lo) + lo)
+    target = area * frac
+    # int(round(x)) of Python: round half to even, as torch.round
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = torch.where(ok.any(1), ok.to(torch.int8).argmax(1), torch.full((b,), -1))
+    found = first >= 0
+    idx = first.clamp_min(0)[:, None]
+    w, h = w.gather(1, idx)[:, 0], h.gather(1, idx)[:, 0]
+    height, width = height[:, 0], width[:, 0]
+    u = torch.rand(b, 2, generator=generator, dtype=torch.float64)
+    top = torch.floor(u[:, 0] * (height - h + 1)).clamp(max=height - h)
+    left = torch.floor(u[:, 1] * (width - w + 1)).clamp(max=width - w)
+    # fallback: the central crop, clamped to the ratio range
+    in_ratio = width / height
+    fw = torch.where(in_ratio < min(ratio), width,
+                     torch.where(in_ratio > max(ratio), torch.round(height * max(ratio)), width))
+    fh = torch.where(in_ratio < min(ratio), torch.round(width / min(ratio)), height)
+    w, h = torch.where(found, w, fw), torch.where(found, h, fh)
+    top = torch.where(found, top, torch.div(height - h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - w, 2, rounding_mode="floor"))
+    return torch.stack([top, left, h, w], 1).to(torch.long)
+
+
+class GpuBatchTransform:
+    """Decode a batch of encoded images on ``device`` and apply RandomResizedCrop + flip + normalise
+    (+ random erasing): ``(list of b encoded images) -> ((b, c, size, size) float32, skipped)``."""
+
+    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device | str,
+                 scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5, interpolation: str = "bicubic",
+                 in_chans: int = 3, reprob: float = 0.0, remode: str = "pixel", seed: int | None = None):
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ConfigError(f"data.decode gpu resizes with bicubic or bilinear interpolation, got {interpolation!r}")
+        self.size, self.device = int(img_size), torch.device(device)
+        self.scale, self.ratio, self.hflip, self.mode = tuple(scale), tuple(ratio), float(hflip), interpolation
+        self.in_chans = in_chans
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.erase = None
+        if reprob > 0:
+            from timm.data.random_erasing import RandomErasing
+
+            self.erase = RandomErasing(reprob, mode=remode, max_count=1, device=self.device)
+
+    def decode(self, images: list[Tensor]) -> tuple[list[Tensor], int]:
+        """(c, h, w) uint8 images on the device; undecodable ones replaced by a neighbour (and counted)."""
+        from torchvision.io import ImageReadMode
+
+        mode = ImageReadMode.GRAY if self.in_chans == 1 else ImageReadMode.RGB
+        out: list[Tensor | None] = [None] * len(images)
+        jpeg = [i for i, x in enumerate(images) if x.dim() == 1]
+        if jpeg:
+            try:
+                decoded = _decode_jpeg([images[i] for i in jpeg], mode=mode, device=self.device)
+                for i, img in zip(jpeg, decoded):
+                    out[i] = img
+            except RuntimeError:  # one bad file fails the batch: decode one by one, then on the CPU
+                for i in jpeg:
+                    out[i] = self._decode_one(images[i], mode)
+        for i, x in enumerate(images):
+            if x.dim() == 3:
+                out[i] = x.to(self.device, non_blocking=True)
+        good = [i for i, x in enumerate(out) if x is not None]
+        if not good:
+            raise DataError(f"none of the {len(images)} images of a batch could be decoded; check the files")
+        skipped = len(images) - len(good)
+        for k, i in enumerate(i for i, x in enumerate(out) if x is None):
+            out[i] = out[good[k % len(good)]]
+        return out, skipped
+
+    def _decode_one(self, data: Tensor, mode) -> Tensor | None:
+        try:
+            return _decode_jpeg(data, mode=mode, device=self.device)
+        except RuntimeError:
+            pass
+        try:
+            return _pil_decode(data.numpy().tobytes(), "L" if self.in_chans == 1 else "RGB").to(self.device)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            _logger.warning("skipped an unreadable image (%s)", e)
+            return None
+
+    def crop_flip(self, images: list[Tensor]) -> Tensor:
+        """Random resized crops of (c, h, w) uint8 images, each flipped with probability ``hflip``."""
+        sizes = torch.tensor([[x.shape[-2], x.shape[-1]] for x in images])
+        boxes = sample_crop_boxes(sizes, self.scale, self.ratio, self.generator).tolist()
+        flips = (torch.rand(len(images), generator=self.generator) < self.hflip).tolist()
+        out = torch.empty(len(images), self.in_chans, self.size, self.size, device=self.device)
+        for k, (img, (top, left, h, w), flip) in enumerate(zip(images, boxes, flips)):
+            crop = img[None, :, top:top + h, left:left + w].float()
+            r = F.interpolate(crop, size=(self.size, self.size), mode=self.mode, align_corners=False, antialias=True)
+            out[k] = r[0].flip(-1) if flip else r[0]
+        return out.round_().clamp_(0, 255)  # 8-bit pixels, as PIL's resize gives them
+
+    def __call__(self, images: list[Tensor]) -> tuple[Tensor, int]:
+        decoded, skipped = self.decode(images)
+        x = (self.crop_flip(decoded) - self.mean) / self.std
+        if self.erase is not None:
+            x = self.erase(x)
+        return x, skipped
+
+
+def build_encoded_dataset(kind: str, root: str | None, split: str, in_chans: int = 3,
+                          strict_images: bool = False) -> EncodedImageDataset:
+    """The training split as encoded images for ``data.decode: gpu`` (image folders and tars only)."""
+    if kind != "imagefolder":
+        raise ConfigError(f"data.decode gpu reads image folders or tars (data.dataset imagefolder), not {kind!r}; "
+                          "use data.decode cpu")
+    if not root:
+        raise DataError("data.root is not set: pass --data.root PATH")
+    return EncodedImageDataset(_folder_reader(root, split, None), None, "L" if in_chans == 1 else "RGB",
+                               strict_images)
+
+
+def gpu_batch_transform(cfg, device: torch.device | str) -> GpuBatchTransform:
+    """The training transform of a run config (``RunConfig``) on ``device``, for ``data.decode: gpu``.
+
+    Trainer hook: with ``data.decode == "gpu"`` the trainer builds its training set with
+    :func:`build_encoded_dataset` and ``collate_encoded``, and calls the returned object on each
+    batch's list of encoded images: ``images, skipped = transform(encoded)``.
+    """
+    from .transforms import normalization
+
+    d, a, m = cfg.data, cfg.aug, cfg.model
+    mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
+    if cfg.task == "finetune" and (a.auto_augment or a.color_jitter):
+        raise ConfigError("data.decode gpu has no RandAugment / colour jitter: set aug.auto_augment null and "
+                          "aug.color_jitter null, or use data.decode cpu")
+    reprob = a.reprob if cfg.task == "finetune" else 0.0
+    return GpuBatchTransform(m.img_size, mean, std, device, a.scale, a.ratio, a.hflip, d.interpolation, m.in_chans,
+                             reprob, a.remode, seed=cfg.seed)

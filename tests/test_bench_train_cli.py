@@ -1,0 +1,36 @@
+"""benchmarks/train_cli.py: the steady-rate arithmetic, and its --tiny mode end to end on the CPU."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import train_cli  # noqa: E402
+
+
+def test_steady_rate_skips_the_first_window():
+    windows = [{"images_per_s": r} for r in (100.0, 2000.0, 1800.0, 2200.0, 900.0)]
+    s = train_cli.steady_rate(windows)
+    assert s["images_per_s"] == 1900.0 and s["min_window_images_per_s"] == 900.0 and s["windows"] == 4
+    assert s["min_over_steady"] == pytest.approx(900 / 1900)
+
+
+@pytest.mark.slow
+def test_tiny_mode_end_to_end(tmp_path):
+    out = tmp_path / "res.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "train_cli.py"), "--tiny", "--workdir", str(tmp_path),
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["tiny"] and res["images"] == 16 and len(list((tmp_path / "jpegs_tiny" / "train").rglob("*.jpg"))) == 16
+    assert [r["workload"] for r in res["cli"]] == ["pretrain_b", "finetune_b"]
+    for r in res["cli"]:
+        assert r["exit_code"] == 0 and r["images_per_s"] > 0 and r["windows"] == 1, r
+        assert "--max_steps 4" in r["command"] and "--optim.micro_batch 4" in r["command"]
+    assert [p["mode"] for p in res["pipeline"]] == ["pretrain", "finetune"]
+    assert all(p["images_per_s"] > 0 for p in res["pipeline"])
+    assert "| pretrain_b |" in proc.stdout and "2047 (17.8)" in proc.stdout
