@@ -17,6 +17,7 @@ from . import __version__
 
 # modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
 _COMMAND_MODULES: list[str] = ["armvision.train.cli", "armvision.interop.cli"]
+_COMMAND_MODULES.append("armvision.analysis.cli")  # linprobe, knn, visualize, predict
 
 
 def build_parser() -> argparse.ArgumentParser:
