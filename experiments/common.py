@@ -2,7 +2,7 @@
 
 Every study is a list of *jobs* (a pretraining run, a fine-tuning run, a frozen-feature probe). A job
 is identified by a key built from everything that defines it; its result is a small JSON file
-(``STATE/jobs/KEY.json``) and its run directory lives under ``STATE/runs/KEY``. A job whose JSON exists
+(``OUT/jobs/KEY.json``) and its run directory lives under ``STATE/runs/KEY``. A job whose JSON exists
 (and whose checkpoints are still there when a later job needs them) is not run again, so studies share
 runs (study 1's seed-0 pretraining is every ablation's baseline) and resume across invocations. A job
 being run by another process (an exclusive ``flock`` on ``STATE/locks/KEY.lock``) is skipped for now
@@ -128,15 +128,17 @@ class Context:
             self.scale = Scale(**{**self.scale.__dict__, "seeds": tuple(args.seeds)})
         self.state = Path(args.state or REPO / "runs" / "experiments" / args.scale)
         self.out = Path(args.out or (REPO / "docs" / "results" if args.scale == "gpu" else self.state / "results"))
-        for d in ("jobs", "locks", "runs"):
-            (self.state / d).mkdir(parents=True, exist_ok=True)
-        self.out.mkdir(parents=True, exist_ok=True)
+        # job results live with the study results (small JSON files that travel with the working tree);
+        # locks and run directories (checkpoints) stay in the state folder
+        self.jobs = self.out / "jobs"
+        for d in (self.state / "locks", self.state / "runs", self.jobs):
+            d.mkdir(parents=True, exist_ok=True)
         self.deadline = args.deadline
         self.device = self.scale.device if (self.scale.device != "cuda" or torch.cuda.is_available()) else "cpu"
 
     # -- job bookkeeping --------------------------------------------------------------------------------
     def _job(self, key: str, fn: Callable[[], dict], valid: Callable[[dict], bool] = lambda r: True) -> dict:
-        path = self.state / "jobs" / f"{key}.json"
+        path = self.jobs / f"{key}.json"
         if path.is_file():
             result = json.loads(path.read_text())
             if valid(result):
@@ -204,20 +206,19 @@ class Context:
         """Fine-tune on ``ft_labels`` labels from a pretraining (condition, fraction) or from scratch."""
         s = self.scale
         if init is None:
-            key, init_path, extra = f"ft-scratch-s{seed}", None, {"optim.layer_decay": None}
+            key, extra = f"ft-scratch-s{seed}", {"optim.layer_decay": None}
         else:
-            cond, frac = init
-            pre = self.pretrain(cond, seed)
-            key = f"ft-{self.pretrain_key(cond, seed)[4:]}-f{frac:g}"
-            init_path, extra = pre["checkpoints"][f"{frac:g}"], {}
+            key, extra = f"ft-{self.pretrain_key(init[0], seed)[4:]}-f{init[1]:g}", {}
         model_args = {k: v for k, v in s.model.items() if k in ("patch_size", "embed_dim", "depth", "d_state")}
-        cfg = load_config("fmnist_finetune", {
-            **self._common(seed, key), "model.args": model_args, "init": init_path, "optim.epochs": s.ft_epochs,
-            "optim.warmup_epochs": max(0.2, s.ft_epochs / 10), "optim.batch_size": s.ft_batch,
-            "data.train_subset": s.ft_labels, "data.val_subset": s.test_subset, "checkpoint.every_epochs": 0,
-            "checkpoint.keep_last": 1, **extra}, task="finetune")
 
         def run() -> dict:
+            # the pretraining is resolved only when this job runs: a finished job needs no checkpoints
+            init_path = None if init is None else self.pretrain(init[0], seed)["checkpoints"][f"{init[1]:g}"]
+            cfg = load_config("fmnist_finetune", {
+                **self._common(seed, key), "model.args": model_args, "init": init_path, "optim.epochs": s.ft_epochs,
+                "optim.warmup_epochs": max(0.2, s.ft_epochs / 10), "optim.batch_size": s.ft_batch,
+                "data.train_subset": s.ft_labels, "data.val_subset": s.test_subset, "checkpoint.every_epochs": 0,
+                "checkpoint.keep_last": 1, **extra}, task="finetune")
             summary = finetune(cfg)
             ev = summary.get("eval") or {}
             return {"kind": "finetune", "init": init_path, "seed": seed, "steps": summary["steps"],
@@ -240,7 +241,6 @@ class Context:
         if fraction is None:
             key = f"probe-random-{self.pretrain_key(cond, seed)[4:]}"
         else:
-            pre = self.pretrain(cond, seed)
             key = f"probe-{self.pretrain_key(cond, seed)[4:]}-f{fraction:g}"
 
         def run() -> dict:
@@ -248,6 +248,7 @@ class Context:
                 torch.manual_seed(seed)
                 model = build_model_from_config(cfg).to(self.device)
             else:
+                pre = self.pretrain(cond, seed)
                 model = load_for_analysis(pre["checkpoints"][f"{fraction:g}"], self.device).model
             train_ds = open_split(model, cfg, "train", s.probe_train)
             test_ds = open_split(model, cfg, "test", s.test_subset)
@@ -269,6 +270,7 @@ class Context:
         of the finished ones (a study is summarised from whatever is finished)."""
         results: dict[str, dict] = {}
         todo = dict(tasks)
+        late: list[str] = []
         while todo:
             blocked = {}
             for name, fn in todo.items():
@@ -277,10 +279,11 @@ class Context:
                 except Pending:
                     blocked[name] = fn
                 except OutOfTime:
-                    _logger.info("deadline near: stopping before %s (run again to resume)", name)
-                    return results
+                    late.append(name)
             todo = blocked
-            if not todo or not self.args.wait:
+            if late:
+                _logger.info("deadline near: not started %s (run again to resume)", ", ".join(late))
+            if not todo or not self.args.wait or late:
                 break
             if self.deadline is not None and time.time() > self.deadline:
                 break
