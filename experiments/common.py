@@ -327,7 +327,7 @@ def format_table(study: dict) -> str:
             elif v["n"] > 1:
                 cells.append(f"{v['mean']:.2f} ± {v['std']:.2f} (n={v['n']})")
             else:
-                cells.append(f"{v['mean']:.2f}" + (f" (n=1)" if m != "loss" else ""))
+                cells.append(f"{v['mean']:.2f}" + (" (n=1)" if m != "loss" else ""))
         lines.append(f"| {row['condition']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

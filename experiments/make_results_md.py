@@ -11,8 +11,8 @@ from pathlib import Path
 import common
 
 STUDIES = [
-    ("study1_pretraining", "The paper: ARM-B fine-tuned after pretraining reaches 83.2 % on ImageNet-1K vs 81.2 % for the "
-     "same architecture trained supervised from scratch (+2.0 points).",
+    ("study1_pretraining", "The paper: ARM-B fine-tuned after pretraining reaches 83.2 % on ImageNet-1K vs 81.2 % "
+     "for the same architecture trained supervised from scratch (+2.0 points).",
      ("ARM pretrained", "random init (scratch)", "ft_top1", "fine-tuning")),
     ("study2_unit", "The paper: a cluster of 4x4 patches is the best prediction unit, better than a single patch.",
      ("4x4 patches", "1 patch", "linprobe", "linear probe")),
@@ -39,7 +39,8 @@ def compare(study: dict, a: str, b: str, metric: str, what: str) -> str:
     n = min(ra.get("n", 0), rb.get("n", 0))
     if n > 1:
         verdict = "beyond" if abs(d) > 2 * spread else "within"
-        noise = f"; the seed spread (std over {n} seeds) is {spread:.2f}, so the difference is {verdict} twice the noise"
+        noise = (f"; the seed spread (std over {n} seeds) is {spread:.2f}, so the difference is {verdict} twice "
+                 "the noise")
     else:
         noise = "; one seed per condition, so the seed noise of study 1 is the yardstick"
     agree = "agrees with" if d > 0 else "disagrees with"

@@ -9,9 +9,9 @@ CONDITIONS = {"1 patch": {"cluster_size": 1}, "2x2 patches": {"cluster_size": 2}
 NAME, TITLE = "study2_unit", "Study 2: prediction unit (Fashion-MNIST test top-1, %)"
 
 
-def run_conditions(argv, conditions: dict, name: str, title: str) -> dict:
+def run_conditions(argv, conditions: dict, name: str, title: str, doc: str = __doc__) -> dict:
     """Pretrain each condition (ablation seeds), probe it; shared by studies 2-4."""
-    args = common.parse_args(__doc__, argv)
+    args = common.parse_args(doc, argv)
     common.setup_logging()
     ctx = common.Context(args)
     seeds = ctx.scale.ablation_seeds if not args.seeds else ctx.scale.seeds

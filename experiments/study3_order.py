@@ -3,7 +3,6 @@ random permutation of the clusters (order_seed 0), clusters of 2x2 patches; line
 
 from __future__ import annotations
 
-import common
 from study2_unit import run_conditions
 
 CONDITIONS = {"row-major": {"cluster_order": "row"}, "column-major": {"cluster_order": "column"},
@@ -11,7 +10,7 @@ CONDITIONS = {"row-major": {"cluster_order": "row"}, "column-major": {"cluster_o
 
 
 def main(argv=None) -> dict:
-    return run_conditions(argv, CONDITIONS, "study3_order", "Study 3: cluster order (Fashion-MNIST test top-1, %)")
+    return run_conditions(argv, CONDITIONS, "study3_order", "Study 3: cluster order (Fashion-MNIST test top-1, %)", __doc__)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,13 @@ mean/std normalisation); linear probe and k-NN of each (the losses are not compa
 
 from __future__ import annotations
 
-import common
 from study2_unit import run_conditions
 
 CONDITIONS = {"normalised pixels": {"target": "norm_pix"}, "raw pixels": {"target": "pix"}}
 
 
 def main(argv=None) -> dict:
-    return run_conditions(argv, CONDITIONS, "study4_target", "Study 4: target (Fashion-MNIST test top-1, %)")
+    return run_conditions(argv, CONDITIONS, "study4_target", "Study 4: target (Fashion-MNIST test top-1, %)", __doc__)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,9 @@ def main(argv=None) -> dict:
     def val(name, metric):
         return common.mean_std([r[name][metric]] if name in r else [])
 
-    rows = [{"condition": f"{int(f * 100)} % of the schedule", "fraction": f, "linprobe": val(f"probe{f:g}", "linprobe_top1"),
-             "knn": val(f"probe{f:g}", "knn_top1"), "ft_top1": val(f"ft{f:g}", "top1")} for f in FRACTIONS]
+    rows = [{"condition": f"{int(f * 100)} % of the schedule", "fraction": f,
+             "linprobe": val(f"probe{f:g}", "linprobe_top1"), "knn": val(f"probe{f:g}", "knn_top1"),
+             "ft_top1": val(f"ft{f:g}", "top1")} for f in FRACTIONS]
     study = {"title": "Study 5: pretraining length (Fashion-MNIST test top-1, %)", "rows": rows, "seeds": [seed],
              "metrics": {"linprobe": "linear probe top-1", "knn": "k-NN top-1", "ft_top1": "fine-tune top-1"},
              "jobs": r}

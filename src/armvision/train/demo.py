@@ -149,7 +149,7 @@ def baseline_verdict(arm_top1: float, pixel_top1: float, profile: str) -> str:
     why = {
         "cpu": "the CPU profile's budget (one pretraining epoch, 156 fine-tuning steps, about 7.5 minutes on 2 cores) "
                "is too short for this model to pass a linear model on 10000 labels; the gpu profile (8x the "
-               "pretraining, 5x the fine-tuning) reached 86.19 against 82.46 for this baseline (H100, "
+               "pretraining, 5x the fine-tuning) reached 86.19 against 83.12 for this baseline (H100, "
                "docs/analysis.md)",
         "smoke": "the smoke profile measures nothing: a few steps only",
     }.get(profile, "this budget is too short for the model to pass a linear model")
