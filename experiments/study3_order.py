@@ -10,7 +10,9 @@ CONDITIONS = {"row-major": {"cluster_order": "row"}, "column-major": {"cluster_o
 
 
 def main(argv=None) -> dict:
-    return run_conditions(argv, CONDITIONS, "study3_order", "Study 3: cluster order (Fashion-MNIST test top-1, %)", __doc__)
+    return run_conditions(argv, CONDITIONS,
+                          "study3_order", "Study 3: cluster order (Fashion-MNIST test top-1, %)",
+                          __doc__)
 
 
 if __name__ == "__main__":

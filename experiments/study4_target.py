@@ -9,7 +9,9 @@ CONDITIONS = {"normalised pixels": {"target": "norm_pix"}, "raw pixels": {"targe
 
 
 def main(argv=None) -> dict:
-    return run_conditions(argv, CONDITIONS, "study4_target", "Study 4: target (Fashion-MNIST test top-1, %)", __doc__)
+    return run_conditions(argv, CONDITIONS,
+                          "study4_target", "Study 4: target (Fashion-MNIST test top-1, %)",
+                          __doc__)
 
 
 if __name__ == "__main__":
