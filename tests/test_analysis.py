@@ -144,3 +144,18 @@ def test_error_paths_are_one_line(setup, capsys, args, message):
     code, out, err = run_cli(args, capsys)
     assert code == 2
     assert err.startswith("armvision: error:") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_knn_of_an_official_pretraining_checkpoint(setup, capsys, tmp_path):
+    """An official .pth (no training config): the data comes from the flags; grayscale images become RGB."""
+    from official_reference import make_official_pretrain_state_dict, official_pickle
+
+    sd = make_official_pretrain_state_dict(embed_dim=32, depth=12, d_state=8, dec_dim=64, patch=2, grid=12, seed=8)
+    path = tmp_path / "arm_pre.pth"
+    torch.save(official_pickle(sd, "pretraining"), path)
+    code, out, err = run_cli(["knn", path, "--data.dataset", "fashion_mnist", "--data.root", setup["data"],
+                              "--k", "5", "--output", tmp_path / "k.json"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "k.json").read_text())
+    assert res["architecture"] == "ARMPretrain" and res["feature_dim"] == 32 and res["knn"]["k"] == 5
+    assert res["train_images"] == 30 and res["test_images"] == 20

@@ -40,7 +40,7 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("--train-split", default=None, help="split the classifier learns from (default: data.train_split)")
     p.add_argument("--test-split", default=None,
-                   help="split to evaluate on (default: data.val_split, else 'test' for fashion_mnist, 'val')")
+                   help="split to evaluate on (default: data.val_split, else val; fashion_mnist: test)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch of the feature extraction")
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     p.add_argument("--output", default=None, help="write the results as JSON here")

@@ -41,8 +41,11 @@ def eval_transform_for(model: nn.Module, cfg: RunConfig):
 
 
 def default_test_split(cfg: RunConfig) -> str:
-    """The split to evaluate on: data.val_split, else 'test' for Fashion-MNIST and 'val' for the rest."""
-    return cfg.data.val_split or ("test" if cfg.data.dataset == "fashion_mnist" else "val")
+    """The split to evaluate on: data.val_split, else 'test' for Fashion-MNIST and 'val' for the rest
+    (Fashion-MNIST has only 'train' and 'test': the config default 'val' means its 'test')."""
+    if cfg.data.dataset == "fashion_mnist" and cfg.data.val_split not in ("train", "test"):
+        return "test"
+    return cfg.data.val_split or "val"
 
 
 def open_split(model: nn.Module, cfg: RunConfig, split: str, subset: int | None = None,
