@@ -157,7 +157,7 @@ class Context:
             _logger.info("job %s", key)
             t0 = time.time()
             result = {"key": key, **fn(), "job_seconds": round(time.time() - t0, 1)}
-            tmp = path.with_suffix(".tmp")
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(result, indent=2) + "\n")
             os.replace(tmp, path)
             return result
@@ -296,9 +296,13 @@ class Context:
         study = {**study, "scale": self.args.scale, "scale_settings": _jsonable(self.scale.__dict__),
                  "gpu": _gpu_name(), "written": time.strftime("%Y-%m-%d %H:%M:%S")}
         path = self.out / f"{name}.json"
-        path.write_text(json.dumps(study, indent=2) + "\n")
+        tmp = self.out / f".{name}.{os.getpid()}.tmp"  # several workers may summarise at once: write, then rename
+        tmp.write_text(json.dumps(study, indent=2) + "\n")
+        os.replace(tmp, path)
         if plot is not None and study.get("rows"):
-            plot(study, self.out / f"{name}.png")
+            tmp_png = self.out / f".{name}.{os.getpid()}.png"
+            plot(study, tmp_png)
+            os.replace(tmp_png, self.out / f"{name}.png")
         print(format_table(study))
         return path
 

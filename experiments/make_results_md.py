@@ -77,6 +77,13 @@ def main(argv=None) -> Path:
         "study3_order, study4_target, study5_length).",
         "",
     ]
+    if (res / "visualize_grid.png").is_file():
+        lines += ["## What the model predicts", "",
+                  "Study 1's seed-0 ARM on one test image per class (`python experiments/visualize_grid.py --scale "
+                  "gpu`, the code of `armvision visualize`): the input, the per-patch normalised targets, the one-step "
+                  "predictions (true patch statistics) and the fully autoregressive completion from the first "
+                  "cluster (outlined; statistics of the clusters known so far).", "",
+                  "![what ARM predicts](results/visualize_grid.png)", ""]
     for name, paper, (a, b, metric, what) in STUDIES:
         path = res / f"{name}.json"
         title = name

@@ -40,6 +40,7 @@ for s in $STUDIES; do
   CUDA_VISIBLE_DEVICES= python experiments/$s.py --scale gpu --deadline 0 > "$LOGS/summary_$s.log" 2>&1
   cat "$LOGS/summary_$s.log" | grep '^|'
 done
+CUDA_VISIBLE_DEVICES= python experiments/visualize_grid.py --scale gpu > "$LOGS/visualize_grid.log" 2>&1
 python experiments/make_results_md.py
 echo "run_gpu.sh: done in $(( $(date +%s) - START )) s; jobs finished: $(ls docs/results/jobs | wc -l)"
 if [ -n "${OUT:-}" ]; then

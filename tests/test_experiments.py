@@ -65,7 +65,12 @@ def test_study5_and_results_md(env, tmp_path):
     study = run_study("study5_length", env)
     assert [r["fraction"] for r in study["rows"]] == [0.25, 0.5, 1.0]
     assert all(r["ft_top1"]["n"] == 1 for r in study["rows"])
+    assert importlib.import_module("visualize_grid").main(
+        ["--scale", "tiny", "--state", str(env["state"]), "--data-root", str(env["data"])]) == 0
+    with Image.open(env["state"] / "results" / "visualize_grid.png") as im:
+        assert im.size == (512, 1520)  # 4 panels of 128 px; 10 rows (one test image per class) of 152 px
     mod = importlib.import_module("make_results_md")
     out = mod.main(["--results", str(env["state"] / "results"), "--output", str(tmp_path / "results.md")])
     text = out.read_text()
     assert text.count("| condition |") == 5 and "to be filled by the GPU run" not in text
+    assert "![what ARM predicts](results/visualize_grid.png)" in text
