@@ -20,7 +20,9 @@ STUDIES="study1_pretraining study2_unit study3_order study4_target study5_length
 NGPU=$(python -c "import torch; print(torch.cuda.device_count())")
 if [ "$NGPU" -lt 1 ]; then echo "run_gpu.sh: no GPU visible" >&2; exit 2; fi
 LOGS=runs/experiments/gpu/logs
-mkdir -p "$LOGS"
+mkdir -p "$LOGS" docs/results/jobs runs/experiments/gpu/jobs_backup
+# finished jobs of an earlier call on this machine (runs/ is ignored by git, so it survives a working-tree refresh)
+cp -n runs/experiments/gpu/jobs_backup/*.json docs/results/jobs/ 2>/dev/null || true
 echo "run_gpu.sh: $NGPU GPU(s), budget ${BUDGET}s, logs in $LOGS"
 left() { echo $((DEADLINE + 25 - $(date +%s))); }
 for ((g = 0; g < NGPU; g++)); do
@@ -42,6 +44,7 @@ for s in $STUDIES; do
 done
 CUDA_VISIBLE_DEVICES= python experiments/visualize_grid.py --scale gpu > "$LOGS/visualize_grid.log" 2>&1
 python experiments/make_results_md.py
+cp docs/results/jobs/*.json runs/experiments/gpu/jobs_backup/ 2>/dev/null || true
 echo "run_gpu.sh: done in $(( $(date +%s) - START )) s; jobs finished: $(ls docs/results/jobs | wc -l)"
 if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT/results" && cp -r docs/results/. "$OUT/results/" && cp docs/results.md "$OUT/" && cp -r "$LOGS" "$OUT/"
