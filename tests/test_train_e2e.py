@@ -277,6 +277,9 @@ def test_demo_smoke_profile_runs_end_to_end(tmp_path, capsys):
     assert results["runs"]["finetune"]["steps"] == results["runs"]["scratch"]["steps"] > 0  # the same budget
     assert results["runs"]["finetune"]["eval"]["images"] == 256
     assert "| fine-tune from ARM |" in out and "| from scratch |" in out
+    base = results["baseline"]  # the linear classifier on the same labelled pixels, on the same test images
+    assert base["labels"] == 256 and base["test_images"] == 256 and 0 <= base["top1"] <= 100
+    assert "| linear classifier on raw pixels | 256 |" in out and "a linear classifier on the raw pixels" in out
     assert (tmp_path / "demo" / "demo_results.md").read_text().strip() == results["table"]
     # running it again replaces the earlier demo; a folder with other files is refused
     (tmp_path / "other").mkdir()

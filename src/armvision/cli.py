@@ -16,7 +16,12 @@ import sys
 from . import __version__
 
 # modules providing ``register(subparsers)``; imported lazily so that ``armvision --help`` is fast
-_COMMAND_MODULES: list[str] = ["armvision.train.cli", "armvision.interop.cli", "armvision.features_cli"]
+_COMMAND_MODULES: list[str] = [
+    "armvision.train.cli",  # pretrain, finetune, eval, demo
+    "armvision.interop.cli",  # convert
+    "armvision.features_cli",  # extract
+    "armvision.analysis.cli",  # linprobe, knn, visualize, predict
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,7 @@ def pretraining_encoder_intermediates(
         raise ValueError(f"expected images (batch, {geo.in_chans}, height, width), got {tuple(images.shape)}")
     h, w = images.shape[-2:]
     try:
-        new = Geometry((h, w), geo.patch_size, geo.cluster_size, geo.in_chans)
+        new = Geometry((h, w), geo.patch_size, geo.cluster_size, geo.in_chans, geo.order, geo.order_seed)
     except ValueError as e:
         raise ValueError(f"the pretraining encoder reads whole clusters of {geo.cluster_size}x{geo.cluster_size} "
                          f"patches: {e}") from e

@@ -580,6 +580,8 @@ def _representation_problems(model: nn.Module) -> tuple[list[str], list[str]]:
             reference.append(f"decoder width {model.decoder_dim} (the reference uses width // 64 heads: 0)")
         if not model.norm_pix_loss:
             reference.append("norm_pix_loss=False (the reference code always normalizes the target patches)")
+        if geo.order != "row":
+            reference.append(f"cluster order {geo.order!r} (the reference code visits clusters row-major)")
     elif isinstance(model, ARMClassifier):
         cfg = model.config
         (gh, gw) = model.geometry.grid

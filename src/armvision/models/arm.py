@@ -46,12 +46,17 @@ def _pair(x: int | Sequence[int]) -> tuple[int, int]:
 @dataclass(frozen=True)
 class Geometry:
     """How an image is cut: into patches of ``patch_size`` pixels, and the patch grid into clusters
-    of ``cluster_size`` x ``cluster_size`` patches (ARM's prediction unit)."""
+    of ``cluster_size`` x ``cluster_size`` patches (ARM's prediction unit), visited in ``order``:
+    "row" (clusters row-major, patches row-major inside each: the paper's), "column" (the transpose:
+    clusters column-major, patches column-major inside each) or "random" (a fixed permutation of the
+    clusters drawn from ``order_seed``, patches row-major inside each)."""
 
     img_size: tuple[int, int]
     patch_size: int
     cluster_size: int = 1
     in_chans: int = 3
+    order: str = "row"
+    order_seed: int = 0
 
     def __post_init__(self):
         h, w = self.img_size
@@ -63,6 +68,8 @@ class Geometry:
                 f"image size {h}x{w} is not divisible by the patch size {p}; "
                 f"use an image size that is a multiple of {p} (e.g. {(h // p or 1) * p})"
             )
+        if self.order not in CLUSTER_ORDERS:
+            raise ValueError(f"cluster order {self.order!r}: expected one of {', '.join(CLUSTER_ORDERS)}")
         gh, gw = h // p, w // p
         if gh % c or gw % c:
             raise ValueError(
@@ -97,12 +104,27 @@ class Geometry:
         """Pixel values in one patch: patch * patch * channels."""
         return self.patch_size**2 * self.in_chans
 
+    def cluster_permutation(self) -> Tensor:
+        """(num_clusters,) row-major index of the cluster visited at each step (identity for "row")."""
+        (ch, cw), k = self.cluster_grid, self.num_clusters
+        if self.order == "column":
+            return torch.arange(k).view(ch, cw).T.reshape(-1)
+        if self.order == "random":
+            return torch.randperm(k, generator=torch.Generator().manual_seed(self.order_seed))
+        return torch.arange(k)
+
     def cluster_order(self) -> Tensor:
-        """(num_patches,) row-major patch index of each position in cluster order: clusters in
-        row-major order, and patches in row-major order inside each cluster."""
+        """(num_patches,) row-major patch index of each position in cluster order (see ``order``)."""
         (gh, gw), c = self.grid, self.cluster_size
         idx = torch.arange(gh * gw).view(gh // c, c, gw // c, c)  # (cluster row, row in cluster, ...)
-        return idx.permute(0, 2, 1, 3).reshape(-1)
+        if self.order == "column":
+            return idx.permute(2, 0, 3, 1).reshape(-1)
+        by_cluster = idx.permute(0, 2, 1, 3).reshape(self.num_clusters, c * c)  # row-major clusters
+        return by_cluster[self.cluster_permutation()].reshape(-1)
+
+
+CLUSTER_ORDERS = ("row", "column", "random")
+PRETRAIN_TARGETS = ("norm_pix", "pix")
 
 
 def default_memory_layers(depth: int, levels: int = 4) -> tuple[int, ...]:
@@ -202,7 +224,13 @@ class ARMPretrain(_Encoder):
             (decoder_dim // 64 when None).
         memory_layers: 1-based encoder blocks feeding the decoder, one per decoder block
             (default: :func:`default_memory_layers` for 4 levels).
-        norm_pix_loss: target = per-patch normalized pixels (True) or the input pixels (False).
+        cluster_order: order of the clusters (:class:`Geometry`): "row" (the paper's), "column", or
+            "random" (a fixed permutation from ``order_seed``). The encoder reads and the decoder predicts
+            in that order; the block-causal mask and the query position embeddings follow it.
+        order_seed: seed of the "random" order (stored in the config, so the order is reproducible).
+        target: "norm_pix" (each target patch normalized by its own mean and std, the paper's) or "pix"
+            (the input pixels as they are, i.e. after the data mean/std normalization).
+        norm_pix_loss: the older spelling of ``target`` (True: "norm_pix", False: "pix"); None follows ``target``.
         drop_path_rate: stochastic depth of the encoder (0 in the paper's pretraining).
         backend: ops backend of the Mamba mixers.
     """
@@ -220,12 +248,21 @@ class ARMPretrain(_Encoder):
         decoder_mlp_ratio: float = 4.0,
         decoder_heads: int | None = None,
         memory_layers: Sequence[int] | None = None,
-        norm_pix_loss: bool = True,
+        norm_pix_loss: bool | None = None,
         drop_path_rate: float = 0.0,
         backend: str = "auto",
+        cluster_order: str = "row",
+        order_seed: int = 0,
+        target: str | None = None,
     ):
         super().__init__()
-        geo = Geometry(_pair(img_size), patch_size, cluster_size, in_chans)
+        if target is not None and target not in PRETRAIN_TARGETS:
+            raise ValueError(f"target {target!r}: expected one of {', '.join(PRETRAIN_TARGETS)}")
+        if target is not None and norm_pix_loss is not None and norm_pix_loss != (target == "norm_pix"):
+            raise ValueError(f"norm_pix_loss={norm_pix_loss} contradicts target={target!r}; give only target")
+        target = target or ("pix" if norm_pix_loss is False else "norm_pix")
+        norm_pix_loss = target == "norm_pix"
+        geo = Geometry(_pair(img_size), patch_size, cluster_size, in_chans, cluster_order, order_seed)
         if geo.num_clusters < 2:
             raise ValueError(
                 f"a {geo.grid[0]}x{geo.grid[1]} patch grid holds only one cluster of {cluster_size}x{cluster_size} "
@@ -244,11 +281,13 @@ class ARMPretrain(_Encoder):
         self.memory_layers = memory_layers
         self.decoder_dim = decoder_dim
         self.norm_pix_loss = norm_pix_loss
+        self.target = target
         self.config = dict(
             img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, cluster_size=cluster_size,
             embed_dim=embed_dim, depth=depth, d_state=d_state, decoder_dim=decoder_dim,
             decoder_mlp_ratio=decoder_mlp_ratio, decoder_heads=decoder_heads, memory_layers=memory_layers,
-            norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate,
+            norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate, cluster_order=cluster_order,
+            order_seed=order_seed, target=target,
         )
         levels = len(memory_layers)
 

@@ -1,0 +1,245 @@
+"""``armvision linprobe | knn | visualize | predict``: frozen-feature evaluation, pictures, predictions.
+
+    armvision linprobe CHECKPOINT [--data.dataset fashion_mnist --data.root DIR] [--output probe.json]
+    armvision knn CHECKPOINT [--k 20 --temperature 0.07]
+    armvision visualize CHECKPOINT IMAGE... --output DIR
+    armvision predict CHECKPOINT IMAGE_OR_FOLDER... [--format table|csv|json]
+
+The data keys of the training config (``--data.dataset``, ``--data.root``, ``--data.train_subset``,
+``--data.val_subset``, ``--data.stats`` ...) choose the dataset; by default the checkpoint's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+from ..errors import ConfigError, UserError, report
+
+__all__ = ["register"]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="run directory, checkpoint folder, model directory or official ARM .pth")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
+
+
+def _feature_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--train-split", default=None, help="split the classifier learns from (default: data.train_split)")
+    p.add_argument("--test-split", default=None,
+                   help="split to evaluate on (default: data.val_split, else val; fashion_mnist: test)")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch of the feature extraction")
+    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--output", default=None, help="write the results as JSON here")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(config_overrides=True)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lp = subparsers.add_parser(
+        "linprobe", help="linear probe on frozen pooled features (BatchNorm + Linear, lr sweep)",
+        description="Extract pooled features of the train and test splits once, then train BatchNorm1d(affine=False) "
+                    "+ Linear on them for each learning rate of a sweep. The lr is chosen on a held-out part of the "
+                    "training features (--holdout); every lr's test top-1/top-5 is listed. Data keys of the training "
+                    "config (--data.dataset, --data.root, --data.train_subset, --data.val_subset ...) pick the data; "
+                    "default: the checkpoint's own training data.")
+    _feature_args(lp)
+    lp.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
+    lp.add_argument("--epochs", type=int, default=30, help="epochs over the cached features per lr")
+    lp.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
+    lp.add_argument("--weight-decay", type=float, default=0.0)
+    lp.add_argument("--holdout", type=float, default=0.1,
+                    help="fraction of the training features held out to choose the lr (0: choose on the test split)")
+    lp.set_defaults(func=_run_features, mode="linprobe")
+
+    kn = subparsers.add_parser(
+        "knn", help="weighted k-NN on frozen pooled features (DINO's: cosine, exp(sim/T) votes)",
+        description="Extract pooled features of the train and test splits once and classify each test image by the "
+                    "weighted votes of its k nearest training features (cosine similarity, weight exp(sim/T)).")
+    _feature_args(kn)
+    kn.add_argument("--k", type=int, default=20)
+    kn.add_argument("--temperature", type=float, default=0.07)
+    kn.set_defaults(func=_run_features, mode="knn")
+
+    vi = subparsers.add_parser(
+        "visualize", help="PNGs of what a pretraining model predicts (one step and autoregressive completion)",
+        description="For each image: the input, the per-patch normalised target clusters, the one-step prediction of "
+                    "every cluster from the true earlier ones (put back into pixels with each true patch's mean and "
+                    "std, then the data mean/std), and a fully autoregressive completion from the first cluster "
+                    "(each predicted cluster fed back as input). Writes IMAGE-STEM.png per image and grid.png.")
+    _common(vi)
+    vi.add_argument("images", nargs="+", help="image files or folders")
+    vi.add_argument("--output", required=True, help="output folder")
+    vi.add_argument("--stats", choices=["context", "gt"], default="context",
+                    help="patch statistics of the completion: 'context' (mean/std of the clusters known so far; "
+                         "nothing from the future) or 'gt' (the true patch's own; default context)")
+    vi.add_argument("--max-grid", type=int, default=16, help="images in grid.png at most")
+    vi.set_defaults(func=_run_visualize)
+
+    pr = subparsers.add_parser(
+        "predict", help="top-5 classes of images from a fine-tuned classifier",
+        description="Classify image files (or every image under folders) with a fine-tuned checkpoint and its "
+                    "evaluation transform; class names come from the training run.")
+    _common(pr)
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.set_defaults(func=_run_predict)
+
+
+def _guard(fn) -> int:
+    try:
+        return fn() or 0
+    except UserError as e:
+        return report(str(e))
+
+
+def _run_features(args: argparse.Namespace) -> int:
+    return _guard(lambda: _features(args))
+
+
+def _features(args: argparse.Namespace) -> int:
+    from ..train.config import parse_cli_overrides
+    from . import _load
+    from .features import data_setup, default_test_split, extract_dataset_features, open_split
+    from .probe import knn_classify, linear_probe
+
+    overrides = parse_cli_overrides(args.overrides)
+    bad = sorted(k for k in overrides if not k.startswith("data.") and k != "seed")
+    if bad:
+        raise ConfigError(f"{args.mode} takes only data keys as config overrides (--data.dataset, --data.root ...), "
+                          f"got {', '.join('--' + k for k in bad)}")
+    device = _device(args.device)
+    loaded = _load.load_for_analysis(args.checkpoint, device)
+    cfg = data_setup(loaded.training, overrides)
+    train_split = args.train_split or cfg.data.train_split
+    test_split = args.test_split or default_test_split(cfg)
+    train_ds = open_split(loaded.model, cfg, train_split, cfg.data.train_subset)
+    from ..data.datasets import class_names_to_map, dataset_classes
+
+    test_ds = open_split(loaded.model, cfg, test_split, cfg.data.val_subset,
+                         class_map=class_names_to_map(dataset_classes(train_ds)))
+    kw = dict(batch_size=args.batch_size, device=device, workers=args.workers, progress=True)
+    tr = extract_dataset_features(loaded.model, train_ds, desc=f"features {train_split}", **kw)
+    te = extract_dataset_features(loaded.model, test_ds, desc=f"features {test_split}", **kw)
+    out = {"command": args.mode, "checkpoint": loaded.source, "architecture": type(loaded.model).__name__,
+           "dataset": cfg.data.dataset, "root": cfg.data.root, "train_split": train_split, "test_split": test_split,
+           "train_images": len(tr.labels), "test_images": len(te.labels), "feature_dim": tr.features.shape[1]}
+    if args.mode == "knn":
+        res = knn_classify(tr.features, tr.labels, te.features, te.labels, args.k, args.temperature, device=device)
+        out["knn"] = res.as_dict()
+        print(f"k-NN (k={args.k}, T={args.temperature}) on {out['test_images']} {test_split} images: "
+              f"top-1 {res.top1:.2f}  top-5 {res.top5:.2f}")
+    else:
+        res = linear_probe(tr.features, tr.labels, te.features, te.labels, args.lrs, args.epochs,
+                           optimizer=args.optimizer, weight_decay=args.weight_decay, holdout=args.holdout,
+                           seed=args.seed, device=device, progress=True)
+        out["linear_probe"] = res.as_dict()
+        out["settings"] = {"epochs": args.epochs, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
+                           "holdout": args.holdout}
+        print(f"linear probe on {out['test_images']} {test_split} images (lr chosen on the {res.selection} split):")
+        for e in res.sweep:
+            held = f"  held-out top-1 {e['heldout_top1']:6.2f}" if "heldout_top1" in e else ""
+            star = "  <- best" if e is res.best else ""
+            print(f"  lr {e['lr']:<8g}{held}  test top-1 {e['test_top1']:6.2f}  top-5 {e['test_top5']:6.2f}{star}")
+        print(f"best: lr {res.best['lr']:g}  top-1 {res.best['test_top1']:.2f}  top-5 {res.best['test_top5']:.2f}")
+    if args.output:
+        from ..models.io import atomic_write
+
+        atomic_write(args.output, lambda p: Path(p).write_text(json.dumps(out, indent=2) + "\n"))
+    return 0
+
+
+def _run_visualize(args: argparse.Namespace) -> int:
+    return _guard(lambda: _visualize(args))
+
+
+def _visualize(args: argparse.Namespace) -> int:
+    from ..data.transforms import normalization
+    from ..errors import CheckpointError
+    from ..models import ARMPretrain
+    from . import _load
+    from .features import data_setup, eval_transform_for
+    from .predict import collect_images, load_images
+    from .visualize import render_panels
+
+    files = collect_images(args.images)
+    device = _device(args.device)
+    loaded = _load.load_for_analysis(args.checkpoint, device)
+    model = loaded.model
+    if not isinstance(model, ARMPretrain):
+        raise CheckpointError(f"{args.checkpoint} holds a {type(model).__name__}; visualize needs a pretraining "
+                              "checkpoint (ARMPretrain), which predicts clusters of patches")
+    cfg = data_setup(loaded.training)
+    mean, std = normalization(cfg.data.stats, model.geometry.in_chans, cfg.data.mean, cfg.data.std)
+    x = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans).to(device)
+    out = Path(args.output)
+    written = []
+    for f, xi in zip(files, x):
+        written.append(render_panels(model, xi[None], mean, std, out / f"{f.stem}.png", [f.name], args.stats))
+    n = min(len(files), args.max_grid)
+    written.append(render_panels(model, x[:n], mean, std, out / "grid.png", [f.name for f in files[:n]], args.stats))
+    for p in written:
+        print(p)
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    return _guard(lambda: _predict(args))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from ..errors import CheckpointError
+    from ..models import ARMClassifier
+    from . import _load
+    from .features import data_setup, eval_transform_for
+    from .predict import collect_images, predict_files
+
+    files = collect_images(args.images)
+    device = _device(args.device)
+    loaded = _load.load_for_analysis(args.checkpoint, device)
+    model = loaded.model
+    if not isinstance(model, ARMClassifier) or not model.num_classes:
+        raise CheckpointError(f"{args.checkpoint} holds a {type(model).__name__} without a classification head; "
+                              "predict needs a fine-tuned classifier (e.g. the run directory of armvision finetune)")
+    if loaded.training:
+        transform = eval_transform_for(model, data_setup(loaded.training))
+    else:  # an official checkpoint: the reference's ImageNet evaluation transform
+        from ..interop.features import eval_transform
+
+        transform = eval_transform(model)
+    rows = predict_files(model, files, transform, loaded.classes, args.topk, args.batch_size, device)
+    sys.stdout.write(_format(rows, args.format))
+    return 0
+
+
+def _format(rows: list[dict], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2) + "\n"
+    k = max(len(r["top"]) for r in rows)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["file"] + [f"{c}{i}" for i in range(1, k + 1) for c in ("class", "prob")])
+        for r in rows:
+            w.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"], f"{t['prob']:.4f}")])
+        return buf.getvalue()
+    width = max(len(r["file"]) for r in rows)
+    lines = [f"{'image':<{width}}  " + "  ".join(f"top-{i}" for i in range(1, k + 1))]
+    for r in rows:
+        lines.append(f"{r['file']:<{width}}  " + "  ".join(f"{t['class']} ({100 * t['prob']:.1f}%)" for t in r["top"]))
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,89 @@
+"""Pooled features of a whole dataset split, extracted once and kept in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..train.config import RunConfig, apply_overrides, config_from_dict
+
+__all__ = ["FeatureSet", "data_setup", "eval_transform_for", "open_split", "extract_dataset_features"]
+
+
+@dataclass
+class FeatureSet:
+    """``features`` (n, c) float32 on the CPU, ``labels`` (n,) int64, ``classes``: names or None."""
+
+    features: Tensor
+    labels: Tensor
+    classes: list[str] | None = None
+
+
+def data_setup(training: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """The run config whose ``data`` section says which dataset to read: the checkpoint's own training
+    config (when it has one), then ``overrides`` (``{"data.dataset": "fashion_mnist", "data.root": ...}``)."""
+    cfg = config_from_dict(training, "the checkpoint's training config") if training else RunConfig()
+    return apply_overrides(cfg, dict(overrides or {}), "the command line")
+
+
+def eval_transform_for(model: nn.Module, cfg: RunConfig):
+    """The evaluation transform of ``model`` under ``cfg.data`` (resize, centre crop, normalise)."""
+    from ..data.transforms import eval_transform, normalization
+
+    d = cfg.data
+    geo = getattr(model, "geometry")
+    mean, std = normalization(d.stats, geo.in_chans, d.mean, d.std)
+    return eval_transform(geo.img_size[0], mean, std, d.eval_crop_pct, d.interpolation, d.eval_resize)
+
+
+def default_test_split(cfg: RunConfig) -> str:
+    """The split to evaluate on: data.val_split, else 'test' for Fashion-MNIST and 'val' for the rest
+    (Fashion-MNIST has only 'train' and 'test': the config default 'val' means its 'test')."""
+    if cfg.data.dataset == "fashion_mnist" and cfg.data.val_split not in ("train", "test"):
+        return "test"
+    return cfg.data.val_split or "val"
+
+
+def open_split(model: nn.Module, cfg: RunConfig, split: str, subset: int | None = None,
+               class_map: dict | None = None):
+    """One labelled split, transformed for ``model``."""
+    from ..data.datasets import build_dataset
+
+    d = cfg.data
+    if not hasattr(model, "geometry"):
+        raise ConfigError(f"{type(model).__name__} has no geometry: only armvision models can be evaluated here")
+    return build_dataset(d.dataset, d.root, split, eval_transform_for(model, cfg), in_chans=model.geometry.in_chans,
+                         strict_images=d.strict_images, class_map=class_map, subset=subset,
+                         subset_seed=d.subset_seed, seed=cfg.seed)
+
+
+@torch.no_grad()
+def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
+                             workers: int = 0, progress: bool = False, desc: str = "features") -> FeatureSet:
+    """Pooled features (:func:`armvision.extract_features`) of every sample of a labelled dataset.
+
+    Pretraining models: the mean of the causal encoder's final normed tokens over all clusters;
+    classifiers: the pooled feature the head sees.
+    """
+    from tqdm import tqdm
+
+    from ..data.datasets import dataset_classes
+    from ..data.loader import collate
+    from ..interop.features import extract_features
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=collate)
+    feats, labels = [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        images, target = batch[0], batch[1]
+        feats.append(extract_features(model, images.to(device)).pooled.float().cpu())
+        labels.append(torch.as_tensor(target).long().cpu())
+    if not feats:
+        raise ConfigError("the dataset split is empty: no features to evaluate")
+    return FeatureSet(torch.cat(feats), torch.cat(labels), dataset_classes(dataset))

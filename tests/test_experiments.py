@@ -1,0 +1,76 @@
+"""Every study script end to end at --scale tiny (CPU, a fake Fashion-MNIST), sharing one state folder as the
+studies share jobs; a second invocation runs nothing again."""
+
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from trainhelpers import make_fake_fmnist
+
+EXP = Path(__file__).resolve().parents[1] / "experiments"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    data = make_fake_fmnist(root / "fm", n_train=48, n_test=32)
+    sys.path.insert(0, str(EXP))
+    yield {"state": root / "state", "data": data}
+    sys.path.remove(str(EXP))
+
+
+def run_study(name, env):
+    mod = importlib.import_module(name)
+    study = mod.main(["--scale", "tiny", "--state", str(env["state"]), "--data-root", str(env["data"])])
+    out = env["state"] / "results"
+    assert json.loads((out / f"{name}.json").read_text())["rows"] == json.loads(json.dumps(study["rows"]))
+    with Image.open(out / f"{name}.png") as im:
+        assert im.format == "PNG"
+    return study
+
+
+def test_study1(env):
+    study = run_study("study1_pretraining", env)
+    assert [r["condition"] for r in study["rows"]] == ["ARM pretrained", "random init (scratch)"]
+    for row in study["rows"]:
+        for m in ("ft_top1", "linprobe", "knn"):
+            assert row[m]["n"] == 1 and 0 <= row[m]["mean"] <= 100
+    jobs = sorted((env["state"] / "results" / "jobs").glob("*.json"))
+    assert [p.stem for p in jobs] == ["ft-cs2-row-norm_pix-s0-f1", "ft-scratch-s0", "pre-cs2-row-norm_pix-s0",
+                                      "probe-cs2-row-norm_pix-s0-f1", "probe-random-cs2-row-norm_pix-s0"]
+    before = {p: p.stat().st_mtime_ns for p in jobs}
+    run_study("study1_pretraining", env)  # resumable: everything is done, nothing runs again
+    assert {p: p.stat().st_mtime_ns for p in jobs} == before
+
+
+def test_study2(env):
+    study = run_study("study2_unit", env)
+    rows = {r["condition"]: r for r in study["rows"]}
+    assert rows["1 patch"]["linprobe"]["n"] == 1 and rows["2x2 patches"]["knn"]["n"] == 1
+    assert "does not fit the 4x4 patch grid" in rows["4x4 patches"]["skipped"]
+
+
+@pytest.mark.parametrize("name,conditions", [("study3_order", ["row-major", "column-major", "random"]),
+                                             ("study4_target", ["normalised pixels", "raw pixels"])])
+def test_study3_and_4(env, name, conditions):
+    study = run_study(name, env)
+    assert [r["condition"] for r in study["rows"]] == conditions
+    assert all(r["linprobe"]["n"] == 1 and r["loss"]["n"] == 1 for r in study["rows"])
+
+
+def test_study5_and_results_md(env, tmp_path):
+    study = run_study("study5_length", env)
+    assert [r["fraction"] for r in study["rows"]] == [0.25, 0.5, 1.0]
+    assert all(r["ft_top1"]["n"] == 1 for r in study["rows"])
+    assert importlib.import_module("visualize_grid").main(
+        ["--scale", "tiny", "--state", str(env["state"]), "--data-root", str(env["data"])]) == 0
+    with Image.open(env["state"] / "results" / "visualize_grid.png") as im:
+        assert im.size == (512, 1520)  # 4 panels of 128 px; 10 rows (one test image per class) of 152 px
+    mod = importlib.import_module("make_results_md")
+    out = mod.main(["--results", str(env["state"] / "results"), "--output", str(tmp_path / "results.md")])
+    text = out.read_text()
+    assert text.count("| condition |") == 5 and "to be filled by the GPU run" not in text
+    assert "![what ARM predicts](results/visualize_grid.png)" in text
