@@ -130,6 +130,36 @@ def test_scan_segment_checkpoints_equal_per_chunk_states(seed, ordered):
         assert torch.equal(x, y), k
 
 
+@pytest.mark.parametrize("states", ["recompute", "save"])
+def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch):
+    """ops.scan_config(seg=2) reaches the kernels through both autograd paths (the custom ops that
+    torch.compile traces, and the eager Function): values and gradients equal seg=1 bit for bit."""
+    seen = []
+    bwd = scan_triton.scan_bwd
+
+    def recording_bwd(*args, **kw):
+        seen.append((args[9].shape[1], kw.get("seg", args[14] if len(args) > 14 else 1)))  # (states, seg)
+        return bwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_bwd", recording_bwd)
+    inp = scan_inputs(2, 9, 6, 4, torch.float32)
+    index = torch.randperm(9, device=DEV)
+    dout = torch.randn(2, 9, 6, device=DEV)
+    results = []
+    for seg in (1, 2):
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
+        with ops.scan_config(states=states, seg=seg):
+            out = scan_triton.selective_scan_triton(*(leaves[k] for k in ARGS), index=index)
+        (out * dout).sum().backward()
+        results.append([out] + [leaves[k].grad for k in ARGS])
+    assert seen == [(3, 1), (2, 2)]  # 9 steps = 3 chunks of 4: a state per chunk, or per segment of 2
+    for name, x, y in zip(["out", *ARGS], *results):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="seg must be a positive integer"):
+        with ops.scan_config(seg=0):
+            pass
+
+
 def test_scan_recomputed_states(seed, monkeypatch, autograd_path):
     """states="recompute": the backward rebuilds the chunk states instead of keeping them."""
     with ops.scan_config(states="recompute"):
