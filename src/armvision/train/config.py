@@ -31,6 +31,7 @@ from ..configtree import option as _f
 from ..errors import ConfigError
 
 __all__ = [
+    "ScanConfig",
     "ModelConfig",
     "DataConfig",
     "AugmentConfig",
@@ -54,6 +55,15 @@ Task = Literal["pretrain", "finetune"]
 
 
 @dataclass
+class ScanConfig:
+    states: Union[Literal["recompute", "save"], None] = _f(None, "the selective scan's chunk states between forward "
+                                                                "and backward: 'recompute' (less memory) or 'save' "
+                                                                "(no recompute); null: the kernels' default")
+    seg: Union[int, None] = _f(None, "chunks per saved scan state (k > 1: the backward rebuilds the others; less "
+                                     "memory at long sequences); null: the kernels' default (1)")
+
+
+@dataclass
 class ModelConfig:
     name: str = _f("arm_base_pz16", "registry name (arm_tiny_pz16 ... arm_huge_pz16)")
     img_size: int = _f(224, "input resolution in pixels (square)")
@@ -62,6 +72,7 @@ class ModelConfig:
     args: dict[str, Any] = _f(help="further constructor arguments of the model (patch_size, cluster_size, "
                                    "embed_dim, depth, d_state, decoder_dim, memory_layers, ...), e.g. "
                                    "--model.args.embed_dim 128", factory=dict)
+    scan: ScanConfig = _f(factory=ScanConfig)
 
 
 @dataclass
@@ -166,6 +177,10 @@ class RunConfig:
     max_steps: Union[int, None] = _f(None, "stop after this many optimizer steps (the schedule still spans "
                                            "all epochs; resume to continue)")
     eval_every_epochs: int = _f(1, "evaluate on data.val_split every N epochs (0: only at the end)")
+    compile: Union[bool, Literal["auto"]] = _f("auto", "torch.compile the model for training: auto (on with a GPU, "
+                                                       "off on the CPU), true or false; a compile error falls back "
+                                                       "to eager with a warning")
+    compile_backend: str = _f("inductor", "torch.compile backend (inductor; aot_eager to debug)")
     model: ModelConfig = _f(factory=ModelConfig)
     data: DataConfig = _f(factory=DataConfig)
     aug: AugmentConfig = _f(factory=AugmentConfig)
@@ -268,6 +283,7 @@ def validate_config(cfg: RunConfig) -> None:
     need(m.img_size > 0, "model.img_size", m.img_size, "a positive integer")
     need(m.in_chans in (1, 3), "model.in_chans", m.in_chans, "1 (grayscale) or 3 (RGB)")
     need(0 <= m.drop_path < 1, "model.drop_path", m.drop_path, "a rate in [0, 1)")
+    need(m.scan.seg is None or m.scan.seg >= 1, "model.scan.seg", m.scan.seg, "1 or more, or null")
     need(d.num_classes is None or d.num_classes > 0, "data.num_classes", d.num_classes, "a positive integer or null")
     for key in ("mean", "std"):
         v = getattr(d, key)

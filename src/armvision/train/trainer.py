@@ -29,12 +29,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, ops
 from ..data import class_names_to_map, dataset_classes, normalization
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
+from .compiled import CompiledModule, compile_enabled
 from .checkpoint import CheckpointManager, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
@@ -210,9 +211,12 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
         self.objective = build_objective(cfg, self.num_classes)
+        # the module a training step calls (DDP wrapper included, as torch recommends); self.model keeps the weights
+        self.train_module = CompiledModule(self.ddp or self.model, compile_enabled(cfg.compile, self.device),
+                                           cfg.compile_backend)
 
     def _build_optimization(self) -> None:
-        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps, self.cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
@@ -305,7 +309,27 @@ class Trainer:
         return max(g["lr"] for g in self.optimizer.param_groups)
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.objective(self.ddp or self.model, images, labels)
+        return self.objective(self.train_module.module, images, labels)
+
+    def _scan_scope(self):
+        """The scan launch settings of model.scan around a step (read when torch.compile traces it)."""
+        s = self.cfg.model.scan
+        return ops.scan_config(**{k: v for k, v in (("states", s.states), ("seg", s.seg)) if v is not None})
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of one micro-batch, its gradient (scaled for accumulation) added to the parameters'."""
+        def step():
+            with self._scan_scope(), autocast_for(self.device, self.cfg.precision):
+                loss = self._loss(images, labels)
+            with self._scan_scope():
+                (loss / self.accum_steps).backward()
+            return loss
+
+        def reset():
+            for p in self.params:
+                p.grad = None
+
+        return self.train_module.guard(step, reset)
 
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
         cfg = self.cfg
@@ -341,9 +365,7 @@ class Trainer:
                 sync = self.ddp is None or k == self.accum_steps - 1
                 ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
                 with ctx:
-                    with autocast_for(self.device, cfg.precision):
-                        loss = self._loss(images, labels)
-                    (loss / self.accum_steps).backward()
+                    loss = self._forward_backward(images, labels)
                 loss_sum += loss.detach().float()
                 self.batch_in_epoch += 1
             # the gradient norm (clipping, when on) before the check: a finite loss can still give
