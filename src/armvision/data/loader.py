@@ -58,11 +58,13 @@ def collate(batch):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, pin_memory: bool = False,
-                persistent_workers: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+                persistent_workers: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                collate_fn=collate):
     """A DataLoader over ``dataset`` and its sampler (None for streaming datasets).
 
     Training: shuffled, sharded over ranks, whole batches only (mixup needs even batches).
-    Evaluation: every sample once over all ranks, in order.
+    Evaluation: every sample once over all ranks, in order. ``collate_fn``: :func:`collate` (or the
+    encoded images' ``collate_encoded`` of ``data.decode: gpu``).
     """
     sampler = None
     if isinstance(dataset, IterableDataset):
@@ -74,7 +76,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
         sampler = ShardSampler(dataset, world_size, rank)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)  # worker seeds: reproducible per run and rank
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=pin_memory, drop_last=train, persistent_workers=persistent_workers and workers > 0,
         generator=generator,
     )

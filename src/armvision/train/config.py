@@ -103,7 +103,6 @@ class DataConfig:
                                                              "the shorter side, keeping the aspect ratio (the "
                                                              "reference code's MAE transform)")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")
-    # issue 9 (helper h9k): GPU decoding; the trainer's hook is armvision.data.gpu.gpu_batch_transform
     decode: Literal["cpu", "gpu"] = _f("cpu", "training images: 'cpu' (PIL in the loader workers) or 'gpu' (JPEGs "
                                               "decoded and cropped on the GPU in batches, pretraining transform and "
                                               "random erasing; no RandAugment)")

@@ -163,6 +163,7 @@ class Trainer:
         where = dict(rank=self.dist.rank, world=self.dist.world_size, device=self.device)
         train = build_pipeline(cfg, d.train_split, True, self.micro_batch, **where)
         self.train_set, self.train_loader, self.train_sampler = train.dataset, train.loader, train.sampler
+        self.batch_transform = train.batch_transform  # data.decode gpu: decode + augment each batch on the device
         self.classes = dataset_classes(self.train_set)
         self.val_set = self.val_loader = None
         if d.val_split:
@@ -359,6 +360,9 @@ class Trainer:
                 except StopIteration:  # a streaming split that ran short
                     raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
                                     f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+                if self.batch_transform is not None:
+                    images, unread = self.batch_transform(images)
+                    sk = sk + unread
                 skipped += sk
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
