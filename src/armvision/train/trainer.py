@@ -117,6 +117,7 @@ class Trainer:
         self.loss_history: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}
         self.train_seconds = 0.0
+        self._batches, self._batches_next = None, None  # the loader iterator and the (epoch, batch) it is at
         if self.resume_from is not None:
             self._restore(self.resume_from)
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard)
@@ -332,18 +333,32 @@ class Trainer:
 
         return self.train_module.guard(step, reset)
 
+    def _spanning_batches(self, epoch: int, start_micro: int):
+        """The training batches from ``epoch``'s micro-batch ``start_micro`` on: one loader iterator runs
+        through all remaining epochs (no drain and refill of the workers' prefetch at each boundary,
+        :class:`~armvision.data.ResumableSampler`); it is made anew only when the last one did not end
+        exactly where this epoch starts (the first epoch of this process, a resume)."""
+        if self._batches_next != (epoch, start_micro):
+            per_epoch = self.steps_per_epoch * self.accum_steps * self.micro_batch
+            self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch, until=self.cfg.optim.epochs,
+                                         per_epoch=per_epoch)
+            self._batches = iter(self.train_loader)
+        self._batches_next = None  # valid again only once this epoch is consumed to its end
+        return self._batches
+
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
         cfg = self.cfg
         start_micro = self.batch_in_epoch
         if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch)
-        elif hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
-        if start_micro and self.train_sampler is None and self.is_main:
-            _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
-                            "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
-                            epoch + 1)
-        batches = iter(self.train_loader)
+            batches = self._spanning_batches(epoch, start_micro)
+        else:
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            if start_micro and self.is_main:
+                _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
+                                "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
+                                epoch + 1)
+            batches = iter(self.train_loader)
         self.model.train()
         window = _Window()
         lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
@@ -411,6 +426,8 @@ class Trainer:
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
         if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
             self._log_window(window, lr, float(grad_norm), epoch)
+        if self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps:
+            self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint.every_steps
