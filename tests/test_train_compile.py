@@ -84,3 +84,26 @@ def test_compile_is_on_for_cuda_by_default_and_fused_adamw_there():
     assert cpu.defaults["foreach"] is True and not cpu.defaults["fused"]
     gpu = build_optimizer(model, cfg, torch.device("cuda", 0))
     assert gpu.defaults["fused"] is True and not gpu.defaults["foreach"]
+
+
+def test_model_scan_settings_are_the_scan_scope_of_each_step(tmp_path, data):
+    """model.scan {states, seg} is the ops.scan_config scope around the step's forward (and backward),
+    where a compiled model reads it when it is traced; unset keys keep the kernels' defaults."""
+    from armvision import ops
+
+    seen = []
+    trainer = Trainer(_cfg(data, tmp_path / "scan", **{"model.scan.states": "save", "model.scan.seg": 2,
+                                                       "max_steps": 1}))
+    objective = trainer.objective
+
+    def recording(model, images, labels):
+        seen.append(ops.current_scan_config())
+        return objective(model, images, labels)
+
+    trainer.objective = recording
+    trainer.fit()
+    assert len(seen) == 1 and seen[0]["states"] == "save" and seen[0]["seg"] == 2
+    assert ops.current_scan_config()["seg"] == 1  # the scope ended with the step
+    default = Trainer(_cfg(data, tmp_path / "default"))
+    with default._scan_scope() as cfg:
+        assert cfg == ops.current_scan_config() and cfg["states"] == "recompute" and cfg["seg"] == 1

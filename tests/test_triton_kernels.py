@@ -260,6 +260,27 @@ def test_mixer_compiles_without_graph_breaks(seed):
     assert torch.allclose(y, m(x, layout), atol=1e-6)
 
 
+def test_compiled_scan_takes_the_scope_active_while_tracing(seed, monkeypatch):
+    """torch.compile reads ops.scan_config when it traces (as the trainer's model.scan scope is around
+    its first step): the compiled forward and backward run with states="save" and seg=2."""
+    seen = []
+    bwd = scan_triton.scan_bwd
+
+    def recording_bwd(*args, **kw):
+        seen.append((args[9].shape[1], kw.get("seg", args[14] if len(args) > 14 else 1)))
+        return bwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_bwd", recording_bwd)
+    inp = scan_inputs(1, 9, 4, 4, torch.float32)
+    fn = torch.compile(scan_triton.selective_scan_triton, fullgraph=True, backend="aot_eager")
+    with ops.scan_config(states="save", seg=2):
+        out = fn(*(inp[k] for k in ARGS))
+    out.sum().backward()
+    assert seen == [(2, 2)]  # saved in the forward (no recompute), one state per 2 chunks of 4 steps
+    ref, _ = reference({k: v for k, v in inp.items()}, None)
+    assert rel_err(out.detach().cpu(), ref) < 1e-5
+
+
 def test_custom_ops_pass_opcheck(seed):
     """Schemas, fake (meta) kernels, autograd registration: what torch.compile relies on."""
     inp = {k: None if v is None else v.detach() for k, v in scan_inputs(2, 5, 4, 4, torch.float32).items()}
