@@ -204,6 +204,11 @@ def main():
     ap.add_argument("--log-every", type=int, default=10, help="steps per logging window")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--large", action="store_true", help="also arm_large_in1k_pretrain (~1 min more)")
+    ap.add_argument("--workloads", nargs="+", choices=["pretrain_b", "finetune_b"],
+                    default=["pretrain_b", "finetune_b"],
+                    help="the ARM-B commands to run (split a long run over several calls)")
+    ap.add_argument("--skip", nargs="+", choices=["pipeline", "train_step"], default=[],
+                    help="leave out the data pipeline alone and/or train_step.py's model-only ceiling")
     ap.add_argument("--no-compile", action="store_true", help="train_step.py eager only (saves ~2-3 min)")
     ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
                     help="data.decode of the pretraining runs (gpu: JPEGs decoded and cropped on the GPU)")
@@ -228,7 +233,7 @@ def main():
            "jpeg_seconds": time.perf_counter() - t0, "pipeline": [], "cli": [], "train_step": []}
     print(f"{args.images} JPEGs ready in {res['jpeg_seconds']:.0f} s under {data_root}", flush=True)
 
-    modes = ["pretrain", "finetune"] + (["gpu"] if cuda else [])
+    modes = [] if "pipeline" in args.skip else ["pretrain", "finetune"] + (["gpu"] if cuda else [])
     for mode in modes:
         kw = dict(batches=4, warmup=1, batch=4, img_size=16) if args.tiny else dict(batches=30, warmup=5)
         try:
@@ -240,7 +245,7 @@ def main():
     if cuda:
         torch.cuda.empty_cache()
 
-    names = ["pretrain_b", "finetune_b"] + (["pretrain_l"] if args.large else [])
+    names = list(args.workloads) + (["pretrain_l"] if args.large else [])
     for name in names:
         decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,
@@ -255,7 +260,7 @@ def main():
                                      args.tiny, wait, active, timeout=600, decode=args.decode,
                                      compile_model=args.compile)
         print(profile_table(res["profile"]), flush=True)
-    if cuda:
+    if cuda and "train_step" not in args.skip:
         steps = [WORKLOADS[n]["step_workload"] for n in names]
         base = [w for w in steps if w != "pretrain_l"]  # ARM-L: eager only (as in ANCHORS.md)
         res["train_step"] += run_train_step(base, not args.no_compile, args.workdir, timeout=900)

@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 
 def _cfg(data, out, **extra):
     over = tiny_overrides(data, out, "pretrain", **COMMON, **extra)
-    over["model.args"] = dict(over["model.args"], depth=2, memory_layers=[1, 2])  # a short graph to trace on 2 CPU cores
+    over["model.args"] = dict(over["model.args"], depth=2, memory_layers=[1, 2])  # a short graph to trace
     return load_config("fmnist_pretrain", over, task="pretrain")
 
 

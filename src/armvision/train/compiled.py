@@ -68,7 +68,7 @@ class CompiledModule:
             return step()
         try:
             out = step()
-        except UserError:
+        except (UserError, torch.OutOfMemoryError):  # not the compiler's failure
             raise
         except Exception as e:  # noqa: BLE001 -- compile errors have many types (dynamo, inductor, triton)
             self._fall_back(e)
