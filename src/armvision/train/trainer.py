@@ -8,7 +8,8 @@ checkpoints and returns the run's summary (also written to ``summary.json``).
 The pieces are components built from the config: the data (:func:`armvision.train.data.build_pipeline`,
 shared with ``armvision eval``), the loss (:mod:`armvision.train.objective`), the optimizer and the lr
 schedule (:mod:`armvision.train.optim`; the schedule's state is its step count), the process group
-(:mod:`armvision.train.distributed`). The Trainer wires them and runs the loop.
+(:mod:`armvision.train.distributed`), the compiled training module with its eager fallback
+(:mod:`armvision.train.compiled`). The Trainer wires them and runs the loop.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
-from .compiled import CompiledModule, compile_enabled
 from .checkpoint import CheckpointManager, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
+from .compiled import CompiledModule, compile_enabled
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
 from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
