@@ -41,6 +41,8 @@ class CompiledModule:
         self.compiled: nn.Module | None = None
         self.verified = False  # a step ran compiled: compiling worked
         if enabled:
+            _logger.info("torch.compile (%s): the first training step compiles the model, which can take minutes",
+                         backend)
             try:
                 self.compiled = torch.compile(module, backend=backend, dynamic=False)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means: run eager
