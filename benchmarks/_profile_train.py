@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, schedule
 
 from armvision.train.config import load_config, parse_cli_overrides
@@ -26,7 +27,9 @@ def kernel_table(prof, active: int, step_us: float, cuda: bool) -> dict:
     """Top kernels (or CPU operators) by self time, per step and as a share of the step."""
     avg = prof.key_averages()
     if cuda:
-        rows = [(e.key, e.self_device_time_total, e.count) for e in avg if e.self_device_time_total > 0]
+        # the kernels themselves (a CPU operator's self device time repeats its kernels')
+        rows = [(e.key, e.self_device_time_total, e.count) for e in avg
+                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
     else:
         rows = [(e.key, e.self_cpu_time_total, e.count) for e in avg if e.self_cpu_time_total > 0]
     rows = [r for r in rows if not r[0].startswith("ProfilerStep")]  # the profiler's own step ranges
