@@ -30,6 +30,8 @@ def kernel_table(prof, active: int, step_us: float, cuda: bool) -> dict:
         # the kernels themselves (a CPU operator's self device time repeats its kernels')
         rows = [(e.key, e.self_device_time_total, e.count) for e in avg
                 if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+        if not rows:  # a profiler that does not tag its kernel events: every event with device time
+            rows = [(e.key, e.self_device_time_total, e.count) for e in avg if e.self_device_time_total > 0]
     else:
         rows = [(e.key, e.self_cpu_time_total, e.count) for e in avg if e.self_cpu_time_total > 0]
     rows = [r for r in rows if not r[0].startswith("ProfilerStep")]  # the profiler's own step ranges
