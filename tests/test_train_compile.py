@@ -33,6 +33,7 @@ def _losses(summary):
     return [v for _, v in summary["loss_curve"]]
 
 
+@pytest.mark.slow  # ~25-40 s: dynamo traces the tiny model's forward and backward on the CPU
 def test_compiled_training_matches_eager_and_its_checkpoints_resume_eagerly(tmp_path, data):
     eager = train(_cfg(data, tmp_path / "eager", compile=False))
     assert eager["steps"] == 6
