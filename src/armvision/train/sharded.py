@@ -21,10 +21,12 @@ model directory (``config.json`` + ``model.safetensors``) that every other comma
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,14 @@ def _no_dist() -> bool:
     return not (dist.is_available() and dist.is_initialized())
 
 
+@contextlib.contextmanager
+def _quiet_single_process():
+    """DCP warns each time it runs without a process group; in one process that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def _model_config(model: nn.Module) -> dict[str, Any]:
     """:func:`armvision.models.io.model_config` of a model that FSDP2 may have re-classed (``FSDPARMPretrain``)."""
     arch = next((c.__name__ for c in type(model).__mro__ if c.__name__ in _ARCHITECTURES), None)
@@ -83,7 +93,8 @@ def save_sharded(manager, step: int, model: nn.Module, optimizer: torch.optim.Op
     distributed.barrier()
     try:
         model_sd, optim_sd = get_state_dict(model, optimizer)
-        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED_DIR, no_dist=_no_dist())
+        with _quiet_single_process():
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED_DIR, no_dist=_no_dist())
         if main:
             cfg = {**_model_config(model), **extra_config}
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -120,7 +131,8 @@ def load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
     else:
         model_sd, optim_sd = get_state_dict(model, optimizer)
         sd = {"model": model_sd, "optimizer": optim_sd}
-    dcp.load(sd, checkpoint_id=Path(ckpt) / SHARDED_DIR, no_dist=_no_dist())
+    with _quiet_single_process():
+        dcp.load(sd, checkpoint_id=Path(ckpt) / SHARDED_DIR, no_dist=_no_dist())
     set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=sd["model"],
                    optim_state_dict=sd.get("optimizer", {}))
 
@@ -176,7 +188,8 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
         raise CheckpointError(f"cannot build the model described by {ckpt / CONFIG_NAME}: {e}") from None
     sd = model.state_dict()
     try:
-        dcp.load({"model": sd}, checkpoint_id=ckpt / SHARDED_DIR, no_dist=True)
+        with _quiet_single_process():
+            dcp.load({"model": sd}, checkpoint_id=ckpt / SHARDED_DIR, no_dist=True)
     except Exception as e:  # noqa: BLE001 - DCP raises its own CheckpointException and others
         raise CheckpointError(f"cannot read the sharded weights in {ckpt / SHARDED_DIR}: {e}") from None
     model.load_state_dict(sd)
