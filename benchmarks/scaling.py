@@ -172,8 +172,9 @@ def tables(res: dict) -> str:
     s = res.get("ac_search") or {}
     if s:
         lines.append("")
-        lines.append(f"activation checkpointing under {_f(s.get('cap_gib'))} GiB: {_f(s.get('gib_per_image'), '{:.3f}')}"
-                     f" GiB per image, predicted largest batch {s.get('predicted', '-')}, largest run that fit: "
+        lines.append(f"activation checkpointing under {_f(s.get('cap_gib'))} GiB: "
+                     f"{_f(s.get('gib_per_image'), '{:.3f}')} GiB per image, predicted largest batch "
+                     f"{s.get('predicted', '-')}, largest run that fit: "
                      f"{s.get('largest')} ({_f(by.get(s.get('largest'), {}).get('images_per_s'))} images/s)")
     for pair in res["resume"]:
         lines.append("")

@@ -29,7 +29,8 @@ HERE = Path(__file__).parent
 SRC = str(Path(armvision.__file__).resolve().parents[1])
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(HERE)]), "OMP_NUM_THREADS": "1"}
 # deterministic crops (the whole 20x20 image resized to 16), so that 1 and 2 processes see the same pixels
-SAME_PIXELS = {"aug.scale": [1.0, 1.0], "aug.ratio": [1.0, 1.0], "aug.hflip": 0.0}
+# a small clip norm, so that clipping (over the shards of all processes) changes the gradients
+SAME_PIXELS = {"aug.scale": [1.0, 1.0], "aug.ratio": [1.0, 1.0], "aug.hflip": 0.0, "optim.clip_grad": 0.05}
 
 
 def _overrides(data: Path, run: Path, **extra) -> dict:
@@ -46,10 +47,12 @@ def _worker(over: dict, out: Path, nproc: int, *extra: str) -> subprocess.Comple
 
 @pytest.fixture(scope="module")
 def fsdp_run(tmp_path_factory):
-    """One pretraining run of 2 epochs x 3 steps on 2 gloo processes, FSDP2 + activation checkpointing."""
+    """One pretraining run of 2 epochs x 3 steps on 2 gloo processes, FSDP2 + activation checkpointing,
+    micro-batches of 2 accumulated twice per process (global batch 8)."""
     tmp = tmp_path_factory.mktemp("fsdp")
     data = make_imagefolder(tmp / "data")
-    over = _overrides(data, tmp / "run2", parallel="fsdp", activation_checkpointing=True)
+    over = _overrides(data, tmp / "run2", parallel="fsdp", activation_checkpointing=True,
+                      **{"optim.micro_batch": 2})
     res = _worker(over, tmp / "out2", 2)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return {"tmp": tmp, "data": data, "run": tmp / "run2", "out": tmp / "out2",
@@ -76,13 +79,16 @@ def test_fsdp_on_two_processes_matches_one_process_with_the_same_global_batch(fs
     assert not (fsdp_run["run"] / "checkpoints" / "latest" / "model.safetensors").exists()  # never gathered
     marker = json.loads((fsdp_run["run"] / "checkpoints" / "latest" / MARKER_NAME).read_text())
     assert marker["world_size"] == 2
-    # the reference: one process, DDP path (the plain model), no activation checkpointing, global batch 8
+    # the reference: one process, the plain model, no activation checkpointing nor accumulation, global batch 8
     t = Trainer(load_config("fmnist_pretrain", _overrides(fsdp_run["data"], tmp_path / "run1"), task="pretrain"))
     s1 = t.fit()
     assert s1["steps"] == 6
     assert _losses(s1) == pytest.approx(_losses(s2), rel=1e-5, abs=1e-6)
     _close(t.model.state_dict(), fsdp_run["weights"], 1e-4)
     assert _losses(s1)[0] != _losses(s1)[-1]  # it trained
+    records = [json.loads(line) for line in (tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()]
+    norms = [r["grad_norm"] for r in records if r["kind"] == "train"]
+    assert len(norms) == 6 and min(norms) > 0.05  # every step was clipped
 
 
 def test_a_sharded_checkpoint_of_two_processes_resumes_in_one_process(fsdp_run, tmp_path):
@@ -90,7 +96,7 @@ def test_a_sharded_checkpoint_of_two_processes_resumes_in_one_process(fsdp_run, 
     assert resolve_resume_dir(ckpt) == ckpt
     over = _overrides(fsdp_run["data"], tmp_path / "run", parallel="fsdp", resume=str(ckpt))
     t = Trainer(load_config("fmnist_pretrain", over, task="pretrain"))
-    assert (t.step, t.epoch, t.batch_in_epoch) == (3, 1, 0)
+    assert (t.step, t.epoch, t.batch_in_epoch, t.accum_steps) == (3, 1, 0, 1)
     states = [t.optimizer.state[p] for p in t.params]
     assert all(float(s["step"]) == 3 for s in states) and any(s["exp_avg_sq"].abs().sum() > 0 for s in states)
     s = t.fit()
