@@ -34,7 +34,9 @@ SAME_PIXELS = {"aug.scale": [1.0, 1.0], "aug.ratio": [1.0, 1.0], "aug.hflip": 0.
 
 
 def _overrides(data: Path, run: Path, **extra) -> dict:
-    return tiny_overrides(data, run, "pretrain", **{**SAME_PIXELS, **extra})
+    # 9 validation images: 5 on one process (3 batches of 2) and 4 on the other (2): evaluation is not a
+    # collective of equal steps
+    return tiny_overrides(data, run, "pretrain", **{**SAME_PIXELS, "data.val_subset": 9, **extra})
 
 
 def _worker(over: dict, out: Path, nproc: int, *extra: str) -> subprocess.CompletedProcess:
@@ -85,6 +87,8 @@ def test_fsdp_on_two_processes_matches_one_process_with_the_same_global_batch(fs
     assert s1["steps"] == 6
     assert _losses(s1) == pytest.approx(_losses(s2), rel=1e-5, abs=1e-6)
     _close(t.model.state_dict(), fsdp_run["weights"], 1e-4)
+    assert s1["eval"]["images"] == s2["eval"]["images"] == 9
+    assert s2["eval"]["loss"] == pytest.approx(s1["eval"]["loss"], rel=1e-5)
     assert _losses(s1)[0] != _losses(s1)[-1]  # it trained
     records = [json.loads(line) for line in (tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()]
     norms = [r["grad_norm"] for r in records if r["kind"] == "train"]

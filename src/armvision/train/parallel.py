@@ -12,8 +12,10 @@ optimizer is built (FSDP2 replaces the parameters by sharded DTensors):
    reduction when the run computes in bf16 (``fsdp.mixed_precision``), optional ``CPUOffloadPolicy``.
    ``parallel: ddp`` (several processes): ``DistributedDataParallel``. One process: the plain model.
 
-The training loop then only needs :func:`gradient_sync` (accumulation without reducing gradients) and
-:func:`clip_grad_norm` (a plain tensor whether the gradients are sharded or not).
+The training loop then only needs :func:`gradient_sync` (accumulation without reducing gradients),
+:func:`clip_grad_norm` (a plain tensor whether the gradients are sharded or not) and, around evaluation,
+:func:`gathered` (the processes' shares of the validation split differ by up to one batch, and a sharded
+forward pass is a collective).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .distributed import DistInfo
 from .evaluate import autocast_for
 
 __all__ = ["Parallel", "parallelize", "repeated_blocks", "apply_activation_checkpointing", "apply_fsdp",
-           "gradient_sync", "clip_grad_norm", "is_sharded"]
+           "gradient_sync", "clip_grad_norm", "gathered", "is_sharded"]
 
 BLOCK_LISTS = ("layers", "dec_block")  # the models' nn.ModuleLists of repeated blocks
 
@@ -44,6 +46,7 @@ class Parallel:
     kind: str  # "single", "ddp" or "fsdp"
     model: nn.Module
     forward: nn.Module
+    reshard_after_forward: bool = True
 
     @property
     def sharded(self) -> bool:
@@ -84,14 +87,16 @@ def apply_fsdp(model: nn.Module, device: torch.device, bf16_params: bool, cpu_of
         for t in [*model.parameters(), *model.buffers()]:
             dist.broadcast(t.data, src=0)
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    kw = dict(mesh=mesh, reshard_after_forward=reshard_after_forward)
+    kw = dict(mesh=mesh)
     if bf16_params:
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
         kw["offload_policy"] = CPUOffloadPolicy()
     for blk in repeated_blocks(model):
-        fully_shard(blk, **kw)
-    fully_shard(model, **kw)
+        fully_shard(blk, reshard_after_forward=reshard_after_forward, **kw)
+    # the root's parameters (patch embedding, norms, enc2dec, prediction head) are small and used again
+    # first thing in the backward pass: kept gathered between the two
+    fully_shard(model, reshard_after_forward=False, **kw)
     for n, p in model.named_parameters():
         if n in no_wd:
             p._no_weight_decay = True
@@ -107,7 +112,7 @@ def parallelize(model: nn.Module, cfg: RunConfig, info: DistInfo) -> Parallel:
         bf16 = cfg.fsdp.mixed_precision and not isinstance(autocast_for(info.device, cfg.precision),
                                                             contextlib.nullcontext)
         apply_fsdp(model, info.device, bf16, cfg.fsdp.cpu_offload, cfg.fsdp.reshard_after_forward)
-        return Parallel("fsdp", model, model)
+        return Parallel("fsdp", model, model, cfg.fsdp.reshard_after_forward)
     from torch.nn.parallel import DistributedDataParallel
 
     ddp = DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
@@ -129,6 +134,29 @@ def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
     """``clip_grad_norm_`` over all processes' shards; the total norm as a plain tensor ()."""
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+@contextlib.contextmanager
+def gathered(par: Parallel):
+    """Every FSDP2 module's parameters all-gathered for the duration (then sharded again): forward passes
+    inside issue no collectives, so the processes may run different numbers of them (evaluation). The
+    memory of the whole model's parameters, as with DDP. A no-op for unsharded models."""
+    if not par.sharded:
+        yield
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    mods = [m for m in par.model.modules() if isinstance(m, FSDPModule)]
+    par.model.set_reshard_after_forward(False)
+    for m in mods:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in mods:
+            m.reshard()
+        for m in mods:  # as apply_fsdp set them (the root keeps its parameters between forward and backward)
+            m.set_reshard_after_forward(par.reshard_after_forward and m is not par.model, recurse=False)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -41,7 +41,7 @@ from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
 from .metrics import MetricsLogger, format_duration
 from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
-from .parallel import clip_grad_norm, gradient_sync, parallelize
+from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
 from .sharded import is_sharded_checkpoint, load_sharded, save_sharded
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
@@ -441,7 +441,8 @@ class Trainer:
         if self.val_loader is None:
             return {}
         fn = evaluate_pretraining if self.task == "pretrain" else evaluate_classifier
-        out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
+        with gathered(self.par):  # FSDP2: the ranks' shares of the split may differ by a batch
+            out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
         if self.ema is not None:
             out.update({f"ema_{k}": v for k, v in
                         fn(self.ema.module, self.val_loader, self.device, self.cfg.precision).items()})
