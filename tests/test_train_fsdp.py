@@ -62,6 +62,16 @@ def fsdp_run(tmp_path_factory):
             "weights": load_file(tmp / "out2" / "model.safetensors")}
 
 
+@pytest.fixture(scope="module")
+def ref_run(fsdp_run):
+    """The same run in one process: the plain model, no activation checkpointing nor accumulation (DDP's
+    checkpoint format)."""
+    run = fsdp_run["tmp"] / "run1"
+    t = Trainer(load_config("fmnist_pretrain", _overrides(fsdp_run["data"], run), task="pretrain"))
+    summary = t.fit()
+    return {"run": run, "summary": summary, "weights": {k: v.detach().clone() for k, v in t.model.state_dict().items()}}
+
+
 def _close(a: dict, b: dict, atol: float) -> None:
     assert a.keys() == b.keys()
     worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
@@ -72,7 +82,7 @@ def _losses(summary: dict) -> list[float]:
     return [v for _, v in summary["loss_curve"]]
 
 
-def test_fsdp_on_two_processes_matches_one_process_with_the_same_global_batch(fsdp_run, tmp_path):
+def test_fsdp_on_two_processes_matches_one_process_with_the_same_global_batch(fsdp_run, ref_run):
     s2 = fsdp_run["summary"]
     assert s2["processes"] == 2 and s2["steps"] == 6 and s2["images_seen"] == 48
     ckpts = sorted(p.name for p in (fsdp_run["run"] / "checkpoints").glob("step_*"))
@@ -81,18 +91,27 @@ def test_fsdp_on_two_processes_matches_one_process_with_the_same_global_batch(fs
     assert not (fsdp_run["run"] / "checkpoints" / "latest" / "model.safetensors").exists()  # never gathered
     marker = json.loads((fsdp_run["run"] / "checkpoints" / "latest" / MARKER_NAME).read_text())
     assert marker["world_size"] == 2
-    # the reference: one process, the plain model, no activation checkpointing nor accumulation, global batch 8
-    t = Trainer(load_config("fmnist_pretrain", _overrides(fsdp_run["data"], tmp_path / "run1"), task="pretrain"))
-    s1 = t.fit()
+    s1 = ref_run["summary"]
     assert s1["steps"] == 6
     assert _losses(s1) == pytest.approx(_losses(s2), rel=1e-5, abs=1e-6)
-    _close(t.model.state_dict(), fsdp_run["weights"], 1e-4)
+    _close(ref_run["weights"], fsdp_run["weights"], 1e-4)
     assert s1["eval"]["images"] == s2["eval"]["images"] == 9
     assert s2["eval"]["loss"] == pytest.approx(s1["eval"]["loss"], rel=1e-5)
     assert _losses(s1)[0] != _losses(s1)[-1]  # it trained
-    records = [json.loads(line) for line in (tmp_path / "run1" / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (ref_run["run"] / "metrics.jsonl").read_text().splitlines()]
     norms = [r["grad_norm"] for r in records if r["kind"] == "train"]
     assert len(norms) == 6 and min(norms) > 0.05  # every step was clipped
+
+
+def test_a_ddp_checkpoint_resumes_sharded_on_two_processes(fsdp_run, ref_run, tmp_path):
+    ckpt = ref_run["run"] / "checkpoints" / "step_00000003"
+    assert (ckpt / "model.safetensors").is_file()
+    over = _overrides(fsdp_run["data"], tmp_path / "run", parallel="fsdp", resume=str(ckpt))
+    res = _worker(over, tmp_path / "out", 2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["steps"] == 6 and _losses(s) == pytest.approx(_losses(ref_run["summary"]), rel=1e-5, abs=1e-6)
+    _close(load_file(tmp_path / "out" / "model.safetensors"), ref_run["weights"], 1e-4)
 
 
 def test_a_sharded_checkpoint_of_two_processes_resumes_in_one_process(fsdp_run, tmp_path):

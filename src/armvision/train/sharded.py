@@ -41,7 +41,7 @@ from ..models.io import CONFIG_NAME, build_model, save_model
 from ..weights import is_model_dir, read_config, read_weights
 from . import distributed
 
-__all__ = ["SHARDED_DIR", "MARKER_NAME", "is_sharded_checkpoint", "save_sharded", "load_sharded",
+__all__ = ["SHARDED_DIR", "MARKER_NAME", "is_sharded_checkpoint", "save_sharded", "load_sharded", "load_full",
            "resolve_checkpoint", "export_checkpoint"]
 
 SHARDED_DIR = "sharded"
@@ -135,6 +135,30 @@ def load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer 
         dcp.load(sd, checkpoint_id=Path(ckpt) / SHARDED_DIR, no_dist=_no_dist())
     set_state_dict(model, optimizer if optimizer is not None else [], model_state_dict=sd["model"],
                    optim_state_dict=sd.get("optimizer", {}))
+
+
+def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict[str, torch.Tensor],
+              optim_sd: dict[str, Any]) -> None:
+    """Load a plain checkpoint -- the whole model's state dict and ``optimizer.state_dict()`` of the same
+    optimizer construction (parameters numbered in group order) -- into a sharded model and its optimizer
+    (every process calls it; each takes its shards of the whole tensors)."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    groups = get_optimizer_state_dict(model, optimizer)["param_groups"]  # parameter names, in the optimizer's order
+    saved = optim_sd["param_groups"]
+    if [len(g["params"]) for g in groups] != [len(g["params"]) for g in saved]:
+        raise ValueError(f"the optimizer's parameter groups differ ({len(saved)} saved, {len(groups)} now)")
+    name = {i: n for g, sg in zip(groups, saved) for i, n in zip(sg["params"], g["params"])}
+    by_name = {"state": {name[i]: st for i, st in optim_sd["state"].items()},
+               "param_groups": [{**sg, "params": [name[i] for i in sg["params"]]} for sg in saved]}
+    set_optimizer_state_dict(model, optimizer, by_name, options=opts)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from .metrics import MetricsLogger, format_duration
 from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
-from .sharded import is_sharded_checkpoint, load_sharded, save_sharded
+from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
 
@@ -278,9 +278,9 @@ class Trainer:
                 load_sharded(ckpt, self.model, self.optimizer)
                 if self.ema is not None:
                     self.ema.module.load_state_dict(self.model.state_dict())
-            elif self.par.sharded:
-                raise CheckpointError(f"{ckpt} was saved by a parallel ddp run; resume it with --parallel ddp (the "
-                                      "next checkpoints of a ddp run can then be resumed as they are)")
+            elif self.par.sharded:  # a ddp checkpoint: each process takes its shards of the whole tensors
+                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+                load_full(self.model, self.optimizer, sd, state["optimizer"])
             else:
                 sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
                 self.model.load_state_dict(sd)
