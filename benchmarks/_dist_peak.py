@@ -23,8 +23,28 @@ def _write(prefix: str, **rec) -> None:
     Path(f"{prefix}.rank{rank}.json").write_text(json.dumps({"rank": rank, "peak_gib": peak, **rec}))
 
 
+def _exit_at_oom(prefix: str) -> None:
+    """Out of memory inside Trainer.fit exits this process at once: unwinding would leave the process group
+    (a collective the other processes, still waiting in the step, would never join)."""
+    from armvision.train import trainer
+
+    fit = trainer.Trainer.fit
+
+    def guarded_fit(self):
+        try:
+            return fit(self)
+        except torch.OutOfMemoryError as e:
+            _write(prefix, exit_code=3, oom=True, error=str(e)[:300])
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(3)
+
+    trainer.Trainer.fit = guarded_fit
+
+
 if __name__ == "__main__":
     prefix = sys.argv[1]
+    _exit_at_oom(prefix)
     cap = os.environ.get("ARMVISION_BENCH_MEM_GIB")
     if cap and torch.cuda.is_available():
         dev = int(os.environ.get("LOCAL_RANK", "0"))

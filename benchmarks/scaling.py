@@ -14,8 +14,9 @@ process, plus its peak CUDA memory), on synthetic JPEGs (benchmarks/data_pipelin
 3. ARM-B pretraining (arm_base_in1k_pretrain) at --b-micro per GPU on 2 GPUs: fsdp vs ddp images/s;
 4. resuming: ARM-B, global batch 128, 2 epochs of 8 steps. A: fsdp on 2 GPUs, 16 steps; B: resumes A's
    end-of-epoch checkpoint (step 8, sharded) on 1 GPU. C: fsdp on 1 GPU, 16 steps; D: resumes C's step 8
-   on 2 GPUs. The loss curves of steps 9-16 side by side (the data order is the same; the random crops
-   differ with the number of processes, so the curves agree closely, not bit for bit).
+   on 2 GPUs. The loss curves side by side: deterministic crops (the whole image), so every step sees the same
+   images whatever the number of GPUs and the curves should agree up to rounding (bf16 parameters under
+   FSDP2 on 2 GPUs, fp32 ones under autocast on 1).
 
 images/s: the median of the logging windows after the first (metrics_train.csv; global images/s).
 Prints the tables and writes JSON (--out).
@@ -51,10 +52,19 @@ class Bench:
         self.work = args.workdir
         self.data = self.work / ("jpegs_tiny" if args.tiny else "jpegs")
         self.records: list[dict] = []
+        self.t0 = time.perf_counter()
 
     def launch(self, name: str, nproc: int, config: str, over: dict, cap_gib: float | None = None,
-               fresh: bool = True) -> dict:
+               fresh: bool = True, gpus: str | None = None, wait: bool = True):
+        """Run one torchrun; returns its record, or (wait=False) a function that waits and returns it."""
         a = self.args
+        left = a.budget - (time.perf_counter() - self.t0)
+        if left < 30:
+            rec = {"name": name, "nproc": nproc, "config": config, "cap_gib": cap_gib, "exit_code": None,
+                   "skipped": f"the {a.budget:.0f} s budget was spent", "oom": False, "peak_gib": None}
+            self.records.append(rec)
+            print(f"{name}: skipped ({rec['skipped']})", flush=True)
+            return rec if wait else (lambda: rec)
         out_dir = self.work / "runs" / name
         if fresh:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -72,14 +82,31 @@ class Bench:
         env = {**os.environ, "OMP_NUM_THREADS": "1" if a.tiny else os.environ.get("OMP_NUM_THREADS", "4")}
         if cap_gib:
             env["ARMVISION_BENCH_MEM_GIB"] = str(cap_gib)
+        if gpus is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpus
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                str(HERE / "_dist_peak.py"), str(prefix), "pretrain", "--config", config, *_flags(over)]
         t = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout, env=env)
-            code, tail = proc.returncode, (proc.stderr or proc.stdout)[-1500:]
-        except subprocess.TimeoutExpired:
-            code, tail = 124, f"timed out after {a.timeout} s"
+        timeout = min(a.timeout, left)
+        log = self.work / "logs" / f"{name}.log"  # a file, not a pipe: a run waited for later never blocks
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+        def finish() -> dict:
+            try:
+                proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - t)))
+                code = proc.returncode
+                tail = log.read_text(errors="replace")[-1500:]
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)  # torchrun and the processes it started
+                proc.wait()
+                code, tail = 124, f"timed out after {timeout:.0f} s (log: {log})"
+            return self._record(name, nproc, config, over, cap_gib, code, tail, t, out_dir, prefix)
+
+        return finish() if wait else finish
+
+    def _record(self, name, nproc, config, over, cap_gib, code, tail, t, out_dir, prefix) -> dict:
         rec = {"name": name, "nproc": nproc, "config": config, "cap_gib": cap_gib, "exit_code": code,
                "wall_s": round(time.perf_counter() - t, 1),
                "command": "torchrun --standalone --nproc_per_node {} -m armvision pretrain --config {} {}".format(
@@ -128,7 +155,7 @@ def ac_search(b: Bench, config: str, cap: float) -> dict:
         return out
     per_image = max(1e-6, (r_hi["peak_gib"] - r_lo["peak_gib"]) / (hi - lo))
     fixed = r_lo["peak_gib"] - per_image * lo
-    guess = int((0.92 * cap - fixed) / per_image) // 16 * 16
+    guess = min(int((0.92 * cap - fixed) / per_image), 4 * hi) // 16 * 16
     out.update(gib_per_image=per_image, fixed_gib=fixed, predicted=guess)
     best = r_hi
     for size in (guess, int(guess * 0.8) // 16 * 16):
@@ -142,17 +169,28 @@ def ac_search(b: Bench, config: str, cap: float) -> dict:
     return out
 
 
-def resume_pair(b: Bench, first: str, n_first: int, second: str, n_second: int, config: str) -> dict:
-    """``first`` trains 16 steps on n_first processes; ``second`` resumes its step-8 checkpoint on n_second."""
+def resume_runs(b: Bench, config: str) -> list[dict]:
+    """A: 16 steps on 2 GPUs; then, at the same time on one GPU each, B: resumes A's step-8 checkpoint and
+    C: 16 steps; then D: resumes C's step-8 checkpoint on 2 GPUs."""
     a = b.args
     common = {"parallel": "fsdp", "optim.batch_size": a.resume_batch, "optim.micro_batch": None,
               "optim.epochs": 2, "optim.warmup_epochs": 0.5, "data.train_subset": 8 * a.resume_batch,
-              "log.every_steps": 1, "checkpoint.every_epochs": 1, "checkpoint.keep_last": 2}
-    r1 = b.launch(first, n_first, config, common)
-    ckpt = b.work / "runs" / first / "checkpoints" / "step_00000008"
-    r2 = b.launch(second, n_second, config, {**common, "resume": str(ckpt)})
-    return {"first": first, "second": second, "first_nproc": n_first, "second_nproc": n_second,
-            "first_curve": r1.get("loss_curve"), "second_curve": r2.get("loss_curve")}
+              "log.every_steps": 1, "checkpoint.every_epochs": 1, "checkpoint.keep_last": 2,
+              # the same pixels whatever the number of processes (random crops follow each process's seed)
+              "aug.scale": [1.0, 1.0], "aug.ratio": [1.0, 1.0], "aug.hflip": 0.0}
+
+    def step8(run: str) -> str:
+        return str(b.work / "runs" / run / "checkpoints" / "step_00000008")
+
+    one, other = (None, None) if a.tiny else ("0", "1")
+    ra = b.launch("resume_A_2gpu", 2, config, common)
+    wait_b = b.launch("resume_B_1gpu", 1, config, {**common, "resume": step8("resume_A_2gpu")}, gpus=one,
+                      wait=False)
+    rc = b.launch("resume_C_1gpu", 1, config, common, gpus=other)
+    rb = wait_b()
+    rd = b.launch("resume_D_2gpu", 2, config, {**common, "resume": step8("resume_C_1gpu")})
+    return [{"first": f["name"], "second": s["name"], "first_nproc": f["nproc"], "second_nproc": s["nproc"],
+             "first_curve": f.get("loss_curve"), "second_curve": s.get("loss_curve")} for f, s in ((ra, rb), (rc, rd))]
 
 
 def _f(v, spec="{:.0f}"):
@@ -201,7 +239,9 @@ def main():
     ap.add_argument("--ac-probe", type=int, nargs=2, default=(128, 256), help="two per-GPU batches measured "
                     "under the cap to get the memory per image")
     ap.add_argument("--resume-batch", type=int, default=128, help="global batch of the resume runs")
-    ap.add_argument("--timeout", type=float, default=240, help="seconds per launch")
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per launch at most")
+    ap.add_argument("--budget", type=float, default=560, help="seconds for everything: launches that would start "
+                    "later are skipped (and shown as skipped), so the program ends within the device's 10 minutes")
     ap.add_argument("--skip", nargs="*", default=[], choices=["huge", "search", "base", "resume"])
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run (gloo): tiny model, tiny JPEGs, few steps")
     args = ap.parse_args()
@@ -228,15 +268,14 @@ def main():
         throughput(b, f"b_fsdp_{args.b_micro}", 2, base, args.b_micro, {"parallel": "fsdp"})
         throughput(b, f"b_ddp_{args.b_micro}", 2, base, args.b_micro, {"parallel": "ddp"})
     if "resume" not in args.skip:
-        res["resume"].append(resume_pair(b, "resume_A_2gpu", 2, "resume_B_1gpu", 1, base))
-        res["resume"].append(resume_pair(b, "resume_C_1gpu", 1, "resume_D_2gpu", 2, base))
+        res["resume"] = resume_runs(b, base)
     res["runs"] = b.records
     res["total_seconds"] = round(time.perf_counter() - t0, 1)
     text = tables(res)
     print("\n" + text + f"\n\n{res['device']}, {res['date']}, total {res['total_seconds']:.0f} s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
-    failed = [r["name"] for r in b.records if r["exit_code"] != 0 and not r["oom"]]
+    failed = [r["name"] for r in b.records if r["exit_code"] not in (0, None) and not r["oom"]]
     sys.exit(1 if failed else 0)
 
 
