@@ -21,6 +21,7 @@ _COMMAND_MODULES: list[str] = [
     "armvision.interop.cli",  # convert
     "armvision.features_cli",  # extract
     "armvision.analysis.cli",  # linprobe, knn, visualize, predict
+    "armvision.train.export_cli",  # export
 ]
 
 

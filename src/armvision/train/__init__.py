@@ -21,6 +21,7 @@ from .config import (
     CheckpointConfig,
     DataConfig,
     EmaConfig,
+    FsdpConfig,
     LogConfig,
     ModelConfig,
     OptimConfig,
@@ -32,6 +33,7 @@ from .config import (
     load_config,
 )
 from .evaluate import evaluate_checkpoint, evaluate_classifier, evaluate_pretraining
+from .sharded import export_checkpoint
 from .trainer import Trainer, build_model_from_config, train
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "EmaConfig",
     "CheckpointConfig",
     "LogConfig",
+    "FsdpConfig",
     "load_config",
     "apply_overrides",
     "config_to_dict",
@@ -61,6 +64,7 @@ __all__ = [
     "resolve_model_dir",
     "resolve_resume_dir",
     "run_demo",
+    "export_checkpoint",
 ]
 
 

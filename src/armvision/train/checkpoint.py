@@ -8,6 +8,10 @@ A run directory holds ``checkpoints/step_00001234/`` folders, each a complete mo
   every rank, best metric; read back with ``torch.load(weights_only=True)``;
 - ``metrics.json``: the evaluation metrics at that step, if any.
 
+Runs with ``parallel: fsdp`` write sharded checkpoints instead (the same folders, with a DCP
+``sharded/`` folder in place of ``model.safetensors``: :mod:`armvision.train.sharded`); both kinds are
+found, linked and pruned alike here, and ``armvision export`` turns either into a model directory.
+
 A checkpoint is written into a hidden temporary folder and renamed into place in one step, so an
 interrupted save leaves the previous checkpoints as they were. ``latest`` and ``best`` are
 symbolic links, also replaced atomically. The newest ``keep_last`` checkpoints and the best one
@@ -58,6 +62,21 @@ __all__ = [
 STATE_NAME = "training_state.pt"
 
 
+def _is_checkpoint(d: Path) -> bool:
+    """A complete checkpoint folder: a training state and the model (a model directory, or sharded)."""
+    from .sharded import is_sharded_checkpoint
+
+    return (d / STATE_NAME).is_file() and (is_model_dir(d) or is_sharded_checkpoint(d))
+
+
+def _checkpoint_link(link: Path) -> Path | None:
+    """The checkpoint folder a ``latest`` / ``best`` link points at, if it does."""
+    target = link_target(link)
+    if target is None and link.is_symlink() and _is_checkpoint(link.resolve()):
+        target = link.resolve()
+    return target
+
+
 # ------------------------------------------------------------------------------------------------
 # RNG states
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +115,7 @@ def _as_tuple(x):
 def resolve_resume_dir(path: str | os.PathLike) -> Path:
     """A checkpoint folder with a training state, from itself or from a run directory (its latest)."""
     p = Path(path)
-    if (p / STATE_NAME).is_file() and is_model_dir(p):
+    if _is_checkpoint(p):
         return p
     if is_pickle_file(p):
         raise CheckpointError(f"cannot resume from {p}: " + pickle_message(p))
@@ -104,10 +123,10 @@ def resolve_resume_dir(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"cannot resume from {p}: it does not exist; pass a checkpoint folder "
                               "(run/checkpoints/step_*), a run directory, or --resume auto")
     ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    latest = link_target(ckpt_dir / "latest")
+    latest = _checkpoint_link(ckpt_dir / "latest")
     if latest is not None and (latest / STATE_NAME).is_file():
         return latest
-    steps = [d for d in step_dirs(ckpt_dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+    steps = [d for d in step_dirs(ckpt_dir) if _is_checkpoint(d)]
     if steps:
         return steps[-1]
     raise CheckpointError(f"cannot resume from {p}: no checkpoint with a {STATE_NAME} in it")
@@ -153,17 +172,17 @@ class CheckpointManager:
 
     # -- reading --------------------------------------------------------------------------------
     def steps(self) -> list[Path]:
-        return [d for d in step_dirs(self.dir) if (d / STATE_NAME).is_file() and is_model_dir(d)]
+        return [d for d in step_dirs(self.dir) if _is_checkpoint(d)]
 
     def latest(self) -> Path | None:
-        target = link_target(self.dir / "latest")
+        target = _checkpoint_link(self.dir / "latest")
         if target is not None and (target / STATE_NAME).is_file():
             return target
         steps = self.steps()
         return steps[-1] if steps else None
 
     def best(self) -> Path | None:
-        return link_target(self.dir / "best")
+        return _checkpoint_link(self.dir / "best")
 
     @staticmethod
     def load_state(ckpt: Path) -> dict[str, Any]:

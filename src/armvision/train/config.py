@@ -39,6 +39,7 @@ __all__ = [
     "EmaConfig",
     "CheckpointConfig",
     "LogConfig",
+    "FsdpConfig",
     "RunConfig",
     "list_presets",
     "load_config",
@@ -162,6 +163,18 @@ class LogConfig:
     progress: Literal["auto", "on", "off"] = _f("auto", "progress bar (auto: only on a terminal)")
 
 
+# issue 11 (helper h11): sharding and activation checkpointing (armvision.train.parallel, docs/scaling.md)
+@dataclass
+class FsdpConfig:
+    cpu_offload: bool = _f(False, "keep the sharded parameters, gradients and optimizer state in host memory "
+                                  "(FSDP2 CPUOffloadPolicy; slower, for models that do not fit otherwise)")
+    reshard_after_forward: bool = _f(True, "free each block's gathered parameters after its forward pass and "
+                                           "gather them again for the backward pass (less memory, more traffic)")
+    mixed_precision: bool = _f(True, "bf16 parameters in forward/backward with fp32 gradient reduction when the "
+                                     "run computes in bf16 (precision auto on a GPU, or bf16); false: fp32 "
+                                     "parameters under bf16 autocast")
+
+
 @dataclass
 class RunConfig:
     task: Task = _f("finetune", "pretrain (autoregressive) or finetune (classification)")
@@ -180,6 +193,11 @@ class RunConfig:
                                                        "off on the CPU), true or false; a compile error falls back "
                                                        "to eager with a warning")
     compile_backend: str = _f("inductor", "torch.compile backend (inductor; aot_eager to debug)")
+    parallel: Literal["ddp", "fsdp"] = _f("ddp", "several processes: 'ddp' (every process holds the whole model) or "
+                                                 "'fsdp' (FSDP2: parameters, gradients and optimizer state sharded "
+                                                 "per block; sharded checkpoints, see armvision export)")
+    activation_checkpointing: bool = _f(False, "recompute each block's activations in the backward pass (less "
+                                               "memory for a larger batch, about a third more compute)")
     model: ModelConfig = _f(factory=ModelConfig)
     data: DataConfig = _f(factory=DataConfig)
     aug: AugmentConfig = _f(factory=AugmentConfig)
@@ -187,6 +205,7 @@ class RunConfig:
     ema: EmaConfig = _f(factory=EmaConfig)
     checkpoint: CheckpointConfig = _f(factory=CheckpointConfig)
     log: LogConfig = _f(factory=LogConfig)
+    fsdp: FsdpConfig = _f(factory=FsdpConfig)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -315,6 +334,8 @@ def validate_config(cfg: RunConfig) -> None:
          "a factor in (0, 1] or null")
     need(o.clip_grad is None or o.clip_grad > 0, "optim.clip_grad", o.clip_grad, "a positive norm or null")
     need(cfg.ema.decay is None or 0 < cfg.ema.decay < 1, "ema.decay", cfg.ema.decay, "a decay in (0, 1) or null")
+    need(cfg.parallel != "fsdp" or cfg.ema.decay is None, "ema.decay", cfg.ema.decay,
+         "null with parallel fsdp (the EMA copy is not sharded; train with parallel ddp to keep an EMA)")
     need(cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", cfg.checkpoint.keep_last, "1 or more")
     need(cfg.checkpoint.every_epochs >= 0, "checkpoint.every_epochs", cfg.checkpoint.every_epochs, "0 or more")
     need(cfg.checkpoint.every_steps >= 0, "checkpoint.every_steps", cfg.checkpoint.every_steps, "0 or more")

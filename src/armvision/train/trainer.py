@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from .. import __version__, ops
@@ -44,6 +43,8 @@ from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
 from .metrics import MetricsLogger, format_duration
 from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
+from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
+from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
 
@@ -209,10 +210,10 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=cfg.ema.decay, use_warmup=cfg.ema.warmup)
-        self.ddp = None
-        if self.dist.distributed:
-            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
-                                               if self.device.type == "cuda" else None)
+        # activation checkpointing, then DDP / FSDP2 (armvision.train.parallel); self.model stays the
+        # module that is saved (sharded in place under FSDP2), self.ddp the DDP wrapper when there is one
+        self.par = parallelize(self.model, cfg, self.dist)
+        self.ddp = self.par.forward if self.par.kind == "ddp" else None
         self.objective = build_objective(cfg, self.num_classes)
         # the module a training step calls (DDP wrapper included, as torch recommends); self.model keeps the weights
         self.train_module = CompiledModule(self.ddp or self.model, compile_enabled(cfg.compile, self.device),
@@ -251,6 +252,13 @@ class Trainer:
     def save_checkpoint(self, is_best: bool = False, metrics: dict[str, Any] | None = None) -> Path:
         """Checkpoint the current step; ``metrics``: the evaluation made at this step, if one was."""
         state = self._training_state()  # every rank joins the RNG gather
+        if self.cfg.parallel == "fsdp":  # every rank writes its shards (armvision.train.sharded)
+            state.pop("optimizer")
+            path = save_sharded(self.ckpt, self.step, self.model, self.optimizer, state, self._model_extra_config(),
+                                metrics=metrics or None, is_best=is_best)
+            if self.is_main:
+                _logger.info("saved sharded checkpoint %s", path)
+            return path
         path = None
         if self.is_main:
             ema_sd = self.ema.module.state_dict() if self.ema is not None else None
@@ -270,17 +278,27 @@ class Trainer:
                     f"{ckpt} was saved mid-epoch with micro_batch {state.get('micro_batch')} on "
                     f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch "
                     "checkpoint")
+        from torch.distributed.checkpoint.api import CheckpointException
+
         try:
-            sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-            self.model.load_state_dict(sd)
-            if self.ema is not None:
-                ema_dir = ckpt / "ema"
-                ema_sd = load_file(str(ema_dir / "model.safetensors"), device=str(self.device)) \
-                    if (ema_dir / "model.safetensors").is_file() else sd
-                self.ema.module.load_state_dict(ema_sd)
-            self.optimizer.load_state_dict(state["optimizer"])
+            if is_sharded_checkpoint(ckpt):  # any number of processes wrote it; DCP reshards
+                load_sharded(ckpt, self.model, self.optimizer)
+                if self.ema is not None:
+                    self.ema.module.load_state_dict(self.model.state_dict())
+            elif self.par.sharded:  # a ddp checkpoint: each process takes its shards of the whole tensors
+                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+                load_full(self.model, self.optimizer, sd, state["optimizer"])
+            else:
+                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
+                self.model.load_state_dict(sd)
+                if self.ema is not None:
+                    ema_dir = ckpt / "ema"
+                    ema_sd = load_file(str(ema_dir / "model.safetensors"), device=str(self.device)) \
+                        if (ema_dir / "model.safetensors").is_file() else sd
+                    self.ema.module.load_state_dict(ema_sd)
+                self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-        except (RuntimeError, ValueError, KeyError) as e:
+        except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
                                   "resume with the config the run was started with") from None
         # the schedule follows this run's config (e.g. more epochs); the step count continues
@@ -382,15 +400,13 @@ class Trainer:
                 skipped += sk
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
-                sync = self.ddp is None or k == self.accum_steps - 1
-                ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-                with ctx:
+                with gradient_sync(self.par, k == self.accum_steps - 1):
                     loss = self._forward_backward(images, labels)
                 loss_sum += loss.detach().float()
                 self.batch_in_epoch += 1
             # the gradient norm (clipping, when on) before the check: a finite loss can still give
             # non-finite gradients, which must not reach the weights either
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.clip_grad or float("inf"))
+            grad_norm = clip_grad_norm(self.params, cfg.optim.clip_grad or float("inf"))
             # one check per step, agreed by all ranks, before the weights change
             flags = torch.stack([(~torch.isfinite(loss_sum)).double(), skipped.double().to(self.device),
                                  (~torch.isfinite(grad_norm)).double().to(self.device)])
@@ -469,7 +485,8 @@ class Trainer:
         if self.val_loader is None:
             return {}
         fn = evaluate_pretraining if self.task == "pretrain" else evaluate_classifier
-        out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
+        with gathered(self.par):  # FSDP2: the ranks' shares of the split may differ by a batch
+            out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
         if self.ema is not None:
             out.update({f"ema_{k}": v for k, v in
                         fn(self.ema.module, self.val_loader, self.device, self.cfg.precision).items()})

@@ -156,6 +156,9 @@ def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
     steps = [d for d in step_dirs(ckpt_dir) if is_model_dir(d)]
     if steps:
         return steps[-1]
+    if (p / "sharded.json").is_file() or any((d / "sharded.json").is_file() for d in [*step_dirs(ckpt_dir)]):
+        raise CheckpointError(f"{p} holds sharded checkpoints (a parallel fsdp run); write one as a model directory "
+                              f"first: armvision export {p} MODEL_DIR")
     raise CheckpointError(f"no model found in {p}: expected config.json + model.safetensors there, or a run "
                           "directory with checkpoints/step_*/ (is the run finished or did it save anything?)")
 

@@ -1,0 +1,41 @@
+"""Run by test_train_fsdp.py, under torchrun or alone: one tiny pretraining run (``parallel`` from the
+overrides); rank 0 then writes the whole model's weights and the summary, so the test can compare runs.
+
+``crash_at_save=N`` (third argument): every process exits hard (os._exit) in the middle of its N-th
+sharded save, after the shards are written and before the checkpoint is complete."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from armvision.train import Trainer, distributed, load_config, sharded
+
+
+def main() -> None:
+    overrides, out = json.loads(sys.argv[1]), Path(sys.argv[2])
+    crash_at = int(sys.argv[3]) if len(sys.argv) > 3 else 0
+    if crash_at:
+        real_save, calls = sharded.dcp.save, []
+
+        def save_then_die(*args, **kwargs):
+            real_save(*args, **kwargs)
+            calls.append(1)
+            if len(calls) == crash_at:
+                os._exit(3)
+
+        sharded.dcp.save = save_then_die
+    trainer = Trainer(load_config("fmnist_pretrain", overrides, task="pretrain"))
+    summary = trainer.fit()
+    sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if trainer.is_main:
+        save_file({k: v.contiguous() for k, v in sd.items()}, out / "model.safetensors")
+        (out / "summary.json").write_text(json.dumps(summary))
+    distributed.teardown()
+
+
+if __name__ == "__main__":
+    main()
