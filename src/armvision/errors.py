@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Iterable
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "report"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "report"]
 
 
 class UserError(Exception):
@@ -43,6 +43,16 @@ class CheckpointError(UserError, ValueError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM, SIGUSR1) ended the run after a checkpoint was saved: not an error, the job
+    should be started again (``--resume auto``). ``checkpoint``: the folder saved; ``signal``: its name."""
+
+    def __init__(self, message: str, checkpoint=None, signal: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.signal = signal
 
 
 def report(message: str) -> int:
