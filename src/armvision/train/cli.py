@@ -56,14 +56,27 @@ def _user_message(e: BaseException) -> str:
 
 
 def run_guarded(fn: Callable[[], int | None]) -> int:
-    """Run a command: user errors print one message and exit 2; the process group is always left."""
+    """Run a command: user errors print one message and exit 2 (with the traceback under ``--debug``); a stop
+    signal that ended a run with a checkpoint exits 75 (:data:`~armvision.train.preemption.EXIT_PREEMPTED`);
+    the process group is always left."""
     from . import distributed
+
+    import os
+
+    from ..errors import Preempted
+    from .preemption import EXIT_PREEMPTED
 
     _setup_logging()
     try:
         return int(fn() or 0)
     except UserError as e:
+        if os.environ.get("ARMVISION_DEBUG"):
+            raise
         return report(_user_message(e))
+    except Preempted as e:
+        if distributed.is_main_process():
+            print(f"armvision: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("armvision: interrupted; completed checkpoints are intact (resume with --resume auto)", file=sys.stderr)
         return 130
