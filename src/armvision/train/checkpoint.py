@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from ..errors import CheckpointError
@@ -79,6 +80,9 @@ def describe_os_error(e: BaseException) -> str:
     if isinstance(e, OSError) and e.errno in _CAUSES:
         return _CAUSES[e.errno]
     text = str(e)
+    m = re.search(r"os error (\d+)", text)  # safetensors reports the errno in its message
+    if m and int(m.group(1)) in _CAUSES:
+        return _CAUSES[int(m.group(1))]
     if "unexpected pos" in text or "inline_container" in text or "file write failed" in text:
         return "the write failed (the disk is full or a file-size limit was reached)"
     return text.splitlines()[0] if text else type(e).__name__
@@ -321,7 +325,7 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
-        except (OSError, RuntimeError) as e:
+        except (OSError, RuntimeError, SafetensorError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             path = getattr(e, "filename", None) or tmp
             raise CheckpointError(f"cannot save checkpoint {final.name} in {self.dir} ({path}): "

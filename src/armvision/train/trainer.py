@@ -151,6 +151,8 @@ class Trainer:
         self.logger = None
         if self.resume_from is not None:
             self._restore(self.resume_from)
+            if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
+                self._pending_health = (self.resume_from, self._recent_loss())
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard)
         if self.is_main:
             removed = self.ckpt.remove_partial()
