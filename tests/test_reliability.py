@@ -100,6 +100,30 @@ def test_a_stop_signal_saves_exits_75_and_the_resumed_run_is_bit_identical(sig, 
     assert step_records(out) == step_records(reference_run) == list(range(1, 19))
 
 
+def test_after_a_kill_and_resume_every_step_is_recorded_once(data, tmp_path):
+    import csv
+
+    out = tmp_path / "run"
+    flags = pretrain_flags(data, out, **{"checkpoint.every_steps": 4})
+    proc = subprocess.Popen([sys.executable, "-m", "armvision", *flags], stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and any(s >= 6 for s in step_records(out)):
+            break
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    killed_at = max(step_records(out))
+    saved = int((out / "checkpoints" / "latest").resolve().name[5:])
+    assert saved <= killed_at  # (almost always <: records past the checkpoint, which the resumed run logs again)
+    res = run_sub(flags + ["--resume", "auto"])
+    assert res.returncode == 0, res.stderr
+    assert step_records(out) == list(range(1, 19))
+    with open(out / "metrics_train.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == list(range(1, 19))
+
+
 # ------------------------------------------------------------------------------------------------
 # damaged checkpoints
 # ------------------------------------------------------------------------------------------------

@@ -153,7 +153,10 @@ class Trainer:
             self._restore(self.resume_from)
             if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
                 self._pending_health = (self.resume_from, self._recent_loss())
-        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard)
+        # records past the step the run continues from are dropped (they will be logged again); a new run
+        # starts its records afresh
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
+                                    resume_step=self.step if self.resume_from is not None else -1)
         if self.is_main:
             removed = self.ckpt.remove_partial()
             for p in removed:
