@@ -310,3 +310,66 @@ def test_files_are_written_with_the_users_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+# ------------------------------------------------------------------------------------------------
+# image formats and bit depths
+# ------------------------------------------------------------------------------------------------
+def test_every_format_in_a_mixed_folder_is_used_with_correct_pixels(tmp_path, caplog):
+    import numpy as np
+    from PIL import Image
+
+    from armvision.data import IMAGE_EXTENSIONS, build_dataset, list_images
+
+    rng = np.random.default_rng(0)
+    pixels = {}
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for ext in (".png", ".jpg", ".webp", ".bmp", ".tif", ".TIFF", ".gif", ".ppm"):
+            assert ext.lower() in IMAGE_EXTENSIONS
+            arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            if ext == ".gif":  # a palette format: one grey level keeps it exact
+                arr[:] = arr[0, 0, 0]
+            path = tmp_path / "train" / c / f"img{ext}"
+            opts = {".webp": {"lossless": True}, ".jpg": {"quality": 100, "subsampling": 0}}.get(ext, {})
+            Image.fromarray(arr).save(path, **opts)
+            pixels[path.name, c] = arr
+        # 16-bit grey: a full-range ramp, stored as PNG and TIFF (Pillow: mode I;16)
+        ramp = (np.arange(64, dtype=np.uint32).reshape(8, 8) * 1040).astype(np.uint16)
+        for ext in (".png", ".tif"):
+            Image.fromarray(ramp).save(tmp_path / "train" / c / f"deep16{ext}")
+            pixels[f"deep16{ext}", c] = np.repeat((ramp / 257.0).round().astype(np.uint8)[..., None], 3, axis=2)
+        (tmp_path / "train" / c / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING"):
+        ds = build_dataset("imagefolder", str(tmp_path), "train")
+    assert "2 file(s) in" in caplog.text and ".txt (2)" in caplog.text
+    assert len(ds) == len(pixels) == 20 == len(list_images(tmp_path / "train"))
+    for i in range(len(ds)):
+        img, label, skipped = ds[i]
+        name = Path(ds._filename(i))
+        expected = pixels[name.name, name.parent.name]
+        got = np.asarray(img)
+        assert skipped == 0 and got.shape == (8, 8, 3)
+        if name.suffix == ".jpg":  # lossy
+            assert np.abs(got.astype(int) - expected).mean() < 3
+        else:
+            assert np.array_equal(got, expected), name
+    # not clipped: the 16-bit ramp keeps its range and order
+    deep = np.asarray(ds[[Path(ds._filename(i)).name for i in range(len(ds))].index("deep16.png")][0])[..., 0]
+    assert deep.min() == 0 and deep.max() == round(63 * 1040 / 257) and (np.diff(deep.ravel()) >= 0).all()
+
+
+@pytest.mark.parametrize("mode,values,expected", [("F", [0.0, 0.5, 1.0], [0, 128, 255]),
+                                                  ("I", [0, 32768, 65535], [0, 128, 255]),
+                                                  ("I;16", [0, 257, 65535], [0, 1, 255])])
+def test_high_bit_depth_images_are_scaled_to_8_bits(mode, values, expected):
+    import numpy as np
+    from PIL import Image
+
+    from armvision.data.images import convert_image
+
+    dtype = {"F": np.float32, "I": np.int32, "I;16": np.uint16}[mode]
+    img = Image.fromarray(np.array([values], dtype=dtype))
+    assert img.mode == mode
+    assert np.asarray(convert_image(img, "L")).ravel().tolist() == expected
+    assert np.asarray(convert_image(img, "RGB"))[0, :, 1].tolist() == expected
