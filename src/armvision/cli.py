@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # accepted before or after the subcommand
         argv = [a for a in argv if a != "--debug"]
         os.environ["ARMVISION_DEBUG"] = "1"
+    from .train.cli import set_argv
+
+    set_argv(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "config_overrides", False):

@@ -36,7 +36,8 @@ from ..errors import CheckpointError, ConfigError, DataError, Preempted, Trainin
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
-from .checkpoint import CheckpointManager, describe_os_error, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
+from .checkpoint import (CheckpointManager, describe_os_error, load_init_weights, resolve_resume_dir, rng_state,
+                         set_rng_state)
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
 from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
