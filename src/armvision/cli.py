@@ -44,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--debug" in argv:  # accepted before or after the subcommand
         argv = [a for a in argv if a != "--debug"]
+        previous = os.environ.get("ARMVISION_DEBUG")
         os.environ["ARMVISION_DEBUG"] = "1"
+        try:
+            return main(argv)
+        finally:
+            if previous is None:
+                os.environ.pop("ARMVISION_DEBUG", None)
+            else:
+                os.environ["ARMVISION_DEBUG"] = previous
     from .train.cli import set_argv
 
     set_argv(argv)
