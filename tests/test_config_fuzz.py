@@ -90,3 +90,20 @@ def test_debug_shows_the_traceback(capsys):
     import os
 
     assert "ARMVISION_DEBUG" not in os.environ  # --debug holds for its command only
+
+
+def test_help_shows_the_values_of_the_preset_given(capsys):
+    code, out, _ = run(["pretrain", "--config", "arm_base_in1k_pretrain", "--help"], capsys)
+    assert code == 0
+    assert "--optim.epochs (arm_base_in1k_pretrain: 1600; schema default 100)" in out
+    assert "--model.img_size (arm_base_in1k_pretrain: 192; schema default 224)" in out
+    code, out, _ = run(["pretrain", "--help"], capsys)
+    assert code == 0 and "--optim.epochs (default 100)" in out and "with the schema's defaults" in out
+
+
+def test_eval_checks_its_output_path_before_evaluating(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code, _, err = run(["eval", tmp_path / "no_such_run", "--output", blocker / "eval.json"], capsys)
+    assert code == 2 and err.startswith(f"armvision: error: cannot write --output {blocker / 'eval.json'}: ")
+    assert "nothing was evaluated" in err and err.count("\n") == 1
