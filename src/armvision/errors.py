@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from typing import Iterable
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "report"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError", "report"]
 
 
 class UserError(Exception):
@@ -39,6 +39,11 @@ class CheckpointError(UserError, ValueError):
         self.missing = list(missing)
         self.unexpected = list(unexpected)
         self.mismatched = list(mismatched)
+
+
+class SaveError(CheckpointError, OSError):
+    """A checkpoint or file could not be written (disk full, read-only, permission, file-size limit); the
+    message names the path and the cause. Also an OSError, for code that catches write failures as such."""
 
 
 class TrainingDiverged(UserError):

@@ -39,7 +39,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SaveError
 from ..models import ARMClassifier
 from ..models.io import atomic_write, save_model
 from ..models.manifest import verify_dir, write_manifest
@@ -308,8 +308,8 @@ class CheckpointManager:
             self.dir.mkdir(parents=True, exist_ok=True)
             short = self._space_shortfall(model, state, ema_state_dict)
             if short:
-                raise CheckpointError(f"cannot save checkpoint {final.name} in {self.dir}: not enough free space "
-                                      f"({short}){keep}")
+                raise SaveError(f"cannot save checkpoint {final.name} in {self.dir}: not enough free space "
+                                f"({short}){keep}")
             tmp.mkdir()
             save_model(model, tmp, extra_config=extra_config)
             if ema_state_dict is not None:
@@ -325,11 +325,14 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+        except SaveError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         except (OSError, RuntimeError, SafetensorError) as e:
             shutil.rmtree(tmp, ignore_errors=True)
             path = getattr(e, "filename", None) or tmp
-            raise CheckpointError(f"cannot save checkpoint {final.name} in {self.dir} ({path}): "
-                                  f"{describe_os_error(e)}{keep}") from None
+            raise SaveError(f"cannot save checkpoint {final.name} in {self.dir} ({path}): "
+                            f"{describe_os_error(e)}{keep}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

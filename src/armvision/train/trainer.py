@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..data import class_names_to_map, dataset_classes, normalization
-from ..errors import CheckpointError, ConfigError, DataError, Preempted, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
@@ -308,11 +308,11 @@ class Trainer:
                 path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
                                       metrics=metrics or None, is_best=is_best)
                 _logger.info("saved checkpoint %s", path)
-            except CheckpointError as e:
+            except SaveError as e:
                 error = str(e)
         error = next((e for e in distributed.all_gather_object(error) if e), None)
         if error:
-            raise CheckpointError(error)
+            raise SaveError(error)
         path = path or self.ckpt.dir / f"step_{self.step:08d}"
         self._pending_health = (path, self._recent_loss())
         return path
