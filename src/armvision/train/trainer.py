@@ -74,12 +74,17 @@ def build_model_from_config(cfg: RunConfig, num_classes: int | None = None) -> n
 
 
 def check_output_dir(path: Path) -> None:
-    """Create ``path`` if needed and make sure files can be written in it; a UserError naming the cause if not."""
+    """Make sure files can be written in ``path`` (or, when it does not exist yet, in the nearest folder above
+    it, where it will be created); a UserError naming the cause if not. Leaves nothing behind."""
     if path.exists() and not path.is_dir():
         raise ConfigError(f"--output_dir {path} is an existing file; choose a directory")
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"--output_dir {path}: {where} is a file, not a directory; choose another --output_dir")
+    probe = where / f".write-test-{os.getpid()}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
