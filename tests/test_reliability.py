@@ -374,3 +374,29 @@ def test_high_bit_depth_images_are_scaled_to_8_bits(mode, values, expected):
     assert img.mode == mode
     assert np.asarray(convert_image(img, "L")).ravel().tolist() == expected
     assert np.asarray(convert_image(img, "RGB"))[0, :, 1].tolist() == expected
+
+
+def test_a_stop_signal_to_one_of_two_ranks_stops_both_after_the_same_step(data, tmp_path):
+    """torchrun, 2 gloo processes: only one worker gets SIGUSR1; the ranks agree, rank 0 saves, both exit 75."""
+    out = tmp_path / "run"
+    flags = pretrain_flags(data, out, **{"optim.micro_batch": 4, "optim.epochs": 30})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "armvision", *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and any(s >= 3 for s in step_records(out)):
+            break
+        time.sleep(0.01)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 2
+    os.kill(int(children[-1]), signal.SIGUSR1)
+    _, err = proc.communicate(timeout=180)
+    stopped = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert stopped["kind"] == "preempted", err[-3000:]
+    step = stopped["step"]
+    assert f"stopped by SIGUSR1 at step {step}" in err or f"stopped by a stop signal at step {step}" in err
+    assert err.count("exitcode  : 75") == 2  # torchrun's report: both workers exited with EXIT_PREEMPTED
+    assert (out / "checkpoints" / "latest").resolve().name == f"step_{step:08d}"
+    assert step < 90
