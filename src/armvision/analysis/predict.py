@@ -15,7 +15,7 @@ __all__ = ["collect_images", "load_images", "predict_images", "predict_files"]
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named directly or found (recursively, sorted) under folders; DataError when none."""
-    from ..interop.cli import IMAGE_EXTENSIONS, list_images
+    from ..data import IMAGE_EXTENSIONS, list_images
 
     files: list[Path] = []
     for item in inputs:

@@ -635,10 +635,11 @@ class Trainer:
         self.logger.close()
         return summary
 
-    def _preempted(self) -> None:
-        """Save at this step and raise Preempted (the command line exits with EXIT_PREEMPTED)."""
+    def _preempted(self, saved: bool = False) -> None:
+        """Save at this step (unless ``saved`` already) and raise Preempted (the command line then exits with
+        EXIT_PREEMPTED)."""
         name = self._signals.received if self._signals is not None and self._signals.received else "a stop signal"
-        path = self.save_checkpoint()
+        path = self.ckpt.dir / f"step_{self.step:08d}" if saved else self.save_checkpoint()
         self.logger.log("preempted", self.step, signal=name, checkpoint=str(path))
         self.logger.close()
         raise Preempted(f"stopped by {name} at step {self.step}: checkpoint {path} saved; start the same command "
@@ -648,7 +649,7 @@ class Trainer:
         cfg = self.cfg
         while self.epoch < cfg.optim.epochs and self.step < stop_step:
             if self._stop_requested():
-                self._preempted()
+                self._preempted(saved=saved_at == self.step)
             epoch = self.epoch
             bar = None
             if self.is_main and show is not False:
@@ -679,7 +680,7 @@ class Trainer:
                 self.save_checkpoint(is_best=self._is_best(metrics), metrics=metrics)
                 saved_at = self.step
             if self._stop and not last:
-                self._preempted()
+                self._preempted(saved=saved_at == self.step)
         return saved_at, evaluated_at
 
     def _stop_requested(self) -> bool:
