@@ -12,10 +12,14 @@ In one run, on one GPU:
      steady images/s from metrics_train.csv (the median of the logging windows after the first)
      and the slowest window after the first (an epoch-boundary stall shows there), plus the peak
      CUDA memory of the training process;
-  4. benchmarks/train_step.py, the model-only ceiling (eager, and compiled unless --no-compile);
+  4. with --profile, the ARM-B pretraining command's trainer under torch.profiler (after warm-up
+     steps that include compilation): the step's time and its top kernels with their share;
+  5. benchmarks/train_step.py, the model-only ceiling (eager, and compiled unless --no-compile);
 and prints one table with ANCHORS.md's reference figures (H200, 2026-11-30) beside them.
+The commands run as a user runs them: compiled on the GPU (the trainer's ``compile: auto``) unless
+--compile false.
 
-    python benchmarks/train_cli.py --out results/train_cli.json              # on one H200, ~6-8 min
+    python benchmarks/train_cli.py --profile --out results/train_cli.json    # on one H200, ~10-14 min
     python benchmarks/train_cli.py --tiny --out /tmp/tiny.json               # CPU smoke run, ~1 min
 
 --tiny: a tiny model (--model.args), 32 small JPEGs, a few steps, on the CPU; no train_step.py.
@@ -78,10 +82,9 @@ def steady_rate(windows: list[dict]) -> dict:
             "windows": len(rates)}
 
 
-def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, workers: int, tiny: bool,
-            log_every: int, timeout: float, decode: str = "cpu") -> dict:
-    out_dir = workdir / "runs" / name
-    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume of the last one
+def cli_overrides(spec: dict, data_root: Path, out_dir: Path, steps: int, workers: int, tiny: bool,
+                  log_every: int, decode: str = "cpu", compile_model: str = "auto") -> dict:
+    """The config overrides of one workload's command (the preset's model, recipe and augmentation)."""
     micro = 4 if tiny else spec["micro"]
     over = {"data.root": str(data_root), "output_dir": str(out_dir), "max_steps": steps,
             "optim.batch_size": micro, "optim.micro_batch": micro, "data.workers": workers,
@@ -92,6 +95,16 @@ def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, w
     if tiny:
         args = dict(TINY_ARGS, **({"cluster_size": 2, "decoder_dim": 32} if spec["task"] == "pretrain" else {}))
         over.update({"device": "cpu", "model.name": "arm_tiny_pz16", "model.img_size": 16, "model.args": args})
+    if compile_model != "auto":
+        over["compile"] = compile_model
+    return over
+
+
+def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, workers: int, tiny: bool,
+            log_every: int, timeout: float, decode: str = "cpu", compile_model: str = "auto") -> dict:
+    out_dir = workdir / "runs" / name
+    shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume of the last one
+    over = cli_overrides(spec, data_root, out_dir, steps, workers, tiny, log_every, decode, compile_model)
     peak_file = workdir / f"peak_{name}.json"
     peak_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(HERE / "_cli_peak.py"), str(peak_file), spec["task"], "--config", spec["config"],
@@ -108,6 +121,37 @@ def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, w
     if peak_file.exists():
         rec["peak_gib"] = json.loads(peak_file.read_text())["peak_gib"]
     return rec
+
+
+def run_profile(name: str, spec: dict, data_root: Path, workdir: Path, workers: int, tiny: bool, wait: int,
+                active: int, timeout: float, decode: str = "cpu", compile_model: str = "auto") -> dict:
+    """torch.profiler over ``active`` steps of the workload's trainer after ``wait`` warm-up steps
+    (benchmarks/_profile_train.py): the step's time and its top kernels with their share."""
+    out_dir = workdir / "runs" / f"profile_{name}"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    over = cli_overrides(spec, data_root, out_dir, wait + 1 + active, workers, tiny, 1000, decode, compile_model)
+    res_file = workdir / f"profile_{name}.json"
+    res_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(HERE / "_profile_train.py"), str(res_file), str(wait), str(active), spec["task"],
+           "--config", spec["config"], *_flags(over)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0 or not res_file.exists():
+        return {"workload": name, "error": (proc.stderr or proc.stdout)[-2000:]}
+    return dict(json.loads(res_file.read_text()), workload=name)
+
+
+def profile_table(p: dict, top: int = 15) -> str:
+    if "error" in p:
+        return f"profile of {p['workload']} failed:\n{p['error']}"
+    lines = [f"profile of {p['workload']} ({'compiled' if p['compiled'] else 'eager'}, {p['device']}): "
+             f"{p['step_ms']:.1f} ms per step (median of {p['active']}), {p['what']} busy "
+             f"{p['busy_ms_per_step']:.1f} ms ({100 * p['busy_share']:.0f}% of the step)",
+             "", "| kernel | ms per step | share of the step | calls per step |", "|---|---|---|---|"]
+    for r in p["top"][:top]:
+        name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
+        lines.append(f"| `{name}` | {r['us_per_step'] / 1e3:.2f} | {100 * r['share']:.1f}% | "
+                     f"{r['calls_per_step']:.0f} |")
+    return "\n".join(lines)
 
 
 def run_train_step(workloads: list[str], compile_model: bool, workdir: Path, timeout: float) -> list[dict]:
@@ -160,9 +204,20 @@ def main():
     ap.add_argument("--log-every", type=int, default=10, help="steps per logging window")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--large", action="store_true", help="also arm_large_in1k_pretrain (~1 min more)")
+    ap.add_argument("--workloads", nargs="+", choices=["pretrain_b", "finetune_b"],
+                    default=["pretrain_b", "finetune_b"],
+                    help="the ARM-B commands to run (split a long run over several calls)")
+    ap.add_argument("--skip", nargs="+", choices=["pipeline", "train_step"], default=[],
+                    help="leave out the data pipeline alone and/or train_step.py's model-only ceiling")
     ap.add_argument("--no-compile", action="store_true", help="train_step.py eager only (saves ~2-3 min)")
     ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                    help="data.decode of the pretraining runs (gpu: needs the trainer's data.decode hook)")
+                    help="data.decode of the pretraining runs (gpu: JPEGs decoded and cropped on the GPU)")
+    ap.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
+                    help="the commands' compile setting (auto: the product default, compiled on a GPU)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile the ARM-B pretraining command (torch.profiler): top kernels, share of a step")
+    ap.add_argument("--profile-steps", type=int, nargs=2, default=(15, 5), metavar=("WAIT", "ACTIVE"),
+                    help="profile: warm-up steps (compilation), then steps recorded")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, few small images and steps")
     args = ap.parse_args()
     if args.tiny:
@@ -178,7 +233,7 @@ def main():
            "jpeg_seconds": time.perf_counter() - t0, "pipeline": [], "cli": [], "train_step": []}
     print(f"{args.images} JPEGs ready in {res['jpeg_seconds']:.0f} s under {data_root}", flush=True)
 
-    modes = ["pretrain", "finetune"] + (["gpu"] if cuda else [])
+    modes = [] if "pipeline" in args.skip else ["pretrain", "finetune"] + (["gpu"] if cuda else [])
     for mode in modes:
         kw = dict(batches=4, warmup=1, batch=4, img_size=16) if args.tiny else dict(batches=30, warmup=5)
         try:
@@ -190,16 +245,22 @@ def main():
     if cuda:
         torch.cuda.empty_cache()
 
-    names = ["pretrain_b", "finetune_b"] + (["pretrain_l"] if args.large else [])
+    names = list(args.workloads) + (["pretrain_l"] if args.large else [])
     for name in names:
         decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,
-                    args.log_every, timeout=600, decode=decode)
+                    args.log_every, timeout=600, decode=decode, compile_model=args.compile)
         res["cli"].append(r)
         print(f"armvision {name}: {_fmt(r.get('images_per_s'))} images/s, exit {r['exit_code']}, "
               f"{r['wall_s']:.0f} s" + (f"\n{r['error']}" if "error" in r else ""), flush=True)
 
-    if cuda:
+    if args.profile:
+        wait, active = (1, 2) if args.tiny else args.profile_steps
+        res["profile"] = run_profile("pretrain_b", WORKLOADS["pretrain_b"], data_root, args.workdir, args.workers,
+                                     args.tiny, wait, active, timeout=600, decode=args.decode,
+                                     compile_model=args.compile)
+        print(profile_table(res["profile"]), flush=True)
+    if cuda and "train_step" not in args.skip:
         steps = [WORKLOADS[n]["step_workload"] for n in names]
         base = [w for w in steps if w != "pretrain_l"]  # ARM-L: eager only (as in ANCHORS.md)
         res["train_step"] += run_train_step(base, not args.no_compile, args.workdir, timeout=900)

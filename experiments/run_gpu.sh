@@ -9,7 +9,7 @@
 # assumed); a job cut by the hard timeout resumes from its last checkpoint. Finished jobs are recorded in
 # docs/results/jobs/*.json (they travel with the working tree) and are skipped by the next call; pretraining
 # checkpoints live in runs/experiments/gpu (kept only while the same machine is used). Results: docs/results/
-# (JSON + PNG per study) and docs/results.md; copied to $OUT when it is set.
+# (JSON + PNG per study) and docs/results.md; archived to $OUT/experiments.tgz when $OUT is set.
 set -u
 BUDGET=${1:-540}
 cd "$(dirname "$0")/.."
@@ -47,5 +47,6 @@ python experiments/make_results_md.py
 cp docs/results/jobs/*.json runs/experiments/gpu/jobs_backup/ 2>/dev/null || true
 echo "run_gpu.sh: done in $(( $(date +%s) - START )) s; jobs finished: $(ls docs/results/jobs | wc -l)"
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT/results" && cp -r docs/results/. "$OUT/results/" && cp docs/results.md "$OUT/" && cp -r "$LOGS" "$OUT/"
+  # one archive: the device tool returns at most 8 files
+  tar czf "$OUT/experiments.tgz" docs/results docs/results.md "$LOGS"
 fi

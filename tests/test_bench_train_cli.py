@@ -23,7 +23,7 @@ def test_steady_rate_skips_the_first_window():
 def test_tiny_mode_end_to_end(tmp_path):
     out = tmp_path / "res.json"
     proc = subprocess.run([sys.executable, str(BENCH / "train_cli.py"), "--tiny", "--workdir", str(tmp_path),
-                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+                           "--out", str(out), "--profile"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res["tiny"] and res["images"] == 16 and len(list((tmp_path / "jpegs_tiny" / "train").rglob("*.jpg"))) == 16
@@ -34,3 +34,6 @@ def test_tiny_mode_end_to_end(tmp_path):
     assert [p["mode"] for p in res["pipeline"]] == ["pretrain", "finetune"]
     assert all(p["images_per_s"] > 0 for p in res["pipeline"])
     assert "| pretrain_b |" in proc.stdout and "2047 (17.8)" in proc.stdout
+    prof = res["profile"]  # --profile: the pretraining trainer's top operators (kernels on a GPU) per step
+    assert prof["active"] == 2 and prof["step_ms"] > 0 and not prof["compiled"] and len(prof["top"]) >= 5
+    assert all(0 < r["share"] for r in prof["top"]) and "ms per step" in proc.stdout

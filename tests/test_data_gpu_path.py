@@ -116,3 +116,34 @@ def test_gpu_batch_transform_from_run_config():
         gpu_batch_transform(ft, "cpu")
     ft = load_config("arm_base_in1k_finetune", {"data.decode": "gpu", "aug.auto_augment": None})
     assert gpu_batch_transform(ft, "cpu").erase is not None  # random erasing 0.25 on the batch
+
+
+def test_pretraining_with_gpu_decoding_runs_and_resumes_exactly(tmp_path):
+    """data.decode gpu through the trainer (the GPU path's code on the CPU device): JPEG bytes from the
+    loader, decoded and cropped per batch; the crops draw from the trainer's seeded generator, so a run
+    stopped and resumed takes the same steps as one run straight through."""
+    from trainhelpers import make_imagefolder, tiny_overrides
+
+    from armvision.train import load_config, train
+    from armvision.train.data import build_pipeline
+
+    root = make_imagefolder(tmp_path / "png", {"train": 8})
+    for p in sorted(root.rglob("*.png")):  # JPEG files: the decoder's path, not the PIL fallback
+        Image.open(p).convert("RGB").save(p.with_suffix(".jpg"), quality=90)
+        p.unlink()
+
+    def cfg(out, **extra):
+        over = tiny_overrides(root, tmp_path / out, "pretrain", **{"data.decode": "gpu", "data.val_split": None,
+                                                                   "eval_every_epochs": 0, **extra})
+        return load_config("fmnist_pretrain", over, task="pretrain")
+
+    pipe = build_pipeline(cfg("p"), "train", True, 4)
+    encoded_batch, labels, skipped = next(iter(pipe.loader))
+    assert isinstance(encoded_batch, list) and encoded_batch[0].dim() == 1 and int(skipped) == 0
+    images, unread = pipe.batch_transform(encoded_batch)
+    assert images.shape == (4, 3, 16, 16) and unread == 0
+    full = train(cfg("full"))
+    assert full["steps"] == 6 and np.isfinite(full["loss_last"])
+    train(cfg("split", max_steps=4))
+    rest = train(cfg("split", resume="auto"))
+    assert [v for _, v in rest["loss_curve"]] == pytest.approx([v for _, v in full["loss_curve"]], rel=1e-6)

@@ -219,5 +219,12 @@ def test_resumable_sampler_continues_the_same_order():
     other = ResumableSampler(ds, num_replicas=2, rank=0, seed=3)
     other.set_epoch(4)
     assert sorted(order + list(other)) == list(range(20))
+    spanning = ResumableSampler(ds, num_replicas=2, rank=1, seed=3)
+    spanning.set_epoch(4, start=2, until=7, per_epoch=8)  # epochs 4, 5, 6 in one pass, 8 of 10 indices each
+    per_epoch = []
+    for e in (4, 5, 6):
+        part.set_epoch(e)
+        per_epoch += list(part)[2 if e == 4 else 0:8]
+    assert list(spanning) == per_epoch and len(spanning) == 6 + 8 + 8
     shards = [list(ShardSampler(list(range(7)), 3, r)) for r in range(3)]
     assert shards == [[0, 3, 6], [1, 4], [2, 5]]

@@ -48,3 +48,39 @@ def test_bf16_autocast_path_and_logged_lr(tmp_path, data):
     lrs = [r["lr"] for r in rows if r["kind"] == "train"]
     schedule = WarmupCosine(total_steps=6, warmup_steps=3, peak_lr=1e-3, min_lr=1e-5)
     assert lrs == pytest.approx([1e-3 * schedule(s) for s in range(6)])  # the head's group (scale 1)
+
+
+def test_one_loader_iterator_runs_through_the_epochs(tmp_path, data, monkeypatch):
+    """The training batches of all epochs come from one loader iterator (no refill stall at the epoch
+    boundaries), the same batches, in the same order, as a fresh iterator per epoch."""
+    from armvision.train.trainer import Trainer
+
+    over = {"optim.epochs": 3, "data.val_split": None, "eval_every_epochs": 0, "checkpoint.every_steps": 2}
+
+    def run(out):
+        trainer = Trainer(load_config("fmnist_pretrain", tiny_overrides(data, tmp_path / out, "pretrain", **over),
+                                      task="pretrain"))
+        made = []
+        loader = trainer.train_loader
+
+        class Counting:
+            def __iter__(self):
+                made.append(trainer.epoch)
+                return iter(loader)
+
+        trainer.train_loader = Counting()
+        return trainer.fit(), made
+
+    spanning, made = run("spanning")
+    assert spanning["steps"] == 9 and made == [0]
+    monkeypatch.setattr(Trainer, "_train_epoch", _per_epoch_iterators(Trainer._train_epoch))
+    fresh, made = run("fresh")
+    assert made == [0, 1, 2]
+    assert [v for _, v in fresh["loss_curve"]] == [v for _, v in spanning["loss_curve"]]
+
+
+def _per_epoch_iterators(train_epoch):
+    def wrapped(self, *args, **kwargs):
+        self._batches_next = None  # as before: a new iterator each epoch
+        return train_epoch(self, *args, **kwargs)
+    return wrapped

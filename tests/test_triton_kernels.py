@@ -97,7 +97,7 @@ def test_scan_half(seed, dtype, autograd_path):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_scan_error_within_fp32_math_rounded_once(seed, dtype, monkeypatch):
+def test_scan_error_within_fp32_math_rounded_once(seed, dtype):
     """Issue 9's numerics criterion on a small shape: every output and gradient is within 1.5x of
     the float64 error of fp32 arithmetic on the same rounded inputs rounded once at the end (what
     mamba-ssm's CUDA kernel does). Failed for fp16 while the chunk states were stored in bf16 (dz, dC,
@@ -105,9 +105,9 @@ def test_scan_error_within_fp32_math_rounded_once(seed, dtype, monkeypatch):
     fp32 -> bf16 by truncation (twice the error of the GPU's round-to-nearest)."""
     from scan_numerics import error_ratios, make_inputs, proxy_scan
 
-    monkeypatch.setitem(scan_triton._CONFIG, "states", "recompute")
     inp = make_inputs(1, 32, 8, dtype, device=DEV, seed=seed)
-    res = error_ratios(scan_triton.selective_scan_triton, proxy_scan, inp, seed=seed)
+    with ops.scan_config(states="recompute"):  # (the process-wide _CONFIG this test patched is gone: issue 13)
+        res = error_ratios(scan_triton.selective_scan_triton, proxy_scan, inp, seed=seed)
     bad = {k: f"{e:.2e} vs {eb:.2e} ({r:.2f}x)" for k, (e, eb, r) in res.items() if r > 1.5}
     assert not bad, bad
 
@@ -128,6 +128,36 @@ def test_scan_segment_checkpoints_equal_per_chunk_states(seed, ordered):
     g2 = scan_triton.scan_bwd(*a, index, st2, dout, True, chunk, seg=2)
     for k, x, y in zip(ARGS, g1, g2):
         assert torch.equal(x, y), k
+
+
+@pytest.mark.parametrize("states", ["recompute", "save"])
+def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch):
+    """ops.scan_config(seg=2) reaches the kernels through both autograd paths (the custom ops that
+    torch.compile traces, and the eager Function): values and gradients equal seg=1 bit for bit."""
+    seen = []
+    bwd = scan_triton.scan_bwd
+
+    def recording_bwd(*args, **kw):
+        seen.append((args[9].shape[1], kw.get("seg", args[14] if len(args) > 14 else 1)))  # (states, seg)
+        return bwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_bwd", recording_bwd)
+    inp = scan_inputs(2, 9, 6, 4, torch.float32)
+    index = torch.randperm(9, device=DEV)
+    dout = torch.randn(2, 9, 6, device=DEV)
+    results = []
+    for seg in (1, 2):
+        leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
+        with ops.scan_config(states=states, seg=seg):
+            out = scan_triton.selective_scan_triton(*(leaves[k] for k in ARGS), index=index)
+        (out * dout).sum().backward()
+        results.append([out] + [leaves[k].grad for k in ARGS])
+    assert seen == [(3, 1), (2, 2)]  # 9 steps = 3 chunks of 4: a state per chunk, or per segment of 2
+    for name, x, y in zip(["out", *ARGS], *results):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="seg must be a positive integer"):
+        with ops.scan_config(seg=0):
+            pass
 
 
 def test_scan_recomputed_states(seed, monkeypatch, autograd_path):
@@ -228,6 +258,27 @@ def test_mixer_compiles_without_graph_breaks(seed):
     y = compiled(x, layout)
     y.sum().backward()
     assert torch.allclose(y, m(x, layout), atol=1e-6)
+
+
+def test_compiled_scan_takes_the_scope_active_while_tracing(seed, monkeypatch):
+    """torch.compile reads ops.scan_config when it traces (as the trainer's model.scan scope is around
+    its first step): the compiled forward and backward run with states="save" and seg=2."""
+    seen = []
+    bwd = scan_triton.scan_bwd
+
+    def recording_bwd(*args, **kw):
+        seen.append((args[9].shape[1], kw.get("seg", args[14] if len(args) > 14 else 1)))
+        return bwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_bwd", recording_bwd)
+    inp = scan_inputs(1, 9, 4, 4, torch.float32)
+    fn = torch.compile(scan_triton.selective_scan_triton, fullgraph=True, backend="aot_eager")
+    with ops.scan_config(states="save", seg=2):
+        out = fn(*(inp[k] for k in ARGS))
+    out.sum().backward()
+    assert seen == [(2, 2)]  # saved in the forward (no recompute), one state per 2 chunks of 4 steps
+    ref, _ = reference({k: v for k, v in inp.items()}, None)
+    assert rel_err(out.detach().cpu(), ref) < 1e-5
 
 
 def test_custom_ops_pass_opcheck(seed):

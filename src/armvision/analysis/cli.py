@@ -219,9 +219,9 @@ def _predict(args: argparse.Namespace) -> int:
     if loaded.training:
         transform = eval_transform_for(model, data_setup(loaded.training))
     else:  # an official checkpoint: the reference's ImageNet evaluation transform
-        from ..interop.features import eval_transform
+        from ..data import model_eval_transform
 
-        transform = eval_transform(model)
+        transform = model_eval_transform(model)
     rows = predict_files(model, files, transform, loaded.classes, args.topk, args.batch_size, device)
     sys.stdout.write(_format(rows, args.format))
     return 0

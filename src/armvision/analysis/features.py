@@ -73,7 +73,7 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
 
     from ..data.datasets import dataset_classes
     from ..data.loader import collate
-    from ..interop.features import extract_features
+    from ..features import extract_features
 
     device = torch.device(device)
     model = model.to(device).eval()

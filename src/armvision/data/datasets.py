@@ -190,6 +190,16 @@ def _streaming_dataset(name: str, root: str | None, split: str, transform, mode:
     return ds
 
 
+def take_subset(ds: Dataset, subset: int, subset_seed: int, kind: str = "the dataset", split: str = "") -> Dataset:
+    """``subset`` samples of ``ds``, a fixed random draw (``subset_seed``), in index order."""
+    if isinstance(ds, IterableDataset):
+        raise DataError(f"data.train_subset/val_subset need a map-style dataset; {kind} streams its samples")
+    if subset > len(ds):
+        raise DataError(f"asked for a subset of {subset} images, but {kind} split {split!r} holds {len(ds)}")
+    order = np.random.default_rng(subset_seed).permutation(len(ds))[:subset]
+    return Subset(ds, sorted(int(i) for i in order))
+
+
 def build_dataset(kind: str, root: str | None, split: str, transform: Callable | None = None,
                   in_chans: int = 3, strict_images: bool = False, class_map: dict | None = None,
                   subset: int | None = None, subset_seed: int = 0, is_training: bool = False,
@@ -221,12 +231,7 @@ def build_dataset(kind: str, root: str | None, split: str, transform: Callable |
         raise DataError(f"unknown dataset kind {kind!r}; use 'imagefolder', 'fashion_mnist', or a timm reader "
                         f"name starting with {', '.join(STREAMING_PREFIXES)}")
     if subset is not None:
-        if isinstance(ds, IterableDataset):
-            raise DataError(f"data.train_subset/val_subset need a map-style dataset; {kind} streams its samples")
-        if subset > len(ds):
-            raise DataError(f"asked for a subset of {subset} images, but {kind} split {split!r} holds {len(ds)}")
-        order = np.random.default_rng(subset_seed).permutation(len(ds))[:subset]
-        ds = Subset(ds, sorted(int(i) for i in order))
+        ds = take_subset(ds, subset, subset_seed, kind, split)
     if not isinstance(ds, IterableDataset) and len(ds) == 0:
         raise DataError(f"{kind} split {split!r} at {root} holds no samples")
     return ds

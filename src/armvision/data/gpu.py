@@ -221,12 +221,14 @@ def build_encoded_dataset(kind: str, root: str | None, split: str, in_chans: int
                                strict_images)
 
 
-def gpu_batch_transform(cfg, device: torch.device | str) -> GpuBatchTransform:
+def gpu_batch_transform(cfg, device: torch.device | str, seed: int | None = None) -> GpuBatchTransform:
     """The training transform of a run config (``RunConfig``) on ``device``, for ``data.decode: gpu``.
 
-    Trainer hook: with ``data.decode == "gpu"`` the trainer builds its training set with
+    The trainer (through :func:`armvision.train.data.build_pipeline`) builds its training set with
     :func:`build_encoded_dataset` and ``collate_encoded``, and calls the returned object on each
-    batch's list of encoded images: ``images, skipped = transform(encoded)``.
+    batch's list of encoded images: ``images, skipped = transform(encoded)``. ``seed``: the crops'
+    own generator; None: torch's global generator (the trainer's: seeded with seed + rank, saved in
+    checkpoints, so a resumed run draws the crops it would have drawn).
     """
     from .transforms import normalization
 
@@ -237,4 +239,4 @@ def gpu_batch_transform(cfg, device: torch.device | str) -> GpuBatchTransform:
                           "aug.color_jitter null, or use data.decode cpu")
     reprob = a.reprob if cfg.task == "finetune" else 0.0
     return GpuBatchTransform(m.img_size, mean, std, device, a.scale, a.ratio, a.hflip, d.interpolation, m.in_chans,
-                             reprob, a.remode, seed=cfg.seed)
+                             reprob, a.remode, seed=seed)

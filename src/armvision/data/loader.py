@@ -16,23 +16,39 @@ class ResumableSampler(Sampler[int]):
     """The :class:`DistributedSampler` order of an epoch (a permutation seeded by seed + epoch, cut
     into one shard per rank), optionally starting part-way: ``set_epoch(e, start=k)`` skips the
     first k indices of this rank's shard, so a run resumed mid-epoch sees the images it had not
-    seen yet, in the same order."""
+    seen yet, in the same order.
+
+    ``set_epoch(e, start, until=E, per_epoch=n)``: one pass runs on through epochs e .. E-1, the
+    first ``n`` indices of each epoch's order (the ones the training loop consumes) one after the
+    other. A loader iterator over it crosses the epoch boundaries without stopping, so its workers
+    keep prefetching (the next epoch's first batches are ready when the last one ends) and the
+    images, their order and the random streams are those of one iterator per epoch.
+    """
 
     def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
                  seed: int = 0, drop_last: bool = True):
         self.base = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                                        drop_last=drop_last)
-        self.start = 0
+        self.epoch, self.start, self.until, self.per_epoch = 0, 0, 1, None
 
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
+    def set_epoch(self, epoch: int, start: int = 0, until: int | None = None, per_epoch: int | None = None) -> None:
         self.base.set_epoch(epoch)
-        self.start = start
+        self.epoch, self.start = epoch, start
+        self.until = epoch + 1 if until is None else max(until, epoch + 1)
+        self.per_epoch = per_epoch
+
+    def _count(self, skip: int) -> int:
+        n = len(self.base) if self.per_epoch is None else min(self.per_epoch, len(self.base))
+        return max(0, n - skip)
 
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.base), self.start, None)
+        for e in range(self.epoch, self.until):
+            skip = self.start if e == self.epoch else 0
+            self.base.set_epoch(e)  # DistributedSampler draws its permutation when iterated
+            yield from itertools.islice(iter(self.base), skip, skip + self._count(skip))
 
     def __len__(self) -> int:
-        return max(0, len(self.base) - self.start)
+        return self._count(self.start) + (self.until - self.epoch - 1) * self._count(0)
 
 
 class ShardSampler(Sampler[int]):
@@ -58,11 +74,13 @@ def collate(batch):
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, pin_memory: bool = False,
-                persistent_workers: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
+                persistent_workers: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                collate_fn=collate):
     """A DataLoader over ``dataset`` and its sampler (None for streaming datasets).
 
     Training: shuffled, sharded over ranks, whole batches only (mixup needs even batches).
-    Evaluation: every sample once over all ranks, in order.
+    Evaluation: every sample once over all ranks, in order. ``collate_fn``: :func:`collate` (or the
+    encoded images' ``collate_encoded`` of ``data.decode: gpu``).
     """
     sampler = None
     if isinstance(dataset, IterableDataset):
@@ -74,7 +92,7 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int 
         sampler = ShardSampler(dataset, world_size, rank)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)  # worker seeds: reproducible per run and rank
     loader = DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
         pin_memory=pin_memory, drop_last=train, persistent_workers=persistent_workers and workers > 0,
         generator=generator,
     )

@@ -10,7 +10,9 @@ Scan keys: ``BT`` chunk length (shared by the forward and the backward); ``fwd``
 (BE channel block, num_warps, num_stages) of each kernel; ``states``: "recompute" (default: the
 backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
-its backward). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps).
+its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
+recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
+long sequences, same values). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps).
 
 The kernels' entry points read the active scope once per call and hand the values to the launchers
 and to the torch.library custom ops as arguments, so a ``torch.compile`` trace records them in its
@@ -24,7 +26,7 @@ from typing import Any, Iterator
 
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
-SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute"}
+SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (32, 64, 4), "bwd": (32, 64, 4)}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -51,9 +53,9 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         if key == "states":
             if value not in ("save", "recompute"):
                 raise ValueError(f"states must be 'save' or 'recompute', got {value!r}")
-        elif key == "BT":
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"BT must be a positive integer, got {value!r}")
+        elif key in ("BT", "seg"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
         else:
             value = tuple(value)
             if len(value) != len(current[key]) or not all(isinstance(v, int) and v >= 1 for v in value):

@@ -315,10 +315,15 @@ def _scan_bwd_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
 # scope), read once per call in selective_scan_triton and passed down as arguments: ``launch`` =
-# [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages].
+# [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
-    return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"])]
+    return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1))]
+
+
+def _seg(launch: Sequence[int]) -> int:
+    """The segment length (chunks per saved state) of a launch list; 1 for the 7-entry lists of before."""
+    return int(launch[7]) if len(launch) > 7 else 1
 
 
 def scan_launch_config(**updates) -> dict:
@@ -433,42 +438,43 @@ def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
                  save_states: bool, launch: Optional[List[int]] = None) -> tuple[Tensor, Tensor]:
     launch = launch or _launch_list()
     out, states, _ = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, chunk=launch[0],
-                              block=launch[1:4])
+                              block=launch[1:4], seg=_seg(launch))
     return out, states
 
 
 @_scan_fwd_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch=None):
     b, t, e = u.shape
-    nchunks = triton.cdiv(t, (launch or _launch_list())[0])
-    states = u.new_empty((b, nchunks, A.shape[1], e) if save_states else (0,), dtype=_state_dtype(u.dtype))
+    launch = launch or _launch_list()
+    nsaved = triton.cdiv(triton.cdiv(t, launch[0]), _seg(launch))
+    states = u.new_empty((b, nsaved, A.shape[1], e) if save_states else (0,), dtype=_state_dtype(u.dtype))
     return u.new_empty((b, t, e)), states
 
 
 @torch.library.custom_op("armvision::selective_scan_states", mutates_args=())
 def _scan_states_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                     delta_bias: Tensor | None, index: Tensor | None, softplus: bool, chunk: int,
-                    block: Optional[List[int]] = None) -> Tensor:
+                    block: Optional[List[int]] = None, seg: int = 1) -> Tensor:
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, True, write_out=False, chunk=chunk,
-                    block=block)[1]
+                    block=block, seg=seg)[1]
 
 
 @_scan_states_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk, block=None):
+def _(u, delta, A, B, C, D, z, delta_bias, index, softplus, chunk, block=None, seg=1):
     b, t, e = u.shape
-    return u.new_empty((b, triton.cdiv(t, chunk), A.shape[1], e), dtype=_state_dtype(u.dtype))
+    return u.new_empty((b, triton.cdiv(triton.cdiv(t, chunk), seg), A.shape[1], e), dtype=_state_dtype(u.dtype))
 
 
 @torch.library.custom_op("armvision::selective_scan_bwd", mutates_args=())
 def _scan_bwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None, z: Tensor | None,
                  delta_bias: Tensor | None, index: Tensor | None, states: Tensor, dout: Tensor, softplus: bool,
-                 chunk: int, block: Optional[List[int]] = None) -> list[Tensor]:
-    grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block)
+                 chunk: int, block: Optional[List[int]] = None, seg: int = 1) -> list[Tensor]:
+    grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block, seg)
     return [g if g is not None else u.new_empty(0) for g in grads]
 
 
 @_scan_bwd_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None):
+def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None, seg=1):
     def like(x):
         return x.new_empty(x.shape) if x is not None else u.new_empty(0)
 
@@ -479,7 +485,7 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch = inputs
     launch = list(launch or _launch_list())
     ctx.softplus = softplus
-    ctx.chunk, ctx.fwd_block, ctx.bwd_block = launch[0], launch[1:4], launch[4:7]
+    ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], launch[4:7], _seg(launch)
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
     # the saved states (hundreds of MB) for it on every backward
     ctx.set_materialize_grads(False)
@@ -491,9 +497,10 @@ def _backward(ctx, dout, dstates):
         return (None,) * 12
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:  # states="recompute": rebuild the chunk states now
-        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.fwd_block)
+        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.fwd_block,
+                                 ctx.seg)
     grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
-                         ctx.bwd_block)
+                         ctx.bwd_block, ctx.seg)
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
             dbias if delta_bias is not None else None, None, None, None, None)
@@ -510,8 +517,9 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch):
         out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
-                                      chunk=launch[0], block=launch[1:4])
+                                      chunk=launch[0], block=launch[1:4], seg=_seg(launch))
         ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], launch[4:7]
+        ctx.seg = _seg(launch)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
         return out
 
@@ -520,9 +528,9 @@ class _ScanFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
         if states.numel() == 0:  # states="recompute": rebuild the chunk states now
             states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, True, write_out=False,
-                              chunk=ctx.chunk, block=ctx.fwd_block)[1]
+                              chunk=ctx.chunk, block=ctx.fwd_block, seg=ctx.seg)[1]
         grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
-                         ctx.bwd_block)
+                         ctx.bwd_block, seg=ctx.seg)
         return (*grads, None, None, None, None)
 
 

@@ -32,6 +32,7 @@ from ..configtree import option as _f
 from ..errors import ConfigError
 
 __all__ = [
+    "ScanConfig",
     "ModelConfig",
     "DataConfig",
     "AugmentConfig",
@@ -55,6 +56,15 @@ Task = Literal["pretrain", "finetune"]
 
 
 @dataclass
+class ScanConfig:
+    states: Union[Literal["recompute", "save"], None] = _f(None, "the selective scan's chunk states between forward "
+                                                                "and backward: 'recompute' (less memory) or 'save' "
+                                                                "(no recompute); null: the kernels' default")
+    seg: Union[int, None] = _f(None, "chunks per saved scan state (k > 1: the backward rebuilds the others; less "
+                                     "memory at long sequences); null: the kernels' default (1)")
+
+
+@dataclass
 class ModelConfig:
     name: str = _f("arm_base_pz16", "registry name (arm_tiny_pz16 ... arm_huge_pz16)")
     img_size: int = _f(224, "input resolution in pixels (square)")
@@ -63,6 +73,7 @@ class ModelConfig:
     args: dict[str, Any] = _f(help="further constructor arguments of the model (patch_size, cluster_size, "
                                    "embed_dim, depth, d_state, decoder_dim, memory_layers, ...), e.g. "
                                    "--model.args.embed_dim 128", factory=dict)
+    scan: ScanConfig = _f(factory=ScanConfig)
 
 
 @dataclass
@@ -93,7 +104,6 @@ class DataConfig:
                                                              "the shorter side, keeping the aspect ratio (the "
                                                              "reference code's MAE transform)")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")
-    # issue 9 (helper h9k): GPU decoding; the trainer's hook is armvision.data.gpu.gpu_batch_transform
     decode: Literal["cpu", "gpu"] = _f("cpu", "training images: 'cpu' (PIL in the loader workers) or 'gpu' (JPEGs "
                                               "decoded and cropped on the GPU in batches, pretraining transform and "
                                               "random erasing; no RandAugment)")
@@ -175,6 +185,10 @@ class RunConfig:
     preemption_signals: tuple[str, ...] = _f(("SIGTERM", "SIGUSR1"),
                                              "signals that stop the run after the current step with a checkpoint "
                                              "and exit status 75 (requeue); [] keeps the default actions")
+    compile: Union[bool, Literal["auto"]] = _f("auto", "torch.compile the model for training: auto (on with a GPU, "
+                                                       "off on the CPU), true or false; a compile error falls back "
+                                                       "to eager with a warning")
+    compile_backend: str = _f("inductor", "torch.compile backend (inductor; aot_eager to debug)")
     model: ModelConfig = _f(factory=ModelConfig)
     data: DataConfig = _f(factory=DataConfig)
     aug: AugmentConfig = _f(factory=AugmentConfig)
@@ -297,6 +311,7 @@ def validate_config(cfg: RunConfig) -> None:
     need(m.img_size > 0, "model.img_size", m.img_size, "a positive integer")
     need(m.in_chans in (1, 3), "model.in_chans", m.in_chans, "1 (grayscale) or 3 (RGB)")
     need(0 <= m.drop_path < 1, "model.drop_path", m.drop_path, "a rate in [0, 1)")
+    need(m.scan.seg is None or m.scan.seg >= 1, "model.scan.seg", m.scan.seg, "1 or more, or null")
     need(d.num_classes is None or d.num_classes > 0, "data.num_classes", d.num_classes, "a positive integer or null")
     for key in ("mean", "std"):
         v = getattr(d, key)

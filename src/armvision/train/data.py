@@ -22,6 +22,8 @@ from ..data import (
     normalization,
     pretrain_transform,
 )
+from ..data.datasets import take_subset
+from ..data.gpu import build_encoded_dataset, collate_encoded, gpu_batch_transform
 from .config import RunConfig
 
 __all__ = ["Pipeline", "build_transform", "build_pipeline"]
@@ -30,12 +32,15 @@ __all__ = ["Pipeline", "build_transform", "build_pipeline"]
 @dataclass
 class Pipeline:
     """One split's transform, dataset, loader (batches ``(images (b, c, h, w), labels (b,), skipped)``)
-    and sampler (None for streaming datasets)."""
+    and sampler (None for streaming datasets). ``data.decode: gpu`` (training): the loader's images
+    are a list of b encoded images and ``batch_transform(images) -> (images (b, c, h, w) on the device,
+    skipped)`` decodes and augments them; None otherwise."""
 
     transform: Callable
     dataset: Dataset
     loader: DataLoader
     sampler: Any
+    batch_transform: Callable | None = None
 
 
 def build_transform(cfg: RunConfig, train: bool, img_size: int | None = None, in_chans: int | None = None):
@@ -63,12 +68,21 @@ def build_pipeline(cfg: RunConfig, split: str, train: bool, batch_size: int, ran
     """
     d = cfg.data
     chans = in_chans or cfg.model.in_chans
+    pin = d.pin_memory and device is not None and device.type == "cuda"
+    persistent = d.persistent_workers if persistent_workers is None else persistent_workers
+    if train and d.decode == "gpu":  # workers read bytes; the batch is decoded and cropped on the device
+        batch_tf = gpu_batch_transform(cfg, device or torch.device("cpu"))
+        ds = build_encoded_dataset(d.dataset, d.root, split, chans, d.strict_images)
+        if d.train_subset is not None:
+            ds = take_subset(ds, d.train_subset, d.subset_seed, d.dataset, split)
+        loader, sampler = make_loader(ds, batch_size, train=True, workers=d.workers, pin_memory=False,
+                                      persistent_workers=persistent, seed=cfg.seed, rank=rank, world_size=world,
+                                      collate_fn=collate_encoded)
+        return Pipeline(batch_tf, ds, loader, sampler, batch_tf)
     tf = build_transform(cfg, train, img_size, chans)
     ds = build_dataset(d.dataset, d.root, split, tf, in_chans=chans, strict_images=d.strict_images,
                        class_map=class_map, subset=d.train_subset if train else d.val_subset,
                        subset_seed=d.subset_seed, is_training=train, batch_size=batch_size, seed=cfg.seed)
-    pin = d.pin_memory and device is not None and device.type == "cuda"
-    persistent = d.persistent_workers if persistent_workers is None else persistent_workers
     loader, sampler = make_loader(ds, batch_size, train=train, workers=d.workers, pin_memory=pin,
                                   persistent_workers=persistent, seed=cfg.seed, rank=rank, world_size=world)
     return Pipeline(tf, ds, loader, sampler)

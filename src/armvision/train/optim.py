@@ -40,13 +40,19 @@ def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW with each group's lr = peak lr * its lr_scale (the scheduler multiplies it per step)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device | str | None = None) -> torch.optim.AdamW:
+    """AdamW with each group's lr = peak lr * its lr_scale (the scheduler multiplies it per step).
+
+    ``device`` (default: the model's): the fused kernel on a GPU (one launch for all parameters),
+    the multi-tensor (foreach) implementation elsewhere; the same arithmetic and state either way."""
     lr = peak_lr(cfg)
     groups = build_param_groups(model, cfg.weight_decay, cfg.layer_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas))
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    impl = {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.betas), **impl)
 
 
 class WarmupCosine:

@@ -8,7 +8,8 @@ checkpoints and returns the run's summary (also written to ``summary.json``).
 The pieces are components built from the config: the data (:func:`armvision.train.data.build_pipeline`,
 shared with ``armvision eval``), the loss (:mod:`armvision.train.objective`), the optimizer and the lr
 schedule (:mod:`armvision.train.optim`; the schedule's state is its step count), the process group
-(:mod:`armvision.train.distributed`). The Trainer wires them and runs the loop.
+(:mod:`armvision.train.distributed`), the compiled training module with its eager fallback
+(:mod:`armvision.train.compiled`). The Trainer wires them and runs the loop.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from .. import __version__
+from .. import __version__, ops
 from ..data import class_names_to_map, dataset_classes, normalization
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
@@ -38,6 +39,7 @@ from ..models.io import atomic_write
 from . import distributed
 from .checkpoint import (CheckpointManager, describe_os_error, load_init_weights, resolve_resume_dir, rng_state,
                          set_rng_state)
+from .compiled import CompiledModule, compile_enabled
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
 from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
@@ -155,6 +157,7 @@ class Trainer:
         self._signals: StopSignals | None = None
         self._stop = False
         self.logger = None
+        self._batches, self._batches_next = None, None  # the loader iterator and the (epoch, batch) it is at
         if self.resume_from is not None:
             self._restore(self.resume_from)
             if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
@@ -217,6 +220,7 @@ class Trainer:
         where = dict(rank=self.dist.rank, world=self.dist.world_size, device=self.device)
         train = build_pipeline(cfg, d.train_split, True, self.micro_batch, **where)
         self.train_set, self.train_loader, self.train_sampler = train.dataset, train.loader, train.sampler
+        self.batch_transform = train.batch_transform  # data.decode gpu: decode + augment each batch on the device
         self.classes = dataset_classes(self.train_set)
         self.val_set = self.val_loader = None
         if d.val_split:
@@ -265,9 +269,12 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                if self.device.type == "cuda" else None)
         self.objective = build_objective(cfg, self.num_classes)
+        # the module a training step calls (DDP wrapper included, as torch recommends); self.model keeps the weights
+        self.train_module = CompiledModule(self.ddp or self.model, compile_enabled(cfg.compile, self.device),
+                                           cfg.compile_backend)
 
     def _build_optimization(self) -> None:
-        self.optimizer = build_optimizer(self.model, self.cfg.optim)
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.warmup_steps, self.cfg.optim)
         self.params = [p for g in self.optimizer.param_groups for p in g["params"]]
 
@@ -407,20 +414,54 @@ class Trainer:
         return max(g["lr"] for g in self.optimizer.param_groups)
 
     def _loss(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.objective(self.ddp or self.model, images, labels)
+        return self.objective(self.train_module.module, images, labels)
+
+    def _scan_scope(self):
+        """The scan launch settings of model.scan around a step (read when torch.compile traces it)."""
+        s = self.cfg.model.scan
+        return ops.scan_config(**{k: v for k, v in (("states", s.states), ("seg", s.seg)) if v is not None})
+
+    def _forward_backward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Loss of one micro-batch, its gradient (scaled for accumulation) added to the parameters'."""
+        def step():
+            with self._scan_scope(), autocast_for(self.device, self.cfg.precision):
+                loss = self._loss(images, labels)
+            with self._scan_scope():
+                (loss / self.accum_steps).backward()
+            return loss
+
+        def reset():
+            for p in self.params:
+                p.grad = None
+
+        return self.train_module.guard(step, reset)
+
+    def _spanning_batches(self, epoch: int, start_micro: int):
+        """The training batches from ``epoch``'s micro-batch ``start_micro`` on: one loader iterator runs
+        through all remaining epochs (no drain and refill of the workers' prefetch at each boundary,
+        :class:`~armvision.data.ResumableSampler`); it is made anew only when the last one did not end
+        exactly where this epoch starts (the first epoch of this process, a resume)."""
+        if self._batches_next != (epoch, start_micro):
+            per_epoch = self.steps_per_epoch * self.accum_steps * self.micro_batch
+            self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch, until=self.cfg.optim.epochs,
+                                         per_epoch=per_epoch)
+            self._batches = iter(self.train_loader)
+        self._batches_next = None  # valid again only once this epoch is consumed to its end
+        return self._batches
 
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
         cfg = self.cfg
         start_micro = self.batch_in_epoch
         if self.train_sampler is not None:
-            self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch)
-        elif hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
-        if start_micro and self.train_sampler is None and self.is_main:
-            _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
-                            "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
-                            epoch + 1)
-        batches = iter(self.train_loader)
+            batches = self._spanning_batches(epoch, start_micro)
+        else:
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(epoch)
+            if start_micro and self.is_main:
+                _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
+                                "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
+                                epoch + 1)
+            batches = iter(self.train_loader)
         self.model.train()
         window = _Window(self.device)
         lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
@@ -440,15 +481,16 @@ class Trainer:
                 except StopIteration:  # a streaming split that ran short
                     raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
                                     f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+                if self.batch_transform is not None:
+                    images, unread = self.batch_transform(images)
+                    sk = sk + unread
                 skipped += sk
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 sync = self.ddp is None or k == self.accum_steps - 1
                 ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
                 with ctx:
-                    with autocast_for(self.device, cfg.precision):
-                        loss = self._loss(images, labels)
-                    (loss / self.accum_steps).backward()
+                    loss = self._forward_backward(images, labels)
                 loss_sum += loss.detach().float()
                 self.batch_in_epoch += 1
             # the gradient norm (clipping, when on) before the check: a finite loss can still give
@@ -513,6 +555,8 @@ class Trainer:
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
         if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
             self._log_window(window, lr, grad_norm, epoch)
+        if self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps:
+            self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
         self._check_nonfinite(epoch)
         self._sync_skipped()
 
