@@ -199,9 +199,25 @@ def test_an_lr_blow_up_names_a_finite_good_checkpoint_and_a_sane_lr_continues_fr
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
-def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_touching_the_weights(data, tmp_path, capsys,
+@pytest.mark.parametrize("fused", [False, True])
+def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_touching_the_weights(fused, data, tmp_path, capsys,
                                                                                        monkeypatch):
+    """Both paths: the foreach AdamW (flag read on the host each step) and the fused one (the update skipped
+    on the device through found_inf, the flags read at log steps)."""
+    import armvision.train.trainer as tr
     from armvision.models import ARMPretrain
+
+    if fused:
+        real = tr.build_optimizer
+
+        def fused_build(model, cfg, *a, **k):
+            groups = [{k2: v for k2, v in g.items() if k2 not in ("foreach", "fused")}
+                      for g in real(model, cfg, *a, **k).param_groups]
+            opt = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=tuple(cfg.betas), fused=True)
+            assert opt.defaults["fused"]
+            return opt
+
+        monkeypatch.setattr(tr, "build_optimizer", fused_build)
 
     forward = ARMPretrain.forward
     calls = {"n": 0}
