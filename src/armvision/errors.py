@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Iterable
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError", "report"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError",
+           "report"]
 
 
 class UserError(Exception):
