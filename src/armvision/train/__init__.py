@@ -32,9 +32,11 @@ from .config import (
     load_config,
 )
 from .evaluate import evaluate_checkpoint, evaluate_classifier, evaluate_pretraining
+from .preemption import EXIT_PREEMPTED
 from .trainer import Trainer, build_model_from_config, train
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "RunConfig",
     "ModelConfig",
     "DataConfig",
