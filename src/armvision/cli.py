@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Autoregressive pretraining (ARM) of Mamba vision models.",
     )
     parser.add_argument("--version", action="version", version=f"armvision {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error (anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
@@ -38,6 +40,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted before or after the subcommand
+        argv = [a for a in argv if a != "--debug"]
+        previous = os.environ.get("ARMVISION_DEBUG")
+        os.environ["ARMVISION_DEBUG"] = "1"
+        try:
+            return main(argv)
+        finally:
+            if previous is None:
+                os.environ.pop("ARMVISION_DEBUG", None)
+            else:
+                os.environ["ARMVISION_DEBUG"] = previous
+    from .train.cli import set_argv
+
+    set_argv(argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "config_overrides", False):

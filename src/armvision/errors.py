@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 from typing import Iterable
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "report"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError",
+           "report"]
 
 
 class UserError(Exception):
@@ -41,8 +42,23 @@ class CheckpointError(UserError, ValueError):
         self.mismatched = list(mismatched)
 
 
+class SaveError(CheckpointError, OSError):
+    """A checkpoint or file could not be written (disk full, read-only, permission, file-size limit); the
+    message names the path and the cause. Also an OSError, for code that catches write failures as such."""
+
+
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is left as it was."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGTERM, SIGUSR1) ended the run after a checkpoint was saved: not an error, the job
+    should be started again (``--resume auto``). ``checkpoint``: the folder saved; ``signal``: its name."""
+
+    def __init__(self, message: str, checkpoint=None, signal: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+        self.signal = signal
 
 
 def report(message: str) -> int:

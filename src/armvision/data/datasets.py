@@ -19,6 +19,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 from ..errors import DataError
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST
+from .images import IMAGE_EXTENSIONS, convert_image
 
 __all__ = ["ReaderDataset", "build_dataset", "dataset_classes", "STREAMING_PREFIXES", "MAX_CONSECUTIVE_BAD",
            "class_names_to_map"]
@@ -63,12 +64,12 @@ class ReaderDataset(Dataset):
             f = img
             try:
                 img = Image.open(f)
-                img = img.convert(self.mode)  # decodes the pixels: truncated files fail here
+                img = convert_image(img, self.mode)  # decodes the pixels: truncated files fail here
             finally:
                 if hasattr(f, "close"):
                     f.close()
         else:
-            img = img.convert(self.mode)
+            img = convert_image(img, self.mode)
         return img, (-1 if target is None else int(target))
 
     def __getitem__(self, index: int):
@@ -133,6 +134,10 @@ def _folder_reader(root: str, split: str, class_map: dict | None):
         found = sorted(p.name for p in base.iterdir())[:10] if base.is_dir() else []
         raise DataError(f"{root} has no '{split}' split; expected {_imagefolder_layout(root, split)}; "
                         f"found: {', '.join(found) or 'nothing'}")
+    from timm.data.readers.img_extensions import add_img_extensions
+
+    add_img_extensions(list(IMAGE_EXTENSIONS))  # timm's readers then list what armvision reads elsewhere
+    _report_other_files(source)
     try:
         reader = reader_cls(str(source), class_map=class_map or "")
     except (RuntimeError, ValueError, OSError) as e:  # timm: "Found 0 images in subfolders of ..."
@@ -140,6 +145,20 @@ def _folder_reader(root: str, split: str, class_map: dict | None):
     if len(reader) == 0:
         raise DataError(f"no images found in {source}; expected {_imagefolder_layout(root, split)}")
     return reader
+
+
+def _report_other_files(source: Path) -> None:
+    """Warn about files in an image folder that are not read as images (by extension), once per folder."""
+    if not source.is_dir():
+        return
+    other: dict[str, int] = {}
+    for p in source.rglob("*"):
+        if p.is_file() and p.suffix.lower() not in IMAGE_EXTENSIONS and p.suffix.lower() != ".tar":
+            other[p.suffix.lower() or "(none)"] = other.get(p.suffix.lower() or "(none)", 0) + 1
+    if other:
+        kinds = ", ".join(f"{k} ({n})" for k, n in sorted(other.items()))
+        _logger.warning("%d file(s) in %s are not read as images (extensions: %s); armvision reads %s",
+                        sum(other.values()), source, kinds, " ".join(IMAGE_EXTENSIONS))
 
 
 def _streaming_dataset(name: str, root: str | None, split: str, transform, mode: str, is_training: bool,

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from .datasets import ReaderDataset, _folder_reader
+from .images import convert_image
 
 __all__ = ["EncodedImageDataset", "collate_encoded", "sample_crop_boxes", "GpuBatchTransform",
            "build_encoded_dataset", "gpu_batch_transform", "is_jpeg"]
@@ -67,7 +68,7 @@ class EncodedImageDataset(ReaderDataset):
 def _pil_decode(data: bytes, mode: str) -> Tensor:
     import io
 
-    img = Image.open(io.BytesIO(data)).convert(mode)
+    img = convert_image(Image.open(io.BytesIO(data)), mode)
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -19,7 +19,7 @@ from torch import nn
 from .arm import ARMClassifier, ARMPretrain
 
 __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "model_config", "build_model", "save_model",
-           "atomic_write"]
+           "atomic_write", "current_umask"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,6 +45,13 @@ def build_model(config: dict[str, Any], **overrides) -> nn.Module:
     return model
 
 
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``: a reader never sees a
     half-written file, and an interrupted write leaves the previous file intact."""
@@ -53,6 +60,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets the mode open() would give
         write(tmp)
         os.replace(tmp, path)
     except BaseException:

@@ -33,10 +33,12 @@ from .config import (
     load_config,
 )
 from .evaluate import evaluate_checkpoint, evaluate_classifier, evaluate_pretraining
+from .preemption import EXIT_PREEMPTED
 from .sharded import export_checkpoint
 from .trainer import Trainer, build_model_from_config, train
 
 __all__ = [
+    "EXIT_PREEMPTED",
     "RunConfig",
     "ModelConfig",
     "DataConfig",

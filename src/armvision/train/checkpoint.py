@@ -6,7 +6,15 @@ A run directory holds ``checkpoints/step_00001234/`` folders, each a complete mo
 - ``ema/``: the EMA weights as a second model directory (when EMA is on);
 - ``training_state.pt``: optimizer, scheduler, step, epoch, position in the epoch, RNG states of
   every rank, best metric; read back with ``torch.load(weights_only=True)``;
-- ``metrics.json``: the evaluation metrics at that step, if any.
+- ``metrics.json``: the evaluation metrics at that step, if any;
+- ``manifest.json``: size and SHA-256 of every file above, written last (:mod:`armvision.models.manifest`);
+  loading checks it, and ``--resume auto`` passes over a damaged checkpoint to the newest intact one;
+- ``health.json``: written after the save, once the step after the checkpoint has shown that its weights
+  give a finite loss that is not rising (``good``); a divergence names the newest good checkpoint.
+
+Free space is checked before a save; a save that fails (disk full, read-only, permission, file-size
+limit) raises :class:`~armvision.errors.CheckpointError` naming the path and the cause, and the previous
+checkpoint stays the latest.
 
 Runs with ``parallel: fsdp`` write sharded checkpoints instead (the same folders, with a DCP
 ``sharded/`` folder in place of ``model.safetensors``: :mod:`armvision.train.sharded`); both kinds are
@@ -20,6 +28,7 @@ are kept; older ones are deleted after a new one is in place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -31,11 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SaveError
 from ..models import ARMClassifier
-from ..models.io import save_model
+from ..models.io import atomic_write, save_model
+from ..models.manifest import verify_dir, write_manifest
 from ..weights import (
     encoder_mismatch,
     init_classifier,
@@ -57,9 +68,28 @@ __all__ = [
     "resolve_model_dir",
     "resolve_resume_dir",
     "load_init_weights",
+    "HEALTH_NAME",
+    "describe_os_error",
 ]
 
 STATE_NAME = "training_state.pt"
+HEALTH_NAME = "health.json"
+_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+           errno.EPERM: "permission denied", errno.EFBIG: "the file is larger than the file-size limit"}
+
+
+def describe_os_error(e: BaseException) -> str:
+    """The cause of a failed write in words (disk full, read-only, permission...)."""
+    if isinstance(e, OSError) and e.errno in _CAUSES:
+        return _CAUSES[e.errno]
+    text = str(e)
+    m = re.search(r"os error (\d+)", text)  # safetensors reports the errno in its message
+    if m and int(m.group(1)) in _CAUSES:
+        return _CAUSES[int(m.group(1))]
+    if "unexpected pos" in text or "inline_container" in text or "file write failed" in text:
+        return "the write failed (the disk is full or a file-size limit was reached)"
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _is_checkpoint(d: Path) -> bool:
@@ -103,6 +133,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
 
 
 def _as_tuple(x):
@@ -192,6 +233,69 @@ class CheckpointManager:
             raise CheckpointError(f"cannot read {ckpt / STATE_NAME}: {e}; the checkpoint is damaged; resume from "
                                   "an older one (--resume PATH)") from None
 
+    def verify(self, ckpt: Path) -> str | None:
+        """None when ``ckpt`` is intact (its files match its manifest and its training state reads), else
+        what is wrong, naming the file."""
+        problem = verify_dir(ckpt)
+        if problem is None:
+            try:
+                self.load_state(ckpt)
+            except CheckpointError as e:
+                problem = str(e)
+        return problem
+
+    def candidates(self) -> list[Path]:
+        """Checkpoints to resume from, newest first (the ``latest`` link's target first)."""
+        out = []
+        target = link_target(self.dir / "latest")
+        if target is not None and (target / STATE_NAME).is_file():
+            out.append(target)
+        out += [d for d in reversed(self.steps()) if not out or d.name != out[0].name]
+        return out
+
+    def health(self, ckpt: Path) -> dict[str, Any]:
+        try:
+            return json.loads((ckpt / HEALTH_NAME).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def mark_health(self, ckpt: Path, good: bool, **info: Any) -> None:
+        """Record whether the weights of ``ckpt`` proved good (see the module docstring)."""
+        if self.is_main and ckpt.is_dir():
+            text = json.dumps({"good": bool(good), **info}) + "\n"
+            try:
+                atomic_write(ckpt / HEALTH_NAME, lambda p: Path(p).write_text(text))
+            except OSError:
+                pass  # a note, not the checkpoint: losing it only makes the checkpoint unconfirmed
+
+    def last_good(self, before_step: int | None = None) -> Path | None:
+        """The newest checkpoint whose weights proved good (optionally: saved before ``before_step``)."""
+        for d in reversed(self.steps()):
+            if before_step is not None and int(d.name[5:]) >= before_step:
+                continue
+            if self.health(d).get("good"):
+                return d
+        return None
+
+    def retire_after(self, good: Path | None) -> list[Path]:
+        """After a divergence: rename the checkpoints newer than ``good`` to ``diverged-step_*`` (kept for a
+        look, never resumed from) and point ``latest`` at ``good``."""
+        moved = []
+        if not self.is_main:
+            return moved
+        limit = int(good.name[5:]) if good is not None else -1
+        for d in step_dirs(self.dir):
+            if int(d.name[5:]) > limit:
+                dest = self.dir / f"diverged-{d.name}"
+                shutil.rmtree(dest, ignore_errors=True)
+                os.replace(d, dest)
+                moved.append(dest)
+        if good is not None:
+            self._link("latest", good)
+        elif (self.dir / "latest").is_symlink():
+            (self.dir / "latest").unlink()
+        return moved
+
     # -- writing --------------------------------------------------------------------------------
     def remove_partial(self) -> list[Path]:
         """Delete temporary folders left by an interrupted save (they never replaced anything). A step
@@ -216,9 +320,15 @@ class CheckpointManager:
         final = self.dir / f"step_{step:08d}"
         if not self.is_main:
             return final
-        self.dir.mkdir(parents=True, exist_ok=True)
+        previous = self.latest()
+        keep = f"; the previous checkpoint {previous} stays the latest" if previous else ""
         tmp = self.dir / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
         try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            short = self._space_shortfall(model, state, ema_state_dict)
+            if short:
+                raise SaveError(f"cannot save checkpoint {final.name} in {self.dir}: not enough free space "
+                                f"({short}){keep}")
             tmp.mkdir()
             save_model(model, tmp, extra_config=extra_config)
             if ema_state_dict is not None:
@@ -226,6 +336,7 @@ class CheckpointManager:
             if metrics:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             torch.save(state, tmp / STATE_NAME)
+            write_manifest(tmp)
             if final.exists():  # the same step saved again (e.g. end of epoch, then end of run)
                 old = self.dir / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
                 os.replace(final, old)
@@ -233,6 +344,14 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+        except SaveError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        except (OSError, RuntimeError, SafetensorError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            path = getattr(e, "filename", None) or tmp
+            raise SaveError(f"cannot save checkpoint {final.name} in {self.dir} ({path}): "
+                            f"{describe_os_error(e)}{keep}") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -241,6 +360,16 @@ class CheckpointManager:
             self._link("best", final)
         self._prune()
         return final
+
+    def _space_shortfall(self, model: nn.Module, state: dict[str, Any], ema: dict | None) -> str | None:
+        """'N MiB needed, M MiB free' when the file system clearly lacks room for the checkpoint, else None."""
+        need = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        need *= 2 if ema is not None else 1
+        need += sum(t.numel() * t.element_size() for t in _tensors(state))
+        free = shutil.disk_usage(self.dir).free
+        if free < need * 1.05 + (1 << 20):
+            return f"about {need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free"
+        return None
 
     def _link(self, name: str, target: Path) -> None:
         tmp = self.dir / f".tmp-link-{name}-{uuid.uuid4().hex[:8]}"

@@ -56,14 +56,27 @@ def _user_message(e: BaseException) -> str:
 
 
 def run_guarded(fn: Callable[[], int | None]) -> int:
-    """Run a command: user errors print one message and exit 2; the process group is always left."""
+    """Run a command: user errors print one message and exit 2 (with the traceback under ``--debug``); a stop
+    signal that ended a run with a checkpoint exits 75 (:data:`~armvision.train.preemption.EXIT_PREEMPTED`);
+    the process group is always left."""
     from . import distributed
+
+    import os
+
+    from ..errors import Preempted
+    from .preemption import EXIT_PREEMPTED
 
     _setup_logging()
     try:
         return int(fn() or 0)
     except UserError as e:
+        if os.environ.get("ARMVISION_DEBUG"):
+            raise
         return report(_user_message(e))
+    except Preempted as e:
+        if distributed.is_main_process():
+            print(f"armvision: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     except KeyboardInterrupt:
         print("armvision: interrupted; completed checkpoints are intact (resume with --resume auto)", file=sys.stderr)
         return 130
@@ -71,14 +84,65 @@ def run_guarded(fn: Callable[[], int | None]) -> int:
         distributed.teardown()
 
 
-def _keys_help() -> str:
-    from .config import describe_keys
+_argv: list[str] = []
 
-    lines = ["config keys (flags --KEY VALUE override the preset; VALUE is YAML: 1e-3, true, [0.9, 0.95], null):"]
+
+def set_argv(argv: list[str]) -> None:
+    """The command line being parsed: ``--help`` with ``--config`` shows that preset's values."""
+    _argv[:] = list(argv)
+
+
+def _help_preset(task: str) -> str | None:
+    """The --config of a ``TASK ... --help`` command line, if it has one."""
+    argv = _argv
+    if task not in argv or not ({"-h", "--help"} & set(argv)):
+        return None
+    for i, a in enumerate(argv[:-1]):
+        if a == "--config":
+            return argv[i + 1]
+    return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+
+
+def _keys_help(task: str, default_preset: str) -> str:
+    import yaml
+
+    from ..configtree import to_dict
+    from .config import describe_keys, load_config
+
+    preset, values = _help_preset(task), None
+    if preset is not None:
+        try:
+            values = _flatten(to_dict(load_config(preset, task=task)))
+        except (UserError, OSError):
+            preset = None
+    if preset is not None:
+        head = (f"config keys, with the values of --config {preset} (flags --KEY VALUE override them; VALUE is "
+                "YAML: 1e-3, true, [0.9, 0.95], null):")
+    else:
+        head = ("config keys, with the schema's defaults -- a preset replaces many of them (default preset "
+                f"{default_preset}; `--config PRESET --help` shows its values, --print-config the resolved config). "
+                "Flags --KEY VALUE override them; VALUE is YAML: 1e-3, true, [0.9, 0.95], null:")
+    lines = [textwrap.fill(head, 100)]
     for key, default, help_text in describe_keys():
+        shown = f"default {default}"
+        if values is not None and key in values:
+            v = values[key]
+            text = yaml.safe_dump(list(v) if isinstance(v, tuple) else v, default_flow_style=True).strip()
+            text = text.removesuffix("\n...")
+            shown = f"{preset}: {text}" + ("" if text == default else f"; schema default {default}")
         wrapped = textwrap.fill(help_text, 78, initial_indent=" " * 6, subsequent_indent=" " * 6) if help_text else ""
-        lines.append(f"  --{key} (default {default})" + (f"\n{wrapped}" if wrapped else ""))
+        lines.append(f"  --{key} ({shown})" + (f"\n{wrapped}" if wrapped else ""))
     return "\n".join(lines)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and not k == "args":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def _add_train_parser(sub, task: str) -> None:
@@ -104,7 +168,8 @@ def _add_train_parser(sub, task: str) -> None:
     p = sub.add_parser(
         task, help=short, description=what,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n{_keys_help()}",
+        epilog=f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n"
+               f"{_keys_help(task, default_preset)}",
     )
     p.add_argument("--config", metavar="PRESET_OR_YAML", default=None,
                    help=f"a preset name or a YAML file (default: {default_preset}; when resuming, the run's own "

@@ -19,6 +19,7 @@ The paper's recipes are data files in ``armvision/train/presets`` (see :func:`li
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -141,6 +142,8 @@ class OptimConfig:
                                    "position embeddings and tokens)")
     layer_decay: Union[float, None] = _f(None, "layer-wise lr decay (fine-tuning; null: off)")
     clip_grad: Union[float, None] = _f(None, "clip the gradient norm to this (null: off)")
+    skip_nonfinite: int = _f(0, "steps with a non-finite loss or gradient norm that are skipped (no weight update) "
+                                "before the run stops as diverged (0: the first one stops it)")
 
 
 @dataclass
@@ -154,6 +157,9 @@ class CheckpointConfig:
     every_epochs: int = _f(1, "save a checkpoint every N epochs (0: only at the end)")
     every_steps: int = _f(0, "also save every N optimizer steps (0: off)")
     keep_last: int = _f(2, "keep the N most recent checkpoints (the best one is kept as well)")
+    loss_rise_factor: float = _f(3.0, "a checkpoint counts as good when the loss of the step after it is finite and "
+                                      "at most this factor times the recent average (divergence names the newest "
+                                      "good one)")
 
 
 @dataclass
@@ -189,6 +195,9 @@ class RunConfig:
     max_steps: Union[int, None] = _f(None, "stop after this many optimizer steps (the schedule still spans "
                                            "all epochs; resume to continue)")
     eval_every_epochs: int = _f(1, "evaluate on data.val_split every N epochs (0: only at the end)")
+    preemption_signals: tuple[str, ...] = _f(("SIGTERM", "SIGUSR1"),
+                                             "signals that stop the run after the current step with a checkpoint "
+                                             "and exit status 75 (requeue); [] keeps the default actions")
     compile: Union[bool, Literal["auto"]] = _f("auto", "torch.compile the model for training: auto (on with a GPU, "
                                                        "off on the CPU), true or false; a compile error falls back "
                                                        "to eager with a warning")
@@ -288,6 +297,26 @@ def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------
 # validation and output
 # ------------------------------------------------------------------------------------------------
+_FLOAT32_MAX = 3.4e38
+# model.args that count something: a zero or negative value cannot build a model
+_POSITIVE_MODEL_ARGS = ("patch_size", "embed_dim", "depth", "d_state", "d_conv", "expand", "cluster_size",
+                        "decoder_dim", "decoder_depth", "decoder_heads", "directions")
+
+
+def peak_lr_ok(o: "OptimConfig") -> bool:
+    lr = o.lr if o.lr is not None else o.blr * o.batch_size / 256
+    return math.isfinite(lr) and lr < _FLOAT32_MAX
+
+
+def _signal_ok(name: Any) -> bool:
+    from .preemption import signal_number
+
+    try:
+        return signal_number(name) not in (9, 19)  # SIGKILL and SIGSTOP cannot be caught
+    except (ValueError, TypeError):
+        return False
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Range checks the types cannot express; raises ConfigError naming the key."""
     def need(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -325,9 +354,24 @@ def validate_config(cfg: RunConfig) -> None:
     need(o.batch_size >= 1, "optim.batch_size", o.batch_size, "1 or more")
     need(o.micro_batch is None or 1 <= o.micro_batch <= o.batch_size, "optim.micro_batch", o.micro_batch,
          f"1 .. optim.batch_size ({o.batch_size}) or null")
+    for key, v in (("optim.blr", o.blr), ("optim.lr", o.lr), ("optim.min_lr", o.min_lr),
+                   ("optim.weight_decay", o.weight_decay), ("optim.clip_grad", o.clip_grad),
+                   ("model.drop_path", m.drop_path), ("data.eval_crop_pct", d.eval_crop_pct)):
+        need(v is None or (math.isfinite(v) and abs(v) < _FLOAT32_MAX), key, v, "a finite number")
     need(o.blr > 0, "optim.blr", o.blr, "a positive learning rate")
     need(o.lr is None or o.lr > 0, "optim.lr", o.lr, "a positive learning rate or null")
+    need(peak_lr_ok(o), "optim.blr", o.blr, "a value whose lr (blr * batch_size / 256) is finite in float32")
     need(o.min_lr >= 0, "optim.min_lr", o.min_lr, "0 or more")
+    need(o.skip_nonfinite >= 0, "optim.skip_nonfinite", o.skip_nonfinite, "0 or more")
+    need(math.isfinite(cfg.checkpoint.loss_rise_factor) and cfg.checkpoint.loss_rise_factor > 1,
+         "checkpoint.loss_rise_factor", cfg.checkpoint.loss_rise_factor, "a finite factor above 1")
+    for name in cfg.preemption_signals:
+        need(_signal_ok(name), "preemption_signals", cfg.preemption_signals,
+             "signal names such as SIGTERM, SIGUSR1 (catchable ones; [] for none)")
+    for key, v in m.args.items():
+        if key in _POSITIVE_MODEL_ARGS:
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"model.args.{key}", v,
+                 "a positive integer")
     need(all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two values in [0, 1)")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "0 or more")
     need(o.layer_decay is None or 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay,

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MetricsLogger", "format_duration", "CSV_KINDS"]
+__all__ = ["MetricsLogger", "format_duration", "CSV_KINDS", "truncate_records"]
 
 CSV_KINDS = ("train", "eval")
 # columns a CSV file always has, whatever its first record holds (a record without one leaves it empty)
@@ -27,11 +27,56 @@ def format_duration(seconds: float) -> str:
     return f"{h:d}:{m:02d}:{s:02d}" if h else f"{m:d}:{s:02d}"
 
 
+def truncate_records(run_dir: str | Path, step: int) -> int:
+    """Drop the records of steps after ``step`` from metrics.jsonl and the CSV files (each rewritten
+    atomically); returns how many were dropped."""
+    from ..models.io import atomic_write
+
+    run_dir, dropped = Path(run_dir), 0
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                ok = int(json.loads(line).get("step", 0)) <= step
+            except (ValueError, AttributeError, TypeError):
+                ok = False  # a line cut by a kill
+            keep.append(line) if ok else None
+        if len(keep) != len(lines):
+            dropped += len(lines) - len(keep)
+            atomic_write(path, lambda p: Path(p).write_text("".join(x + "\n" for x in keep)))
+    for kind in CSV_KINDS:
+        path = run_dir / f"metrics_{kind}.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or "step" not in rows[0]:
+            continue
+        i = rows[0].index("step")
+        keep = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[i].isdigit() and int(r[i]) <= step]
+        if len(keep) != len(rows):
+            dropped += len(rows) - len(keep)
+
+            def write(p, keep=keep):
+                with open(p, "w", newline="") as f:
+                    csv.writer(f).writerows(keep)
+
+            atomic_write(path, write)
+    return dropped
+
+
 class MetricsLogger:
     """``log("train", step, loss=..., lr=...)`` appends to metrics.jsonl (and metrics_train.csv for
-    train/eval records) and writes TensorBoard scalars ``train/loss``, ``train/lr``. Appends on resume."""
+    train/eval records) and writes TensorBoard scalars ``train/loss``, ``train/lr``. Appends on resume.
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    ``resume_step``: the step the run continues from; records past it (logged after that checkpoint by the
+    interrupted run, and about to be logged again) are dropped from the files, and TensorBoard purges them.
+    -1: a new run (nothing kept); None: keep everything."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
+                 resume_step: int | None = None):
         self.dir = Path(run_dir)
         self.enabled = enabled
         self._csv: dict[str, tuple[Any, csv.DictWriter, list[str]]] = {}
@@ -40,11 +85,14 @@ class MetricsLogger:
         if not enabled:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            truncate_records(self.dir, resume_step)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"), purge_step=purge)
 
     def log(self, kind: str, step: int, **values: Any) -> None:
         if not self.enabled:

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import sys
 import time
@@ -31,11 +32,12 @@ from tqdm import tqdm
 
 from .. import __version__, ops
 from ..data import class_names_to_map, dataset_classes, normalization
-from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
-from .checkpoint import CheckpointManager, load_init_weights, resolve_resume_dir, rng_state, set_rng_state
+from .checkpoint import (CheckpointManager, describe_os_error, load_init_weights, resolve_resume_dir, rng_state,
+                         set_rng_state)
 from .compiled import CompiledModule, compile_enabled
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
@@ -45,8 +47,9 @@ from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
 from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
+from .preemption import EXIT_PREEMPTED, StopSignals
 
-__all__ = ["Trainer", "train", "build_model_from_config", "seed_everything"]
+__all__ = ["Trainer", "train", "build_model_from_config", "seed_everything", "check_output_dir"]
 
 _logger = logging.getLogger("armvision.train")
 
@@ -73,17 +76,41 @@ def build_model_from_config(cfg: RunConfig, num_classes: int | None = None) -> n
         raise ConfigError(f"cannot build model {m.name!r} ({cfg.task}) from the config: {e}") from None
 
 
-class _Window:
-    """Running sums of the training loss between two log lines."""
+def check_output_dir(path: Path) -> None:
+    """Make sure files can be written in ``path`` (or, when it does not exist yet, in the nearest folder above
+    it, where it will be created); a UserError naming the cause if not. Leaves nothing behind."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"--output_dir {path} is an existing file; choose a directory")
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"--output_dir {path}: {where} is a file, not a directory; choose another --output_dir")
+    probe = where / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write in the output directory {path}: {describe_os_error(e)}; choose "
+                              "another --output_dir or fix its permissions") from None
 
-    def __init__(self):
-        self.loss = 0.0
+
+class _Window:
+    """Running sums of the training loss between two log lines (kept on the device: no sync per step).
+
+    ``loss`` sums the losses of the steps that updated the weights, ``good`` counts them; ``steps`` counts
+    every step (a skipped non-finite step included)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.good = torch.zeros((), dtype=torch.float64, device=device)
         self.steps = 0
         self.images = 0
         self.start = time.time()
 
     def reset(self):
-        self.__init__()
+        self.__init__(self.device)
 
 
 class Trainer:
@@ -102,6 +129,8 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
+        if self.is_main:
+            check_output_dir(self.run_dir)
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, self.is_main)
         self.resume_from = self._find_resume()
         self._setup_batches()
@@ -115,14 +144,29 @@ class Trainer:
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed by this rank
         self.best_metric: float | None = None
         self.skipped_images = 0
+        self.unreadable_files: list[str] = []
         self.images_seen = 0
         self.loss_history: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}
         self.train_seconds = 0.0
+        # non-finite steps and unreadable images, counted on the device; read at log steps and saves
+        self._bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
+        self._bad_seen = 0  # the count at the last host read
+        self._first_bad = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)  # step, loss, grad norm
+        self._skipped_dev = torch.zeros((), dtype=torch.long, device=self.device)
+        self._pending_health: tuple[Path, float | None] | None = None  # the checkpoint the next step judges
+        self._signals: StopSignals | None = None
+        self._stop = False
+        self.logger = None
         self._batches, self._batches_next = None, None  # the loader iterator and the (epoch, batch) it is at
         if self.resume_from is not None:
             self._restore(self.resume_from)
-        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard)
+            if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
+                self._pending_health = (self.resume_from, self._recent_loss())
+        # records past the step the run continues from are dropped (they will be logged again); a new run
+        # starts its records afresh
+        self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
+                                    resume_step=self.step if self.resume_from is not None else -1)
         if self.is_main:
             removed = self.ckpt.remove_partial()
             for p in removed:
@@ -145,8 +189,19 @@ class Trainer:
                 if self.is_main:
                     _logger.info("resume auto: no checkpoint in %s, starting a new run", self.run_dir)
                 return None
-            return existing
-        return resolve_resume_dir(r)
+            for ckpt in self.ckpt.candidates():
+                problem = self.ckpt.verify(ckpt)
+                if problem is None:
+                    return ckpt
+                if self.is_main:
+                    _logger.warning("resume auto: skipping the damaged checkpoint %s: %s", ckpt, problem)
+            raise CheckpointError(f"no intact checkpoint in {self.ckpt.dir} to resume from (each is damaged, see "
+                                  "the warnings above); start a new run in another --output_dir")
+        ckpt = resolve_resume_dir(r)
+        problem = self.ckpt.verify(ckpt)
+        if problem is not None:
+            raise CheckpointError(f"cannot resume from {ckpt}: {problem}; pass an older checkpoint or --resume auto")
+        return ckpt
 
     def _setup_batches(self) -> None:
         o, world = self.cfg.optim, self.dist.world_size
@@ -250,7 +305,14 @@ class Trainer:
                 "task": self.task, "armvision_version": __version__}
 
     def save_checkpoint(self, is_best: bool = False, metrics: dict[str, Any] | None = None) -> Path:
-        """Checkpoint the current step; ``metrics``: the evaluation made at this step, if one was."""
+        """Checkpoint the current step; ``metrics``: the evaluation made at this step, if one was.
+
+        First the non-finite checks (the run stops as diverged rather than save bad weights); a failed
+        save raises CheckpointError on every rank, the previous checkpoint staying the latest."""
+        self._check_nonfinite(self.epoch)
+        if not self._state_finite():
+            self._diverged("weights or optimizer state", float("nan"), self.epoch, at_step=self.step)
+        self._sync_skipped()
         state = self._training_state()  # every rank joins the RNG gather
         if self.cfg.parallel == "fsdp":  # every rank writes its shards (armvision.train.sharded)
             state.pop("optimizer")
@@ -258,15 +320,53 @@ class Trainer:
                                 metrics=metrics or None, is_best=is_best)
             if self.is_main:
                 _logger.info("saved sharded checkpoint %s", path)
+            self._pending_health = (path, self._recent_loss())
             return path
-        path = None
+        path, error = None, None
         if self.is_main:
             ema_sd = self.ema.module.state_dict() if self.ema is not None else None
-            path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
-                                  metrics=metrics or None, is_best=is_best)
-            _logger.info("saved checkpoint %s", path)
-        distributed.barrier()
-        return path or self.ckpt.dir / f"step_{self.step:08d}"
+            try:
+                path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
+                                      metrics=metrics or None, is_best=is_best)
+                _logger.info("saved checkpoint %s", path)
+            except SaveError as e:
+                error = str(e)
+        error = next((e for e in distributed.all_gather_object(error) if e), None)
+        if error:
+            raise SaveError(error)
+        path = path or self.ckpt.dir / f"step_{self.step:08d}"
+        self._pending_health = (path, self._recent_loss())
+        return path
+
+    def _state_finite(self) -> bool:
+        """Whether the weights, the EMA weights and the optimizer state are all finite (one host read)."""
+        tensors = [p for p in self.model.parameters()]
+        if self.ema is not None:
+            tensors += [p for p in self.ema.module.parameters()]
+        tensors += [t for st in self.optimizer.state.values() for t in st.values()
+                    if isinstance(t, torch.Tensor) and t.is_floating_point()]
+        if not tensors:
+            return True
+        ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
+        return distributed.all_reduce_sum(1.0 - ok).item() == 0
+
+    def _recent_loss(self) -> float | None:
+        recent = [v for _, v in self.loss_history[-5:] if math.isfinite(v)]
+        return sum(recent) / len(recent) if recent else None
+
+    def _judge_checkpoint(self, step_loss: torch.Tensor) -> None:
+        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the recent
+        average marks the checkpoint good (one host read per checkpoint)."""
+        path, ref = self._pending_health
+        self._pending_health = None
+        loss = float(step_loss.item())
+        factor = self.cfg.checkpoint.loss_rise_factor
+        good = math.isfinite(loss) and (ref is None or loss <= factor * ref)
+        self.ckpt.mark_health(path, good, next_step_loss=loss if math.isfinite(loss) else str(loss),
+                              recent_loss=ref, loss_rise_factor=factor)
+        if not good and self.is_main:
+            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, the recent average %s",
+                            path.name, loss, ref)
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
@@ -298,6 +398,8 @@ class Trainer:
                     self.ema.module.load_state_dict(ema_sd)
                 self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
+        except CheckpointError:
+            raise
         except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
             raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
                                   "resume with the config the run was started with") from None
@@ -309,6 +411,7 @@ class Trainer:
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.best_metric = state.get("best_metric")
         self.skipped_images = int(state.get("skipped_images", 0))
+        self.unreadable_files = list(state.get("unreadable_files", []))
         self.images_seen = int(state.get("images_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.loss_history = [(int(s), float(v)) for s, v in state.get("loss_history", [])]
@@ -379,9 +482,12 @@ class Trainer:
                                 epoch + 1)
             batches = iter(self.train_loader)
         self.model.train()
-        window = _Window()
+        window = _Window(self.device)
         lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
         world_batch = self.micro_batch * self.dist.world_size
+        # fused AdamW skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and
+        # for-loop implementations cannot, so there the flag is read on the host each step
+        on_device = bool(self.optimizer.defaults.get("fused"))
         for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
             if self.step >= stop_step:
                 break
@@ -407,53 +513,101 @@ class Trainer:
             # the gradient norm (clipping, when on) before the check: a finite loss can still give
             # non-finite gradients, which must not reach the weights either
             grad_norm = clip_grad_norm(self.params, cfg.optim.clip_grad or float("inf"))
-            # one check per step, agreed by all ranks, before the weights change
-            flags = torch.stack([(~torch.isfinite(loss_sum)).double(), skipped.double().to(self.device),
-                                 (~torch.isfinite(grad_norm)).double().to(self.device)])
+            # one check per step, agreed by all ranks, before the weights change; it stays on the device
+            bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
+            stop_here = float(self._signals is not None and self._signals.received is not None)
+            flags = torch.stack([bad.double(), skipped.to(self.device, torch.float64, non_blocking=True),
+                                 torch.tensor(stop_here, dtype=torch.float64).to(self.device, non_blocking=True)])
             distributed.all_reduce_sum(flags)
-            if flags[0].item() > 0:
-                self._diverged("training loss", loss_sum.item() / self.accum_steps, epoch)
-            if flags[2].item() > 0:
-                self._diverged("gradient norm", float(grad_norm), epoch)
-            self.skipped_images += int(flags[1].item())
+            step_bad = flags[0] > 0
+            self._bad_steps += step_bad.long()
+            self._skipped_dev += flags[1].long()
+            first = torch.stack([torch.tensor(float(self.step + 1), dtype=torch.float64).to(self.device),
+                                 loss_sum.double() / self.accum_steps, grad_norm.double().to(self.device)])
+            self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
+            step_loss = loss_sum.double() / self.accum_steps
+            if self._pending_health is not None:
+                self._judge_checkpoint(torch.where(step_bad, torch.nan, step_loss))
             lr = self.current_lr
-            self.optimizer.step()
+            if on_device:
+                self.optimizer.found_inf = step_bad.float()
+                self.optimizer.step()
+            else:
+                if step_bad.item():
+                    self._check_nonfinite(epoch)  # stops the run unless optim.skip_nonfinite allows a skip
+                else:
+                    self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
             self.step += 1
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step)
-            step_loss = loss_sum.item() / self.accum_steps
             self.images_seen += world_batch * self.accum_steps
             self.train_seconds += time.time() - t_step
-            window.loss += step_loss
+            window.loss += torch.where(step_bad, 0.0, step_loss)
+            window.good += (~step_bad).double()
             window.steps += 1
             window.images += world_batch * self.accum_steps
+            log_now = self.step % cfg.log.every_steps == 0 or self.step == stop_step
             if bar is not None:
                 rate = window.images / max(time.time() - window.start, 1e-9)
                 remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
-                bar.set_postfix_str(f"loss {step_loss:.4f} lr {lr:.2e} {rate:.0f} img/s "
-                                    f"eta {format_duration(remaining)}", refresh=False)
+                if log_now:  # the loss is read on the host only at log steps
+                    last = self.loss_history[-1][1] if self.loss_history else float("nan")
+                    bar.set_postfix_str(f"loss {last:.4f} lr {lr:.2e} {rate:.0f} img/s "
+                                        f"eta {format_duration(remaining)}", refresh=False)
                 bar.update(1)
-            if self.step % cfg.log.every_steps == 0 or self.step == stop_step:
-                self._log_window(window, lr, float(grad_norm), epoch)
+            if log_now:
+                self._log_window(window, lr, grad_norm, epoch)
                 window.reset()
+            # a stop signal: every rank finishes this step, then all save (in fit) and exit
+            if self.dist.distributed:
+                self._stop = self._stop or bool(flags[2].item() > 0)
+            else:
+                self._stop = self._stop or stop_here > 0
+            if self._stop:
+                break
             epoch_end = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
             if self._step_checkpoint_due() and not epoch_end and self.step < stop_step:
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
         if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
-            self._log_window(window, lr, float(grad_norm), epoch)
+            self._log_window(window, lr, grad_norm, epoch)
         if self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps:
             self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
+        self._check_nonfinite(epoch)
+        self._sync_skipped()
+
+    def _sync_skipped(self) -> None:
+        self.skipped_images += int(self._skipped_dev.item())
+        self._skipped_dev.zero_()
+
+    def _check_nonfinite(self, epoch: int) -> None:
+        """Read the count of non-finite steps (one host read): past optim.skip_nonfinite the run stops as
+        diverged; below it, a warning. The skipped steps did not change the weights."""
+        bad = int(self._bad_steps.item())
+        if bad == self._bad_seen:
+            return
+        step, loss, grad = (float(v) for v in self._first_bad.tolist())
+        if bad > self.cfg.optim.skip_nonfinite:
+            what, value = ("training loss", loss) if not math.isfinite(loss) else ("gradient norm", grad)
+            self._diverged(what, value, epoch, at_step=int(step) - 1)
+        if self.is_main:
+            _logger.warning("skipped %d step(s) with a non-finite loss or gradient norm so far (the first at step "
+                            "%d); the run stops after %d (optim.skip_nonfinite)", bad, int(step),
+                            self.cfg.optim.skip_nonfinite)
+        self._bad_seen = bad
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint.every_steps
         return bool(every) and self.step % every == 0
 
-    def _log_window(self, window: _Window, lr: float, grad_norm: float, epoch: int) -> None:
-        t = torch.tensor([window.loss, window.steps], dtype=torch.float64, device=self.device)
-        distributed.all_reduce_sum(t)
-        loss = t[0].item() / max(t[1].item(), 1.0)
+    def _log_window(self, window: _Window, lr: float, grad_norm: torch.Tensor, epoch: int) -> None:
+        t = torch.stack([window.loss, window.good, grad_norm.double().to(self.device)])
+        distributed.all_reduce_sum(t[:2])
+        values = t.tolist()  # the one host read of a log step
+        loss = values[0] / values[1] if values[1] else float("nan")
+        grad_norm = values[2]
+        self._check_nonfinite(epoch)
         seconds = time.time() - window.start
         self.loss_history.append((self.step, loss))
         if len(self.loss_history) > 2000:  # a long run keeps an evenly thinned curve (first and last kept)
@@ -464,21 +618,33 @@ class Trainer:
             record["grad_norm"] = grad_norm
         self.logger.log("train", self.step, **record)
 
-    def _diverged(self, what: str, value: float, epoch: int) -> None:
-        last = self.ckpt.latest()
-        where = f"the last good checkpoint, {last}, is intact" if last else "no checkpoint had been saved yet"
-        self.logger.log("diverged", self.step, **{"loss" if what == "training loss" else "grad_norm": value},
-                        epoch=epoch)
-        self.logger.close()
+    def _diverged(self, what: str, value: float, epoch: int, at_step: int | None = None) -> None:
+        """Stop the run: name the newest checkpoint whose weights proved good (see CheckpointManager) and
+        make it the latest, so that ``--resume auto`` continues from it; newer ones become diverged-step_*."""
+        at_step = self.step if at_step is None else at_step
+        good = self.ckpt.last_good()
+        retired = self.ckpt.retire_after(good)
+        distributed.barrier()
+        where = (f"the last good checkpoint, {good}, is intact (its weights are finite and the loss after it was "
+                 "not rising)" if good else "no checkpoint with good weights had been saved")
+        if retired:
+            where += f"; the {len(retired)} newer one(s) were renamed diverged-step_* and will not be resumed from"
+        if self.logger is not None:
+            self.logger.log("diverged", at_step, **{"loss" if what == "training loss" else "grad_norm": value},
+                            epoch=epoch)
+            self.logger.close()
         advice = ["lower the learning rate (optim.blr / optim.lr)"]
         if not self.cfg.optim.clip_grad:
             advice.append("set optim.clip_grad")
         if not isinstance(autocast_for(self.device, self.cfg.precision), contextlib.nullcontext):  # bf16 now
             advice.append("use precision fp32")
+        happened = ("the weights were not updated" if what != "weights or optimizer state"
+                    else "its checkpoint was not saved")
+        then = "resume with --resume auto" if good else "start again"
         raise TrainingDiverged(
-            f"the {what} became {value} at step {self.step + 1} (epoch {epoch + 1}); the weights were not updated, "
+            f"the {what} became {value} at step {at_step + 1} (epoch {epoch + 1}); {happened}, "
             f"the run stops and {where}. To go on: {', '.join(advice[:-1]) + ' or ' if len(advice) > 1 else ''}"
-            f"{advice[-1]}, then resume with --resume auto")
+            f"{advice[-1]}, then {then}")
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the raw (and EMA) weights on the validation split."""
@@ -515,7 +681,37 @@ class Trainer:
         show = {"on": True, "off": False, "auto": None}[cfg.log.progress]
         saved_at = self.step if self.resume_from is not None else -1
         evaluated_at = -1
+        with StopSignals(cfg.preemption_signals) as self._signals:
+            saved_at, evaluated_at = self._fit_epochs(stop_step, show, saved_at, evaluated_at)
+        self._signals = None
+        if saved_at != self.step:  # nothing left to train (e.g. resumed a finished run)
+            if evaluated_at != self.step:
+                self.last_eval = self.evaluate()
+            self.save_checkpoint(is_best=self._is_best(self.last_eval), metrics=self.last_eval)
+        summary = self._summary(time.time() - wall0, stop_step)
+        if self.is_main:
+            text = json.dumps(summary, indent=2) + "\n"
+            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
+            scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+            self.logger.log("summary", self.step, **scalars)
+        self.logger.close()
+        return summary
+
+    def _preempted(self, saved: bool = False) -> None:
+        """Save at this step (unless ``saved`` already) and raise Preempted (the command line then exits with
+        EXIT_PREEMPTED)."""
+        name = self._signals.received if self._signals is not None and self._signals.received else "a stop signal"
+        path = self.ckpt.dir / f"step_{self.step:08d}" if saved else self.save_checkpoint()
+        self.logger.log("preempted", self.step, signal=name, checkpoint=str(path))
+        self.logger.close()
+        raise Preempted(f"stopped by {name} at step {self.step}: checkpoint {path} saved; start the same command "
+                        f"with --resume auto to continue (exit status {EXIT_PREEMPTED}: requeue)", path, name)
+
+    def _fit_epochs(self, stop_step: int, show, saved_at: int, evaluated_at: int) -> tuple[int, int]:
+        cfg = self.cfg
         while self.epoch < cfg.optim.epochs and self.step < stop_step:
+            if self._stop_requested():
+                self._preempted(saved=saved_at == self.step)
             epoch = self.epoch
             bar = None
             if self.is_main and show is not False:
@@ -545,18 +741,18 @@ class Trainer:
             if last or epoch_due or self._step_checkpoint_due():
                 self.save_checkpoint(is_best=self._is_best(metrics), metrics=metrics)
                 saved_at = self.step
-        if saved_at != self.step:  # nothing left to train (e.g. resumed a finished run)
-            if evaluated_at != self.step:
-                self.last_eval = self.evaluate()
-            self.save_checkpoint(is_best=self._is_best(self.last_eval), metrics=self.last_eval)
-        summary = self._summary(time.time() - wall0, stop_step)
-        if self.is_main:
-            text = json.dumps(summary, indent=2) + "\n"
-            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
-            scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-            self.logger.log("summary", self.step, **scalars)
-        self.logger.close()
-        return summary
+            if self._stop and not last:
+                self._preempted(saved=saved_at == self.step)
+        return saved_at, evaluated_at
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal reached any rank (agreed by all; outside the step loop)."""
+        local = float(self._signals is not None and self._signals.received is not None)
+        if self.dist.distributed:
+            flag = torch.tensor(local, dtype=torch.float64, device=self.device)
+            local = distributed.all_reduce_sum(flag).item()
+        self._stop = self._stop or local > 0
+        return self._stop
 
     # ------------------------------------------------------------------------------------------
     # reporting

@@ -25,6 +25,7 @@ from ..interop.official import (
     select_state_dict,
 )
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME, build_model
+from ..models.manifest import verify_file
 
 __all__ = ["PRETRAINING", "CLASSIFIER", "Weights", "read_weights", "read_config", "load_model", "resolve_model_dir",
            "is_model_dir", "is_pickle_file", "pickle_message", "step_dirs", "link_target"]
@@ -185,6 +186,9 @@ def read_config(directory: str | os.PathLike) -> dict[str, Any]:
 
 def _read_safetensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
     _model_file(path)
+    problem = verify_file(path)
+    if problem:
+        raise CheckpointError(f"cannot read {path}: {problem}; use another checkpoint (an older step_* folder)")
     try:
         return load_file(str(path), device=str(map_location))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
