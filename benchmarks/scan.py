@@ -257,11 +257,11 @@ def candidate_sweep(json_path: Path | None = None) -> list[dict]:
         dout = torch.randn(b, t, e, device=inp["u"].device, dtype=torch.bfloat16)
         a = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         for name, BT, fwd_cfg, bwd_cfg, seg in CANDIDATES:
-            def save_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg):
+            def save_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg, a=a, dout=dout):
                 _, states, _ = st.scan_fwd(*a, None, True, True, chunk=BT, block=fwd_cfg, seg=seg)
                 return st.scan_bwd(*a, None, states, dout, True, BT, block=bwd_cfg, seg=seg)
 
-            def recompute_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg):
+            def recompute_mode(BT=BT, fwd_cfg=fwd_cfg, bwd_cfg=bwd_cfg, seg=seg, a=a, dout=dout):
                 st.scan_fwd(*a, None, True, False, chunk=BT, block=fwd_cfg)
                 states = st.scan_fwd(*a, None, True, True, write_out=False, chunk=BT, block=fwd_cfg, seg=seg)[1]
                 return st.scan_bwd(*a, None, states, dout, True, BT, block=bwd_cfg, seg=seg)

@@ -337,13 +337,7 @@ class CheckpointManager:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
             torch.save(state, tmp / STATE_NAME)
             write_manifest(tmp)
-            if final.exists():  # the same step saved again (e.g. end of epoch, then end of run)
-                old = self.dir / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            self.publish(tmp, final)
         except SaveError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -370,6 +364,16 @@ class CheckpointManager:
         if free < need * 1.05 + (1 << 20):
             return f"about {need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free"
         return None
+
+    def publish(self, tmp: Path, final: Path) -> None:
+        """Move a complete temporary checkpoint folder into place (replacing the same step saved before)."""
+        if final.exists():  # the same step saved again (e.g. end of epoch, then end of run)
+            old = self.dir / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
 
     def _link(self, name: str, target: Path) -> None:
         tmp = self.dir / f".tmp-link-{name}-{uuid.uuid4().hex[:8]}"

@@ -104,13 +104,7 @@ def save_sharded(manager, step: int, model: nn.Module, optimizer: torch.optim.Op
             marker = {"format": "torch.distributed.checkpoint", "world_size": state.get("world_size", 1),
                       "contents": ["model", "optimizer"]}
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")  # last: the folder is complete
-            if final.exists():  # the same step saved again (e.g. end of epoch, then end of run)
-                old = manager.dir / f".tmp-old-{final.name}-{uuid.uuid4().hex[:8]}"
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            manager.publish(tmp, final)
             manager._link("latest", final)
             if is_best:
                 manager._link("best", final)
