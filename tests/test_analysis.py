@@ -159,3 +159,16 @@ def test_knn_of_an_official_pretraining_checkpoint(setup, capsys, tmp_path):
     res = json.loads((tmp_path / "k.json").read_text())
     assert res["architecture"] == "ARMPretrain" and res["feature_dim"] == 32 and res["knn"]["k"] == 5
     assert res["train_images"] == 30 and res["test_images"] == 20
+
+
+@pytest.mark.parametrize("args, message", [
+    (["knn", "x", "--k", "0"], "argument --k: must be greater than 0"),
+    (["knn", "x", "--temperature", "-1"], "argument --temperature: must be greater than 0"),
+    (["linprobe", "x", "--holdout", "1.5"], "argument --holdout: must be at least 0 and below 1"),
+    (["linprobe", "x", "--lrs", "0.1", "zero"], "argument --lrs: expected a float"),
+])
+def test_bad_numbers_are_refused_before_any_work(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

@@ -41,11 +41,31 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-split", default=None, help="split the classifier learns from (default: data.train_split)")
     p.add_argument("--test-split", default=None,
                    help="split to evaluate on (default: data.val_split, else val; fashion_mnist: test)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per batch of the feature extraction")
+    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per batch of the feature extraction")
     p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(config_overrides=True)
+
+
+def _positive(kind):
+    """An argparse type: a number of ``kind`` greater than 0 (argparse prints the one-line error)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+        return value
+    return parse
+
+
+def _fraction(text: str) -> float:
+    value = _positive(float)(text) if text.strip() not in ("0", "0.0") else 0.0
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,11 +77,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "config (--data.dataset, --data.root, --data.train_subset, --data.val_subset ...) pick the data; "
                     "default: the checkpoint's own training data.")
     _feature_args(lp)
-    lp.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
-    lp.add_argument("--epochs", type=int, default=30, help="epochs over the cached features per lr")
+    lp.add_argument("--lrs", type=_positive(float), nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
+    lp.add_argument("--epochs", type=_positive(int), default=30, help="epochs over the cached features per lr")
     lp.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
     lp.add_argument("--weight-decay", type=float, default=0.0)
-    lp.add_argument("--holdout", type=float, default=0.1,
+    lp.add_argument("--holdout", type=_fraction, default=0.1,
                     help="fraction of the training features held out to choose the lr (0: choose on the test split)")
     lp.set_defaults(func=_run_features, mode="linprobe")
 
@@ -70,8 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Extract pooled features of the train and test splits once and classify each test image by the "
                     "weighted votes of its k nearest training features (cosine similarity, weight exp(sim/T)).")
     _feature_args(kn)
-    kn.add_argument("--k", type=int, default=20)
-    kn.add_argument("--temperature", type=float, default=0.07)
+    kn.add_argument("--k", type=_positive(int), default=20, help="neighbours that vote (default 20)")
+    kn.add_argument("--temperature", type=_positive(float), default=0.07, help="T of the exp(sim/T) votes")
     kn.set_defaults(func=_run_features, mode="knn")
 
     vi = subparsers.add_parser(
