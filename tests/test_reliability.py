@@ -413,6 +413,8 @@ def test_a_stop_signal_to_one_of_two_ranks_stops_both_after_the_same_step(data, 
     assert stopped["kind"] == "preempted", err[-3000:]
     step = stopped["step"]
     assert f"stopped by SIGUSR1 at step {step}" in err or f"stopped by a stop signal at step {step}" in err
-    assert err.count("exitcode  : 75") == 2  # torchrun's report: both workers exited with EXIT_PREEMPTED
+    # torchrun's report: the first worker to end exited with EXIT_PREEMPTED; torchrun may stop the other one
+    # (already past its save) before it exits by itself, so only one 75 is certain
+    assert err.count("exitcode  : 75") >= 1
     assert (out / "checkpoints" / "latest").resolve().name == f"step_{step:08d}"
     assert step < 90
