@@ -184,26 +184,36 @@ def _features(args: argparse.Namespace) -> int:
     return 0
 
 
+def _images_and_model(args: argparse.Namespace, fits, need: str):
+    """The image files, the device and the loaded checkpoint of a visualize/predict call; CheckpointError
+    saying what the command ``need``s when the model does not fit."""
+    from ..errors import CheckpointError
+    from . import _load
+    from .predict import collect_images
+
+    files = collect_images(args.images)
+    device = _device(args.device)
+    loaded = _load.load_for_analysis(args.checkpoint, device)
+    if not fits(loaded.model):
+        raise CheckpointError(f"{args.checkpoint} holds a {type(loaded.model).__name__}; {need}")
+    return files, device, loaded
+
+
 def _run_visualize(args: argparse.Namespace) -> int:
     return _guard(lambda: _visualize(args))
 
 
 def _visualize(args: argparse.Namespace) -> int:
     from ..data.transforms import normalization
-    from ..errors import CheckpointError
     from ..models import ARMPretrain
-    from . import _load
     from .features import data_setup, eval_transform_for
-    from .predict import collect_images, load_images
+    from .predict import load_images
     from .visualize import render_panels
 
-    files = collect_images(args.images)
-    device = _device(args.device)
-    loaded = _load.load_for_analysis(args.checkpoint, device)
+    files, device, loaded = _images_and_model(args, lambda m: isinstance(m, ARMPretrain),
+                                              "visualize needs a pretraining checkpoint (ARMPretrain), which "
+                                              "predicts clusters of patches")
     model = loaded.model
-    if not isinstance(model, ARMPretrain):
-        raise CheckpointError(f"{args.checkpoint} holds a {type(model).__name__}; visualize needs a pretraining "
-                              "checkpoint (ARMPretrain), which predicts clusters of patches")
     cfg = data_setup(loaded.training)
     mean, std = normalization(cfg.data.stats, model.geometry.in_chans, cfg.data.mean, cfg.data.std)
     x = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans).to(device)
@@ -223,19 +233,14 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from ..errors import CheckpointError
     from ..models import ARMClassifier
-    from . import _load
     from .features import data_setup, eval_transform_for
-    from .predict import collect_images, predict_files
+    from .predict import predict_files
 
-    files = collect_images(args.images)
-    device = _device(args.device)
-    loaded = _load.load_for_analysis(args.checkpoint, device)
+    files, device, loaded = _images_and_model(args, lambda m: isinstance(m, ARMClassifier) and m.num_classes,
+                                              "predict needs a fine-tuned classifier with a classification head "
+                                              "(e.g. the run directory of armvision finetune)")
     model = loaded.model
-    if not isinstance(model, ARMClassifier) or not model.num_classes:
-        raise CheckpointError(f"{args.checkpoint} holds a {type(model).__name__} without a classification head; "
-                              "predict needs a fine-tuned classifier (e.g. the run directory of armvision finetune)")
     if loaded.training:
         transform = eval_transform_for(model, data_setup(loaded.training))
     else:  # an official checkpoint: the reference's ImageNet evaluation transform
