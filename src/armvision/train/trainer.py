@@ -347,6 +347,8 @@ class Trainer:
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]
         if not tensors:
             return True
+        # under FSDP2 parameters and AdamW moments are DTensors: each rank checks its own shards
+        tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
         ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
         return distributed.all_reduce_sum(1.0 - ok).item() == 0
 
