@@ -62,8 +62,12 @@ def _positive(kind):
 
 
 def _fraction(text: str) -> float:
-    value = _positive(float)(text) if text.strip() not in ("0", "0.0") else 0.0
-    if value >= 1:
+    """An argparse type: a float in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
+    if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
     return value
 

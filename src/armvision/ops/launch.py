@@ -64,24 +64,23 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
     return out
 
 
+def _scope(stack: list[dict[str, Any]], cfg: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Push ``cfg`` for the length of a ``with`` block (the body of scan_config / conv_config)."""
+    stack.append(cfg)
+    try:
+        yield dict(cfg)
+    finally:
+        stack.pop()
+
+
 @contextlib.contextmanager
 def scan_config(**updates) -> Iterator[dict[str, Any]]:
     """Scan launch parameters for the calls inside the ``with`` block (keys: see the module docstring);
     yields the resulting configuration."""
-    cfg = _checked(current_scan_config(), updates, "scan")
-    _SCAN_SCOPES.append(cfg)
-    try:
-        yield dict(cfg)
-    finally:
-        _SCAN_SCOPES.pop()
+    yield from _scope(_SCAN_SCOPES, _checked(current_scan_config(), updates, "scan"))
 
 
 @contextlib.contextmanager
 def conv_config(**updates) -> Iterator[dict[str, Any]]:
     """Causal-conv launch parameters (``fwd``/``bwd`` = (BT, BE, num_warps)) inside the ``with`` block."""
-    cfg = _checked(current_conv_config(), updates, "conv")
-    _CONV_SCOPES.append(cfg)
-    try:
-        yield dict(cfg)
-    finally:
-        _CONV_SCOPES.pop()
+    yield from _scope(_CONV_SCOPES, _checked(current_conv_config(), updates, "conv"))
