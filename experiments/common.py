@@ -77,8 +77,8 @@ SCALES: dict[str, Scale] = {
     "gpu": Scale(img_size=32, model=dict(patch_size=4, embed_dim=192, depth=6, d_state=16, decoder_dim=256),
                  pre_epochs=8, pre_batch=512, pre_blr=1e-3, pre_subset=None, ft_epochs=15, ft_batch=256,
                  ft_labels=10000, test_subset=None, probe_train=None, probe_lrs=(0.01, 0.03, 0.1, 0.3, 1.0),
-                 probe_epochs=20, probe_batch=1024, seeds=(0, 1, 2), ablation_seeds=(0,), workers=6, device="cuda",
-                 job_seconds=90),
+                 probe_epochs=20, probe_batch=1024, seeds=(0, 1, 2), ablation_seeds=(0, 1, 2), workers=6,
+                 device="cuda", job_seconds=90),
 }
 
 def grid_side(scale: Scale) -> int:
@@ -184,8 +184,10 @@ class Context:
         c = {**BASE, **cond}
         return f"pre-cs{c['cluster_size']}-{c['cluster_order']}-{c['target']}-s{seed}"
 
-    def pretrain(self, cond: dict, seed: int) -> dict:
-        """Pretrain (or reuse); result: loss, time and the step checkpoints at 25/50/75/100 % of the schedule."""
+    def pretrain(self, cond: dict, seed: int, need_checkpoints: bool = True) -> dict:
+        """Pretrain (or reuse); result: loss, time and the step checkpoints at 25/50/75/100 % of the schedule.
+        ``need_checkpoints=False`` (a study's summary, which reads the loss only) reuses a finished job whose
+        checkpoints are gone (another machine); a fine-tuning or probe that needs them reruns it."""
         cond = {**BASE, **cond}
         cfg = self.pretrain_config(cond, seed)
 
@@ -199,7 +201,8 @@ class Context:
                     "checkpoints": ckpts, "device": summary["device"], "gpu": _gpu_name()}
 
         return self._job(self.pretrain_key(cond, seed), run,
-                         valid=lambda r: all(Path(p).is_dir() for p in r.get("checkpoints", {}).values()))
+                         valid=lambda r: not need_checkpoints
+                         or all(Path(p).is_dir() for p in r.get("checkpoints", {}).values()))
 
     # -- fine-tuning ------------------------------------------------------------------------------------
     def finetune(self, seed: int, init: tuple[dict, float] | None) -> dict:

@@ -26,7 +26,10 @@ STUDIES = [
 ]
 
 
-def compare(study: dict, a: str, b: str, metric: str, what: str) -> str:
+def compare(study: dict, a: str, b: str, metric: str, what: str, yardstick: float | None = None) -> str:
+    """One sentence: a vs b on ``metric``, and whether the difference is beyond the seed noise. The noise of a
+    difference of two means over n seeds each is std * sqrt(2 / n); "beyond the noise" means more than twice that.
+    The std is the larger of the two rows' (n > 1), else ``yardstick`` (study 1's seed std of the same metric)."""
     rows = {r["condition"]: r for r in study["rows"]}
     ra, rb = (rows.get(a) or {}).get(metric) or {}, (rows.get(b) or {}).get(metric) or {}
     skipped = [c for c in (a, b) if (rows.get(c) or {}).get("skipped")]
@@ -35,17 +38,30 @@ def compare(study: dict, a: str, b: str, metric: str, what: str) -> str:
     if ra.get("mean") is None or rb.get("mean") is None:
         return f"Here: {a} vs {b} ({what}): to be filled by the GPU run."
     d = ra["mean"] - rb["mean"]
-    spread = max(ra.get("std") or 0.0, rb.get("std") or 0.0)
     n = min(ra.get("n", 0), rb.get("n", 0))
-    if n > 1:
-        verdict = "beyond" if abs(d) > 2 * spread else "within"
-        noise = (f"; the seed spread (std over {n} seeds) is {spread:.2f}, so the difference is {verdict} twice "
-                 "the noise")
-    else:
-        noise = "; one seed per condition, so the seed noise of study 1 is the yardstick"
+    std, source = max(ra.get("std") or 0.0, rb.get("std") or 0.0), f"std over {n} seeds"
+    if n < 2:
+        if yardstick is None:
+            return (f"Here: {a} {ra['mean']:.2f} vs {b} {rb['mean']:.2f} {what} top-1 ({d:+.2f} points), one seed "
+                    "per condition and no seed spread to judge it by: no conclusion.")
+        std, source = yardstick, "one seed per condition; study 1's seed std of this metric"
+    noise = std * (2 / max(n, 1)) ** 0.5
+    head = (f"Here: {a} {ra['mean']:.2f} vs {b} {rb['mean']:.2f} {what} top-1 ({d:+.2f} points; {source} "
+            f"{std:.2f}, so the noise of the difference is about {noise:.2f}).")
+    if abs(d) <= 2 * noise:
+        return head + " The difference is within twice the noise: this run neither confirms nor contradicts the paper."
     agree = "agrees with" if d > 0 else "disagrees with"
-    return (f"Here: {a} {ra['mean']:.2f} vs {b} {rb['mean']:.2f} {what} top-1 ({d:+.2f} points){noise}. "
-            f"The direction {agree} the paper's.")
+    return head + f" The difference is beyond twice the noise and its direction {agree} the paper's."
+
+
+def yardstick(res: Path, metric: str) -> float | None:
+    """Study 1's seed std of ``metric`` for the pretrained model (the noise scale of one-seed comparisons)."""
+    path = res / "study1_pretraining.json"
+    if not path.is_file():
+        return None
+    rows = {r["condition"]: r for r in json.loads(path.read_text())["rows"]}
+    v = (rows.get("ARM pretrained") or {}).get(metric) or {}
+    return v.get("std") if v.get("n", 0) > 1 else None
 
 
 def main(argv=None) -> Path:
@@ -99,7 +115,7 @@ def main(argv=None) -> Path:
                       f"`{study.get('scale')}`, written {study.get('written')}.", ""]
             if (res / f"{name}.png").is_file():
                 lines += [f"![{title}](results/{name}.png)", ""]
-            lines += [paper + " " + compare(study, a, b, metric, what), ""]
+            lines += [paper + " " + compare(study, a, b, metric, what, yardstick(res, metric)), ""]
         else:
             lines += [f"## {name}", "", "To be filled by the GPU run (`bash experiments/run_gpu.sh`).", "", paper, ""]
     out = Path(args.output)

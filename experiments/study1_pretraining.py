@@ -15,7 +15,7 @@ def main(argv=None) -> dict:
     seeds = ctx.scale.seeds
     tasks = {}
     for s in seeds:  # interleaved so that several processes find independent work early
-        tasks[f"pre{s}"] = lambda s=s: ctx.pretrain({}, s)
+        tasks[f"pre{s}"] = lambda s=s: ctx.pretrain({}, s, need_checkpoints=False)
         tasks[f"scratch{s}"] = lambda s=s: ctx.finetune(s, None)
     for s in seeds:
         tasks[f"ft{s}"] = lambda s=s: ctx.finetune(s, ({}, 1.0))

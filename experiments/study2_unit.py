@@ -21,7 +21,7 @@ def run_conditions(argv, conditions: dict, name: str, title: str, doc: str = __d
     tasks = {}
     for label, cond in conditions.items():
         for s in seeds:
-            tasks[f"{label}|pre{s}"] = lambda c=cond, s=s: ctx.pretrain(c, s)
+            tasks[f"{label}|pre{s}"] = lambda c=cond, s=s: ctx.pretrain(c, s, need_checkpoints=False)
     for label, cond in conditions.items():
         for s in seeds:
             tasks[f"{label}|probe{s}"] = lambda c=cond, s=s: ctx.probe(c, s, 1.0)

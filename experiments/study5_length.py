@@ -14,7 +14,7 @@ def main(argv=None) -> dict:
     common.setup_logging()
     ctx = common.Context(args)
     seed = ctx.scale.seeds[0]
-    tasks = {"pre": lambda: ctx.pretrain({}, seed)}
+    tasks = {"pre": lambda: ctx.pretrain({}, seed, need_checkpoints=False)}
     for f in FRACTIONS:
         tasks[f"probe{f:g}"] = lambda f=f: ctx.probe({}, seed, f)
         tasks[f"ft{f:g}"] = lambda f=f: ctx.finetune(seed, ({}, f))

@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scan_numerics import error_ratios, make_inputs, proxy_scan  # noqa: E402
 
+from armvision import ops  # noqa: E402
 from armvision.ops import scan_triton  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,14 +50,14 @@ BASELINE = mamba_ssm_baseline()
 @pytest.mark.parametrize("states", ["recompute", "save"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_scan_error_vs_float64_within_1p5x_of_cuda_kernel(shape, dtype, states, monkeypatch):
+def test_scan_error_vs_float64_within_1p5x_of_cuda_kernel(shape, dtype, states):
     if states == "save" and shape[1] < 4096:
         pytest.skip("states='save' is checked at the longest sequences only (same kernels, same numerics)")
-    monkeypatch.setitem(scan_triton._CONFIG, "states", states)
     b, t, e, n = shape
     inp = make_inputs(b, t, e, dtype, n=n, device="cuda", seed=t + e)
     baseline = BASELINE or proxy_scan
-    res = error_ratios(scan_triton.selective_scan_triton, baseline, inp, seed=t + e)
+    with ops.scan_config(states=states):  # forward and backward both run inside the scope
+        res = error_ratios(scan_triton.selective_scan_triton, baseline, inp, seed=t + e)
     name = "mamba-ssm" if BASELINE else "fp32-proxy"
     print(f"\n{shape} {dtype} vs {name}: " + " ".join(f"{k} {r:.2f}" for k, (_, _, r) in res.items()))
     bad = {k: f"{err:.2e} vs {eb:.2e} ({r:.2f}x)" for k, (err, eb, r) in res.items() if r > 1.5}
