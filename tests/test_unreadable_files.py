@@ -160,6 +160,19 @@ def test_pretraining_eval_scores_only_readable_images(tmp_path, data):
     assert got["unreadable_files"] == 1
 
 
+def test_frozen_feature_evaluation_leaves_the_stand_ins_out(data):
+    """linprobe / knn extract the features of a split: the stand-in is not among them, the file is named."""
+    from armvision.analysis import extract_dataset_features
+
+    torch.manual_seed(0)
+    clf = armvision.create_model("arm_tiny_pz16", img_size=16, patch_size=4, in_chans=3, num_classes=3,
+                                 embed_dim=32, depth=2, d_state=4)
+    ds = build_dataset("imagefolder", str(data), "val", eval_transform(16, *normalization("imagenet", 3)))
+    fs = extract_dataset_features(clf, ds, batch_size=4)
+    assert fs.features.shape == (6, 32) and fs.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert rel(data, fs.unreadable) == ["val/circle/broken.png"]
+
+
 def test_gpu_decode_path_reports_files_the_device_cannot_decode(tmp_path):
     """data.decode gpu (run here on the CPU device): a file that starts like a JPEG but does not decode fails
     on the device, a garbage PNG in the worker; both are reported by name, each once."""

@@ -91,7 +91,8 @@ class Skips(NamedTuple):
 
 
 def _skipped_names(sample) -> tuple[str, ...]:
-    return tuple(sample[2]) if len(sample) > 2 and sample[2] else ()
+    skipped = sample[2] if len(sample) > 2 else ()
+    return tuple(skipped) if isinstance(skipped, (tuple, list)) else ()
 
 
 def collate(batch):
