@@ -3,6 +3,7 @@ distribution as torchvision's RandomResizedCrop.get_params, the same pixels for 
 same output statistics over random crops, and the fallbacks for non-JPEG and unreadable files."""
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,9 +60,9 @@ def test_fixed_crop_equals_cpu_path_pixels(interpolation):
     ref = cpu(Image.open(io.BytesIO(data)).convert("RGB"))
     gpu = GpuBatchTransform(16, MEAN, STD, "cpu", scale=(1, 1), ratio=(4 / 3, 4 / 3), hflip=0.0,
                             interpolation=interpolation)
-    out, skipped = gpu([encoded(data)])
+    out, failed = gpu([encoded(data)])
     levels = (out[0] - ref) * torch.tensor(STD).view(3, 1, 1) * 255  # difference in 8-bit pixel levels
-    assert skipped == 0 and out.shape == (1, 3, 16, 16)
+    assert failed == [] and out.shape == (1, 3, 16, 16)
     assert levels.abs().max() <= 1.01 and levels.abs().mean() < 0.3
 
 
@@ -93,10 +94,12 @@ def test_loader_fallbacks_png_and_unreadable(tmp_path):
     assert len(ds) == 8 and ds.classes == ["a", "b"]
     loader, _ = make_loader(ds, 8, train=True, workers=0)
     loader.collate_fn = collate_encoded
-    images, labels, skipped = next(iter(loader))
+    images, labels, skips = next(iter(loader))
     assert sum(x.dim() == 3 for x in images) == 1  # the PNG, decoded by PIL in the worker
-    out, bad = GpuBatchTransform(8, MEAN, STD, "cpu")(images)
-    assert out.shape == (8, 3, 8, 8) and torch.isfinite(out).all() and bad == 1
+    assert skips.files == [] and not skips.standin.any()  # x.jpg starts like a JPEG: the decoder finds it out
+    out, bad = GpuBatchTransform(8, MEAN, STD, "cpu")(images, skips.names)
+    assert out.shape == (8, 3, 8, 8) and torch.isfinite(out).all() and len(bad) == 1
+    assert Path(skips.names[bad[0]]).name == "x.jpg"  # the batch names the file the device could not decode
     with pytest.raises(ConfigError, match="data.decode"):
         build_encoded_dataset("fashion_mnist", None, "train")
 
@@ -109,8 +112,8 @@ def test_gpu_batch_transform_from_run_config():
     t = gpu_batch_transform(cfg, "cpu")
     assert (t.size, t.scale, t.hflip, t.mode, t.erase) == (32, (0.2, 1.0), 0.5, "bicubic", None)
     rng = np.random.default_rng(0)
-    out, skipped = t([encoded(jpeg_bytes(natural(rng, 40, 50))) for _ in range(3)])
-    assert out.shape == (3, 3, 32, 32) and skipped == 0
+    out, failed = t([encoded(jpeg_bytes(natural(rng, 40, 50))) for _ in range(3)])
+    assert out.shape == (3, 3, 32, 32) and failed == []
     ft = load_config("arm_base_in1k_finetune", {"data.decode": "gpu"})
     with pytest.raises(ConfigError, match="RandAugment"):
         gpu_batch_transform(ft, "cpu")
@@ -138,10 +141,10 @@ def test_pretraining_with_gpu_decoding_runs_and_resumes_exactly(tmp_path):
         return load_config("fmnist_pretrain", over, task="pretrain")
 
     pipe = build_pipeline(cfg("p"), "train", True, 4)
-    encoded_batch, labels, skipped = next(iter(pipe.loader))
-    assert isinstance(encoded_batch, list) and encoded_batch[0].dim() == 1 and int(skipped) == 0
-    images, unread = pipe.batch_transform(encoded_batch)
-    assert images.shape == (4, 3, 16, 16) and unread == 0
+    encoded_batch, labels, skips = next(iter(pipe.loader))
+    assert isinstance(encoded_batch, list) and encoded_batch[0].dim() == 1 and skips.events == 0
+    images, failed = pipe.batch_transform(encoded_batch, skips.names)
+    assert images.shape == (4, 3, 16, 16) and failed == []
     full = train(cfg("full"))
     assert full["steps"] == 6 and np.isfinite(full["loss_last"])
     train(cfg("split", max_steps=4))

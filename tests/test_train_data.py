@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_imagefolder_classes_subset_and_val_class_map(tmp_path):
     train = build_dataset("imagefolder", str(root), "train", tf)
     assert len(train) == 24 and train.classes == list(CLASSES)
     img, label, skipped = train[0]
-    assert img.shape == (3, 16, 16) and label == 0 and skipped == 0
+    assert img.shape == (3, 16, 16) and label == 0 and skipped == ()
     # val with a missing class still maps names to the training indices
     for p in (root / "val" / "circle").iterdir():
         p.unlink()
@@ -99,11 +100,14 @@ def test_unreadable_images_are_skipped_and_counted_or_fatal(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         img, label, skipped = ds[first_bad]
     # circle/broken_0.png and circle/broken_1.png are passed over; the next readable image is square/000.png
-    assert skipped == 2 and label == 1
+    assert [Path(n).name for n in skipped] == ["broken_0.png", "broken_1.png"] and label == 1
     assert "skipped unreadable image" in caplog.text and "broken_0.png" in caplog.text
     loader = torch.utils.data.DataLoader(ds, batch_size=len(ds), collate_fn=collate)
-    _, _, total = next(iter(loader))
-    assert total.item() == 3  # broken_0 (twice: at its own index and before broken_1's) + broken_1
+    _, _, skips = next(iter(loader))
+    assert skips.events == 3  # broken_0 + broken_1 (twice: passed over for broken_0's sample and at its own index)
+    assert sorted(Path(n).name for n in skips.files) == ["broken_0.png", "broken_1.png", "broken_1.png"]
+    # the two samples at the broken files' indices are stand-ins (square/000.png's image), no other
+    assert skips.standin.nonzero().flatten().tolist() == [first_bad, first_bad + 1]
     strict = build_dataset("imagefolder", str(root), "train", None, strict_images=True)
     with pytest.raises(DataError, match=r"cannot read image .*broken_0.png: .*set data.strict_images false"):
         strict[first_bad]

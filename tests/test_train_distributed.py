@@ -18,6 +18,9 @@ SRC = str(Path(armvision.__file__).resolve().parents[1])
 
 def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     data = make_imagefolder(tmp_path / "data", corrupt=1)
+    # unreadable validation files at indices 4 and 9: one in each rank's shard (rank r takes r, r + 2, ...)
+    for cls in ("circle", "square"):
+        (data / "val" / cls / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     out = tmp_path / "out"
     out.mkdir()
     # micro-batch 2 on each of 2 processes, accumulated to the global batch of 8: DDP's no_sync path
@@ -35,8 +38,14 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     # 25 files (one unreadable) over 2 ranks: 12 each = 6 micro-batches of 2 = 3 steps of 2 per epoch
     assert s0["processes"] == 2 and s0["steps"] == s1["steps"] == 6
     assert s0["images_seen"] == 48
-    # evaluation sums over both ranks: all 12 validation images, once; every rank gets the same numbers
+    # evaluation sums over both ranks: all 12 readable validation images, once (the stand-ins for the 2
+    # unreadable ones left out); every rank gets the same numbers and both files, gathered from both ranks
     assert s0["eval"]["images"] == 12 and s0["eval"] == s1["eval"]
+    broken = [str(data / "val" / c / "zz_broken.png") for c in ("circle", "square")]
+    assert s0["eval"]["unreadable_files"] == 2 and s0["eval"]["unreadable_file_names"] == broken
+    # the unreadable training file: one file (whichever rank read it, in each epoch), known to both ranks
+    assert s0["unreadable_files"] == s1["unreadable_files"] == 1
+    assert s0["unreadable_file_names"] == s1["unreadable_file_names"] == [str(data / "train/circle/broken_0.png")]
     assert s0["loss_curve"] == s1["loss_curve"]  # logged losses are averaged over the ranks
     saved = load_file(tmp_path / "run" / "checkpoints" / "latest" / "model.safetensors")
     held = load_file(out / "rank0.safetensors")

@@ -62,6 +62,8 @@ def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     assert f"initialised from {pre}/checkpoints/step_00000006 (ARMPretrain)" in err
     summary = json.loads((ft / "summary.json").read_text())
     assert summary["skipped_images"] == 2  # the unreadable file, once per epoch, counted from the worker
+    assert summary["unreadable_files"] == 1  # ... and one file, named
+    assert summary["unreadable_file_names"] == [str(data / "train" / "circle" / "broken_0.png")]
     ev = summary["eval"]
     assert ev["images"] == ev["ema_images"] == 12 and 0 <= ev["top1"] <= 100 and ev["top5"] == 100.0  # 3 classes
     assert list((ft / "tensorboard").iterdir())

@@ -41,4 +41,4 @@ def test_gpu_decoding_through_the_trainer(tmp_path):
     trainer = Trainer(_cfg(root, tmp_path / "g", **{"data.decode": "gpu", "compile": False}))
     assert trainer.batch_transform is not None and trainer.batch_transform.device.type == "cuda"
     summary = trainer.fit()
-    assert summary["steps"] == 6 and summary["skipped_images"] == 0
+    assert summary["steps"] == 6 and summary["skipped_images"] == summary["unreadable_files"] == 0

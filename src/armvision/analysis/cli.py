@@ -163,6 +163,15 @@ def _features(args: argparse.Namespace) -> int:
     out = {"command": args.mode, "checkpoint": loaded.source, "architecture": type(loaded.model).__name__,
            "dataset": cfg.data.dataset, "root": cfg.data.root, "train_split": train_split, "test_split": test_split,
            "train_images": len(tr.labels), "test_images": len(te.labels), "feature_dim": tr.features.shape[1]}
+    from ..data.loader import unreadable_report
+
+    for split, fs in (("train", tr), ("test", te)):
+        report = unreadable_report(fs.unreadable)
+        out.update({f"{split}_{k}": v for k, v in report.items()})
+        if fs.unreadable:
+            shown = ", ".join(fs.unreadable[:5]) + (f" and {len(fs.unreadable) - 5} more" if len(fs.unreadable) > 5
+                                                     else "")
+            print(f"{split} split: {len(fs.unreadable)} unreadable file(s) left out: {shown}")
     if args.mode == "knn":
         res = knn_classify(tr.features, tr.labels, te.features, te.labels, args.k, args.temperature, device=device)
         out["knn"] = res.as_dict()

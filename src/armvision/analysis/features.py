@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import torch
@@ -16,11 +16,13 @@ __all__ = ["FeatureSet", "data_setup", "eval_transform_for", "open_split", "extr
 
 @dataclass
 class FeatureSet:
-    """``features`` (n, c) float32 on the CPU, ``labels`` (n,) int64, ``classes``: names or None."""
+    """``features`` (n, c) float32 on the CPU, ``labels`` (n,) int64, ``classes``: names or None; ``unreadable``:
+    the files of the split that could not be read (sorted; their stand-ins are not among the n samples)."""
 
     features: Tensor
     labels: Tensor
     classes: list[str] | None = None
+    unreadable: list[str] = field(default_factory=list)
 
 
 def data_setup(training: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
@@ -67,7 +69,8 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
     """Pooled features (:func:`armvision.extract_features`) of every sample of a labelled dataset.
 
     Pretraining models: the mean of the causal encoder's final normed tokens over all clusters;
-    classifiers: the pooled feature the head sees.
+    classifiers: the pooled feature the head sees. A sample standing in for an unreadable image is left out
+    (the file is named in ``FeatureSet.unreadable``).
     """
     from tqdm import tqdm
 
@@ -79,11 +82,16 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                                          collate_fn=collate)
-    feats, labels = [], []
+    feats, labels, unreadable = [], [], set()
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, target = batch[0], batch[1]
+        images, target, skips = batch
+        unreadable.update(skips.files)
+        if skips.standin.any():
+            images, target = images[~skips.standin], target[~skips.standin]
+        if not len(target):
+            continue
         feats.append(extract_features(model, images.to(device)).pooled.float().cpu())
         labels.append(torch.as_tensor(target).long().cpu())
     if not feats:
         raise ConfigError("the dataset split is empty: no features to evaluate")
-    return FeatureSet(torch.cat(feats), torch.cat(labels), dataset_classes(dataset))
+    return FeatureSet(torch.cat(feats), torch.cat(labels), dataset_classes(dataset), sorted(unreadable))

@@ -7,7 +7,8 @@ from .datasets import STREAMING_PREFIXES, ReaderDataset, build_dataset, class_na
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST, read_idx
-from .loader import ResumableSampler, ShardSampler, collate, make_loader
+from .loader import (MAX_LISTED_FILES, ResumableSampler, ShardSampler, Skips, collate, make_loader,
+                     unreadable_report)
 from .images import IMAGE_EXTENSIONS, ImageFiles, collate_readable, list_images
 from .transforms import (
     NORMALIZATION,
@@ -35,6 +36,9 @@ __all__ = [
     "ShardSampler",
     "collate",
     "make_loader",
+    "Skips",
+    "unreadable_report",
+    "MAX_LISTED_FILES",
     "NORMALIZATION",
     "normalization",
     "pretrain_transform",

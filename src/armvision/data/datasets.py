@@ -1,8 +1,9 @@
 """Datasets: ImageFolder trees and tar shards (timm's readers), Fashion-MNIST (idx files) and the
 streaming formats of timm (webdataset shards, local Hugging Face datasets).
 
-Map-style datasets yield ``(image, label, skipped)``: ``skipped`` counts the unreadable images that
-were passed over to produce this sample, so that the training loop can report them (a loader
+Map-style datasets yield ``(image, label, skipped)``: ``skipped`` names the unreadable files that were
+passed over to produce this sample (a tuple of paths, empty when the sample is its own file), so that the
+training loop and evaluation can report them by file and evaluation can leave the stand-in out (a loader
 worker cannot update the main process's counters). Iterable datasets yield ``(image, label)``.
 """
 
@@ -38,8 +39,9 @@ def _imagefolder_layout(root: str, split: str) -> str:
 class ReaderDataset(Dataset):
     """Images from a timm reader (folder, tar, Hugging Face dataset), decoded with PIL.
 
-    An image that cannot be read or decoded is replaced by the next readable one with a warning,
-    and counted in the sample's third field; with ``strict=True`` it raises :class:`DataError`.
+    An image that cannot be read or decoded is replaced by the next readable one (its image and label)
+    with a warning, and named in the sample's third field (the files passed over; a non-empty tuple marks
+    the sample a stand-in); with ``strict=True`` it raises :class:`DataError`.
     """
 
     def __init__(self, reader, transform: Callable | None = None, mode: str = "RGB", strict: bool = False):
@@ -73,7 +75,7 @@ class ReaderDataset(Dataset):
         return img, (-1 if target is None else int(target))
 
     def __getitem__(self, index: int):
-        skipped = 0
+        skipped: list[str] = []
         for attempt in range(MAX_CONSECUTIVE_BAD):
             i = (index + attempt) % len(self.reader)
             try:
@@ -84,17 +86,17 @@ class ReaderDataset(Dataset):
                     raise DataError(f"cannot read image {name}: {e}; fix or remove the file, or set "
                                     "data.strict_images false to skip unreadable images with a warning") from None
                 _logger.warning("skipped unreadable image %s (%s)", name, e)
-                skipped += 1
+                skipped.append(name)
                 continue
             if self.transform is not None:
                 img = self.transform(img)
-            return img, target, skipped
+            return img, target, tuple(skipped)
         raise DataError(f"{MAX_CONSECUTIVE_BAD} unreadable images in a row from {self._filename(index)} on: "
                         "the dataset looks broken; check the files")
 
 
 class _IndexedMap(Dataset):
-    """Gives a plain map-style dataset the (image, label, skipped) sample format."""
+    """Gives a plain map-style dataset the (image, label, skipped files) sample format (nothing skipped)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -105,7 +107,7 @@ class _IndexedMap(Dataset):
 
     def __getitem__(self, index: int):
         img, target = self.dataset[index][:2]
-        return img, target, 0
+        return img, target, ()
 
 
 def dataset_classes(dataset) -> list[str] | None:

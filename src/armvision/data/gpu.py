@@ -11,7 +11,8 @@ RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.dec
 
 Non-JPEG files are decoded by PIL in the worker (the CPU path) and cropped on the GPU like the others;
 a JPEG the GPU decoder rejects (CMYK, progressive oddities) is decoded on the CPU instead; a file no
-decoder reads is replaced by another image of the batch and counted as skipped.
+decoder reads is replaced by another image of the batch and reported by name, as the CPU path reports the
+files it passes over (the batch carries each sample's file name, :class:`armvision.data.loader.Skips`).
 
 The same code runs on the CPU (``device="cpu"``: torchvision's CPU decoder); the tests use that to
 check the distributions against the CPU path. Shapes: a batch is a list of b encoded images and
@@ -34,6 +35,7 @@ from torch import Tensor
 from ..errors import ConfigError, DataError
 from .datasets import ReaderDataset, _folder_reader
 from .images import convert_image
+from .loader import Skips
 
 __all__ = ["EncodedImageDataset", "collate_encoded", "sample_crop_boxes", "GpuBatchTransform",
            "build_encoded_dataset", "gpu_batch_transform", "is_jpeg"]
@@ -48,9 +50,15 @@ def is_jpeg(data: bytes | Tensor) -> bool:
 
 
 class EncodedImageDataset(ReaderDataset):
-    """A folder/tar of images whose samples are ``(encoded, label, skipped)``: ``encoded`` is the
+    """A folder/tar of images whose samples are ``(encoded, label, skipped, name)``: ``encoded`` is the
     file's bytes as a 1-D uint8 tensor for a JPEG, or the image decoded by PIL as a (c, h, w) uint8
-    tensor for any other format (the CPU fallback). No transform: :class:`GpuBatchTransform` does it."""
+    tensor for any other format (the CPU fallback); ``skipped`` the unreadable files passed over (as
+    :class:`ReaderDataset`); ``name`` the file ``encoded`` came from, named if the device cannot decode it.
+    No transform: :class:`GpuBatchTransform` does it."""
+
+    def __getitem__(self, index: int):
+        encoded, target, skipped = super().__getitem__(index)
+        return encoded, target, skipped, self._filename((index + len(skipped)) % len(self.reader))
 
     def _load(self, index: int):
         item = self.reader[index]
@@ -85,11 +93,12 @@ def _decode_jpeg(data, **kwargs):
 
 
 def collate_encoded(batch):
-    """``(list of encoded images, labels (b,), skipped_total)``: the images differ in size and format."""
+    """``(list of b encoded images, labels (b,), Skips)``: the images differ in size and format; the
+    :class:`~armvision.data.loader.Skips` carry each sample's file name (``names``)."""
     images = [b[0] for b in batch]
     labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
-    skipped = torch.tensor(sum(int(b[2]) for b in batch), dtype=torch.long)
-    return images, labels, skipped
+    standin = torch.tensor([len(b[2]) > 0 for b in batch], dtype=torch.bool)
+    return images, labels, Skips(standin, [n for b in batch for n in b[2]], [b[3] for b in batch])
 
 
 def sample_crop_boxes(sizes: Tensor, scale: Sequence[float], ratio: Sequence[float],
@@ -133,7 +142,9 @@ def sample_crop_boxes(sizes: Tensor, scale: Sequence[float], ratio: Sequence[flo
 
 class GpuBatchTransform:
     """Decode a batch of encoded images on ``device`` and apply RandomResizedCrop + flip + normalise
-    (+ random erasing): ``(list of b encoded images) -> ((b, c, size, size) float32, skipped)``."""
+    (+ random erasing): ``(list of b encoded images[, their b file names]) -> ((b, c, size, size) float32,
+    failed)``; ``failed`` lists the batch positions no decoder read (another image of the batch took
+    their place: stand-ins, for training only)."""
 
     def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], device: torch.device | str,
                  scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5, interpolation: str = "bicubic",
@@ -152,8 +163,9 @@ class GpuBatchTransform:
 
             self.erase = RandomErasing(reprob, mode=remode, max_count=1, device=self.device)
 
-    def decode(self, images: list[Tensor]) -> tuple[list[Tensor], int]:
-        """(c, h, w) uint8 images on the device; undecodable ones replaced by a neighbour (and counted)."""
+    def decode(self, images: list[Tensor], names: Sequence[str] | None = None) -> tuple[list[Tensor], list[int]]:
+        """(c, h, w) uint8 images on the device, and the positions of the undecodable ones (replaced by a
+        neighbour). ``names``: the files, for the warnings."""
         from torchvision.io import ImageReadMode
 
         mode = ImageReadMode.GRAY if self.in_chans == 1 else ImageReadMode.RGB
@@ -166,19 +178,19 @@ class GpuBatchTransform:
                     out[i] = img
             except RuntimeError:  # one bad file fails the batch: decode one by one, then on the CPU
                 for i in jpeg:
-                    out[i] = self._decode_one(images[i], mode)
+                    out[i] = self._decode_one(images[i], mode, names[i] if names is not None else None)
         for i, x in enumerate(images):
             if x.dim() == 3:
                 out[i] = x.to(self.device, non_blocking=True)
         good = [i for i, x in enumerate(out) if x is not None]
         if not good:
             raise DataError(f"none of the {len(images)} images of a batch could be decoded; check the files")
-        skipped = len(images) - len(good)
-        for k, i in enumerate(i for i, x in enumerate(out) if x is None):
+        failed = [i for i, x in enumerate(out) if x is None]
+        for k, i in enumerate(failed):
             out[i] = out[good[k % len(good)]]
-        return out, skipped
+        return out, failed
 
-    def _decode_one(self, data: Tensor, mode) -> Tensor | None:
+    def _decode_one(self, data: Tensor, mode, name: str | None = None) -> Tensor | None:
         try:
             return _decode_jpeg(data, mode=mode, device=self.device)
         except RuntimeError:
@@ -186,7 +198,7 @@ class GpuBatchTransform:
         try:
             return _pil_decode(data.numpy().tobytes(), "L" if self.in_chans == 1 else "RGB").to(self.device)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-            _logger.warning("skipped an unreadable image (%s)", e)
+            _logger.warning("skipped unreadable image %s (%s)", name or "(a file of the batch)", e)
             return None
 
     def crop_flip(self, images: list[Tensor]) -> Tensor:
@@ -201,12 +213,12 @@ class GpuBatchTransform:
             out[k] = r[0].flip(-1) if flip else r[0]
         return out.round_().clamp_(0, 255)  # 8-bit pixels, as PIL's resize gives them
 
-    def __call__(self, images: list[Tensor]) -> tuple[Tensor, int]:
-        decoded, skipped = self.decode(images)
+    def __call__(self, images: list[Tensor], names: Sequence[str] | None = None) -> tuple[Tensor, list[int]]:
+        decoded, failed = self.decode(images, names)
         x = (self.crop_flip(decoded) - self.mean) / self.std
         if self.erase is not None:
             x = self.erase(x)
-        return x, skipped
+        return x, failed
 
 
 def build_encoded_dataset(kind: str, root: str | None, split: str, in_chans: int = 3,
@@ -226,7 +238,7 @@ def gpu_batch_transform(cfg, device: torch.device | str, seed: int | None = None
 
     The trainer (through :func:`armvision.train.data.build_pipeline`) builds its training set with
     :func:`build_encoded_dataset` and ``collate_encoded``, and calls the returned object on each
-    batch's list of encoded images: ``images, skipped = transform(encoded)``. ``seed``: the crops'
+    batch's list of encoded images: ``images, failed = transform(encoded, skips.names)``. ``seed``: the crops'
     own generator; None: torch's global generator (the trainer's: seeded with seed + rank, saved in
     checkpoints, so a resumed run draws the crops it would have drawn).
     """

@@ -1,15 +1,20 @@
 """Samplers and data loaders: a resumable distributed sampler for training, an exact sharded one
-for evaluation, and a collate function that carries the count of skipped images."""
+for evaluation, and a collate function that carries which samples stand in for unreadable images
+(:class:`Skips`) and which files those were."""
 
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Iterable, Iterator, NamedTuple
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
-__all__ = ["ResumableSampler", "ShardSampler", "collate", "make_loader"]
+__all__ = ["ResumableSampler", "ShardSampler", "Skips", "collate", "make_loader", "unreadable_report",
+           "MAX_LISTED_FILES"]
+
+MAX_LISTED_FILES = 100  # names of unreadable files listed in summaries and eval outputs (the count is exact)
 
 
 class ResumableSampler(Sampler[int]):
@@ -65,12 +70,44 @@ class ShardSampler(Sampler[int]):
         return len(range(self.rank, self.n, self.num_replicas))
 
 
+class Skips(NamedTuple):
+    """The unreadable images behind one batch of b samples (the third item of a collated batch).
+
+    ``standin``: (b,) bool, True where the sample stands in for an unreadable file (the dataset put the next
+    readable image, with its label, in its place): training uses it, evaluation leaves it out.
+    ``files``: the unreadable files passed over to make the batch, one entry per skip event (a file read
+    again in a later epoch, or passed over for two samples, appears again); ``len(files)`` is the events.
+    ``names``: each sample's own file, for batches whose images can still fail on the device
+    (``data.decode: gpu``, see :class:`armvision.data.gpu.GpuBatchTransform`); else None.
+    """
+
+    standin: Tensor
+    files: list[str]
+    names: list[str] | None = None
+
+    @property
+    def events(self) -> int:
+        return len(self.files)
+
+
+def _skipped_names(sample) -> tuple[str, ...]:
+    skipped = sample[2] if len(sample) > 2 else ()
+    return tuple(skipped) if isinstance(skipped, (tuple, list)) else ()
+
+
 def collate(batch):
-    """Stack samples ``(image, label[, skipped])`` into ``(images, labels, skipped_total)``."""
+    """Stack samples ``(image, label[, skipped files])`` into ``(images (b, c, h, w), labels (b,), Skips)``."""
     images = torch.stack([b[0] for b in batch])
     labels = torch.tensor([int(b[1]) for b in batch], dtype=torch.long)
-    skipped = torch.tensor(sum(int(b[2]) if len(b) > 2 else 0 for b in batch), dtype=torch.long)
-    return images, labels, skipped
+    skipped = [_skipped_names(b) for b in batch]
+    standin = torch.tensor([len(s) > 0 for s in skipped], dtype=torch.bool)
+    return images, labels, Skips(standin, [n for s in skipped for n in s])
+
+
+def unreadable_report(names: Iterable[str], limit: int = MAX_LISTED_FILES) -> dict:
+    """``{"unreadable_files": count of distinct files, "unreadable_file_names": the first ``limit``, sorted}``."""
+    distinct = sorted(set(names))
+    return {"unreadable_files": len(distinct), "unreadable_file_names": distinct[:limit]}
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, pin_memory: bool = False,

@@ -208,6 +208,13 @@ def _own_config(overrides: dict) -> str | None:
     return str(Path(out) / "config.yaml")
 
 
+def _unreadable_line(report: dict, show: int = 5) -> str:
+    """"2 unreadable file(s): a.png, b.png" from a summary's or an eval output's unreadable_files/_file_names."""
+    n, names = report["unreadable_files"], report.get("unreadable_file_names") or []
+    more = f" and {n - show} more (listed in the JSON)" if n > show and names else ""
+    return f"{n} unreadable file(s): {', '.join(names[:show])}{more}"
+
+
 def _print_summary(summary: dict) -> None:
     from .distributed import is_main_process
 
@@ -225,6 +232,10 @@ def _print_summary(summary: dict) -> None:
     if summary.get("skipped_images"):
         parts.append(f"{summary['skipped_images']} unreadable image(s) skipped")
     print("; ".join(parts))
+    if summary.get("unreadable_files"):
+        print(f"training data: {_unreadable_line(summary)}; other images took their places")
+    if (summary.get("eval") or {}).get("unreadable_files"):
+        print(f"validation data: {_unreadable_line(summary['eval'])}; not scored")
     print(f"checkpoint: {summary.get('best_checkpoint') or summary.get('last_checkpoint')}  "
           f"(summary: {summary['output_dir']}/summary.json)")
 
@@ -264,6 +275,8 @@ def _eval_command(args) -> int:
             top1 = f"{r['top1']:8.2f}" if "top1" in r else f"{'-':>8s}"
             top5 = f"{r['top5']:8.2f}" if "top5" in r else f"{'-':>8s}"
             print(f"  {name:8s} {r['images']:7d} {top1} {top5} {r['loss']:8.4f}")
+        if out.get("unreadable_files"):
+            print(f"  {_unreadable_line(out)}; not scored, not in the image count")
         if args.output:
             print(f"  written to {args.output}")
     return 0

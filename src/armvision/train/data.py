@@ -31,10 +31,11 @@ __all__ = ["Pipeline", "build_transform", "build_pipeline"]
 
 @dataclass
 class Pipeline:
-    """One split's transform, dataset, loader (batches ``(images (b, c, h, w), labels (b,), skipped)``)
-    and sampler (None for streaming datasets). ``data.decode: gpu`` (training): the loader's images
-    are a list of b encoded images and ``batch_transform(images) -> (images (b, c, h, w) on the device,
-    skipped)`` decodes and augments them; None otherwise."""
+    """One split's transform, dataset, loader (batches ``(images (b, c, h, w), labels (b,), skips)``, skips an
+    :class:`armvision.data.Skips`: which samples stand in for unreadable files, and which files) and sampler
+    (None for streaming datasets). ``data.decode: gpu`` (training): the loader's images are a list of b
+    encoded images and ``batch_transform(images, skips.names) -> (images (b, c, h, w) on the device, failed
+    positions)`` decodes and augments them; None otherwise."""
 
     transform: Callable
     dataset: Dataset

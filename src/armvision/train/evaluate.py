@@ -1,5 +1,9 @@
 """Evaluation: top-1/top-5 accuracy and loss of a classifier, loss of a pretraining model, summed
-exactly over all ranks; and ``evaluate_checkpoint`` behind ``armvision eval``."""
+exactly over all ranks; and ``evaluate_checkpoint`` behind ``armvision eval``.
+
+A sample that stands in for an unreadable image (:class:`armvision.data.Skips`) is not scored: it is left
+out of the metrics and the image count, and the unreadable files are counted and named in the results
+(``unreadable_files``, ``unreadable_file_names``)."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
+from ..data.loader import unreadable_report
 from ..errors import CheckpointError, ConfigError, DataError
 from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
@@ -34,13 +39,35 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def _readable(images: torch.Tensor, labels: torch.Tensor, skips, unreadable: set[str]):
+    """The batch without its stand-ins for unreadable files (whose names go into ``unreadable``). The mask
+    is a host tensor from the loader, so this costs no device synchronisation."""
+    if skips is None or not hasattr(skips, "standin"):
+        return images, labels
+    unreadable.update(skips.files)
+    if skips.standin.any():
+        keep = ~skips.standin
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
+def _unreadable_over_ranks(unreadable: set[str]) -> dict:
+    """``unreadable_report`` of the files every rank found unreadable (one gather, after the loop)."""
+    return unreadable_report(n for names in distributed.all_gather_object(sorted(unreadable)) for n in names)
+
+
 @torch.no_grad()
-def evaluate_classifier(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, float]:
-    """Top-1, top-5 (%) and cross-entropy over every image of ``loader``, summed over all ranks."""
+def evaluate_classifier(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, Any]:
+    """Top-1, top-5 (%) and cross-entropy over every readable image of ``loader``, summed over all ranks;
+    ``images`` counts them; ``unreadable_files`` / ``unreadable_file_names``: the files left out."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, images
-    for images, labels, _ in loader:
+    unreadable: set[str] = set()
+    for images, labels, skips in loader:
+        images, labels = _readable(images, labels, skips, unreadable)
+        if not labels.numel():
+            continue
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         with autocast_for(device, precision):
@@ -60,16 +87,21 @@ def evaluate_classifier(model: nn.Module, loader, device: torch.device, precisio
     model.train(was_training)
     n = max(sums[3].item(), 1.0)
     return {"top1": 100.0 * sums[1].item() / n, "top5": 100.0 * sums[2].item() / n, "loss": sums[0].item() / n,
-            "images": int(sums[3].item())}
+            "images": int(sums[3].item()), **_unreadable_over_ranks(unreadable)}
 
 
 @torch.no_grad()
-def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, float]:
-    """Mean next-cluster prediction loss over every image of ``loader``, over all ranks."""
+def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precision: str = "auto") -> dict[str, Any]:
+    """Mean next-cluster prediction loss over every readable image of ``loader``, over all ranks (``images``,
+    ``unreadable_files`` and ``unreadable_file_names`` as :func:`evaluate_classifier`)."""
     was_training = model.training
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64, device=device)
-    for images, _, _ in loader:
+    unreadable: set[str] = set()
+    for images, labels, skips in loader:
+        images, labels = _readable(images, labels, skips, unreadable)
+        if not labels.numel():
+            continue
         images = images.to(device, non_blocking=True)
         with autocast_for(device, precision):
             loss = model(images)
@@ -77,7 +109,8 @@ def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precisi
         sums[1] += images.shape[0]
     distributed.all_reduce_sum(sums)
     model.train(was_training)
-    return {"loss": sums[0].item() / max(sums[1].item(), 1.0), "images": int(sums[1].item())}
+    return {"loss": sums[0].item() / max(sums[1].item(), 1.0), "images": int(sums[1].item()),
+            **_unreadable_over_ranks(unreadable)}
 
 
 def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
@@ -114,7 +147,10 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     The data settings default to those the checkpoint was trained with (its config.json); ``overrides``
     (``{"data.root": ..., "data.dataset": ...}``) change them. ``weights``: "raw", "ema" or "both"
     (EMA only where the checkpoint has an ``ema/`` folder). Returns
-    ``{"checkpoint", "split", "results": {"raw": {...}, "ema": {...}}}`` and writes it to ``output`` (JSON).
+    ``{"checkpoint", "split", "results": {"raw": {...}, "ema": {...}}, "unreadable_files": n,
+    "unreadable_file_names": [...]}`` (the files of the split that could not be read, left out of every
+    result's metrics and ``images``; the first ``MAX_LISTED_FILES`` names, sorted) and writes it to ``output``
+    (JSON).
     """
     if weights not in ("raw", "ema", "both"):
         raise ConfigError(f"bad value for weights: {weights!r}; allowed: 'raw', 'ema', 'both'")
@@ -144,6 +180,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     candidates = {"raw": model_dir, "ema": model_dir / "ema"}
     chosen = ["raw", "ema"] if weights == "both" else [weights]
     results: dict[str, dict] = {}
+    unreadable = unreadable_report([])
     for name in chosen:
         d = candidates[name]
         if name == "ema" and not (d / "config.json").is_file():
@@ -159,8 +196,9 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
                 raise CheckpointError(f"{d} is a classifier without a head (num_classes 0): nothing to evaluate")
             results[name] = evaluate_classifier(model, loader, info.device, run_cfg.precision)
         results[name]["seconds"] = round(time.time() - t0, 2)
+        unreadable = {k: results[name].pop(k) for k in unreadable}  # the same files for every weights
     out = {"checkpoint": str(model_dir), "architecture": arch, "dataset": dcfg.dataset, "root": dcfg.root,
-           "split": split, "results": results}
+           "split": split, "results": results, **unreadable}
     if output is not None and info.is_main:
         from ..models.io import atomic_write
 

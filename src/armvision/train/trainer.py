@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__, ops
-from ..data import class_names_to_map, dataset_classes, normalization
+from ..data import MAX_LISTED_FILES, class_names_to_map, dataset_classes, normalization, unreadable_report
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
@@ -143,8 +143,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # micro-batches of the current epoch consumed by this rank
         self.best_metric: float | None = None
-        self.skipped_images = 0
-        self.unreadable_files: list[str] = []
+        self.skipped_images = 0  # stand-in samples trained on (an unreadable file counts each time it is read)
+        self.unreadable_files: list[str] = []  # the distinct unreadable training files of all ranks, at the last gather
+        self._unreadable_local: set[str] = set()  # this rank's, fed by the loader; gathered at saves and the end
         self.images_seen = 0
         self.loss_history: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}
@@ -294,6 +295,7 @@ class Trainer:
             "rng": distributed.all_gather_object(rng_state()),
             "best_metric": self.best_metric,
             "skipped_images": self.skipped_images,
+            "unreadable_files": self.unreadable_files,
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "loss_history": [[s, v] for s, v in self.loss_history],
@@ -313,6 +315,7 @@ class Trainer:
         if not self._state_finite():
             self._diverged("weights or optimizer state", float("nan"), self.epoch, at_step=self.step)
         self._sync_skipped()
+        self._gather_unreadable()
         state = self._training_state()  # every rank joins the RNG gather
         if self.cfg.parallel == "fsdp":  # every rank writes its shards (armvision.train.sharded)
             state.pop("optimizer")
@@ -495,17 +498,20 @@ class Trainer:
                 break
             t_step = time.time()
             loss_sum = torch.zeros((), device=self.device)
-            skipped = torch.zeros((), dtype=torch.long)
+            skipped = 0  # skip events of this step's batches (their files go to a host-side set)
             for k in range(self.accum_steps):
                 try:
                     images, labels, sk = next(batches)
                 except StopIteration:  # a streaming split that ran short
                     raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
                                     f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
-                if self.batch_transform is not None:
-                    images, unread = self.batch_transform(images)
-                    sk = sk + unread
-                skipped += sk
+                files = sk.files
+                if self.batch_transform is not None:  # data.decode gpu: files the device could not decode
+                    images, failed = self.batch_transform(images, sk.names)
+                    files = files + [sk.names[i] if sk.names else f"sample {i} of a batch" for i in failed]
+                if files:
+                    skipped += len(files)
+                    self._unreadable_local.update(files)
                 images = images.to(self.device, non_blocking=True)
                 labels = labels.to(self.device, non_blocking=True)
                 with gradient_sync(self.par, k == self.accum_steps - 1):
@@ -518,7 +524,8 @@ class Trainer:
             # one check per step, agreed by all ranks, before the weights change; it stays on the device
             bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
             stop_here = float(self._signals is not None and self._signals.received is not None)
-            flags = torch.stack([bad.double(), skipped.to(self.device, torch.float64, non_blocking=True),
+            flags = torch.stack([bad.double(),
+                                 torch.tensor(float(skipped), dtype=torch.float64).to(self.device, non_blocking=True),
                                  torch.tensor(stop_here, dtype=torch.float64).to(self.device, non_blocking=True)])
             distributed.all_reduce_sum(flags)
             step_bad = flags[0] > 0
@@ -582,6 +589,14 @@ class Trainer:
     def _sync_skipped(self) -> None:
         self.skipped_images += int(self._skipped_dev.item())
         self._skipped_dev.zero_()
+
+    def _gather_unreadable(self) -> None:
+        """Merge every rank's unreadable training files into ``unreadable_files`` (one object gather: at
+        checkpoint saves and at the end of the run only)."""
+        merged = set(self.unreadable_files)
+        for names in distributed.all_gather_object(sorted(self._unreadable_local)):
+            merged.update(names)
+        self.unreadable_files = sorted(merged)
 
     def _check_nonfinite(self, epoch: int) -> None:
         """Read the count of non-finite steps (one host read): past optim.skip_nonfinite the run stops as
@@ -655,9 +670,10 @@ class Trainer:
         fn = evaluate_pretraining if self.task == "pretrain" else evaluate_classifier
         with gathered(self.par):  # FSDP2: the ranks' shares of the split may differ by a batch
             out = {f"{k}": v for k, v in fn(self.model, self.val_loader, self.device, self.cfg.precision).items()}
-        if self.ema is not None:
+        if self.ema is not None:  # the same unreadable files: reported once
             out.update({f"ema_{k}": v for k, v in
-                        fn(self.ema.module, self.val_loader, self.device, self.cfg.precision).items()})
+                        fn(self.ema.module, self.val_loader, self.device, self.cfg.precision).items()
+                        if not k.startswith("unreadable_")})
         return out
 
     def _is_best(self, metrics: dict[str, Any]) -> bool:
@@ -690,7 +706,15 @@ class Trainer:
             if evaluated_at != self.step:
                 self.last_eval = self.evaluate()
             self.save_checkpoint(is_best=self._is_best(self.last_eval), metrics=self.last_eval)
+        self._sync_skipped()
+        self._gather_unreadable()
         summary = self._summary(time.time() - wall0, stop_step)
+        if self.is_main and self.unreadable_files:
+            n, shown = len(self.unreadable_files), self.unreadable_files[:10]
+            _logger.warning("%d unreadable training file(s) were skipped (read %d time(s) in all; other images took "
+                            "their places): %s%s; summary.json lists %s", n, self.skipped_images, ", ".join(shown),
+                            f" and {n - len(shown)} more" if n > len(shown) else "",
+                            "them" if n <= MAX_LISTED_FILES else f"the first {MAX_LISTED_FILES}")
         if self.is_main:
             text = json.dumps(summary, indent=2) + "\n"
             atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
@@ -735,7 +759,8 @@ class Trainer:
                 evaluated_at = self.step
                 if metrics:
                     self.last_eval = metrics
-                    self.logger.log("eval", self.step, epoch=self.epoch, **metrics)
+                    self.logger.log("eval", self.step, epoch=self.epoch,
+                                    **{k: v for k, v in metrics.items() if not isinstance(v, list)})
             if self.is_main:
                 _logger.info("%s epoch %d/%d step %d: %s", self.task, epoch + 1, cfg.optim.epochs, self.step,
                              self._describe(metrics))
@@ -786,6 +811,8 @@ class Trainer:
                 parts.append(f"val {k} {metrics[k]:.4f}" if "loss" in k else f"val {k} {metrics[k]:.2f}%")
         if self.skipped_images:
             parts.append(f"{self.skipped_images} unreadable image(s) skipped")
+        if metrics.get("unreadable_files"):
+            parts.append(f"{metrics['unreadable_files']} unreadable validation file(s) not scored")
         return ", ".join(parts)
 
     def _summary(self, wall: float, stop_step: int) -> dict[str, Any]:
@@ -808,6 +835,7 @@ class Trainer:
             "loss_curve": [[s, v] for s, v in self.loss_history],
             "eval": self.last_eval,
             "skipped_images": self.skipped_images,
+            **unreadable_report(self.unreadable_files),
             "best_checkpoint": str(best) if best else None,
             "last_checkpoint": str(latest) if latest else None,
             "processes": self.dist.world_size,
