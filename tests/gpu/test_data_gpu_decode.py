@@ -24,7 +24,9 @@ def test_cuda_fixed_crop_equals_cpu():
     gpu, failed = GpuBatchTransform(192, MEAN, STD, "cuda", **kw)(data)
     levels = (gpu.cpu() - cpu) * torch.tensor(STD).view(1, 3, 1, 1) * 255
     assert failed == [] and gpu.is_cuda
-    assert levels.abs().mean() < 1.0 and levels.abs().max() <= 8  # nvjpeg's IDCT/upsampling vs libjpeg-turbo
+    # nvjpeg's IDCT and chroma upsampling vs libjpeg-turbo's: measured on an H200 (2026-11-30) mean 0.17 and max 10
+    # grey levels, the max at sharp colour edges; a wrong crop, scale or normalisation is tens of levels on average
+    assert levels.abs().mean() < 0.5 and levels.abs().max() <= 16
 
 
 def test_cuda_random_crops_statistics_match_cpu(seed):
