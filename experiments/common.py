@@ -267,6 +267,27 @@ class Context:
 
         return self._job(key, run)
 
+    # -- a baseline without a network --------------------------------------------------------------------
+    def pixel_baselines(self, seed: int) -> dict:
+        """What raw pixels give, on the CPU: a linear classifier on the fine-tuning runs' own ``ft_labels``
+        labelled images (the fine-tuning column's yardstick) and on all training images (the linear probe's),
+        and the same weighted k-NN as the probes on raw pixel vectors (28x28: upsampling adds nothing)."""
+        from armvision.analysis import knn_classify
+        from armvision.train.baseline import fashion_mnist_pixels, pixel_linear_baseline
+
+        s, root = self.scale, self.args.data_root
+
+        def run() -> dict:
+            few = pixel_linear_baseline(root, s.ft_labels, 0, seed, test_subset=s.test_subset)
+            full = pixel_linear_baseline(root, s.probe_train, 0, seed, test_subset=s.test_subset)
+            x, y = fashion_mnist_pixels(root, "train", s.probe_train, 0)
+            xt, yt = fashion_mnist_pixels(root, "test", s.test_subset, 0)
+            knn = knn_classify(x, y, xt, yt)
+            return {"kind": "pixels", "seed": seed, "linear_ft_labels_top1": few["top1"], "linear_ft_labels": few,
+                    "linear_all_top1": full["top1"], "linear_all": full, "knn_top1": knn.top1, "knn": knn.as_dict()}
+
+        return self._job(f"baseline-pixels-s{seed}", run)
+
     # -- running a study --------------------------------------------------------------------------------
     def run_tasks(self, tasks: dict[str, Callable[[], dict]]) -> dict[str, dict]:
         """Run every task that can run; with ``--wait``, wait for those others are running. Returns the results

@@ -54,6 +54,28 @@ def compare(study: dict, a: str, b: str, metric: str, what: str, yardstick: floa
     return head + f" The difference is beyond twice the noise and its direction {agree} the paper's."
 
 
+def against_pixels(study: dict) -> str:
+    """Study 1's pretrained encoder against the row without a network, metric by metric."""
+    rows = {r["condition"]: r for r in study["rows"]}
+    arm, pix = rows.get("ARM pretrained") or {}, rows.get("raw pixels, no network") or {}
+    parts = []
+    for m, label in (("ft_top1", "fine-tuned vs a linear classifier on the same labelled pixels"),
+                     ("linprobe", "linear probe vs a linear classifier on all training pixels"),
+                     ("knn", "k-NN on features vs on pixels")):
+        a, p = (arm.get(m) or {}).get("mean"), (pix.get(m) or {}).get("mean")
+        if a is not None and p is not None:
+            parts.append(f"{label} {a:.2f} vs {p:.2f} ({a - p:+.2f})")
+    if not parts:
+        return "Against raw pixels: to be filled by the GPU run."
+    rnd = rows.get("random init (scratch)") or {}
+    below = [m for m in ("linprobe", "knn") if (rnd.get(m) or {}).get("mean") is not None
+             and (pix.get(m) or {}).get("mean") is not None and rnd[m]["mean"] < pix[m]["mean"]]
+    tail = (" The randomly initialised encoder, frozen, is below raw pixels (" + ", ".join(below) + ")."
+            if below else "")
+    return ("Against raw pixels (no network; the baseline a reader knows for Fashion-MNIST): the ARM encoder "
+            + "; ".join(parts) + "." + tail)
+
+
 def yardstick(res: Path, metric: str) -> float | None:
     """Study 1's seed std of ``metric`` for the pretrained model (the noise scale of one-seed comparisons)."""
     path = res / "study1_pretraining.json"
@@ -98,7 +120,9 @@ def main(argv=None) -> Path:
                   "Study 1's seed-0 ARM on one test image per class (`python experiments/visualize_grid.py --scale "
                   "gpu`, the code of `armvision visualize`): the input, the per-patch normalised targets, the one-step "
                   "predictions (true patch statistics) and the fully autoregressive completion from the first "
-                  "cluster (outlined; statistics of the clusters known so far).", "",
+                  "cluster (outlined; statistics of the clusters known so far). The one-step predictions are close to the "
+                  "images; the completion from one 2x2-patch corner (mostly background) stays near the mean of the "
+                  "data, as a model trained with a squared error to predict one step ahead does.", "",
                   "![what ARM predicts](results/visualize_grid.png)", ""]
     for name, paper, (a, b, metric, what) in STUDIES:
         path = res / f"{name}.json"
@@ -116,6 +140,8 @@ def main(argv=None) -> Path:
             if (res / f"{name}.png").is_file():
                 lines += [f"![{title}](results/{name}.png)", ""]
             lines += [paper + " " + compare(study, a, b, metric, what, yardstick(res, metric)), ""]
+            if name == "study1_pretraining":
+                lines += [against_pixels(study), ""]
         else:
             lines += [f"## {name}", "", "To be filled by the GPU run (`bash experiments/run_gpu.sh`).", "", paper, ""]
     out = Path(args.output)

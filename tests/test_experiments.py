@@ -34,12 +34,14 @@ def run_study(name, env):
 
 def test_study1(env):
     study = run_study("study1_pretraining", env)
-    assert [r["condition"] for r in study["rows"]] == ["ARM pretrained", "random init (scratch)"]
+    assert [r["condition"] for r in study["rows"]] == ["ARM pretrained", "random init (scratch)",
+                                                       "raw pixels, no network"]
     for row in study["rows"]:
         for m in ("ft_top1", "linprobe", "knn"):
             assert row[m]["n"] == 1 and 0 <= row[m]["mean"] <= 100
     jobs = sorted((env["state"] / "results" / "jobs").glob("*.json"))
-    assert [p.stem for p in jobs] == ["ft-cs2-row-norm_pix-s0-f1", "ft-scratch-s0", "pre-cs2-row-norm_pix-s0",
+    assert [p.stem for p in jobs] == ["baseline-pixels-s0", "ft-cs2-row-norm_pix-s0-f1", "ft-scratch-s0",
+                                      "pre-cs2-row-norm_pix-s0",
                                       "probe-cs2-row-norm_pix-s0-f1", "probe-random-cs2-row-norm_pix-s0"]
     before = {p: p.stat().st_mtime_ns for p in jobs}
     run_study("study1_pretraining", env)  # resumable: everything is done, nothing runs again
@@ -74,3 +76,27 @@ def test_study5_and_results_md(env, tmp_path):
     text = out.read_text()
     assert text.count("| condition |") == 5 and "to be filled by the GPU run" not in text
     assert "![what ARM predicts](results/visualize_grid.png)" in text
+    assert "Against raw pixels (no network" in text
+
+
+def _row(cond, mean, std, n):
+    return {"condition": cond, "linprobe": {"mean": mean, "std": std, "n": n}}
+
+
+def test_results_md_judges_a_difference_against_the_noise_of_a_difference():
+    sys.path.insert(0, str(EXP))
+    try:
+        mod = importlib.import_module("make_results_md")
+    finally:
+        sys.path.remove(str(EXP))
+    # 3 seeds each, std 0.35: the noise of the difference is 0.35 * sqrt(2/3) = 0.29; 0.76 > 2 x 0.29
+    study = {"rows": [_row("a", 86.59, 0.35, 3), _row("b", 87.35, 0.14, 3)]}
+    text = mod.compare(study, "a", "b", "linprobe", "linear probe")
+    assert "noise of the difference is about 0.29" in text and "beyond twice the noise" in text
+    assert "disagrees with" in text
+    study = {"rows": [_row("a", 86.92, 0.28, 3), _row("b", 86.60, 0.37, 3)]}
+    assert "neither confirms nor contradicts" in mod.compare(study, "a", "b", "linprobe", "linear probe")
+    # one seed each: study 1's std is the yardstick; without one, no conclusion
+    study = {"rows": [_row("a", 87.0, 0.0, 1), _row("b", 85.0, 0.0, 1)]}
+    assert "beyond twice the noise and its direction agrees" in mod.compare(study, "a", "b", "linprobe", "lp", 0.35)
+    assert "no conclusion" in mod.compare(study, "a", "b", "linprobe", "lp", None)

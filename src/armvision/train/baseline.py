@@ -9,10 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["pixel_linear_baseline"]
+__all__ = ["fashion_mnist_pixels", "pixel_linear_baseline"]
 
 
-def _pixels(root: str | None, split: str, subset: int | None, subset_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fashion_mnist_pixels(root: str | None, split: str, subset: int | None, subset_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, h * w) float pixels in [0, 1] and (n,) labels of a Fashion-MNIST split, the subset drawn exactly as
     :func:`armvision.data.build_dataset` draws it (so the labelled images are the fine-tuning runs' own)."""
     from torch.utils.data import Subset
@@ -59,8 +59,8 @@ def pixel_linear_baseline(root: str | None = None, train_subset: int | None = 10
     Returns ``{"top1", "weight_decay", "sweep", "labels", "seconds"}``.
     """
     t0 = time.time()
-    x, y = _pixels(root, "train", train_subset, subset_seed)
-    xt, yt = _pixels(root, "test", test_subset, subset_seed)
+    x, y = fashion_mnist_pixels(root, "train", train_subset, subset_seed)
+    xt, yt = fashion_mnist_pixels(root, "test", test_subset, subset_seed)
     mean, std = x.mean(0), x.std(0) + 1e-3
     x, xt = (x - mean) / std, (xt - mean) / std
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
