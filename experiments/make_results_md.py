@@ -120,9 +120,9 @@ def main(argv=None) -> Path:
                   "Study 1's seed-0 ARM on one test image per class (`python experiments/visualize_grid.py --scale "
                   "gpu`, the code of `armvision visualize`): the input, the per-patch normalised targets, the one-step "
                   "predictions (true patch statistics) and the fully autoregressive completion from the first "
-                  "cluster (outlined; statistics of the clusters known so far). The one-step predictions are close to the "
-                  "images; the completion from one 2x2-patch corner (mostly background) stays near the mean of the "
-                  "data, as a model trained with a squared error to predict one step ahead does.", "",
+                  "cluster (outlined; statistics of the clusters known so far). The one-step predictions are close "
+                  "to the images; the completion from one 2x2-patch corner (mostly background) stays near the mean "
+                  "of the data, as a model trained with a squared error to predict one step ahead does.", "",
                   "![what ARM predicts](results/visualize_grid.png)", ""]
     for name, paper, (a, b, metric, what) in STUDIES:
         path = res / f"{name}.json"

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 __all__ = ["fashion_mnist_pixels", "pixel_linear_baseline"]
 
 
-def fashion_mnist_pixels(root: str | None, split: str, subset: int | None, subset_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fashion_mnist_pixels(root: str | None, split: str, subset: int | None,
+                         subset_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, h * w) float pixels in [0, 1] and (n,) labels of a Fashion-MNIST split, the subset drawn exactly as
     :func:`armvision.data.build_dataset` draws it (so the labelled images are the fine-tuning runs' own)."""
     from torch.utils.data import Subset
