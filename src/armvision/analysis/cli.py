@@ -201,6 +201,7 @@ def _images_and_model(args: argparse.Namespace, fits, need: str):
     """The image files, the device and the loaded checkpoint of a visualize/predict call; CheckpointError
     saying what the command ``need``s when the model does not fit."""
     from ..errors import CheckpointError
+    from ..models import ARMPretrain
     from . import _load
     from .predict import collect_images
 
@@ -208,7 +209,9 @@ def _images_and_model(args: argparse.Namespace, fits, need: str):
     device = _device(args.device)
     loaded = _load.load_for_analysis(args.checkpoint, device)
     if not fits(loaded.model):
-        raise CheckpointError(f"{args.checkpoint} holds a {type(loaded.model).__name__}; {need}")
+        kind = "a pretraining model (ARMPretrain)" if isinstance(loaded.model, ARMPretrain) else \
+            f"a classifier ({type(loaded.model).__name__})"
+        raise CheckpointError(f"{args.checkpoint} holds {kind}; {need}")
     return files, device, loaded
 
 

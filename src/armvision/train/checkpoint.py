@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CheckpointError, SaveError
+from ..errors import CheckpointError, ConfigError, SaveError
 from ..models import ARMClassifier
 from ..models.io import atomic_write, save_model
 from ..models.manifest import verify_dir, write_manifest
@@ -70,6 +70,7 @@ __all__ = [
     "load_init_weights",
     "HEALTH_NAME",
     "describe_os_error",
+    "check_output_dir",
 ]
 
 STATE_NAME = "training_state.pt"
@@ -90,6 +91,27 @@ def describe_os_error(e: BaseException) -> str:
     if "unexpected pos" in text or "inline_container" in text or "file write failed" in text:
         return "the write failed (the disk is full or a file-size limit was reached)"
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
+    """Make sure files can be written in the directory ``path`` (or, when it does not exist yet, in the nearest
+    folder above it, where it will be created); a UserError naming the cause and ``flag`` (how the user gave
+    the path) if not. Leaves nothing behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is an existing file; choose a directory")
+    where = path
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        raise ConfigError(f"{flag} {path}: {where} is a file, not a directory; choose another {flag}")
+    probe = where / f".write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CheckpointError(f"cannot write in the output directory {path}: {describe_os_error(e)}; choose "
+                              f"another {flag} or fix its permissions") from None
 
 
 def _is_checkpoint(d: Path) -> bool:

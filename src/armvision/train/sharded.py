@@ -190,10 +190,13 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
     model directory ``out_dir`` (config.json + model.safetensors). Runs in one process, with or
     without a GPU; a sharded checkpoint is read shard by shard into the plain model (DCP, no process
     group). Returns ``out_dir``."""
+    from .checkpoint import check_output_dir
+
     ckpt = resolve_checkpoint(source)
     out = Path(out_dir)
     if out.resolve() == ckpt.resolve():
         raise CheckpointError(f"{out} is the checkpoint being exported; choose another output directory")
+    check_output_dir(out, "OUT_DIR")
     if not is_sharded_checkpoint(ckpt):
         weights = read_weights(ckpt)
         model = weights.build("cpu")

@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import sys
 import time
@@ -36,7 +35,7 @@ from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveErr
 from ..models import create_model
 from ..models.io import atomic_write
 from . import distributed
-from .checkpoint import (CheckpointManager, describe_os_error, load_init_weights, resolve_resume_dir, rng_state,
+from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
                          set_rng_state)
 from .compiled import CompiledModule, compile_enabled
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
@@ -74,25 +73,6 @@ def build_model_from_config(cfg: RunConfig, num_classes: int | None = None) -> n
         return create_model(m.name, num_classes=num_classes, **kw)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"cannot build model {m.name!r} ({cfg.task}) from the config: {e}") from None
-
-
-def check_output_dir(path: Path) -> None:
-    """Make sure files can be written in ``path`` (or, when it does not exist yet, in the nearest folder above
-    it, where it will be created); a UserError naming the cause if not. Leaves nothing behind."""
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"--output_dir {path} is an existing file; choose a directory")
-    where = path
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
-        raise ConfigError(f"--output_dir {path}: {where} is a file, not a directory; choose another --output_dir")
-    probe = where / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CheckpointError(f"cannot write in the output directory {path}: {describe_os_error(e)}; choose "
-                              "another --output_dir or fix its permissions") from None
 
 
 class _Window:
