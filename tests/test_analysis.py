@@ -138,9 +138,15 @@ def test_linprobe_and_knn_commands(setup, capsys, tmp_path):
     (["predict", "{pre}", "{imgs}"], "predict needs a fine-tuned classifier"),
     (["predict", "{ft}", "{root}/fm"], "no images found"),
     (["knn", "{pre}", "--optim.lr", "1"], "only data keys"),
+    # outputs that cannot be written are refused before any work (a file where a folder should be)
+    (["knn", "{pre}", "--output", "{pre}/config.json/k.json"], "is a file, not a directory; nothing was evaluated"),
+    (["visualize", "{pre}", "{imgs}", "--output", "{pre}/config.json"], "is an existing file; choose a directory"),
+    (["extract", "{pre}", "{imgs}", "{pre}/config.json/f.npy"], "is a file, not a directory; nothing was extracted"),
+    (["export", "{pre}", "{pre}/config.json"], "OUT_DIR {pre}/config.json is an existing file"),
 ])
 def test_error_paths_are_one_line(setup, capsys, args, message):
     args = [a.format(**setup) for a in args]
+    message = message.format(**setup)
     code, out, err = run_cli(args, capsys)
     assert code == 2
     assert err.startswith("armvision: error:") and message in err and len(err.strip().splitlines()) == 1

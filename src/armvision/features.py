@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from .data import IMAGE_EXTENSIONS, ImageFiles, collate_readable, data_config, list_images, model_eval_transform
 from .errors import DataError
+from .outputs import check_output_file
 from .layers import resize_pos_embed
 from .models import ARMClassifier, ARMPretrain, Geometry
 from .models.arm import feature_take_indices
@@ -235,11 +236,12 @@ def extract_folder(model: nn.Module, images: str | os.PathLike, img_size: int | 
 
 
 def check_output(output: str | os.PathLike) -> Path:
-    """``output`` as a Path, if it names a format :func:`write_features` writes (.safetensors, .npy); else DataError."""
+    """``output`` as a Path, if it names a format :func:`write_features` writes (.safetensors, .npy) in a place
+    that can be written (checked before any work); else a UserError saying why."""
     out = Path(output)
     if out.suffix not in (".safetensors", ".npy"):
         raise DataError(f"{out}: the output must end in .safetensors or .npy")
-    return out
+    return check_output_file(out, "OUTPUT", "features.safetensors", "nothing was extracted")
 
 
 def write_features(result: FolderFeatures, output: str | os.PathLike) -> list[Path]:

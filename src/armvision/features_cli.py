@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, UserError
 from .interop.cli import ema_choice, fail, trusted_globals
 
 __all__ = ["register"]
@@ -78,7 +78,7 @@ def run_extract(args: argparse.Namespace) -> int:
     try:
         check_output(out)
         device = torch.device(args.device)
-    except (DataError, RuntimeError) as e:
+    except (UserError, RuntimeError) as e:
         return fail("extract", f"--device {args.device}: {e}" if isinstance(e, RuntimeError) else str(e))
     if device.type == "cuda" and not torch.cuda.is_available():
         return fail("extract", f"--device {args.device} asked for, but no CUDA GPU is available; use --device cpu")

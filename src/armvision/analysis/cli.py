@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConfigError, UserError, report
+from ..outputs import check_output_dir, check_output_file
 
 __all__ = ["register"]
 
@@ -147,6 +148,8 @@ def _features(args: argparse.Namespace) -> int:
     if bad:
         raise ConfigError(f"{args.mode} takes only data keys as config overrides (--data.dataset, --data.root ...), "
                           f"got {', '.join('--' + k for k in bad)}")
+    if args.output:  # before the features are extracted, not after
+        check_output_file(args.output, "--output", f"{args.mode}.json", "nothing was evaluated")
     device = _device(args.device)
     loaded = _load.load_for_analysis(args.checkpoint, device)
     cfg = data_setup(loaded.training, overrides)
@@ -226,6 +229,7 @@ def _visualize(args: argparse.Namespace) -> int:
     from .predict import load_images
     from .visualize import render_panels
 
+    check_output_dir(args.output, "--output")
     files, device, loaded = _images_and_model(args, lambda m: isinstance(m, ARMPretrain),
                                               "visualize needs a pretraining checkpoint (ARMPretrain), which "
                                               "predicts clusters of patches")

@@ -28,7 +28,6 @@ are kept; older ones are deleted after a new one is in place.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import random
@@ -43,10 +42,11 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, SaveError
+from ..errors import CheckpointError, SaveError
 from ..models import ARMClassifier
 from ..models.io import atomic_write, save_model
 from ..models.manifest import verify_dir, write_manifest
+from ..outputs import check_output_dir, describe_os_error  # noqa: F401 - re-exported (__all__)
 from ..weights import (
     encoder_mismatch,
     init_classifier,
@@ -75,45 +75,6 @@ __all__ = [
 
 STATE_NAME = "training_state.pt"
 HEALTH_NAME = "health.json"
-_CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
-           errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
-           errno.EPERM: "permission denied", errno.EFBIG: "the file is larger than the file-size limit"}
-
-
-def describe_os_error(e: BaseException) -> str:
-    """The cause of a failed write in words (disk full, read-only, permission...)."""
-    if isinstance(e, OSError) and e.errno in _CAUSES:
-        return _CAUSES[e.errno]
-    text = str(e)
-    m = re.search(r"os error (\d+)", text)  # safetensors reports the errno in its message
-    if m and int(m.group(1)) in _CAUSES:
-        return _CAUSES[int(m.group(1))]
-    if "unexpected pos" in text or "inline_container" in text or "file write failed" in text:
-        return "the write failed (the disk is full or a file-size limit was reached)"
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
-    """Make sure files can be written in the directory ``path`` (or, when it does not exist yet, in the nearest
-    folder above it, where it will be created); a UserError naming the cause and ``flag`` (how the user gave
-    the path) if not. Leaves nothing behind."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path} is an existing file; choose a directory")
-    where = path
-    while not where.exists() and where != where.parent:
-        where = where.parent
-    if not where.is_dir():
-        raise ConfigError(f"{flag} {path}: {where} is a file, not a directory; choose another {flag}")
-    probe = where / f".write-test-{os.getpid()}"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise CheckpointError(f"cannot write in the output directory {path}: {describe_os_error(e)}; choose "
-                              f"another {flag} or fix its permissions") from None
-
-
 def _is_checkpoint(d: Path) -> bool:
     """A complete checkpoint folder: a training state and the model (a model directory, or sharded)."""
     from .sharded import is_sharded_checkpoint

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from ..data.loader import unreadable_report
 from ..errors import CheckpointError, ConfigError, DataError
+from ..outputs import check_output_file
 from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
 from .config import RunConfig, apply_overrides, config_from_dict
@@ -122,24 +122,6 @@ def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
         raise CheckpointError(f"cannot load the model in {model_dir}: {str(e).strip(chr(39))}") from None
 
 
-def check_writable(path: str | Path) -> None:
-    """Make sure a file can be written at ``path`` (its folder is created); CheckpointError naming the cause."""
-    import tempfile
-
-    from .checkpoint import describe_os_error
-
-    path = Path(path)
-    if path.is_dir():
-        raise ConfigError(f"--output {path} is a directory; pass a file name such as {path}/eval.json")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise CheckpointError(f"cannot write --output {path}: {describe_os_error(e)}; nothing was evaluated") from None
-
-
 def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None = None, split: str | None = None,
                         batch_size: int = 256, weights: str = "both", output: str | Path | None = None) -> dict:
     """Evaluate a checkpoint (model directory, checkpoint folder or run directory) on a dataset split.
@@ -157,7 +139,7 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     if batch_size < 1:
         raise ConfigError(f"bad value for batch size: {batch_size}; expected 1 or more")
     if output is not None:
-        check_writable(output)  # before the evaluation, not after it
+        check_output_file(output, "--output", "eval.json", "nothing was evaluated")  # before, not after it
     model_dir = resolve_model_dir(checkpoint)
     config = read_config(model_dir)
     run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") if "training" in config \
