@@ -108,7 +108,9 @@ def main(argv=None) -> Path:
         f"BatchNorm(affine=False) + Linear on frozen pooled features, SGD, lrs {list(s.probe_lrs)}, "
         f"{s.probe_epochs} epochs, lr chosen on 10 % of the training features held out; k-NN: k=20, cosine, T=0.07. "
         "Baseline condition of every ablation: clusters of 2x2 patches, row-major order, normalised-pixel target "
-        "(study 1's seed-0 pretraining, shared).",
+        f"(study 1's pretrainings, shared); seeds: {len(s.seeds)} for study 1 and {len(s.ablation_seeds)} for each "
+        "ablation condition (the seed sets the initialisation and the data order; the random cluster order is one "
+        "fixed permutation, order_seed 0, in every seed).",
         "",
         "Commands: `bash experiments/run_gpu.sh 540` (all studies over the visible GPUs, resumable; run again to "
         "continue), or one study: `python experiments/study1_pretraining.py --scale gpu` (likewise study2_unit, "
