@@ -75,7 +75,7 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
     from tqdm import tqdm
 
     from ..data.datasets import dataset_classes
-    from ..data.loader import collate
+    from ..data.loader import collate, drop_standins
     from ..features import extract_features
 
     device = torch.device(device)
@@ -84,10 +84,7 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
                                          collate_fn=collate)
     feats, labels, unreadable = [], [], set()
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        images, target, skips = batch
-        unreadable.update(skips.files)
-        if skips.standin.any():
-            images, target = images[~skips.standin], target[~skips.standin]
+        images, target = drop_standins(*batch, unreadable)
         if not len(target):
             continue
         feats.append(extract_features(model, images.to(device)).pooled.float().cpu())

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
-__all__ = ["ResumableSampler", "ShardSampler", "Skips", "collate", "make_loader", "unreadable_report",
-           "MAX_LISTED_FILES"]
+__all__ = ["ResumableSampler", "ShardSampler", "Skips", "collate", "drop_standins", "make_loader",
+           "unreadable_report", "MAX_LISTED_FILES"]
 
 MAX_LISTED_FILES = 100  # names of unreadable files listed in summaries and eval outputs (the count is exact)
 
@@ -102,6 +102,20 @@ def collate(batch):
     skipped = [_skipped_names(b) for b in batch]
     standin = torch.tensor([len(s) > 0 for s in skipped], dtype=torch.bool)
     return images, labels, Skips(standin, [n for s in skipped for n in s])
+
+
+def drop_standins(images, labels: Tensor, skips, unreadable: set[str]):
+    """A batch ``(images, labels)`` without its stand-ins for unreadable files, whose names go into
+    ``unreadable``: what evaluation and frozen-feature extraction score. ``skips``: the batch's :class:`Skips`
+    (None, or anything else, leaves the batch as it is). The mask is a host tensor from the loader, so this
+    costs no device synchronisation."""
+    if skips is None or not hasattr(skips, "standin"):
+        return images, labels
+    unreadable.update(skips.files)
+    if skips.standin.any():
+        keep = ~skips.standin
+        images, labels = images[keep], labels[keep]
+    return images, labels
 
 
 def unreadable_report(names: Iterable[str], limit: int = MAX_LISTED_FILES) -> dict:

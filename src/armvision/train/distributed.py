@@ -16,7 +16,7 @@ import torch.distributed as dist
 from ..errors import ConfigError
 
 __all__ = ["DistInfo", "setup", "process_rank", "is_main_process", "teardown", "all_reduce_sum", "all_gather_object",
-           "barrier", "resolve_device"]
+           "union_over_ranks", "barrier", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,11 @@ def all_gather_object(obj: Any) -> list[Any]:
         dist.all_gather_object(out, obj)
         return out
     return [obj]
+
+
+def union_over_ranks(names: set[str]) -> set[str]:
+    """The union of every rank's ``names`` (one object gather; every rank must call it)."""
+    return {n for part in all_gather_object(sorted(names)) for n in part}
 
 
 def barrier() -> None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
 
-from ..data.loader import unreadable_report
+from ..data.loader import drop_standins, unreadable_report
 from ..errors import CheckpointError, ConfigError, DataError
 from ..outputs import check_output_file
 from ..weights import load_model, read_config, resolve_model_dir
@@ -39,21 +39,9 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def _readable(images: torch.Tensor, labels: torch.Tensor, skips, unreadable: set[str]):
-    """The batch without its stand-ins for unreadable files (whose names go into ``unreadable``). The mask
-    is a host tensor from the loader, so this costs no device synchronisation."""
-    if skips is None or not hasattr(skips, "standin"):
-        return images, labels
-    unreadable.update(skips.files)
-    if skips.standin.any():
-        keep = ~skips.standin
-        images, labels = images[keep], labels[keep]
-    return images, labels
-
-
 def _unreadable_over_ranks(unreadable: set[str]) -> dict:
     """``unreadable_report`` of the files every rank found unreadable (one gather, after the loop)."""
-    return unreadable_report(n for names in distributed.all_gather_object(sorted(unreadable)) for n in names)
+    return unreadable_report(distributed.union_over_ranks(unreadable))
 
 
 @torch.no_grad()
@@ -65,7 +53,7 @@ def evaluate_classifier(model: nn.Module, loader, device: torch.device, precisio
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, top1, top5, images
     unreadable: set[str] = set()
     for images, labels, skips in loader:
-        images, labels = _readable(images, labels, skips, unreadable)
+        images, labels = drop_standins(images, labels, skips, unreadable)
         if not labels.numel():
             continue
         images = images.to(device, non_blocking=True)
@@ -99,7 +87,7 @@ def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precisi
     sums = torch.zeros(2, dtype=torch.float64, device=device)
     unreadable: set[str] = set()
     for images, labels, skips in loader:
-        images, labels = _readable(images, labels, skips, unreadable)
+        images, labels = drop_standins(images, labels, skips, unreadable)
         if not labels.numel():
             continue
         images = images.to(device, non_blocking=True)

@@ -504,9 +504,8 @@ class Trainer:
             # one check per step, agreed by all ranks, before the weights change; it stays on the device
             bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
             stop_here = float(self._signals is not None and self._signals.received is not None)
-            flags = torch.stack([bad.double(),
-                                 torch.tensor(float(skipped), dtype=torch.float64).to(self.device, non_blocking=True),
-                                 torch.tensor(stop_here, dtype=torch.float64).to(self.device, non_blocking=True)])
+            host = torch.tensor([float(skipped), stop_here], dtype=torch.float64)  # one copy to the device
+            flags = torch.cat([bad.double().reshape(1), host.to(self.device, non_blocking=True)])
             distributed.all_reduce_sum(flags)
             step_bad = flags[0] > 0
             self._bad_steps += step_bad.long()
@@ -573,10 +572,8 @@ class Trainer:
     def _gather_unreadable(self) -> None:
         """Merge every rank's unreadable training files into ``unreadable_files`` (one object gather: at
         checkpoint saves and at the end of the run only)."""
-        merged = set(self.unreadable_files)
-        for names in distributed.all_gather_object(sorted(self._unreadable_local)):
-            merged.update(names)
-        self.unreadable_files = sorted(merged)
+        gathered = distributed.union_over_ranks(self._unreadable_local)
+        self.unreadable_files = sorted(gathered.union(self.unreadable_files))
 
     def _check_nonfinite(self, epoch: int) -> None:
         """Read the count of non-finite steps (one host read): past optim.skip_nonfinite the run stops as
