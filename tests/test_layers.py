@@ -176,3 +176,32 @@ def test_a_first_use_under_inference_mode_does_not_break_training(seed):
     y = m(x.requires_grad_(), layout)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("chans,size,strict", [(3, (32, 48), True), (1, (24, 40), False)])
+def test_patch_embed_matmul_matches_timm_conv(chans, size, strict):
+    """armvision's PatchEmbed (one matrix product) equals timm's strided convolution: values and gradients."""
+    from timm.layers import PatchEmbed as TimmPatchEmbed
+
+    from armvision.layers import PatchEmbed
+
+    torch.manual_seed(0)
+    ours = PatchEmbed(size, 8, chans, 16, strict_img_size=strict)
+    ref = TimmPatchEmbed(size, 8, chans, 16, strict_img_size=strict)
+    ref.load_state_dict(ours.state_dict())  # same parameter names and shapes
+    assert [n for n, _ in ours.named_parameters()] == ["proj.weight", "proj.bias"]
+    in_size = size if strict else (16, 56)  # a non-strict embed takes any multiple of the patch
+    x = torch.randn(2, chans, *in_size, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    out, want = ours(x), ref(x2)
+    assert out.shape == want.shape == (2, (in_size[0] // 8) * (in_size[1] // 8), 16)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(out)
+    out.backward(g)
+    want.backward(g)
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.proj.weight.grad, ref.proj.weight.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(ours.proj.bias.grad, ref.proj.bias.grad, atol=1e-4, rtol=1e-5)
+    bad = (size[0] + 8, size[1]) if strict else (size[0] + 3, size[1])
+    with pytest.raises(ValueError, match="input images are"):
+        ours(torch.randn(1, chans, *bad))

@@ -1,8 +1,9 @@
-"""Building blocks of ARM models: the Mamba mixer, the MambaMLP block, the decoder, position embeddings."""
+"""Building blocks of ARM models: the Mamba mixer, the MambaMLP block, the decoder, patch and position embeddings."""
 
 from .block import MambaMLPBlock, SwiGLU, swiglu_hidden_dim
 from .decoder import CrossAttention, DecoderBlock, Mlp
 from .mamba import DIRECTIONS, Mamba, TokenLayout, direction_index
+from .patch_embed import PatchEmbed
 from .pos_embed import insert_token_slot, resize_classifier_pos_embed, resize_pos_embed, sincos_pos_embed_2d
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "CrossAttention",
     "DecoderBlock",
     "Mlp",
+    "PatchEmbed",
     "sincos_pos_embed_2d",
     "resize_pos_embed",
     "insert_token_slot",

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed, lecun_normal_, trunc_normal_
+from timm.layers import lecun_normal_, trunc_normal_
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
@@ -20,6 +20,7 @@ from .. import ops
 from ..layers import (
     DecoderBlock,
     MambaMLPBlock,
+    PatchEmbed,
     TokenLayout,
     insert_token_slot,
     resize_classifier_pos_embed,
