@@ -1,11 +1,14 @@
 """Input-pipeline throughput: images/s of armvision's own data path (no model), on ImageNet-like JPEGs.
 
-Modes (each through armvision's dataset builder and DataLoader, with the presets' transforms):
-  pretrain  decode + RandomResizedCrop (0.2-1, bicubic) + flip + normalise in N loader workers
-  finetune  timm's training transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1,
-            random erasing 0.25) in the workers, then timm Mixup/CutMix on each batch on the device
-  gpu       data.decode gpu: workers read bytes; batched nvjpeg decode + crop + flip + normalise on
-            the GPU (armvision.data.gpu), needs CUDA
+Modes (each through the trainer's own data path: build_pipeline, the DataLoader and the DeviceFeeder
+that prepares batches on the device ahead of the step, with the presets' transforms):
+  pretrain        decode + RandomResizedCrop (0.2-1, bicubic) + flip in N loader workers, 8-bit batches
+                  normalised on the device (data.normalize auto on a GPU)
+  pretrain_float  the same, normalised in the workers (data.normalize workers: float32 batches)
+  finetune        timm's training transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1,
+                  random erasing 0.25) in the workers, then timm Mixup/CutMix on each batch on the device
+  gpu             data.decode gpu: workers read bytes; batched nvjpeg decode + crop + flip + normalise on
+                  the GPU (armvision.data.gpu), needs CUDA
 
     python benchmarks/data_pipeline.py --make 8192 --root /tmp/jpegs --workers 15
     python benchmarks/data_pipeline.py --root /tmp/jpegs --modes pretrain finetune gpu --json out.json
@@ -28,11 +31,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from armvision.data import build_dataset, finetune_transform, make_loader, normalization, pretrain_transform
 from armvision.train import load_config
 
-PRESETS = {"pretrain": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune", "gpu": "arm_base_in1k_pretrain"}
-BATCH = {"pretrain": 256, "finetune": 128, "gpu": 256}  # ANCHORS.md's micro-batches of ARM-B
+PRESETS = {"pretrain": "arm_base_in1k_pretrain", "pretrain_float": "arm_base_in1k_pretrain",
+           "finetune": "arm_base_in1k_finetune", "gpu": "arm_base_in1k_pretrain"}
+MODE_OVERRIDES = {"pretrain_float": {"data.normalize": "workers"}, "gpu": {"data.decode": "gpu"}}
+BATCH = {"pretrain": 256, "pretrain_float": 256, "finetune": 128, "gpu": 256}  # ANCHORS.md's micro-batches of ARM-B
 
 
 def _synthetic_image(args) -> None:
@@ -73,57 +77,52 @@ def make_synthetic_jpegs(root: Path, n: int, classes: int = 4, size=(500, 375), 
 
 def pipeline_rate(root: Path, mode: str, workers: int, batches: int = 40, warmup: int = 5, window: int = 5,
                   batch: int | None = None, device: str | None = None, img_size: int | None = None) -> dict:
-    """Images/s of one mode (see the module docstring) through armvision's data path; returns a record."""
+    """Images/s of one mode (see the module docstring) through the trainer's own data path
+    (``build_pipeline`` + :class:`~armvision.data.DeviceFeeder` + ``Pipeline.to_device``, as
+    ``armvision pretrain``/``finetune`` run it, without the model); returns a record."""
+    from armvision.data import DeviceFeeder
+    from armvision.train.data import build_pipeline
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     over = {"data.root": str(root), "data.val_split": None, "data.workers": workers}
+    over.update(MODE_OVERRIDES.get(mode, {}))
     if img_size:
         over["model.img_size"] = img_size
     cfg = load_config(PRESETS[mode], over)
-    d, a, m = cfg.data, cfg.aug, cfg.model
+    a = cfg.aug
     batch = batch or BATCH[mode]
-    mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
-    gpu_tf, mixup = None, None
-    if mode == "gpu":
-        from armvision.data.gpu import build_encoded_dataset, collate_encoded, gpu_batch_transform
+    pipe = build_pipeline(cfg, cfg.data.train_split, True, batch, device=device, persistent_workers=True)
+    mixup = None
+    if cfg.task == "finetune" and (a.mixup > 0 or a.cutmix > 0):
+        from timm.data import Mixup
 
-        ds = build_encoded_dataset(d.dataset, d.root, d.train_split, m.in_chans)
-        gpu_tf = gpu_batch_transform(cfg, device)
-    else:
-        if mode == "pretrain":
-            tf = pretrain_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation)
-        else:
-            tf = finetune_transform(m.img_size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment, a.color_jitter,
-                                    a.reprob, a.remode, d.interpolation)
-            from timm.data import Mixup
+        mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob, switch_prob=a.mixup_switch_prob,
+                      mode="batch", label_smoothing=a.smoothing, num_classes=4)
 
-            mixup = Mixup(mixup_alpha=a.mixup, cutmix_alpha=a.cutmix, prob=a.mixup_prob,
-                          switch_prob=a.mixup_switch_prob, mode="batch", label_smoothing=a.smoothing,
-                          num_classes=4)
-        ds = build_dataset(d.dataset, d.root, d.train_split, tf, in_chans=m.in_chans, is_training=True)
-    loader, sampler = make_loader(ds, batch, train=True, workers=workers, pin_memory=device.type == "cuda",
-                                  persistent_workers=True, seed=0)
-    if gpu_tf is not None:
-        loader.collate_fn = collate_encoded
+    def prepare(b, index):
+        images, labels, skips = b
+        gen = torch.Generator().manual_seed(index) if pipe.batch_transform is not None else None
+        images, _ = pipe.to_device(images, skips.names, device, gen)
+        return images, labels.to(device, non_blocking=True)
+
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    stamps, epoch = [], 0
-    while len(stamps) < warmup + batches + 1:
-        sampler.set_epoch(epoch)
-        for images, labels, _ in loader:
-            labels = labels.to(device, non_blocking=True)
-            if gpu_tf is not None:
-                images, _ = gpu_tf(images)
-            else:
-                images = images.to(device, non_blocking=True)
+    need = warmup + batches + 1
+    per_epoch = len(pipe.dataset) // batch
+    pipe.sampler.set_epoch(0, until=-(-need // per_epoch) + 1)  # one iterator through the epochs, as the trainer
+    stamps = []
+    with DeviceFeeder(iter(pipe.loader), prepare, device, thread=device.type == "cuda") as feeder:
+        for images, labels in feeder:
             if mixup is not None:
                 images, labels = mixup(images, labels)
             sync()
             stamps.append(time.perf_counter())
-            if len(stamps) >= warmup + batches + 1:
+            if len(stamps) >= need:
                 break
-        epoch += 1
+    epoch = -(-len(stamps) // per_epoch)
     t = np.array(stamps[warmup:])
     rates = [window * batch / (t[i + window] - t[i]) for i in range(0, len(t) - window, window)]
-    return {"mode": mode, "workers": workers, "batch": batch, "img_size": m.img_size, "images": len(ds),
+    return {"mode": mode, "workers": workers, "batch": batch, "img_size": cfg.model.img_size,
+            "images": len(pipe.dataset), "normalize": "device" if pipe.normalize else "workers",
             "epochs_crossed": epoch, "images_per_s": batches * batch / (t[-1] - t[0]),
             "min_window_images_per_s": min(rates) if rates else None, "device": str(device)}
 
@@ -132,8 +131,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="ImageFolder root (ROOT/train/CLASS/*.jpg)")
     ap.add_argument("--make", type=int, default=0, help="first make this many synthetic 500x375 JPEGs under ROOT")
-    ap.add_argument("--modes", nargs="+", default=["pretrain", "finetune"] + (["gpu"] if torch.cuda.is_available()
-                                                                               else []), choices=list(PRESETS))
+    ap.add_argument("--modes", nargs="+", default=["pretrain", "pretrain_float", "finetune"]
+                    + (["gpu"] if torch.cuda.is_available() else []), choices=list(PRESETS))
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)

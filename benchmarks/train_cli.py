@@ -83,7 +83,7 @@ def steady_rate(windows: list[dict]) -> dict:
 
 
 def cli_overrides(spec: dict, data_root: Path, out_dir: Path, steps: int, workers: int, tiny: bool,
-                  log_every: int, decode: str = "cpu", compile_model: str = "auto") -> dict:
+                  log_every: int, decode: str = "cpu", compile_model: str = "auto", extra: dict | None = None) -> dict:
     """The config overrides of one workload's command (the preset's model, recipe and augmentation)."""
     micro = 4 if tiny else spec["micro"]
     over = {"data.root": str(data_root), "output_dir": str(out_dir), "max_steps": steps,
@@ -97,14 +97,16 @@ def cli_overrides(spec: dict, data_root: Path, out_dir: Path, steps: int, worker
         over.update({"device": "cpu", "model.name": "arm_tiny_pz16", "model.img_size": 16, "model.args": args})
     if compile_model != "auto":
         over["compile"] = compile_model
+    over.update(extra or {})
     return over
 
 
 def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, workers: int, tiny: bool,
-            log_every: int, timeout: float, decode: str = "cpu", compile_model: str = "auto") -> dict:
+            log_every: int, timeout: float, decode: str = "cpu", compile_model: str = "auto",
+            extra: dict | None = None) -> dict:
     out_dir = workdir / "runs" / name
     shutil.rmtree(out_dir, ignore_errors=True)  # a fresh run, not a resume of the last one
-    over = cli_overrides(spec, data_root, out_dir, steps, workers, tiny, log_every, decode, compile_model)
+    over = cli_overrides(spec, data_root, out_dir, steps, workers, tiny, log_every, decode, compile_model, extra)
     peak_file = workdir / f"peak_{name}.json"
     peak_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(HERE / "_cli_peak.py"), str(peak_file), spec["task"], "--config", spec["config"],
@@ -124,12 +126,14 @@ def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, w
 
 
 def run_profile(name: str, spec: dict, data_root: Path, workdir: Path, workers: int, tiny: bool, wait: int,
-                active: int, timeout: float, decode: str = "cpu", compile_model: str = "auto") -> dict:
+                active: int, timeout: float, decode: str = "cpu", compile_model: str = "auto",
+                extra: dict | None = None) -> dict:
     """torch.profiler over ``active`` steps of the workload's trainer after ``wait`` warm-up steps
     (benchmarks/_profile_train.py): the step's time and its top kernels with their share."""
     out_dir = workdir / "runs" / f"profile_{name}"
     shutil.rmtree(out_dir, ignore_errors=True)
-    over = cli_overrides(spec, data_root, out_dir, wait + 1 + active, workers, tiny, 1000, decode, compile_model)
+    over = cli_overrides(spec, data_root, out_dir, wait + 1 + active, workers, tiny, 1000, decode, compile_model,
+                         extra)
     res_file = workdir / f"profile_{name}.json"
     res_file.unlink(missing_ok=True)
     cmd = [sys.executable, str(HERE / "_profile_train.py"), str(res_file), str(wait), str(active), spec["task"],
@@ -218,10 +222,18 @@ def main():
                     help="also profile the ARM-B pretraining command (torch.profiler): top kernels, share of a step")
     ap.add_argument("--profile-steps", type=int, nargs=2, default=(15, 5), metavar=("WAIT", "ACTIVE"),
                     help="profile: warm-up steps (compilation), then steps recorded")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides of the commands, e.g. --set data.normalize=workers")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run: tiny model, few small images and steps")
     args = ap.parse_args()
     if args.tiny:
         args.images, args.steps, args.log_every, args.workers = 16, 4, 2, 0
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            ap.error(f"--set takes KEY=VALUE (a config key of the commands), got {item!r}")
+        extra[key] = value
     cuda = torch.cuda.is_available()
     if not cuda and not args.tiny:
         ap.error("needs a CUDA GPU (or --tiny for a CPU smoke run)")
@@ -233,7 +245,7 @@ def main():
            "jpeg_seconds": time.perf_counter() - t0, "pipeline": [], "cli": [], "train_step": []}
     print(f"{args.images} JPEGs ready in {res['jpeg_seconds']:.0f} s under {data_root}", flush=True)
 
-    modes = [] if "pipeline" in args.skip else ["pretrain", "finetune"] + (["gpu"] if cuda else [])
+    modes = [] if "pipeline" in args.skip else ["pretrain", "pretrain_float", "finetune"] + (["gpu"] if cuda else [])
     for mode in modes:
         kw = dict(batches=4, warmup=1, batch=4, img_size=16) if args.tiny else dict(batches=30, warmup=5)
         try:
@@ -249,7 +261,7 @@ def main():
     for name in names:
         decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,
-                    args.log_every, timeout=600, decode=decode, compile_model=args.compile)
+                    args.log_every, timeout=600, decode=decode, compile_model=args.compile, extra=extra)
         res["cli"].append(r)
         print(f"armvision {name}: {_fmt(r.get('images_per_s'))} images/s, exit {r['exit_code']}, "
               f"{r['wall_s']:.0f} s" + (f"\n{r['error']}" if "error" in r else ""), flush=True)
@@ -258,7 +270,7 @@ def main():
         wait, active = (1, 2) if args.tiny else args.profile_steps
         res["profile"] = run_profile("pretrain_b", WORKLOADS["pretrain_b"], data_root, args.workdir, args.workers,
                                      args.tiny, wait, active, timeout=600, decode=args.decode,
-                                     compile_model=args.compile)
+                                     compile_model=args.compile, extra=extra)
         print(profile_table(res["profile"]), flush=True)
     if cuda and "train_step" not in args.skip:
         steps = [WORKLOADS[n]["step_workload"] for n in names]

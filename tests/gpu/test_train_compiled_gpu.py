@@ -39,6 +39,7 @@ def test_gpu_decoding_through_the_trainer(tmp_path):
         Image.open(p).convert("RGB").save(p.with_suffix(".jpg"), quality=90)
         p.unlink()
     trainer = Trainer(_cfg(root, tmp_path / "g", **{"data.decode": "gpu", "compile": False}))
-    assert trainer.batch_transform is not None and trainer.batch_transform.device.type == "cuda"
+    tf = trainer.train_pipeline.batch_transform
+    assert tf is not None and tf.device.type == "cuda"
     summary = trainer.fit()
     assert summary["steps"] == 6 and summary["skipped_images"] == summary["unreadable_files"] == 0

@@ -1,7 +1,8 @@
 """Data: datasets (ImageFolder/tar via timm readers, Fashion-MNIST idx files, timm's streaming
 readers), image folders for inference (``IMAGE_EXTENSIONS``, ``list_images``), the transforms of each
 stage (one evaluation transform, ``eval_transform``, and ``model_eval_transform`` from a model's
-preprocessing), and samplers/loaders for (distributed) training."""
+preprocessing), samplers/loaders for (distributed) training, and the feeder that
+prepares training batches on the device one step ahead (``DeviceFeeder``)."""
 
 from .datasets import STREAMING_PREFIXES, ReaderDataset, build_dataset, class_names_to_map, dataset_classes
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES
@@ -9,6 +10,7 @@ from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST, read_idx
 from .loader import (MAX_LISTED_FILES, ResumableSampler, ShardSampler, Skips, collate, make_loader,
                      unreadable_report)
+from .feeder import DeviceFeeder
 from .images import IMAGE_EXTENSIONS, ImageFiles, collate_readable, list_images
 from .transforms import (
     NORMALIZATION,
@@ -17,6 +19,7 @@ from .transforms import (
     finetune_transform,
     model_eval_transform,
     normalization,
+    normalize_batch,
     pretrain_transform,
     reference_crop_pct,
     to_mode,
@@ -36,11 +39,13 @@ __all__ = [
     "ShardSampler",
     "collate",
     "make_loader",
+    "DeviceFeeder",
     "Skips",
     "unreadable_report",
     "MAX_LISTED_FILES",
     "NORMALIZATION",
     "normalization",
+    "normalize_batch",
     "pretrain_transform",
     "finetune_transform",
     "eval_transform",

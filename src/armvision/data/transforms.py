@@ -1,6 +1,7 @@
 """Image transforms of the three stages, built with timm as the ARM/MAE reference builds them.
 
-- pretraining: RandomResizedCrop (area 0.2-1, bicubic) + horizontal flip, then normalise;
+- pretraining: RandomResizedCrop (area 0.2-1, bicubic) + horizontal flip, then normalise (in the loader
+  workers, or on the device from 8-bit batches: ``normalize=False`` and :func:`normalize_batch`);
 - fine-tuning: timm's ``create_transform`` training pipeline (RandomResizedCrop, flip, RandAugment,
   random erasing); mixup/cutmix act on batches (:func:`armvision.train.trainer`);
 - evaluation: resize (squash, or the shorter side) to ``size / crop_pct``, centre-crop ``size``, normalise
@@ -12,12 +13,14 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from PIL import Image
 from timm.data import create_transform
+from torch import Tensor
 from timm.data.auto_augment import RandAugment, posterize
 
 __all__ = ["NORMALIZATION", "normalization", "pretrain_transform", "finetune_transform", "eval_transform", "to_mode",
-           "reference_crop_pct", "data_config", "model_eval_transform"]
+           "normalize_batch", "reference_crop_pct", "data_config", "model_eval_transform"]
 
 # mean, std per preset (RGB, or one grayscale channel)
 NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -63,20 +66,31 @@ def _patch_posterize(transform) -> None:
 
 
 def pretrain_transform(img_size: int, mean, std, scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
-                       interpolation: str = "bicubic"):
-    """RandomResizedCrop + horizontal flip + normalise (ARM/MAE pretraining)."""
+                       interpolation: str = "bicubic", normalize: bool = True):
+    """RandomResizedCrop + horizontal flip + normalise (ARM/MAE pretraining).
+
+    ``normalize=False``: the same crops and flips (the same random draws), ending in an 8-bit (c, h, w) tensor
+    instead of a normalised float one (timm's prefetcher form); :func:`normalize_batch` finishes it on the device.
+    """
     return create_transform(img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
                             color_jitter=None, auto_augment=None, re_prob=0.0, interpolation=interpolation,
-                            mean=tuple(mean), std=tuple(std))
+                            mean=tuple(mean), std=tuple(std), use_prefetcher=not normalize)
 
 
 def finetune_transform(img_size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip: float = 0.5,
                        auto_augment: str | None = None, color_jitter: float | None = None, reprob: float = 0.0,
-                       remode: str = "pixel", interpolation: str = "bicubic"):
-    """timm's training pipeline: RandomResizedCrop, flip, RandAugment (or colour jitter), random erasing."""
+                       remode: str = "pixel", interpolation: str = "bicubic", normalize: bool = True):
+    """timm's training pipeline: RandomResizedCrop, flip, RandAugment (or colour jitter), random erasing.
+
+    ``normalize=False`` (only without random erasing, which acts on normalised pixels): 8-bit (c, h, w) tensors,
+    as :func:`pretrain_transform`.
+    """
+    if not normalize and reprob > 0:
+        raise ValueError("random erasing acts on normalised images: normalize=False needs reprob 0")
     t = create_transform(img_size, is_training=True, scale=tuple(scale), ratio=tuple(ratio), hflip=hflip,
                          color_jitter=color_jitter, auto_augment=auto_augment, re_prob=reprob, re_mode=remode,
-                         re_count=1, interpolation=interpolation, mean=tuple(mean), std=tuple(std))
+                         re_count=1, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
+                         use_prefetcher=not normalize)
     _patch_posterize(t)
     return t
 
@@ -133,6 +147,14 @@ def model_eval_transform(model: Any, img_size: int | None = None):
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
     resize = {"center": "shorter", "squash": "squash"}[cfg["crop_mode"]]
     return eval_transform(tuple(size), mean, std, cfg["crop_pct"], cfg["interpolation"], resize)
+
+
+def normalize_batch(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """(b, c, h, w) 8-bit images (any device) -> float32 normalised as ToTensor + Normalize do it in the
+    workers: (x / 255 - mean) / std, computed as (x - 255 mean) / (255 std)."""
+    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    return (images.float() - m) / s
 
 
 def to_mode(in_chans: int) -> str:

@@ -108,6 +108,10 @@ class DataConfig:
     decode: Literal["cpu", "gpu"] = _f("cpu", "training images: 'cpu' (PIL in the loader workers) or 'gpu' (JPEGs "
                                               "decoded and cropped on the GPU in batches, pretraining transform and "
                                               "random erasing; no RandAugment)")
+    normalize: Literal["auto", "workers", "device"] = _f(
+        "auto", "where training images are normalised: 'workers' (float batches from the loader), 'device' (the "
+                "loader sends 8-bit batches, a quarter of the bytes to pass and copy, normalised on the device), "
+                "'auto' (device on a GPU, unless random erasing runs in the workers)")
 
 
 @dataclass
@@ -341,6 +345,8 @@ def validate_config(cfg: RunConfig) -> None:
         v = getattr(d, key)
         need(v is None or v > 0, f"data.{key}", v, "a positive number of images or null")
     need(d.workers >= 0, "data.workers", d.workers, "0 or more")
+    need(d.normalize != "device" or cfg.task == "pretrain" or d.decode == "gpu" or a.reprob == 0, "data.normalize",
+         d.normalize, "workers or auto while aug.reprob > 0 (random erasing acts on normalised images in the workers)")
     need(0 < d.eval_crop_pct <= 1, "data.eval_crop_pct", d.eval_crop_pct, "a fraction in (0, 1]")
     need(0 < a.scale[0] <= a.scale[1] <= 1, "aug.scale", a.scale, "0 < min <= max <= 1")
     need(0 < a.ratio[0] <= a.ratio[1], "aug.ratio", a.ratio, "0 < min <= max")

@@ -30,7 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__, ops
-from ..data import MAX_LISTED_FILES, class_names_to_map, dataset_classes, normalization, unreadable_report
+from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, dataset_classes, normalization,
+                    unreadable_report)
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
@@ -202,7 +203,7 @@ class Trainer:
         where = dict(rank=self.dist.rank, world=self.dist.world_size, device=self.device)
         train = build_pipeline(cfg, d.train_split, True, self.micro_batch, **where)
         self.train_set, self.train_loader, self.train_sampler = train.dataset, train.loader, train.sampler
-        self.batch_transform = train.batch_transform  # data.decode gpu: decode + augment each batch on the device
+        self.train_pipeline = train  # its to_device: copy (+ normalise 8-bit), or data.decode gpu's decode + crops
         self.classes = dataset_classes(self.train_set)
         self.val_set = self.val_loader = None
         if d.val_split:
@@ -440,16 +441,45 @@ class Trainer:
 
         return self.train_module.guard(step, reset)
 
+    def _prepare_batch(self, batch, index: int):
+        """A loader batch -> (images, labels on the device, unreadable files): run by the
+        :class:`~armvision.data.DeviceFeeder`, ahead of the step, on its own CUDA stream. ``index``: the
+        micro-batch's position in the run; data.decode gpu draws the batch's crops from a generator seeded
+        with it, so they do not depend on how far ahead the feeder runs (exact resume)."""
+        images, labels, sk = batch
+        generator = None
+        if self.train_pipeline.batch_transform is not None:
+            seed = np.random.SeedSequence([self.cfg.seed, self.dist.rank, index]).generate_state(2, np.uint64)[0]
+            generator = torch.Generator().manual_seed(int(seed) & (2**63 - 1))
+        images, failed = self.train_pipeline.to_device(images, sk.names, self.device, generator)
+        files = sk.files + [sk.names[i] if sk.names else f"sample {i} of a batch" for i in failed]
+        return images, labels.to(self.device, non_blocking=True), files
+
+    def _feeder(self, epoch: int, start_micro: int) -> DeviceFeeder:
+        """The training batches from ``epoch``'s micro-batch ``start_micro`` on, prepared on the device one
+        step ahead (in a thread on a GPU; not when data.decode gpu's random erasing draws from the global
+        random state, which a thread running ahead would make depend on timing)."""
+        tf = self.train_pipeline.batch_transform
+        thread = self.device.type == "cuda" and getattr(tf, "erase", None) is None
+        first = epoch * self.steps_per_epoch * self.accum_steps + start_micro
+        return DeviceFeeder(iter(self.train_loader), self._prepare_batch, self.device, first_index=first, thread=thread)
+
+    def _close_batches(self) -> None:
+        if self._batches is not None:
+            self._batches.close()
+        self._batches, self._batches_next = None, None
+
     def _spanning_batches(self, epoch: int, start_micro: int):
         """The training batches from ``epoch``'s micro-batch ``start_micro`` on: one loader iterator runs
         through all remaining epochs (no drain and refill of the workers' prefetch at each boundary,
         :class:`~armvision.data.ResumableSampler`); it is made anew only when the last one did not end
         exactly where this epoch starts (the first epoch of this process, a resume)."""
         if self._batches_next != (epoch, start_micro):
+            self._close_batches()  # its thread stops reading the sampler before the sampler changes
             per_epoch = self.steps_per_epoch * self.accum_steps * self.micro_batch
             self.train_sampler.set_epoch(epoch, start=start_micro * self.micro_batch, until=self.cfg.optim.epochs,
                                          per_epoch=per_epoch)
-            self._batches = iter(self.train_loader)
+            self._batches = self._feeder(epoch, start_micro)
         self._batches_next = None  # valid again only once this epoch is consumed to its end
         return self._batches
 
@@ -465,7 +495,8 @@ class Trainer:
                 _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
                                 "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
                                 epoch + 1)
-            batches = iter(self.train_loader)
+            self._close_batches()
+            batches = self._batches = self._feeder(epoch, start_micro)
         self.model.train()
         window = _Window(self.device)
         lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
@@ -481,19 +512,13 @@ class Trainer:
             skipped = 0  # skip events of this step's batches (their files go to a host-side set)
             for k in range(self.accum_steps):
                 try:
-                    images, labels, sk = next(batches)
+                    images, labels, files = next(batches)  # on the device (see _prepare_batch)
                 except StopIteration:  # a streaming split that ran short
                     raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
                                     f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
-                files = sk.files
-                if self.batch_transform is not None:  # data.decode gpu: files the device could not decode
-                    images, failed = self.batch_transform(images, sk.names)
-                    files = files + [sk.names[i] if sk.names else f"sample {i} of a batch" for i in failed]
                 if files:
                     skipped += len(files)
                     self._unreadable_local.update(files)
-                images = images.to(self.device, non_blocking=True)
-                labels = labels.to(self.device, non_blocking=True)
                 with gradient_sync(self.par, k == self.accum_steps - 1):
                     loss = self._forward_backward(images, labels)
                 loss_sum += loss.detach().float()
@@ -676,8 +701,11 @@ class Trainer:
         show = {"on": True, "off": False, "auto": None}[cfg.log.progress]
         saved_at = self.step if self.resume_from is not None else -1
         evaluated_at = -1
-        with StopSignals(cfg.preemption_signals) as self._signals:
-            saved_at, evaluated_at = self._fit_epochs(stop_step, show, saved_at, evaluated_at)
+        try:
+            with StopSignals(cfg.preemption_signals) as self._signals:
+                saved_at, evaluated_at = self._fit_epochs(stop_step, show, saved_at, evaluated_at)
+        finally:
+            self._close_batches()  # the feeder's thread and the loader's workers
         self._signals = None
         if saved_at != self.step:  # nothing left to train (e.g. resumed a finished run)
             if evaluated_at != self.step:
