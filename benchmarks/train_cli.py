@@ -12,7 +12,7 @@ In one run, on one GPU:
      steady images/s from metrics_train.csv (the median of the logging windows after the first)
      and the slowest window after the first (an epoch-boundary stall shows there), plus the peak
      CUDA memory of the training process;
-  4. with --profile, the ARM-B pretraining command's trainer under torch.profiler (after warm-up
+  4. with --profile, the first workload's command (ARM-B pretraining by default) under torch.profiler (after warm-up
      steps that include compilation): the step's time and its top kernels with their share;
   5. benchmarks/train_step.py, the model-only ceiling (eager, and compiled unless --no-compile);
 and prints one table with ANCHORS.md's reference figures (H200, 2026-11-30) beside them.
@@ -219,7 +219,7 @@ def main():
     ap.add_argument("--compile", choices=["auto", "true", "false"], default="auto",
                     help="the commands' compile setting (auto: the product default, compiled on a GPU)")
     ap.add_argument("--profile", action="store_true",
-                    help="also profile the ARM-B pretraining command (torch.profiler): top kernels, share of a step")
+                    help="also profile the first workload's command (torch.profiler): top kernels, share of a step")
     ap.add_argument("--profile-steps", type=int, nargs=2, default=(15, 5), metavar=("WAIT", "ACTIVE"),
                     help="profile: warm-up steps (compilation), then steps recorded")
     ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -268,8 +268,10 @@ def main():
 
     if args.profile:
         wait, active = (1, 2) if args.tiny else args.profile_steps
-        res["profile"] = run_profile("pretrain_b", WORKLOADS["pretrain_b"], data_root, args.workdir, args.workers,
-                                     args.tiny, wait, active, timeout=600, decode=args.decode,
+        prof = names[0]  # the first workload given
+        decode = args.decode if WORKLOADS[prof]["task"] == "pretrain" else "cpu"
+        res["profile"] = run_profile(prof, WORKLOADS[prof], data_root, args.workdir, args.workers,
+                                     args.tiny, wait, active, timeout=600, decode=decode,
                                      compile_model=args.compile, extra=extra)
         print(profile_table(res["profile"]), flush=True)
     if cuda and "train_step" not in args.skip:
