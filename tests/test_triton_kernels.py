@@ -81,6 +81,16 @@ def test_scan_fp32(seed, shape, autograd_path):
     check_scan(scan_inputs(*shape, torch.float32))
 
 
+@pytest.mark.parametrize("shape,ordered,seg", [((2, 9, 6, 16), False, 1), ((1, 7, 5, 4), True, 1),
+                                               ((2, 11, 6, 4), False, 2), ((1, 2, 3, 4), True, 1)])
+def test_scan_two_step_chunks(seed, shape, ordered, seg):
+    """BT 2, the default launch (the fixture's BT 4 covers longer chunks), ordered and with segment
+    checkpoints; odd lengths end in a half chunk."""
+    index = torch.randperm(shape[1], device=DEV).int() if ordered else None
+    with ops.scan_config(BT=2, bwd=(4, 1, 1), seg=seg):
+        check_scan(scan_inputs(*shape, torch.float32), index=index)
+
+
 @pytest.mark.parametrize("variant", ["no_z", "no_D_no_bias", "no_softplus"])
 def test_scan_variants(seed, variant):
     inp = scan_inputs(2, 7, 5, 4, torch.float32, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",

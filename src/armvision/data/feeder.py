@@ -10,7 +10,9 @@ torchvision's GPU JPEG decoder blocks the calling thread until its batch is deco
 ``index`` counts the loader batches from ``first_index`` (the run's position), so randomness drawn in
 ``prepare`` can be seeded per batch and does not depend on how far ahead the feeder runs (exact resume).
 Without a thread (``thread=False``, the default off CUDA) it is a plain iterator: ``prepare`` runs in
-``__next__``. Errors of the loader or of ``prepare`` are raised by ``__next__`` in the caller's thread, at
+``__next__``. A thread must not be used when the loader itself draws from this process's random state
+(``num_workers=0``: the transforms run in the thread), or when ``prepare`` does: the draws would then
+depend on timing, and a checkpoint would save a random state advanced by the batches prepared ahead. Errors of the loader or of ``prepare`` are raised by ``__next__`` in the caller's thread, at
 the batch where they happened. Call :meth:`close` (or use it as a context manager) to stop the thread.
 """
 
@@ -51,9 +53,12 @@ class DeviceFeeder:
 
     def __init__(self, batches: Iterator, prepare: Callable[[Any, int], Any], device: torch.device,
                  first_index: int = 0, ahead: int = 1, thread: bool | None = None):
-        self._batches, self._prepare, self.device = batches, prepare, torch.device(device)
+        device = torch.device(device)
+        self._cuda = device.type == "cuda"
+        if self._cuda and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        self._batches, self._prepare, self.device = batches, prepare, device
         self._index = int(first_index)
-        self._cuda = self.device.type == "cuda"
         self._stream = torch.cuda.Stream(self.device) if self._cuda else None
         self._done = False
         self._thread = None

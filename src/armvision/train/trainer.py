@@ -457,10 +457,13 @@ class Trainer:
 
     def _feeder(self, epoch: int, start_micro: int) -> DeviceFeeder:
         """The training batches from ``epoch``'s micro-batch ``start_micro`` on, prepared on the device one
-        step ahead (in a thread on a GPU; not when data.decode gpu's random erasing draws from the global
-        random state, which a thread running ahead would make depend on timing)."""
+        step ahead, in a thread on a GPU. Not in a thread when something in this process draws from the global
+        random state while preparing (the transforms with ``data.workers: 0``, data.decode gpu's random
+        erasing): a thread running ahead would make the draws depend on timing, and checkpoints would save a
+        random state advanced by the batches prepared ahead."""
         tf = self.train_pipeline.batch_transform
-        thread = self.device.type == "cuda" and getattr(tf, "erase", None) is None
+        in_workers = getattr(self.train_loader, "num_workers", 0) > 0
+        thread = self.device.type == "cuda" and in_workers and getattr(tf, "erase", None) is None
         first = epoch * self.steps_per_epoch * self.accum_steps + start_micro
         return DeviceFeeder(iter(self.train_loader), self._prepare_batch, self.device, first_index=first, thread=thread)
 
