@@ -102,6 +102,31 @@ def test_batched_resize_equals_loop_on_random_crops(mode):
     assert assert_same_crops(images, boxes, flips, 32, mode) <= 1e-3
 
 
+def test_batched_resize_operations_do_not_grow_with_the_batch():
+    """The point of the batched resize: a fixed number of operations (kernel launches on a GPU) per chunk, whatever
+    the number of images in it. Views (the per-image flattening before the one concatenation) launch nothing."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += not func.is_view
+            return func(*args, **(kwargs or {}))
+
+    def ops(b, chunk_elements=1 << 26):
+        images = [torch.zeros(3, 20 + k % 7, 30, dtype=torch.uint8) for k in range(b)]
+        with Count() as count:
+            resized_crops(images, [(0, 0, 20, 30)] * b, [k % 2 == 0 for k in range(b)], 16,
+                          chunk_elements=chunk_elements)
+        return count.n
+
+    assert ops(4) == ops(64) <= 70
+    per_chunk = 16 * 3 * 20 * 30  # 16 crops of 20x30 (> 16x16) a chunk
+    one, two, four = ops(16, per_chunk), ops(32, per_chunk), ops(64, per_chunk)
+    assert one == ops(4) and four - two == 2 * (two - one) and two - one < 65
+
+
 def test_interpolation_matrices_rows_sum_to_one_inside_the_crop():
     m = interpolation_matrices(torch.tensor([1, 7, 16, 33]), 16, 40, "bicubic")
     assert m.shape == (4, 16, 40) and m.dtype == torch.float64

@@ -10,8 +10,9 @@ normalisation, giving the same distribution of crops and pixel statistics as the
 batched float64 matmuls per chunk of the batch (:mod:`armvision.data.resize`: the values of one
 ``F.interpolate(antialias=True)`` per image). The crops and flips are drawn on the CPU from the generator passed
 with the batch, else the transform's own, else torch's global one, so a caller can draw each batch's crops from a
-generator of its own (seeded per batch) and run the transform ahead of the step without changing them. Fine-tuning adds timm's batch random erasing; timm's
-RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.decode: cpu``.
+generator of its own (seeded per batch) and run the transform ahead of the step without changing them.
+Fine-tuning adds timm's batch random erasing (which draws from Python's ``random``, not from that generator);
+timm's RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.decode: cpu``.
 
 Non-JPEG files are decoded by PIL in the worker (the CPU path) and cropped on the GPU like the others;
 a JPEG the GPU decoder rejects (CMYK, progressive oddities) is decoded on the CPU instead; a file no

@@ -18,7 +18,7 @@ run in a background thread) must not touch; float64 is exact enough that the 8-b
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ def _filter(x: Tensor, mode: str) -> Tensor:
     a = -0.5
     near = ((a + 2) * x - (a + 3)) * x * x + 1
     far = (((x - 5) * x + 8) * x - 4) * a
-    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+    return torch.where(x < 1, near, torch.where(x < 2, far, 0.0))
 
 
 def interpolation_matrices(lengths: Tensor, size: int, span: int, mode: str = "bicubic") -> Tensor:
@@ -53,12 +53,12 @@ def interpolation_matrices(lengths: Tensor, size: int, span: int, mode: str = "b
         raise ValueError(f"mode must be one of {sorted(_HALF_SUPPORT)}, got {mode!r}")
     length = lengths.to(torch.float64)[:, None, None]  # (n, 1, 1)
     scale = length / size
-    invscale = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    invscale = scale.clamp_min(1).reciprocal()  # the filter stretched by the downscale factor
     center = scale * (torch.arange(size, dtype=torch.float64, device=lengths.device)[:, None] + 0.5)  # (n, size, 1)
     j = torch.arange(span, dtype=torch.float64, device=lengths.device)
     w = _filter((j - center + 0.5) * invscale, mode) * (j < length)  # (n, size, span)
     total = w.sum(-1, keepdim=True)
-    return w / torch.where(total != 0, total, torch.ones_like(total))
+    return w / torch.where(total != 0, total, 1.0)
 
 
 def _chunks(crops: list[tuple[int, int]], order: list[int], c: int, size: int, budget: int):
@@ -85,8 +85,9 @@ def resized_crops(images: Sequence[Tensor], boxes: Tensor | Sequence, flips: Ten
     8-bit values in [0, 255] (PIL's result; ``rounded=False``: the values before that), as :func:`_crop_flip_loop`
     computes it one image at a time.
 
-    Kernel launches: about 25 per chunk, whatever the chunk's size; the batch is cut into chunks (crops of similar
-    area together) of at most ``chunk_elements`` padded crop elements, plus one for crops larger than that.
+    Operations: about 60 per chunk (most of them on (n, size, span) weights), whatever the chunk's size; the batch is
+    cut into chunks (crops of similar area together) of at most ``chunk_elements`` padded crop elements
+    ((n, c, max(h, size), max(w, size)); a larger crop gets a chunk of its own).
     """
     if mode not in _HALF_SUPPORT:
         raise ValueError(f"mode must be one of {sorted(_HALF_SUPPORT)}, got {mode!r}")
@@ -117,8 +118,8 @@ def resized_crops(images: Sequence[Tensor], boxes: Tensor | Sequence, flips: Ten
         cols = left[:, None] + torch.minimum(torch.arange(wm, device=device), w[:, None] - 1)  # (n, wm)
         base = (off[:, None] + rows * ww[:, None])[:, :, None] + (chans * (hh * ww)[:, None])[:, None, :]
         x = flat[base[..., None] + cols[:, None, None, :]].to(torch.float64)  # (n, hm, c, wm)
-        wy = interpolation_matrices(h, size, hm, mode)  # (n, size, hm)
-        wx = interpolation_matrices(w, size, wm, mode)  # (n, size, wm)
+        m = interpolation_matrices(torch.cat([h, w]), size, max(hm, wm), mode)  # rows' and columns' at once
+        wy, wx = m[:n, :, :hm], m[n:, :, :wm]  # (n, size, hm), (n, size, wm)
         wx = torch.where(flip.bool()[:, None, None], wx.flip(1), wx)
         t = torch.bmm(wy, x.view(n, hm, c * wm))  # (n, size, c * wm)
         r = torch.bmm(t.view(n, size * c, wm), wx.transpose(1, 2))  # (n, size * c, size)
