@@ -60,7 +60,8 @@ def assert_same_crops(images, boxes, flips, size, mode, device="cpu"):
     Returns the fraction of pixels that differ."""
     ours = resized_crops(images, boxes, flips, size, mode, rounded=False)
     loop = _crop_flip_loop(images, boxes, flips, size, mode, rounded=False)
-    exact = _crop_flip_loop(images, boxes, flips, size, mode, rounded=False, dtype=torch.float64)
+    exact = _crop_flip_loop([x.cpu() for x in images], boxes, flips, size, mode, rounded=False, dtype=torch.float64)
+    exact = exact.to(device)
     assert ours.dtype == torch.float32 and ours.shape == (len(images), images[0].shape[0], size, size)
     assert ours.device.type == torch.device(device).type
     assert (ours.double() - exact).abs().max() < 1e-4
@@ -125,6 +126,15 @@ def test_batched_resize_operations_do_not_grow_with_the_batch():
     per_chunk = 16 * 3 * 20 * 30  # 16 crops of 20x30 (> 16x16) a chunk
     one, two, four = ops(16, per_chunk), ops(32, per_chunk), ops(64, per_chunk)
     assert one == ops(4) and four - two == 2 * (two - one) and two - one < 65
+
+
+def test_batched_resize_ignores_autocast():
+    """The caller (the trainer) may run it under bf16 autocast: the float64 matmuls are not cast."""
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+              for h, w in SHAPES]
+    ref = resized_crops(images, BOXES, FLIPS, 16, rounded=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(resized_crops(images, BOXES, FLIPS, 16, rounded=False), ref)
 
 
 def test_interpolation_matrices_rows_sum_to_one_inside_the_crop():

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_data_gpu_path import MEAN, STD, assert_same_crops, encoded, jpeg_bytes, natural  # noqa: E402
 
 from armvision.data.gpu import GpuBatchTransform  # noqa: E402
+from armvision.data.resize import resized_crops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -82,3 +83,37 @@ def test_cuda_same_generator_same_crops_as_cpu():
     gpu, _ = GpuBatchTransform(192, MEAN, STD, "cuda")(data, generator=torch.Generator().manual_seed(3))
     levels = (gpu.cpu() - cpu) * torch.tensor(STD).view(1, 3, 1, 1) * 255
     assert levels.abs().mean() < 0.5 and levels.abs().max() <= 16
+
+
+def test_cuda_batched_resize_same_under_tf32_autocast_and_a_side_stream_thread():
+    """The trainer sets allow_tf32 and runs under bf16 autocast; a prefetcher may call the transform in a thread on a
+    side stream: none of these changes the float64 result."""
+    import threading
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).cuda()
+              for h, w in [(375, 500), (500, 375), (64, 90)]]
+    boxes, flips = [(10, 20, 300, 400), (0, 0, 500, 375), (5, 5, 40, 60)], [True, False, True]
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ref = resized_crops(images, boxes, flips, 192, rounded=False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            # TF32 or bf16 matmuls would be off by ~0.1-1 grey level
+            assert torch.allclose(resized_crops(images, boxes, flips, 192, rounded=False), ref, rtol=0, atol=1e-4)
+        out = {}
+        torch.cuda.synchronize()
+
+        def work():
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                out["x"] = resized_crops(images, boxes, flips, 192, rounded=False)
+            side.synchronize()
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        assert torch.allclose(out["x"], ref, rtol=0, atol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

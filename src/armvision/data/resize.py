@@ -12,8 +12,10 @@ past a crop's end repeat its last one; their weights are zero) and applies the m
 
 The matmuls run in float64: on the GPU, float32 matmuls round their inputs to TF32 when
 ``torch.backends.cuda.matmul.allow_tf32`` is set, a process-wide flag the trainer sets and that this code (which may
-run in a background thread) must not touch; float64 is exact enough that the 8-bit result is the per-image
-``F.interpolate`` loop's (:func:`_crop_flip_loop`, the specification) up to the rounding of pixels at x.5.
+run in a background thread) must not touch, and autocast would run them in bf16/fp16 (it leaves float64 alone);
+float64 is exact enough that the 8-bit result is the per-image ``F.interpolate`` loop's (:func:`_crop_flip_loop`,
+the specification) up to the rounding of pixels at x.5. (On GPUs with slow float64, such as consumer cards, this
+costs more than on an H100/H200.)
 """
 
 from __future__ import annotations
@@ -108,7 +110,8 @@ def resized_crops(images: Sequence[Tensor], boxes: Tensor | Sequence, flips: Ten
         offsets += x.numel()
     crops = [(r[5], r[6]) for r in table]
     order = sorted(range(b), key=lambda k: crops[k][0] * crops[k][1])
-    info = torch.tensor([table[k] for k in order], dtype=torch.long).to(device)  # (b, 9), in chunk order
+    info = torch.tensor([table[k] for k in order], dtype=torch.long)  # (b, 9), in chunk order
+    info = info.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else info.to(device)
     out = torch.empty(b, c, size, size, dtype=torch.float32, device=device)
     chans = torch.arange(c, device=device)
     for start, end, hm, wm in _chunks(crops, order, c, size, chunk_elements):
