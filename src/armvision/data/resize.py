@@ -124,8 +124,12 @@ def resized_crops(images: Sequence[Tensor], boxes: Tensor | Sequence, flips: Ten
         m = interpolation_matrices(torch.cat([h, w]), size, max(hm, wm), mode)  # rows' and columns' at once
         wy, wx = m[:n, :, :hm], m[n:, :, :wm]  # (n, size, hm), (n, size, wm)
         wx = torch.where(flip.bool()[:, None, None], wx.flip(1), wx)
-        t = torch.bmm(wy, x.view(n, hm, c * wm))  # (n, size, c * wm)
-        r = torch.bmm(t.view(n, size * c, wm), wx.transpose(1, 2))  # (n, size * c, size)
+        if hm < wm:  # the longer side first: the second matmul is then the smaller one
+            t = torch.bmm(x.view(n, hm * c, wm), wx.transpose(1, 2))  # (n, hm * c, size)
+            r = torch.bmm(wy, t.view(n, hm, c * size))  # (n, size, c * size)
+        else:
+            t = torch.bmm(wy, x.view(n, hm, c * wm))  # (n, size, c * wm)
+            r = torch.bmm(t.view(n, size * c, wm), wx.transpose(1, 2))  # (n, size * c, size)
         out.index_copy_(0, pos, r.view(n, size, c, size).permute(0, 2, 1, 3).to(torch.float32))
     return out.round_().clamp_(0, 255) if rounded else out
 
