@@ -1,4 +1,5 @@
-"""data.decode gpu on CUDA (skipped without it): nvjpeg + GPU crops against the same code on the CPU."""
+"""data.decode gpu on CUDA (skipped without it): nvjpeg + GPU crops against the same code on the CPU, and the batched
+resize (armvision.data.resize) against one F.interpolate per image on the GPU."""
 
 import sys
 from pathlib import Path
@@ -9,9 +10,10 @@ import torch
 from scipy.stats import ks_2samp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_data_gpu_path import MEAN, STD, encoded, jpeg_bytes, natural  # noqa: E402
+from test_data_gpu_path import MEAN, STD, assert_same_crops, encoded, jpeg_bytes, natural  # noqa: E402
 
 from armvision.data.gpu import GpuBatchTransform  # noqa: E402
+from armvision.data.resize import resized_crops  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -47,3 +49,71 @@ def test_cuda_names_the_jpeg_nvjpeg_and_pil_cannot_decode():
     data.insert(1, encoded(b"\xff\xd8\xff\xe0 truncated, not a JPEG"))
     out, failed = GpuBatchTransform(32, MEAN, STD, "cuda")(data, ["a.jpg", "bad.jpg", "c.jpg", "d.jpg"])
     assert failed == [1] and out.shape == (4, 3, 32, 32) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("mode", ["bicubic", "bilinear"])
+def test_cuda_batched_resize_equals_per_image_loop_on_decoded_jpegs(tmp_path, mode):
+    """Real JPEG files decoded by nvjpeg, crops drawn as in training plus fixed ones (the whole image, 1 row, 1 column,
+    a 50x40 crop upsampled): the criteria of the CPU test (test_data_gpu_path.assert_same_crops) against the loop run
+    on the GPU (CUDA's antialiased kernels, float32 and float64)."""
+    rng = np.random.default_rng(0)
+    shapes = [(375, 500), (500, 375), (333, 500), (120, 90), (64, 64), (40, 300), (480, 640), (256, 256)]
+    data = []
+    for i, (h, w) in enumerate(shapes):
+        natural(rng, h, w).save(tmp_path / f"{i}.jpg", quality=90)
+        data.append(encoded((tmp_path / f"{i}.jpg").read_bytes()))
+    t = GpuBatchTransform(192, MEAN, STD, "cuda", interpolation=mode)
+    decoded, failed = t.decode(data)
+    assert failed == [] and all(x.is_cuda and x.shape[1:] == s for x, s in zip(decoded, shapes))
+    boxes, flips = t.sample(decoded, torch.Generator().manual_seed(0))
+    fixed = torch.tensor([[0, 0, 375, 500], [100, 0, 1, 375], [0, 200, 333, 1], [30, 20, 50, 40]])
+    images = decoded + decoded[:4]
+    boxes = torch.cat([boxes, fixed])
+    flips = torch.cat([flips, torch.tensor([False, True, True, False])])
+    assert assert_same_crops(images, boxes, flips, 192, mode, device="cuda") <= 1e-3
+    assert assert_same_crops(images[:8], boxes[:8], flips[:8], 224, mode, device="cuda") <= 1e-3
+
+
+def test_cuda_same_generator_same_crops_as_cpu():
+    """The crops and flips are drawn on the CPU: the same per-call generator gives the same boxes on either device, so
+    the GPU batch differs from the CPU one only by the decoders (the bound of test_cuda_fixed_crop_equals_cpu)."""
+    rng = np.random.default_rng(1)
+    data = [encoded(jpeg_bytes(natural(rng, 375, 500))) for _ in range(8)]
+    cpu, _ = GpuBatchTransform(192, MEAN, STD, "cpu")(data, generator=torch.Generator().manual_seed(3))
+    gpu, _ = GpuBatchTransform(192, MEAN, STD, "cuda")(data, generator=torch.Generator().manual_seed(3))
+    levels = (gpu.cpu() - cpu) * torch.tensor(STD).view(1, 3, 1, 1) * 255
+    assert levels.abs().mean() < 0.5 and levels.abs().max() <= 16
+
+
+def test_cuda_batched_resize_same_under_tf32_autocast_and_a_side_stream_thread():
+    """The trainer sets allow_tf32 and runs under bf16 autocast; a prefetcher may call the transform in a thread on a
+    side stream: none of these changes the float64 result."""
+    import threading
+
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=g).cuda()
+              for h, w in [(375, 500), (500, 375), (64, 90)]]
+    boxes, flips = [(10, 20, 300, 400), (0, 0, 500, 375), (5, 5, 40, 60)], [True, False, True]
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        ref = resized_crops(images, boxes, flips, 192, rounded=False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            # TF32 or bf16 matmuls would be off by ~0.1-1 grey level
+            assert torch.allclose(resized_crops(images, boxes, flips, 192, rounded=False), ref, rtol=0, atol=1e-4)
+        out = {}
+        torch.cuda.synchronize()
+
+        def work():
+            side = torch.cuda.Stream()
+            with torch.cuda.stream(side):
+                out["x"] = resized_crops(images, boxes, flips, 192, rounded=False)
+            side.synchronize()
+
+        thread = threading.Thread(target=work)
+        thread.start()
+        thread.join()
+        assert torch.allclose(out["x"], ref, rtol=0, atol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32

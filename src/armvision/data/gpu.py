@@ -6,8 +6,13 @@ nvjpeg) and applies the pretraining transform there (:class:`GpuBatchTransform`)
 RandomResizedCrop (the crop sampled as torchvision's ``RandomResizedCrop.get_params`` does, resized
 with antialiased bicubic/bilinear interpolation, rounded to 8 bits as PIL does), horizontal flip and
 normalisation, giving the same distribution of crops and pixel statistics as the CPU path
-(:func:`armvision.data.pretrain_transform`). Fine-tuning adds timm's batch random erasing; timm's
-RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.decode: cpu``.
+(:func:`armvision.data.pretrain_transform`). The whole batch is cropped, resized and flipped at once, by two
+batched float64 matmuls per chunk of the batch (:mod:`armvision.data.resize`: the values of one
+``F.interpolate(antialias=True)`` per image). The crops and flips are drawn on the CPU from the generator passed
+with the batch, else the transform's own, else torch's global one, so a caller can draw each batch's crops from a
+generator of its own (seeded per batch) and run the transform ahead of the step without changing them.
+Fine-tuning adds timm's batch random erasing (which draws from Python's ``random``, not from that generator);
+timm's RandAugment has no GPU equivalent here, so ``aug.auto_augment`` needs ``data.decode: cpu``.
 
 Non-JPEG files are decoded by PIL in the worker (the CPU path) and cropped on the GPU like the others;
 a JPEG the GPU decoder rejects (CMYK, progressive oddities) is decoded on the CPU instead; a file no
@@ -28,7 +33,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -36,9 +40,10 @@ from ..errors import ConfigError, DataError
 from .datasets import ReaderDataset, _folder_reader
 from .images import convert_image
 from .loader import Skips
+from .resize import resized_crops
 
 __all__ = ["EncodedImageDataset", "collate_encoded", "sample_crop_boxes", "GpuBatchTransform",
-           "build_encoded_dataset", "gpu_batch_transform", "is_jpeg"]
+           "build_encoded_dataset", "gpu_batch_transform", "is_jpeg", "resized_crops"]
 
 _logger = logging.getLogger(__name__)
 
@@ -201,21 +206,27 @@ class GpuBatchTransform:
             _logger.warning("skipped unreadable image %s (%s)", name or "(a file of the batch)", e)
             return None
 
-    def crop_flip(self, images: list[Tensor]) -> Tensor:
-        """Random resized crops of (c, h, w) uint8 images, each flipped with probability ``hflip``."""
+    def sample(self, images: Sequence[Tensor], generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """RandomResizedCrop boxes (b, 4) (top, left, height, width) and flips (b,) bool for b (c, h, w) images,
+        drawn on the CPU from ``generator``, else the transform's own (``seed``), else torch's global generator."""
+        g = generator if generator is not None else self.generator
         sizes = torch.tensor([[x.shape[-2], x.shape[-1]] for x in images])
-        boxes = sample_crop_boxes(sizes, self.scale, self.ratio, self.generator).tolist()
-        flips = (torch.rand(len(images), generator=self.generator) < self.hflip).tolist()
-        out = torch.empty(len(images), self.in_chans, self.size, self.size, device=self.device)
-        for k, (img, (top, left, h, w), flip) in enumerate(zip(images, boxes, flips)):
-            crop = img[None, :, top:top + h, left:left + w].float()
-            r = F.interpolate(crop, size=(self.size, self.size), mode=self.mode, align_corners=False, antialias=True)
-            out[k] = r[0].flip(-1) if flip else r[0]
-        return out.round_().clamp_(0, 255)  # 8-bit pixels, as PIL's resize gives them
+        boxes = sample_crop_boxes(sizes, self.scale, self.ratio, g)
+        flips = torch.rand(len(images), generator=g) < self.hflip
+        return boxes, flips
 
-    def __call__(self, images: list[Tensor], names: Sequence[str] | None = None) -> tuple[Tensor, list[int]]:
+    def crop_flip(self, images: Sequence[Tensor], generator: torch.Generator | None = None) -> Tensor:
+        """Random resized crops of (c, h, w) uint8 images, each flipped with probability ``hflip``: (b, c, size, size)
+        float32 8-bit values, all resized at once (:func:`armvision.data.resize.resized_crops`)."""
+        boxes, flips = self.sample(images, generator)
+        return resized_crops(images, boxes, flips, self.size, self.mode)
+
+    def __call__(self, images: list[Tensor], names: Sequence[str] | None = None,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, list[int]]:
+        """``generator``: the crops' and flips' random draws for this batch (a CPU generator); None: the transform's
+        own or torch's global one. Random erasing (fine-tuning) draws from Python's ``random`` (timm's)."""
         decoded, failed = self.decode(images, names)
-        x = (self.crop_flip(decoded) - self.mean) / self.std
+        x = (self.crop_flip(decoded, generator) - self.mean) / self.std
         if self.erase is not None:
             x = self.erase(x)
         return x, failed
