@@ -12,10 +12,10 @@ backward re-runs the forward scan to rebuild the chunk states, so only one call'
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
-long sequences, same values). Conv keys: ``fwd``: (BT time steps, BE channels, num_warps) of each
-program's tile; ``bwd``: (BT, BE, num_warps) where BT is the longest time chunk one program walks
-step by step (t is cut into equal chunks of at most BT steps; each chunk adds a 3-step halo and one
-(1 + width, e) fp32 row of dw/db partial sums per batch element).
+long sequences, same values). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where
+one program walks a time chunk of at most BT steps (t is cut into equal chunks) for BE channels of
+one batch element; each chunk re-reads a 3-step halo, and in the backward writes one (1 + width, e)
+fp32 block of dw/db partial sums.
 
 The kernels' entry points read the active scope once per call and hand the values to the launchers
 and to the torch.library custom ops as arguments, so a ``torch.compile`` trace records them in its
@@ -30,7 +30,7 @@ from typing import Any, Iterator
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1}
-CONV_DEFAULTS: dict[str, Any] = {"fwd": (32, 64, 4), "bwd": (128, 128, 1)}
+CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (128, 128, 1)}
 
 # the active scopes, innermost last; empty outside every ``with`` block
 _SCAN_SCOPES: list[dict[str, Any]] = []
