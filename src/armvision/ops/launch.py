@@ -1,8 +1,9 @@
 """Launch configuration of the Triton kernels, set for a block of code, never process-wide.
 
 The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's (2026-12-01) from ptxas's
-register and instruction counts, to be checked with ``benchmarks/conv.py --sweep`` on a GPU. A ``with`` block changes them for the
-calls made inside it (scopes nest; the innermost wins) and the defaults are back when it ends::
+register and instruction counts, to be checked with ``benchmarks/conv.py --sweep`` on a GPU. A ``with``
+block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
+back when it ends::
 
     with ops.scan_config(states="save"):      # keep the scan's chunk states from forward to backward
         loss = model(images); loss.backward()
