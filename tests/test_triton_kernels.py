@@ -237,6 +237,55 @@ def test_conv(seed, activation, with_bias, dtype, ordered, autograd_path):
         assert torch.isfinite(g).all() and rel_err(g.cpu(), gr) < 2 * tol
 
 
+# (b, t, e, width, launch (BT, BE, warps)): both kernels walk time chunks of at most BT steps with a
+# 3-step halo; t = 1, t < width, chunks shorter than the halo, uneven last chunks, e not a multiple
+# of BE, widths 1..4
+CONV_EDGES = [(1, 1, 5, 4, (4, 8, 1)), (2, 3, 6, 4, (2, 4, 1)), (2, 11, 5, 3, (5, 4, 1)), (1, 7, 3, 2, (1, 2, 1)),
+              (2, 6, 4, 1, (3, 4, 1)), (1, 13, 4, 4, (64, 4, 1)), (2, 10, 9, 4, (3, 8, 1))]
+
+
+@pytest.mark.parametrize("b,t,e,width,launch", CONV_EDGES, ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize("ordered", [False, True])
+def test_conv_chunks(seed, b, t, e, width, launch, ordered):
+    """The conv kernels' time chunks, halos and the backward's per-chunk dw/db partials against the reference."""
+    x = torch.randn(b, t, e, device=DEV, requires_grad=True)
+    w = torch.randn(e, width, device=DEV, requires_grad=True)
+    bias = torch.randn(e, device=DEV, requires_grad=True)
+    index = torch.randperm(t) if ordered else None
+    with ops.conv_config(fwd=launch, bwd=launch):
+        out = ops.causal_conv1d(x, w, bias, "silu", index=index, backend="triton")
+    xr, wr, br = (v.detach().cpu().double().requires_grad_() for v in (x, w, bias))
+    ref = causal_conv1d_ref(xr if index is None else xr[:, index], wr, br, "silu")
+    ref = ref if index is None else ref[:, torch.argsort(index)]
+    assert rel_err(out.detach().cpu(), ref) < 1e-6
+    dout = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, w, bias), dout.to(out))
+    for g, gr in zip(grads, torch.autograd.grad(ref, (xr, wr, br), dout)):
+        assert g.shape == gr.shape and rel_err(g.cpu(), gr) < 1e-5
+
+
+def test_conv_benchmark_cross_check(seed, monkeypatch):
+    """benchmarks/conv.py's check before timing: the new and the kept old backward kernel against the
+    reference, in row order and through an index order (tiny shape, the interpreter on the CPU)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conv.py"
+    spec = importlib.util.spec_from_file_location("bench_conv", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x, w, bias, dout = bench.make(2, 9, 6, seed=seed, device=DEV)
+    for index in (None, torch.randperm(9, device=DEV).int()):
+        errs = bench.cross_check(x, w, bias, dout, index)
+        assert all(err < 1e-2 for errs_ in errs.values() for err in errs_)
+    bad = dout.clone()
+    bad[0, 0, 0] += 100.0  # a wrong dout for the kernels only: the check must stop the benchmark
+    right = conv_triton._conv_bwd
+    monkeypatch.setattr(conv_triton, "_conv_bwd", lambda x, w, b, i, d, s: right(x, w, b, i, bad, s))
+    with pytest.raises(SystemExit, match="new backward differs"):
+        bench.cross_check(x, w, bias, dout, None)
+
+
 def test_four_direction_mixer_matches_torch_backend(seed):
     """The whole four-direction mixer (conv + scan through index maps) on Triton vs plain torch."""
     m = Mamba(8, d_state=4, directions=4).to(DEV)

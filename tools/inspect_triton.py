@@ -1,8 +1,10 @@
-"""Compile armvision's Triton scan kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
+"""Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
 Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG] [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
+       python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
-forward and backward kernels: the cheapest way to compare launch configurations before a GPU run.
+forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the
+conv, also the SASS instructions of the time loop's body per (step, channel) element.
 """
 
 import os
@@ -14,18 +16,20 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from armvision.ops import conv_triton as ct
 from armvision.ops import scan_triton as st
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends/nvidia/bin/ptxas")
 BF, F32 = "*bf16", "*fp32"
 PTRS = dict(u_ptr=BF, dl_ptr=BF, At_ptr=F32, B_ptr=BF, C_ptr=BF, D_ptr=F32, z_ptr=BF, bias_ptr=F32, idx_ptr="*i32",
             out_ptr=BF, st_ptr=F32, go_ptr=BF, du_ptr=BF, ddl_ptr=BF, dz_ptr=BF, dB_ptr=F32, dC_ptr=F32, dA_ptr=F32,
-            dD_ptr=F32, dbias_ptr=F32, scr_ptr=F32)
+            dD_ptr=F32, dbias_ptr=F32, scr_ptr=F32, x_ptr=BF, w_ptr=F32, b_ptr=F32, dx_ptr=BF, part_ptr=F32)
 
 
 # what Triton's runtime specialisation would see for the usual shapes: 16-byte aligned pointers
 # and strides that are multiples of 16 (E, 2E, t*E ...); T and N are left unspecialised
-ALIGNED_INTS = {"E", "s_ub", "s_ut", "s_db", "s_dt", "s_zb", "s_zt", "s_ob", "s_ot", "s_gb", "s_gt", "s_Bb", "s_Cb"}
+ALIGNED_INTS = {"E", "s_ub", "s_ut", "s_db", "s_dt", "s_zb", "s_zt", "s_ob", "s_ot", "s_gb", "s_gt", "s_Bb", "s_Cb",
+                "s_xb", "s_xt"}
 
 
 def compile_kernel(fn, consts, warps):
@@ -60,8 +64,41 @@ def sass_mix(k, top=12):
     return ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
 
 
+def _disassemble(k):
+    nvdisasm = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
+    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
+        f.write(k.asm["cubin"])
+    return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
+
+
+def loop_body_size(k):
+    """SASS instructions of the kernel's longest block that ends in a branch: the time loop's body."""
+    import re
+
+    body, cur = [], []
+    for line in _disassemble(k).splitlines():
+        if re.match(r"^\.L_x_\d+:", line):
+            cur = []
+        elif re.match(r"\s+/\*[0-9a-f]+\*/", line):
+            cur.append(line)
+            if "BRA" in line and len(cur) > len(body):
+                body = cur
+    return len(body)
+
+
+def conv_report(BE, W):
+    for which, fn in (("conv fwd", ct._conv_fwd_kernel), ("conv bwd", ct._conv_bwd_kernel)):
+        k = compile_kernel(fn, dict(K=4, HAS_BIAS=True, HAS_IDX=False, SILU=True, BE=BE), W)
+        per = loop_body_size(k) / (4 * max(BE // (32 * W), 1))  # 4 steps per iteration
+        print(f"{which} BE={BE} warps={W}: {report(k)} | loop instructions per element {per:.1f}")
+        print("     ", sass_mix(k, 14))
+
+
 if __name__ == "__main__":
     for arg in sys.argv[1:] or ["16,32,1"]:
+        if arg.startswith("conv:"):
+            conv_report(*map(int, arg[5:].split(",")))
+            continue
         BT, BE, W, SEG = (list(map(int, arg.split(","))) + [1])[:4]
         for which, fn in (("fwd", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,

@@ -30,79 +30,197 @@ __all__ = ["causal_conv1d_triton"]
 
 
 @triton.jit
-def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, out_ptr, T, E, s_xb, s_xt, s_ob, s_ot,
-                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr,
-                     BT: tl.constexpr, BE: tl.constexpr):
-    pt = tl.program_id(0)
-    pe = tl.program_id(1)
-    pb = tl.program_id(2).to(tl.int64)
-    s = pt * BT + tl.arange(0, BT)
-    e = pe * BE + tl.arange(0, BE)
-    me = e < E
-    acc = tl.zeros((BT, BE), tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + e, mask=me, other=0.0)[None, :]
-    for k in tl.static_range(K):
-        r, m = _rows(idx_ptr, s - (K - 1) + k, T, HAS_IDX)
-        xv = tl.load(x_ptr + pb * s_xb + r[:, None] * s_xt + e[None, :], mask=m[:, None] & me[None, :], other=0.0)
-        acc += xv.to(tl.float32) * tl.load(w_ptr + e * K + k, mask=me, other=0.0)[None, :]
-    if SILU:
-        acc = acc * tl.sigmoid(acc)
-    r, m = _rows(idx_ptr, s, T, HAS_IDX)
-    tl.store(out_ptr + pb * s_ob + r[:, None] * s_ot + e[None, :], acc.to(out_ptr.dtype.element_ty),
-             mask=m[:, None] & me[None, :])
+def _row(ptr, s_t, idx_ptr, n, lim, e, me, HAS_IDX: tl.constexpr):
+    """Row of sequence step n (a scalar) of a (BE,) channel block, zeros unless 0 <= n < lim."""
+    r, m = _rows(idx_ptr, n, lim, HAS_IDX)
+    return tl.load(ptr + r * s_t + e, mask=m & me, other=0.0)
 
 
 @triton.jit
-def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, go_ptr, dx_ptr, dw_ptr, db_ptr, T, E,
-                     s_xb, s_xt, s_gb, s_gt, s_ob, s_ot,
-                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr,
-                     BT: tl.constexpr, BE: tl.constexpr):
-    """One program per (channel block, batch), looping over time tiles; dw, db as per-batch partials.
+def _taps(w_ptr, b_ptr, e, me, K: tl.constexpr, HAS_BIAS: tl.constexpr, BE: tl.constexpr):
+    """v_d = w[:, K - 1 - d], the tap d steps back (0 where d >= K), and the bias (or 0), in fp32."""
+    zero = tl.zeros((BE,), tl.float32)
+    v1, v2, v3, bias = zero, zero, zero, zero
+    v0 = tl.load(w_ptr + e * K + (K - 1), mask=me, other=0.0).to(tl.float32)
+    if K >= 2:
+        v1 = tl.load(w_ptr + e * K + (K - 2), mask=me, other=0.0).to(tl.float32)
+    if K >= 3:
+        v2 = tl.load(w_ptr + e * K + (K - 3), mask=me, other=0.0).to(tl.float32)
+    if K >= 4:
+        v3 = tl.load(w_ptr + e * K + (K - 4), mask=me, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + e, mask=me, other=0.0).to(tl.float32)
+    return v0, v1, v2, v3, bias
 
-    With p = pre-activation and dp = dout * act'(p):  dx[s] = sum_k w[k] dp[s + K - 1 - k],
-    dw[k] = sum_s dp[s] x[s - K + 1 + k],  db = sum_s dp[s].
-    """
-    pe = tl.program_id(0)
-    pb = tl.program_id(1).to(tl.int64)
+
+@triton.jit
+def _pre(xn, x1, x2, x3, v0, v1, v2, v3, bias, K: tl.constexpr):
+    """Pre-activation at step n from x[n], x[n-1..n-3]: the bias, then the taps from the oldest step to
+    the newest (the forward and the backward add in the same order, so the backward's p is the forward's)."""
+    p = bias
+    if K >= 4:
+        p += x3 * v3
+    if K >= 3:
+        p += x2 * v2
+    if K >= 2:
+        p += x1 * v1
+    return p + xn * v0
+
+
+@triton.jit
+def _fwd_step(xn, n, t1, x1, x2, x3, v0, v1, v2, v3, bias, out_ptr, s_ot, idx_ptr, e, me,
+              K: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr):
+    """One sequence step n of the forward: out[n] from x[n] and the window x1..x3 = x[n-1..n-3]."""
+    xn = xn.to(tl.float32)
+    p = _pre(xn, x1, x2, x3, v0, v1, v2, v3, bias, K)
+    if SILU:
+        p = p * tl.sigmoid(p)
+    r, ok = _rows(idx_ptr, n, t1, HAS_IDX)
+    tl.store(out_ptr + r * s_ot + e, p.to(out_ptr.dtype.element_ty), mask=ok & me)
+    return xn, x1, x2
+
+
+@triton.jit
+def _conv_fwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, out_ptr, T, E, CH, s_xb, s_xt, s_ob, s_ot,
+                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr,
+                     BE: tl.constexpr):
+    """One program per (time chunk of CH steps, channel block of BE, batch element), walking its chunk
+    one step at a time with x[n-1..n-3] in registers: each row of x is read once (plus 3 before the
+    chunk). Four steps per loop iteration, their rows loaded one iteration ahead."""
+    pt = tl.program_id(0)
+    pe = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)
     e = pe * BE + tl.arange(0, BE)
     me = e < E
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + e, mask=me, other=0.0)
-    taps = tl.arange(0, 4)
-    dw_acc = tl.zeros((BE, 4), tl.float32)  # column k: dw[:, k]
-    db_acc = tl.zeros((BE,), tl.float32)
-    for t0 in range(0, T, BT):
-        s = t0 + tl.arange(0, BT)
-        dx = tl.zeros((BT, BE), tl.float32)
-        for j in tl.static_range(K):  # dp at step s + j, which needs x at s + j - K + 1 .. s + j
-            p = tl.zeros((BT, BE), tl.float32)
-            if HAS_BIAS:
-                p += bias[None, :]
-            for k in tl.static_range(K):
-                r, m = _rows(idx_ptr, s + j - (K - 1) + k, T, HAS_IDX)
-                xv = tl.load(x_ptr + pb * s_xb + r[:, None] * s_xt + e[None, :], mask=m[:, None] & me[None, :],
-                             other=0.0).to(tl.float32)
-                p += xv * tl.load(w_ptr + e * K + k, mask=me, other=0.0)[None, :]
-            r, m = _rows(idx_ptr, s + j, T, HAS_IDX)
-            g = tl.load(go_ptr + pb * s_gb + r[:, None] * s_gt + e[None, :], mask=m[:, None] & me[None, :],
-                        other=0.0).to(tl.float32)
-            if SILU:
-                sg = tl.sigmoid(p)
-                g = g * sg * (1.0 + p * (1.0 - sg))
-            dx += g * tl.load(w_ptr + e * K + (K - 1 - j), mask=me, other=0.0)[None, :]
-            if j == 0:  # this tile's own dp: accumulate db and dw[k] = sum_s dp[s] x[s - K + 1 + k]
-                db_acc += tl.sum(g, axis=0)
-                for k in tl.static_range(K):
-                    r, m = _rows(idx_ptr, s - (K - 1) + k, T, HAS_IDX)
-                    xv = tl.load(x_ptr + pb * s_xb + r[:, None] * s_xt + e[None, :],
-                                 mask=m[:, None] & me[None, :], other=0.0).to(tl.float32)
-                    dw_acc += tl.sum(g * xv, axis=0)[:, None] * (taps == k).to(tl.float32)[None, :]
-        r, m = _rows(idx_ptr, s, T, HAS_IDX)
-        tl.store(dx_ptr + pb * s_ob + r[:, None] * s_ot + e[None, :], dx.to(dx_ptr.dtype.element_ty),
-                 mask=m[:, None] & me[None, :])
-    tl.store(dw_ptr + (pb * E + e[:, None]) * K + taps[None, :], dw_acc, mask=me[:, None] & (taps < K)[None, :])
-    tl.store(db_ptr + pb * E + e, db_acc, mask=me)
+    t0 = pt * CH
+    t1 = tl.minimum(t0 + CH, T)
+    xb = x_ptr + pb * s_xb
+    ob = out_ptr + pb * s_ob
+    v0, v1, v2, v3, bias = _taps(w_ptr, b_ptr, e, me, K, HAS_BIAS, BE)
+    x1 = _row(xb, s_xt, idx_ptr, t0 - 1, T, e, me, HAS_IDX).to(tl.float32)
+    x2 = _row(xb, s_xt, idx_ptr, t0 - 2, T, e, me, HAS_IDX).to(tl.float32)
+    x3 = _row(xb, s_xt, idx_ptr, t0 - 3, T, e, me, HAS_IDX).to(tl.float32)
+    nx0 = _row(xb, s_xt, idx_ptr, t0, t1, e, me, HAS_IDX)
+    nx1 = _row(xb, s_xt, idx_ptr, t0 + 1, t1, e, me, HAS_IDX)
+    nx2 = _row(xb, s_xt, idx_ptr, t0 + 2, t1, e, me, HAS_IDX)
+    nx3 = _row(xb, s_xt, idx_ptr, t0 + 3, t1, e, me, HAS_IDX)
+    for i in range(0, t1 - t0, 4):
+        n = t0 + i
+        cx0, cx1, cx2, cx3 = nx0, nx1, nx2, nx3
+        nx0 = _row(xb, s_xt, idx_ptr, n + 4, t1, e, me, HAS_IDX)
+        nx1 = _row(xb, s_xt, idx_ptr, n + 5, t1, e, me, HAS_IDX)
+        nx2 = _row(xb, s_xt, idx_ptr, n + 6, t1, e, me, HAS_IDX)
+        nx3 = _row(xb, s_xt, idx_ptr, n + 7, t1, e, me, HAS_IDX)
+        x1, x2, x3 = _fwd_step(cx0, n, t1, x1, x2, x3, v0, v1, v2, v3, bias, ob, s_ot, idx_ptr, e, me,
+                               K, HAS_IDX, SILU)
+        x1, x2, x3 = _fwd_step(cx1, n + 1, t1, x1, x2, x3, v0, v1, v2, v3, bias, ob, s_ot, idx_ptr, e, me,
+                               K, HAS_IDX, SILU)
+        x1, x2, x3 = _fwd_step(cx2, n + 2, t1, x1, x2, x3, v0, v1, v2, v3, bias, ob, s_ot, idx_ptr, e, me,
+                               K, HAS_IDX, SILU)
+        x1, x2, x3 = _fwd_step(cx3, n + 3, t1, x1, x2, x3, v0, v1, v2, v3, bias, ob, s_ot, idx_ptr, e, me,
+                               K, HAS_IDX, SILU)
+
+
+@triton.jit
+def _bwd_step(xn, gn, n, t0, t1, T, x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab, v0, v1, v2, v3, bias,
+              dx_ptr, s_ot, idx_ptr, e, me, K: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr):
+    """One sequence step n of the backward: x[n] and dout[n] come in (xn, gn), dx[n - 3] goes out.
+
+    x1..x3 = x[n-1..n-3] and d1..d3 = dp[n-1..n-3] are the sliding windows; v_d = w[K - 1 - d] is
+    the tap d steps back; a_d accumulates dw[K - 1 - d] and ab db over the program's own steps [t0, t1).
+    """
+    xn = xn.to(tl.float32)
+    p = _pre(xn, x1, x2, x3, v0, v1, v2, v3, bias, K)
+    dp = gn.to(tl.float32)
+    if SILU:
+        sg = tl.sigmoid(p)
+        dp = dp * sg * (1.0 + p * (1.0 - sg))
+    dx = d3 * v0  # dx[m] = sum_d w[K - 1 - d] dp[m + d] at m = n - 3
+    if K >= 2:
+        dx += d2 * v1
+    if K >= 3:
+        dx += d1 * v2
+    if K >= 4:
+        dx += dp * v3
+    m = n - 3
+    r, ok = _rows(idx_ptr, m, T, HAS_IDX)
+    tl.store(dx_ptr + r * s_ot + e, dx.to(dx_ptr.dtype.element_ty), mask=ok & (m >= t0) & (m < t1) & me)
+    own = tl.where(n < t1, dp, 0.0)
+    return (xn, x1, x2, dp, d1, d2, a0 + own * xn, a1 + own * x1, a2 + own * x2, a3 + own * x3, ab + own)
+
+
+@triton.jit
+def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, go_ptr, dx_ptr, part_ptr, T, E, CH,
+                     s_xb, s_xt, s_gb, s_gt, s_ob, s_ot,
+                     K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr, SILU: tl.constexpr,
+                     BE: tl.constexpr):
+    """One program per (time chunk of CH steps, channel block of BE, batch element), walking its
+    chunk one step at a time with the taps' x and dp in sliding register windows, so each row of x
+    and dout is read once (plus a 3-step halo at each end of the chunk).
+
+    With p = pre-activation and dp = dout * act'(p):  dx[s] = sum_k w[k] dp[s + K - 1 - k],
+    dw[k] = sum_s dp[s] x[s - K + 1 + k],  db = sum_s dp[s].  dx of step n - 3 is written at step n;
+    four steps are unrolled per loop iteration and their rows loaded one iteration ahead. db and dw
+    go to part (b * chunks, 1 + K, E) fp32: row 0 db, row 1 + k dw[:, k]; the launcher sums them.
+    """
+    pt = tl.program_id(0)
+    pe = tl.program_id(1)
+    pb = tl.program_id(2).to(tl.int64)
+    e = pe * BE + tl.arange(0, BE)
+    me = e < E
+    t0 = pt * CH
+    t1 = tl.minimum(t0 + CH, T)
+    lim = tl.minimum(t1 + 3, T)  # the last row this chunk needs (dp three steps past its end)
+    xb = x_ptr + pb * s_xb
+    gb = go_ptr + pb * s_gb
+    ob = dx_ptr + pb * s_ob
+    v0, v1, v2, v3, bias = _taps(w_ptr, b_ptr, e, me, K, HAS_BIAS, BE)
+    zero = tl.zeros((BE,), tl.float32)
+    x1 = _row(xb, s_xt, idx_ptr, t0 - 1, T, e, me, HAS_IDX).to(tl.float32)
+    x2 = _row(xb, s_xt, idx_ptr, t0 - 2, T, e, me, HAS_IDX).to(tl.float32)
+    x3 = _row(xb, s_xt, idx_ptr, t0 - 3, T, e, me, HAS_IDX).to(tl.float32)
+    d1, d2, d3 = zero, zero, zero  # dp before t0 only reaches dx rows before t0, which are not written here
+    a0, a1, a2, a3, ab = zero, zero, zero, zero, zero
+    nx0 = _row(xb, s_xt, idx_ptr, t0, lim, e, me, HAS_IDX)
+    nx1 = _row(xb, s_xt, idx_ptr, t0 + 1, lim, e, me, HAS_IDX)
+    nx2 = _row(xb, s_xt, idx_ptr, t0 + 2, lim, e, me, HAS_IDX)
+    nx3 = _row(xb, s_xt, idx_ptr, t0 + 3, lim, e, me, HAS_IDX)
+    ng0 = _row(gb, s_gt, idx_ptr, t0, lim, e, me, HAS_IDX)
+    ng1 = _row(gb, s_gt, idx_ptr, t0 + 1, lim, e, me, HAS_IDX)
+    ng2 = _row(gb, s_gt, idx_ptr, t0 + 2, lim, e, me, HAS_IDX)
+    ng3 = _row(gb, s_gt, idx_ptr, t0 + 3, lim, e, me, HAS_IDX)
+    for i in range(0, t1 + 3 - t0, 4):
+        n = t0 + i
+        cx0, cx1, cx2, cx3, cg0, cg1, cg2, cg3 = nx0, nx1, nx2, nx3, ng0, ng1, ng2, ng3
+        nx0 = _row(xb, s_xt, idx_ptr, n + 4, lim, e, me, HAS_IDX)  # the next iteration's rows, in flight
+        nx1 = _row(xb, s_xt, idx_ptr, n + 5, lim, e, me, HAS_IDX)  # during this one's arithmetic
+        nx2 = _row(xb, s_xt, idx_ptr, n + 6, lim, e, me, HAS_IDX)
+        nx3 = _row(xb, s_xt, idx_ptr, n + 7, lim, e, me, HAS_IDX)
+        ng0 = _row(gb, s_gt, idx_ptr, n + 4, lim, e, me, HAS_IDX)
+        ng1 = _row(gb, s_gt, idx_ptr, n + 5, lim, e, me, HAS_IDX)
+        ng2 = _row(gb, s_gt, idx_ptr, n + 6, lim, e, me, HAS_IDX)
+        ng3 = _row(gb, s_gt, idx_ptr, n + 7, lim, e, me, HAS_IDX)
+        x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab = _bwd_step(
+            cx0, cg0, n, t0, t1, T, x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab, v0, v1, v2, v3, bias,
+            ob, s_ot, idx_ptr, e, me, K, HAS_IDX, SILU)
+        x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab = _bwd_step(
+            cx1, cg1, n + 1, t0, t1, T, x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab, v0, v1, v2, v3, bias,
+            ob, s_ot, idx_ptr, e, me, K, HAS_IDX, SILU)
+        x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab = _bwd_step(
+            cx2, cg2, n + 2, t0, t1, T, x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab, v0, v1, v2, v3, bias,
+            ob, s_ot, idx_ptr, e, me, K, HAS_IDX, SILU)
+        x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab = _bwd_step(
+            cx3, cg3, n + 3, t0, t1, T, x1, x2, x3, d1, d2, d3, a0, a1, a2, a3, ab, v0, v1, v2, v3, bias,
+            ob, s_ot, idx_ptr, e, me, K, HAS_IDX, SILU)
+    pp = part_ptr + (pb * tl.num_programs(0) + pt) * (K + 1) * E + e
+    tl.store(pp, ab, mask=me)
+    tl.store(pp + K * E, a0, mask=me)
+    if K >= 2:
+        tl.store(pp + (K - 1) * E, a1, mask=me)
+    if K >= 3:
+        tl.store(pp + (K - 2) * E, a2, mask=me)
+    if K >= 4:
+        tl.store(pp + (K - 3) * E, a3, mask=me)
 
 
 # Launch parameters (BT, BE, num_warps) of each kernel come from armvision.ops.launch (defaults, or a
@@ -122,16 +240,23 @@ def conv_launch_config(**updates) -> dict:
     return current_conv_config()
 
 
+def _chunks(t: int, most: int) -> tuple[int, int]:
+    """(steps per chunk, chunks): t cut into equal time chunks of at most ``most`` steps, one program each."""
+    chunk = triton.cdiv(t, triton.cdiv(t, most)) if t else 1
+    return chunk, triton.cdiv(t, chunk)
+
+
 def _conv_fwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, silu: bool,
               block: Sequence[int] | None = None) -> Tensor:
     b, t, e = x.shape
     k = weight.shape[1]
     BT, BE, warps = block or current_conv_config()["fwd"]
     out = _empty((b, t, e), x.dtype, x.device)
-    _conv_fwd_kernel[(triton.cdiv(t, BT), triton.cdiv(e, BE), b)](
-        x, weight, bias if bias is not None else weight, index if index is not None else out, out, t, e,
+    chunk, chunks = _chunks(t, BT)
+    _conv_fwd_kernel[(chunks, triton.cdiv(e, BE), b)](
+        x, weight, bias if bias is not None else weight, index if index is not None else out, out, t, e, chunk,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BT=BT, BE=BE, num_warps=warps,
+        K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BE=BE, num_warps=warps,
     )
     return out
 
@@ -154,14 +279,15 @@ def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | No
     BT, BE, warps = block or current_conv_config()["bwd"]
     dout = dout if dout.stride(-1) == 1 else dout.contiguous()
     dx = _empty((b, t, e), x.dtype, x.device)
-    dw = _empty((b, e, k), torch.float32, x.device)
-    db = _empty((b, e), torch.float32, x.device)
-    _conv_bwd_kernel[(triton.cdiv(e, BE), b)](
-        x, weight, bias if bias is not None else weight, index if index is not None else dx, dout, dx, dw, db,
-        t, e, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
-        K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BT=BT, BE=BE, num_warps=warps,
+    chunk, chunks = _chunks(t, BT)
+    part = _empty((b * chunks, 1 + k, e), torch.float32, x.device)  # per-program db (row 0) and dw (rows 1..k)
+    _conv_bwd_kernel[(chunks, triton.cdiv(e, BE), b)](
+        x, weight, bias if bias is not None else weight, index if index is not None else dx, dout, dx, part,
+        t, e, chunk, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
+        K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BE=BE, num_warps=warps,
     )
-    return [dx, dw.sum(0).to(weight.dtype), db.sum(0).to(weight.dtype)]
+    sums = part.sum(0).to(weight.dtype)  # one reduction for both
+    return [dx, sums[1:].t().clone(memory_format=torch.contiguous_format), sums[0]]
 
 
 @torch.library.custom_op("armvision::causal_conv1d_bwd", mutates_args=())

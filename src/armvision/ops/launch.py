@@ -1,7 +1,9 @@
 """Launch configuration of the Triton kernels, set for a block of code, never process-wide.
 
-The defaults were chosen with benchmarks/scan.py on an H100. A ``with`` block changes them for the
-calls made inside it (scopes nest; the innermost wins) and the defaults are back when it ends::
+The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's (2026-12-01) from ptxas's
+register and instruction counts, to be checked with ``benchmarks/conv.py --sweep`` on a GPU. A ``with``
+block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
+back when it ends::
 
     with ops.scan_config(states="save"):      # keep the scan's chunk states from forward to backward
         loss = model(images); loss.backward()
@@ -12,7 +14,10 @@ backward re-runs the forward scan to rebuild the chunk states, so only one call'
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
-long sequences, same values). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps).
+long sequences, same values). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where
+one program walks a time chunk of at most BT steps (t is cut into equal chunks) for BE channels of
+one batch element; each chunk re-reads a 3-step halo, and in the backward writes one (1 + width, e)
+fp32 block of dw/db partial sums.
 
 The kernels' entry points read the active scope once per call and hand the values to the launchers
 and to the torch.library custom ops as arguments, so a ``torch.compile`` trace records them in its
@@ -27,7 +32,7 @@ from typing import Any, Iterator
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1}
-CONV_DEFAULTS: dict[str, Any] = {"fwd": (32, 64, 4), "bwd": (32, 64, 4)}
+CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (128, 128, 1)}
 
 # the active scopes, innermost last; empty outside every ``with`` block
 _SCAN_SCOPES: list[dict[str, Any]] = []
@@ -82,5 +87,6 @@ def scan_config(**updates) -> Iterator[dict[str, Any]]:
 
 @contextlib.contextmanager
 def conv_config(**updates) -> Iterator[dict[str, Any]]:
-    """Causal-conv launch parameters (``fwd``/``bwd`` = (BT, BE, num_warps)) inside the ``with`` block."""
+    """Causal-conv launch parameters (``fwd``/``bwd`` = (BT, BE, num_warps), see the module docstring)
+    inside the ``with`` block."""
     yield from _scope(_CONV_SCOPES, _checked(current_conv_config(), updates, "conv"))
