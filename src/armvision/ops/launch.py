@@ -1,7 +1,9 @@
 """Launch configuration of the Triton kernels, set for a block of code, never process-wide.
 
-The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's (2026-12-01) from ptxas's
-register and instruction counts, to be checked with ``benchmarks/conv.py --sweep`` on a GPU. A ``with``
+The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's with ``benchmarks/conv.py
+--sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was best or tied at three of its four ARM
+shapes, 0.152 vs 0.167 ms at 256 x 144 x 1536; the forward's (64, 128, 1) within 3% of the best at all
+four; benchmarks/results/2026-11-30_h200/conv_session4_call3.json). A ``with``
 block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
 back when it ends::
 
@@ -32,7 +34,7 @@ from typing import Any, Iterator
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1}
-CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (128, 128, 1)}
+CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2)}
 
 # the active scopes, innermost last; empty outside every ``with`` block
 _SCAN_SCOPES: list[dict[str, Any]] = []
