@@ -125,3 +125,33 @@ def test_normalize_device_refuses_random_erasing_in_the_workers(tmp_path, data):
     over = tiny_overrides(data, tmp_path / "ft", "finetune", **{"data.normalize": "device"})
     with pytest.raises(ConfigError, match="data.normalize"):
         load_config("fmnist_finetune", over, task="finetune")
+
+
+def test_trainer_with_the_feeder_thread_trains_resumes_and_leaves_no_thread(tmp_path, data, monkeypatch):
+    """The threaded feeder (what a GPU run uses; forced here on the CPU, with a loader worker) gives the losses
+    of the plain iterator, stops and resumes to the end of the schedule, and its thread is gone when fit()
+    returns. (With loader workers a resumed run's augmentations differ from an uninterrupted one's: the
+    workers' random streams are not checkpointed, docs/training.md; so only the steps before the stop compare.)"""
+    from armvision.train.trainer import Trainer
+
+    common = {"optim.epochs": 2, "data.val_split": None, "eval_every_epochs": 0, "data.workers": 1,
+              "checkpoint.every_steps": 2}
+
+    def cfg(out, **extra):
+        return load_config("fmnist_pretrain", tiny_overrides(data, tmp_path / out, "pretrain", **common, **extra),
+                           task="pretrain")
+
+    plain = Trainer(cfg("plain")).fit()
+
+    def threaded(self, epoch, start_micro):
+        first = epoch * self.steps_per_epoch * self.accum_steps + start_micro
+        return DeviceFeeder(iter(self.train_loader), self._prepare_batch, self.device, first_index=first, thread=True)
+
+    monkeypatch.setattr(Trainer, "_feeder", threaded)
+    whole = Trainer(cfg("threaded")).fit()
+    assert [v for _, v in whole["loss_curve"]] == pytest.approx([v for _, v in plain["loss_curve"]], rel=1e-5)
+    stopped = Trainer(cfg("stopped", max_steps=3)).fit()  # stops mid-epoch 1 (3 steps of 6)
+    assert [v for _, v in stopped["loss_curve"]] == pytest.approx([v for _, v in plain["loss_curve"]][:3], rel=1e-5)
+    resumed = Trainer(cfg("stopped", resume="auto")).fit()
+    assert resumed["steps"] == 6 and resumed["images_seen"] == plain["images_seen"]
+    assert not [t for t in threading.enumerate() if t.name == "armvision-feeder" and t.is_alive()]
