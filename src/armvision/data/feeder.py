@@ -12,8 +12,9 @@ torchvision's GPU JPEG decoder blocks the calling thread until its batch is deco
 Without a thread (``thread=False``, the default off CUDA) it is a plain iterator: ``prepare`` runs in
 ``__next__``. A thread must not be used when the loader itself draws from this process's random state
 (``num_workers=0``: the transforms run in the thread), or when ``prepare`` does: the draws would then
-depend on timing, and a checkpoint would save a random state advanced by the batches prepared ahead. Errors of the loader or of ``prepare`` are raised by ``__next__`` in the caller's thread, at
-the batch where they happened. Call :meth:`close` (or use it as a context manager) to stop the thread.
+depend on timing, and a checkpoint would save a random state advanced by the batches prepared ahead.
+Errors of the loader or of ``prepare`` are raised by ``__next__`` in the caller's thread, at the batch
+where they happened. Call :meth:`close` (or use it as a context manager) to stop the thread.
 """
 
 from __future__ import annotations
