@@ -155,3 +155,29 @@ def test_trainer_with_the_feeder_thread_trains_resumes_and_leaves_no_thread(tmp_
     resumed = Trainer(cfg("stopped", resume="auto")).fit()
     assert resumed["steps"] == 6 and resumed["images_seen"] == plain["images_seen"]
     assert not [t for t in threading.enumerate() if t.name == "armvision-feeder" and t.is_alive()]
+
+
+def test_data_workers_auto(monkeypatch, tmp_path, data):
+    """data.workers auto: the cores of this process's affinity per local training process, minus one."""
+    import os
+
+    from armvision.data.loader import MAX_AUTO_WORKERS, auto_workers
+    from armvision.train.data import build_pipeline
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert auto_workers() == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    assert auto_workers() == 1  # 2 cores per process: one worker, the other core for the process
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(512)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert auto_workers() == MAX_AUTO_WORKERS
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    cfg = load_config("arm_base_in1k_pretrain", {"data.root": str(data), "data.val_split": None})
+    assert cfg.data.workers == "auto"  # the ImageNet presets
+    pipe = build_pipeline(cfg, "train", True, 4)
+    assert pipe.loader.num_workers == 1
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config("arm_base_in1k_pretrain", {"data.root": str(data), "data.workers": "many"})
+    with pytest.raises(ConfigError, match="data.workers"):
+        load_config("arm_base_in1k_pretrain", {"data.root": str(data), "data.workers": -1})

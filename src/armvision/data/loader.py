@@ -5,13 +5,14 @@ for evaluation, and a collate function that carries which samples stand in for u
 from __future__ import annotations
 
 import itertools
+import os
 from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
 
-__all__ = ["ResumableSampler", "ShardSampler", "Skips", "collate", "drop_standins", "make_loader",
+__all__ = ["ResumableSampler", "ShardSampler", "Skips", "collate", "drop_standins", "make_loader", "auto_workers",
            "unreadable_report", "MAX_LISTED_FILES"]
 
 MAX_LISTED_FILES = 100  # names of unreadable files listed in summaries and eval outputs (the count is exact)
@@ -122,6 +123,22 @@ def unreadable_report(names: Iterable[str], limit: int = MAX_LISTED_FILES) -> di
     """``{"unreadable_files": count of distinct files, "unreadable_file_names": the first ``limit``, sorted}``."""
     distinct = sorted(set(names))
     return {"unreadable_files": len(distinct), "unreadable_file_names": distinct[:limit]}
+
+
+MAX_AUTO_WORKERS = 32  # past this, more processes mostly cost memory (each holds a copy of the dataset object)
+
+
+def auto_workers(local_processes: int | None = None) -> int:
+    """Loader workers for ``data.workers: auto``: the CPU cores this process may run on (its affinity, e.g. a
+    Slurm allocation), shared among the training processes of this node (``local_processes``, default
+    torchrun's LOCAL_WORLD_SIZE or 1), minus one for the training process itself; at least 1, at most
+    MAX_AUTO_WORKERS. One H200 with 16 cores: 15."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    local = local_processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(MAX_AUTO_WORKERS, cores // max(1, local) - 1))
 
 
 def make_loader(dataset: Dataset, batch_size: int, *, train: bool, workers: int = 0, pin_memory: bool = False,

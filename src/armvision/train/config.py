@@ -94,7 +94,9 @@ class DataConfig:
                                               "drawn with subset_seed)")
     val_subset: Union[int, None] = _f(None, "evaluate on this many images only (fixed random subset)")
     subset_seed: int = _f(0, "seed of the subset draws (independent of the run's seed)")
-    workers: int = _f(8, "data loader worker processes per device (0: load in the main process)")
+    workers: Union[int, Literal["auto"]] = _f(8, "data loader worker processes per device (0: load in the main "
+                                                  "process; 'auto': this node's CPU cores per training process, "
+                                                  "minus one, at most 32)")
     pin_memory: bool = _f(True, "pin host memory of batches (used only with a GPU)")
     persistent_workers: bool = _f(True, "keep loader workers alive between epochs")
     strict_images: bool = _f(False, "an unreadable image stops the run (default: skipped with a warning "
@@ -344,7 +346,7 @@ def validate_config(cfg: RunConfig) -> None:
     for key in ("train_subset", "val_subset"):
         v = getattr(d, key)
         need(v is None or v > 0, f"data.{key}", v, "a positive number of images or null")
-    need(d.workers >= 0, "data.workers", d.workers, "0 or more")
+    need(d.workers == "auto" or d.workers >= 0, "data.workers", d.workers, "0 or more, or auto")
     need(d.normalize != "device" or cfg.task == "pretrain" or d.decode == "gpu" or a.reprob == 0, "data.normalize",
          d.normalize, "workers or auto while aug.reprob > 0 (random erasing acts on normalised images in the workers)")
     need(0 < d.eval_crop_pct <= 1, "data.eval_crop_pct", d.eval_crop_pct, "a fraction in (0, 1]")

@@ -24,6 +24,7 @@ from ..data import (
     pretrain_transform,
 )
 from ..data.datasets import take_subset
+from ..data.loader import auto_workers
 from ..data.gpu import build_encoded_dataset, collate_encoded, gpu_batch_transform
 from .config import RunConfig
 
@@ -100,12 +101,13 @@ def build_pipeline(cfg: RunConfig, split: str, train: bool, batch_size: int, ran
     chans = in_chans or cfg.model.in_chans
     pin = d.pin_memory and device is not None and device.type == "cuda"
     persistent = d.persistent_workers if persistent_workers is None else persistent_workers
+    workers = auto_workers() if d.workers == "auto" else d.workers
     if train and d.decode == "gpu":  # workers read bytes; the batch is decoded and cropped on the device
         batch_tf = gpu_batch_transform(cfg, device or torch.device("cpu"))
         ds = build_encoded_dataset(d.dataset, d.root, split, chans, d.strict_images)
         if d.train_subset is not None:
             ds = take_subset(ds, d.train_subset, d.subset_seed, d.dataset, split)
-        loader, sampler = make_loader(ds, batch_size, train=True, workers=d.workers, pin_memory=False,
+        loader, sampler = make_loader(ds, batch_size, train=True, workers=workers, pin_memory=False,
                                       persistent_workers=persistent, seed=cfg.seed, rank=rank, world_size=world,
                                       collate_fn=collate_encoded)
         return Pipeline(batch_tf, ds, loader, sampler, batch_tf)
@@ -114,7 +116,7 @@ def build_pipeline(cfg: RunConfig, split: str, train: bool, batch_size: int, ran
     ds = build_dataset(d.dataset, d.root, split, tf, in_chans=chans, strict_images=d.strict_images,
                        class_map=class_map, subset=d.train_subset if train else d.val_subset,
                        subset_seed=d.subset_seed, is_training=train, batch_size=batch_size, seed=cfg.seed)
-    loader, sampler = make_loader(ds, batch_size, train=train, workers=d.workers, pin_memory=pin,
+    loader, sampler = make_loader(ds, batch_size, train=train, workers=workers, pin_memory=pin,
                                   persistent_workers=persistent, seed=cfg.seed, rank=rank, world_size=world)
     stats = normalization(d.stats, chans, d.mean, d.std) if on_device else None
     return Pipeline(tf, ds, loader, sampler, normalize=stats)
