@@ -249,9 +249,9 @@ def gpu_batch_transform(cfg, device: torch.device | str, seed: int | None = None
 
     The trainer (through :func:`armvision.train.data.build_pipeline`) builds its training set with
     :func:`build_encoded_dataset` and ``collate_encoded``, and calls the returned object on each
-    batch's list of encoded images: ``images, failed = transform(encoded, skips.names)``. ``seed``: the crops'
-    own generator; None: torch's global generator (the trainer's: seeded with seed + rank, saved in
-    checkpoints, so a resumed run draws the crops it would have drawn).
+    batch's list of encoded images: ``images, failed = transform(encoded, skips.names, generator=g)``, with ``g``
+    seeded per batch from (seed, rank, the batch's position), so a resumed run draws the crops it would have drawn.
+    ``seed``: the crops' own generator for calls without one; None: torch's global generator.
     """
     from .transforms import normalization
 
