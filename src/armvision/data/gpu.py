@@ -41,6 +41,7 @@ from .datasets import ReaderDataset, _folder_reader
 from .images import convert_image
 from .loader import Skips
 from .resize import resized_crops
+from .transforms import normalization, normalize_batch
 
 __all__ = ["EncodedImageDataset", "collate_encoded", "sample_crop_boxes", "GpuBatchTransform",
            "build_encoded_dataset", "gpu_batch_transform", "is_jpeg", "resized_crops"]
@@ -159,8 +160,7 @@ class GpuBatchTransform:
         self.size, self.device = int(img_size), torch.device(device)
         self.scale, self.ratio, self.hflip, self.mode = tuple(scale), tuple(ratio), float(hflip), interpolation
         self.in_chans = in_chans
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) * 255
+        self.mean, self.std = tuple(mean), tuple(std)
         self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
         self.erase = None
         if reprob > 0:
@@ -226,7 +226,7 @@ class GpuBatchTransform:
         """``generator``: the crops' and flips' random draws for this batch (a CPU generator); None: the transform's
         own or torch's global one. Random erasing (fine-tuning) draws from Python's ``random`` (timm's)."""
         decoded, failed = self.decode(images, names)
-        x = (self.crop_flip(decoded, generator) - self.mean) / self.std
+        x = normalize_batch(self.crop_flip(decoded, generator), self.mean, self.std)
         if self.erase is not None:
             x = self.erase(x)
         return x, failed
@@ -253,8 +253,6 @@ def gpu_batch_transform(cfg, device: torch.device | str, seed: int | None = None
     seeded per batch from (seed, rank, the batch's position), so a resumed run draws the crops it would have drawn.
     ``seed``: the crops' own generator for calls without one; None: torch's global generator.
     """
-    from .transforms import normalization
-
     d, a, m = cfg.data, cfg.aug, cfg.model
     mean, std = normalization(d.stats, m.in_chans, d.mean, d.std)
     if cfg.task == "finetune" and (a.auto_augment or a.color_jitter):

@@ -11,13 +11,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 from timm.data import create_transform
-from torch import Tensor
 from timm.data.auto_augment import RandAugment, posterize
+from torch import Tensor
 
 __all__ = ["NORMALIZATION", "normalization", "pretrain_transform", "finetune_transform", "eval_transform", "to_mode",
            "normalize_batch", "reference_crop_pct", "data_config", "model_eval_transform"]
@@ -149,11 +150,20 @@ def model_eval_transform(model: Any, img_size: int | None = None):
     return eval_transform(tuple(size), mean, std, cfg["crop_pct"], cfg["interpolation"], resize)
 
 
+@functools.lru_cache(maxsize=None)
+def _stats_255(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(1, c, 1, 1) float32 255 * mean and 255 * std on ``device``, made once per statistics and device (computed
+    on the host, then copied: no kernel that another stream could overtake)."""
+    def scaled(v):
+        return (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) * 255).to(device)
+
+    return scaled(mean), scaled(std)
+
+
 def normalize_batch(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(b, c, h, w) 8-bit images (any device) -> float32 normalised as ToTensor + Normalize do it in the
-    workers: (x / 255 - mean) / std, computed as (x - 255 mean) / (255 std)."""
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1) * 255
+    """(b, c, h, w) images of 8-bit values (uint8, or float holding 0..255; any device) -> float32 normalised
+    as ToTensor + Normalize do it in the workers: (x / 255 - mean) / std, computed as (x - 255 mean) / (255 std)."""
+    m, s = _stats_255(tuple(float(v) for v in mean), tuple(float(v) for v in std), images.device)
     return (images.float() - m) / s
 
 

@@ -53,8 +53,6 @@ class Pipeline:
         copy, normalisation of 8-bit batches (``normalize`` = (mean, std)), or ``batch_transform`` (drawing
         its crops from ``generator`` when given)."""
         if self.batch_transform is not None:
-            if generator is None:
-                return self.batch_transform(images, names)
             return self.batch_transform(images, names, generator=generator)
         images = images.to(device, non_blocking=True)
         if self.normalize is not None:
