@@ -3,10 +3,13 @@
 Modes (each through the trainer's own data path: build_pipeline, the DataLoader and the DeviceFeeder
 that prepares batches on the device ahead of the step, with the presets' transforms):
   pretrain        decode + RandomResizedCrop (0.2-1, bicubic) + flip in N loader workers, 8-bit batches
-                  normalised on the device (data.normalize auto on a GPU)
+                  normalised on the device (data.normalize auto on a GPU); RGB JPEGs decoded by torchvision
+                  and the crop resized by PyTorch (data.resize_backend torch, the default)
+  pretrain_pillow the same with data.resize_backend pillow (timm's Pillow pipeline, as the reference code)
   pretrain_float  the same, normalised in the workers (data.normalize workers: float32 batches)
   finetune        timm's training transform (RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1,
                   random erasing 0.25) in the workers, then timm Mixup/CutMix on each batch on the device
+  finetune_pillow the same with data.resize_backend pillow
   gpu             data.decode gpu: workers read bytes; batched nvjpeg decode + crop + flip + normalise on
                   the GPU (armvision.data.gpu), needs CUDA
 
@@ -33,10 +36,15 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from armvision.train import load_config
 
-PRESETS = {"pretrain": "arm_base_in1k_pretrain", "pretrain_float": "arm_base_in1k_pretrain",
-           "finetune": "arm_base_in1k_finetune", "gpu": "arm_base_in1k_pretrain"}
-MODE_OVERRIDES = {"pretrain_float": {"data.normalize": "workers"}, "gpu": {"data.decode": "gpu"}}
-BATCH = {"pretrain": 256, "pretrain_float": 256, "finetune": 128, "gpu": 256}  # ANCHORS.md's micro-batches of ARM-B
+PRESETS = {"pretrain": "arm_base_in1k_pretrain", "pretrain_pillow": "arm_base_in1k_pretrain",
+           "pretrain_float": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune",
+           "finetune_pillow": "arm_base_in1k_finetune", "gpu": "arm_base_in1k_pretrain"}
+MODE_OVERRIDES = {"pretrain_float": {"data.normalize": "workers"}, "gpu": {"data.decode": "gpu"},
+                  "pretrain_pillow": {"data.resize_backend": "pillow"},
+                  "finetune_pillow": {"data.resize_backend": "pillow"}}
+# ANCHORS.md's micro-batches of ARM-B
+BATCH = {"pretrain": 256, "pretrain_pillow": 256, "pretrain_float": 256, "finetune": 128, "finetune_pillow": 128,
+         "gpu": 256}
 
 
 def _synthetic_image(args) -> None:
@@ -131,7 +139,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True, help="ImageFolder root (ROOT/train/CLASS/*.jpg)")
     ap.add_argument("--make", type=int, default=0, help="first make this many synthetic 500x375 JPEGs under ROOT")
-    ap.add_argument("--modes", nargs="+", default=["pretrain", "pretrain_float", "finetune"]
+    ap.add_argument("--modes", nargs="+", default=["pretrain", "pretrain_pillow", "pretrain_float", "finetune"]
                     + (["gpu"] if torch.cuda.is_available() else []), choices=list(PRESETS))
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batches", type=int, default=40)

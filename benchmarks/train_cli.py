@@ -119,7 +119,9 @@ def run_cli(name: str, spec: dict, data_root: Path, workdir: Path, steps: int, w
     if proc.returncode != 0:
         rec["error"] = (proc.stderr or proc.stdout)[-2000:]
         return rec
-    rec.update(steady_rate(read_windows(out_dir / "metrics_train.csv")))
+    windows = read_windows(out_dir / "metrics_train.csv")
+    rec.update(steady_rate(windows))
+    rec["window_rates"] = [round(w["images_per_s"], 1) for w in windows if "images_per_s" in w]
     if peak_file.exists():
         rec["peak_gib"] = json.loads(peak_file.read_text())["peak_gib"]
     return rec
@@ -245,7 +247,8 @@ def main():
            "jpeg_seconds": time.perf_counter() - t0, "pipeline": [], "cli": [], "train_step": []}
     print(f"{args.images} JPEGs ready in {res['jpeg_seconds']:.0f} s under {data_root}", flush=True)
 
-    modes = [] if "pipeline" in args.skip else ["pretrain", "pretrain_float", "finetune"] + (["gpu"] if cuda else [])
+    modes = [] if "pipeline" in args.skip else (["pretrain", "pretrain_pillow", "pretrain_float", "finetune", "finetune_pillow"]
+                                                 + (["gpu"] if cuda else []))
     for mode in modes:
         kw = dict(batches=4, warmup=1, batch=4, img_size=16) if args.tiny else dict(batches=30, warmup=5)
         try:

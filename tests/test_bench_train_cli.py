@@ -31,7 +31,8 @@ def test_tiny_mode_end_to_end(tmp_path):
     for r in res["cli"]:
         assert r["exit_code"] == 0 and r["images_per_s"] > 0 and r["windows"] == 1, r
         assert "--max_steps 4" in r["command"] and "--optim.micro_batch 4" in r["command"]
-    assert [p["mode"] for p in res["pipeline"]] == ["pretrain", "pretrain_float", "finetune"]
+    assert [p["mode"] for p in res["pipeline"]] == ["pretrain", "pretrain_pillow", "pretrain_float", "finetune",
+                                                   "finetune_pillow"]
     assert all(p["images_per_s"] > 0 for p in res["pipeline"])
     assert "| pretrain_b |" in proc.stdout and "2047 (17.8)" in proc.stdout
     prof = res["profile"]  # --profile: the pretraining trainer's top operators (kernels on a GPU) per step

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from trainhelpers import make_imagefolder, tiny_overrides
 
 from armvision.train import load_config, train
-from armvision.train.compiled import compile_enabled
+from armvision.train.compiled import compile_enabled, compile_mode
 from armvision.train.optim import build_optimizer
 from armvision.train.trainer import Trainer
 
@@ -108,3 +108,31 @@ def test_model_scan_settings_are_the_scan_scope_of_each_step(tmp_path, data):
     default = Trainer(_cfg(data, tmp_path / "default"))
     with default._scan_scope() as cfg:
         assert cfg == ops.current_scan_config() and cfg["states"] == "recompute" and cfg["seg"] == 1
+
+
+def test_compile_mode_reaches_torch_compile_and_cuda_graph_modes_mark_each_step(tmp_path, data, monkeypatch):
+    """compile_mode goes to torch.compile (auto on the CPU: torch's default, no mode); with CUDA graphs
+    (reduce-overhead) every optimizer step marks its start once, not every micro-batch: the gradients of a
+    step's earlier micro-batches must stay alive."""
+    seen, marks = [], []
+
+    def fake_compile(module, **kw):
+        seen.append(kw)
+        return module  # "compiled" = the module itself: the step runs as eager
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    train(_cfg(data, tmp_path / "default", compile=True, max_steps=2))
+    assert seen[-1]["mode"] is None and seen[-1]["backend"] == "inductor" and marks == []
+    summary = train(_cfg(data, tmp_path / "graphs", compile=True, compile_mode="reduce-overhead", max_steps=3,
+                         **{"optim.batch_size": 8, "optim.micro_batch": 4}))
+    assert seen[-1]["mode"] == "reduce-overhead" and summary["steps"] == 3 and len(marks) == 3
+    with pytest.raises(Exception, match="compile_mode"):
+        _cfg(data, tmp_path / "bad", compile_mode="fast")
+
+
+def test_compile_mode_auto_is_cuda_graphs_for_one_gpu_process_only():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert compile_mode("auto", cuda, 1) == "reduce-overhead"
+    assert compile_mode("auto", cuda, 2) == "default" and compile_mode("auto", cpu, 1) == "default"
+    assert compile_mode("max-autotune-no-cudagraphs", cuda, 1) == "max-autotune-no-cudagraphs"

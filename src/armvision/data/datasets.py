@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, IterableDataset, Subset
 from ..errors import DataError
 from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST
-from .images import IMAGE_EXTENSIONS, convert_image
+from .images import IMAGE_EXTENSIONS, convert_image, decode_rgb_jpeg
 
 __all__ = ["ReaderDataset", "build_dataset", "dataset_classes", "STREAMING_PREFIXES", "MAX_CONSECUTIVE_BAD",
            "class_names_to_map"]
@@ -65,8 +65,12 @@ class ReaderDataset(Dataset):
         if not isinstance(img, Image.Image):
             f = img
             try:
-                img = Image.open(f)
-                img = convert_image(img, self.mode)  # decodes the pixels: truncated files fail here
+                img = Image.open(f)  # reads the header only
+                x = None
+                if getattr(self.transform, "accepts_tensors", False) and img.format == "JPEG" and \
+                        img.mode == self.mode == "RGB":
+                    x = decode_rgb_jpeg(f)
+                img = x if x is not None else convert_image(img, self.mode)  # decodes: truncated files fail here
             finally:
                 if hasattr(f, "close"):
                     f.close()

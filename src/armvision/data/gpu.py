@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
@@ -38,7 +37,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, DataError
 from .datasets import ReaderDataset, _folder_reader
-from .images import convert_image
+from .images import convert_image, decode_jpeg
 from .loader import Skips
 from .resize import resized_crops
 from .transforms import normalization, normalize_batch
@@ -86,16 +85,6 @@ def _pil_decode(data: bytes, mode: str) -> Tensor:
     arr = np.asarray(img, dtype=np.uint8)
     arr = arr[:, :, None] if arr.ndim == 2 else arr
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def _decode_jpeg(data, **kwargs):
-    """torchvision.io.decode_jpeg without its deprecation warning (torchvision 0.29 points to
-    TorchCodec, which the GPU machines do not have; the decoder itself is unchanged)."""
-    from torchvision.io import decode_jpeg
-
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*decoding and encoding capabilities", category=DeprecationWarning)
-        return decode_jpeg(data, **kwargs)
 
 
 def collate_encoded(batch):
@@ -178,7 +167,7 @@ class GpuBatchTransform:
         jpeg = [i for i, x in enumerate(images) if x.dim() == 1]
         if jpeg:
             try:
-                decoded = _decode_jpeg([images[i] for i in jpeg], mode=mode, device=self.device)
+                decoded = decode_jpeg([images[i] for i in jpeg], mode=mode, device=self.device)
                 for i, img in zip(jpeg, decoded):
                     out[i] = img
             except RuntimeError:  # one bad file fails the batch: decode one by one, then on the CPU
@@ -197,7 +186,7 @@ class GpuBatchTransform:
 
     def _decode_one(self, data: Tensor, mode, name: str | None = None) -> Tensor | None:
         try:
-            return _decode_jpeg(data, mode=mode, device=self.device)
+            return decode_jpeg(data, mode=mode, device=self.device)
         except RuntimeError:
             pass
         try:

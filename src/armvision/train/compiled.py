@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UserError
 
-__all__ = ["compile_enabled", "CompiledModule"]
+__all__ = ["compile_enabled", "compile_mode", "CompiledModule"]
 
 _logger = logging.getLogger("armvision.train")
 T = TypeVar("T")
@@ -33,18 +33,28 @@ def compile_enabled(setting: bool | str, device: torch.device) -> bool:
     return device.type == "cuda" if setting == "auto" else bool(setting)
 
 
+def compile_mode(setting: str, device: torch.device, world_size: int) -> str:
+    """The ``compile_mode`` config value: auto = CUDA graphs (reduce-overhead) for one process on a GPU, else
+    torch's default (several processes: DDP's and FSDP's communication hooks are not captured in graphs)."""
+    if setting != "auto":
+        return setting
+    return "reduce-overhead" if device.type == "cuda" and world_size == 1 else "default"
+
+
 class CompiledModule:
     """``module`` compiled with ``backend`` (when ``enabled``); :attr:`module` is what to call."""
 
-    def __init__(self, module: nn.Module, enabled: bool, backend: str = "inductor"):
+    def __init__(self, module: nn.Module, enabled: bool, backend: str = "inductor", mode: str = "default"):
         self.eager = module
         self.compiled: nn.Module | None = None
         self.verified = False  # a step ran compiled: compiling worked
+        self.cudagraphs = mode in ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
         if enabled:
-            _logger.info("torch.compile (%s): the first training step compiles the model, which can take minutes",
-                         backend)
+            _logger.info("torch.compile (%s, mode %s): the first training step compiles the model, which can take "
+                         "minutes", backend, mode)
             try:
-                self.compiled = torch.compile(module, backend=backend, dynamic=False)
+                self.compiled = torch.compile(module, backend=backend, dynamic=False,
+                                              mode=None if mode == "default" else mode)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means: run eager
                 self._fall_back(e)
 
@@ -61,6 +71,13 @@ class CompiledModule:
         first = (str(error).strip().splitlines() or [""])[0][:300]
         _logger.warning("torch.compile failed (%s: %s); training continues without compiling (slower). Set "
                         "compile: false (--compile false) to skip the attempt", type(error).__name__, first)
+
+    def begin_step(self) -> None:
+        """Called at the start of each optimizer step. With CUDA graphs it tells torch that no output of an
+        earlier step is used any more, so the graphs replay in the same memory. Not per micro-batch: the
+        gradients accumulated over a step's micro-batches stay alive, and each micro-batch's graph keeps them."""
+        if self.compiled is not None and self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def guard(self, step: Callable[[], T], reset: Callable[[], None]) -> T:
         """Run ``step`` (a forward and backward through :attr:`module`). Until one compiled step has

@@ -81,9 +81,10 @@ def build_transform(cfg: RunConfig, train: bool, img_size: int | None = None, in
     if not train:
         return eval_transform(size, mean, std, d.eval_crop_pct, d.interpolation, d.eval_resize)
     if cfg.task == "pretrain":
-        return pretrain_transform(size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation, normalize=normalize)
+        return pretrain_transform(size, mean, std, a.scale, a.ratio, a.hflip, d.interpolation, normalize=normalize,
+                                  resize_backend=d.resize_backend)
     return finetune_transform(size, mean, std, a.scale, a.ratio, a.hflip, a.auto_augment, a.color_jitter, a.reprob,
-                              a.remode, d.interpolation, normalize=normalize)
+                              a.remode, d.interpolation, normalize=normalize, resize_backend=d.resize_backend)
 
 
 def build_pipeline(cfg: RunConfig, split: str, train: bool, batch_size: int, rank: int = 0, world: int = 1,

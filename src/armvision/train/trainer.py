@@ -38,7 +38,7 @@ from ..models.io import atomic_write
 from . import distributed
 from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
                          set_rng_state)
-from .compiled import CompiledModule, compile_enabled
+from .compiled import CompiledModule, compile_enabled, compile_mode
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
 from .evaluate import autocast_for, evaluate_classifier, evaluate_pretraining
@@ -254,7 +254,8 @@ class Trainer:
         self.objective = build_objective(cfg, self.num_classes)
         # the module a training step calls (DDP wrapper included, as torch recommends); self.model keeps the weights
         self.train_module = CompiledModule(self.ddp or self.model, compile_enabled(cfg.compile, self.device),
-                                           cfg.compile_backend)
+                                           cfg.compile_backend,
+                                           compile_mode(cfg.compile_mode, self.device, self.dist.world_size))
 
     def _build_optimization(self) -> None:
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.device)
@@ -511,6 +512,7 @@ class Trainer:
             if self.step >= stop_step:
                 break
             t_step = time.time()
+            self.train_module.begin_step()
             loss_sum = torch.zeros((), device=self.device)
             skipped = 0  # skip events of this step's batches (their files go to a host-side set)
             for k in range(self.accum_steps):
