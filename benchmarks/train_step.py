@@ -71,14 +71,15 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str = "recompute") -> dict:
-    """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed."""
+        states: str = "recompute", mode: str = "default") -> dict:
+    """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed; ``mode``:
+    torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU)."""
     with armvision.ops.scan_config(states=states):
-        return _run(workload, backend, compile_model, steps, warmup, peak, states)
+        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode)
 
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-         states: str) -> dict:
+         states: str, mode: str = "default") -> dict:
     name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
@@ -88,8 +89,14 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     images = torch.randn(batch, 3, size, size, device="cuda")
     labels = torch.randint(0, 1000, (batch,), device="cuda")
     if compile_model:
-        model = torch.compile(model)
+        model = torch.compile(model, mode=None if mode == "default" else mode)
     step = step_fn(model, pretraining, opt, images, labels)
+    if compile_model and mode in ("reduce-overhead", "max-autotune"):
+        graph_step = step
+
+        def step():  # as the trainer: each step tells the CUDA graphs the last step's outputs are dead
+            torch.compiler.cudagraph_mark_step_begin()
+            return graph_step()
     torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
@@ -103,8 +110,8 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
         times.append(start.elapsed_time(end))
     ms = statistics.median(times)
     ips = batch / ms * 1e3
-    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model, batch=batch,
-               ms=ms,
+    res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model,
+               compile_mode=mode if compile_model else None, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
     del model, opt, images
@@ -117,6 +124,10 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["triton"], help="ops backends to compare (triton, torch, ...)")
     ap.add_argument("--compile", action="store_true", help="also run each with torch.compile")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode of the compiled runs (reduce-overhead: CUDA graphs, as armvision's "
+                         "trainer on one GPU)")
     ap.add_argument("--states", nargs="+", default=["recompute"], choices=["save", "recompute"],
                     help="Triton scan: keep the chunk states for the backward, or recompute them there")
     ap.add_argument("--steps", type=int, default=20)
@@ -133,7 +144,8 @@ def main():
                 for states in (args.states if backend != "torch" else ["save"]):
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
-                        r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states)
+                        r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states,
+                                args.compile_mode)
                     except torch.cuda.OutOfMemoryError as ex:
                         print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
                         torch.cuda.empty_cache()
@@ -147,7 +159,8 @@ def main():
            "| reference images/s |")
     print("\n" + hdr + "\n|" + "---|" * 10)
     for r in rows:
-        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {r['compiled']} | {r['batch']} "
+        comp = f"{r['compiled']} ({r['compile_mode']})" if r["compiled"] else "False"
+        print(f"| {r['workload']} | {r['backend']} | {r['states']} | {comp} | {r['batch']} "
               f"| {r['images_per_s']:.0f} | "
               f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
     if args.json:
