@@ -161,10 +161,11 @@ def profile_table(p: dict, top: int = 15) -> str:
 
 
 def run_train_step(workloads: list[str], compile_model: bool, workdir: Path, timeout: float) -> list[dict]:
-    """train_step.py's rows for ``workloads`` (eager, and with ``compile_model`` also compiled)."""
+    """train_step.py's rows for ``workloads`` (eager, and with ``compile_model`` also compiled, with CUDA graphs
+    as the trainer compiles on one GPU)."""
     out = workdir / f"train_step_{'_'.join(workloads)}.json"
     cmd = [sys.executable, str(HERE / "train_step.py"), "--workloads", *workloads, "--steps", "10", "--warmup", "3",
-           "--json", str(out)] + (["--compile"] if compile_model else [])
+           "--json", str(out)] + (["--compile", "--compile-mode", "reduce-overhead"] if compile_model else [])
     out.unlink(missing_ok=True)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0 or not out.exists():
@@ -210,9 +211,9 @@ def main():
     ap.add_argument("--log-every", type=int, default=10, help="steps per logging window")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--large", action="store_true", help="also arm_large_in1k_pretrain (~1 min more)")
-    ap.add_argument("--workloads", nargs="+", choices=["pretrain_b", "finetune_b"],
+    ap.add_argument("--workloads", nargs="+", choices=["pretrain_b", "finetune_b", "pretrain_l"],
                     default=["pretrain_b", "finetune_b"],
-                    help="the ARM-B commands to run (split a long run over several calls)")
+                    help="the commands to run (split a long run over several calls; pretrain_l = --large)")
     ap.add_argument("--skip", nargs="+", choices=["pipeline", "train_step"], default=[],
                     help="leave out the data pipeline alone and/or train_step.py's model-only ceiling")
     ap.add_argument("--no-compile", action="store_true", help="train_step.py eager only (saves ~2-3 min)")
@@ -260,7 +261,7 @@ def main():
     if cuda:
         torch.cuda.empty_cache()
 
-    names = list(args.workloads) + (["pretrain_l"] if args.large else [])
+    names = list(dict.fromkeys(list(args.workloads) + (["pretrain_l"] if args.large else [])))
     for name in names:
         decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,

@@ -14,6 +14,7 @@ from .feeder import DeviceFeeder
 from .images import IMAGE_EXTENSIONS, ImageFiles, collate_readable, list_images
 from .transforms import (
     NORMALIZATION,
+    TensorCrop,
     data_config,
     eval_transform,
     finetune_transform,
@@ -48,6 +49,7 @@ __all__ = [
     "normalize_batch",
     "pretrain_transform",
     "finetune_transform",
+    "TensorCrop",
     "eval_transform",
     "to_mode",
     "reference_crop_pct",

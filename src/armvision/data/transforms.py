@@ -90,7 +90,7 @@ class TensorCrop:
     RandomResizedCropAndInterpolation, then its own flip, RandAugment, ... objects), so a seeded worker draws
     exactly what the Pillow pipeline draws. The resize is ``F.interpolate(..., antialias=True)`` on the uint8
     image, Pillow-SIMD's fixed-point algorithm in PyTorch: the same antialiased bicubic/bilinear filter as
-    Pillow's, results within 2 levels of Pillow's (a few % of the values differ), about 3x faster. Transforms that
+    Pillow's, equal to rounding (docs/training.md says how close), and about 3x faster than Pillow's. Transforms that
     need a PIL image (RandAugment, colour jitter) get the cropped image back as one; the tensor conversions
     (``ToTensor``'s x / 255, timm's 8-bit ``MaybePILToTensor``) act on the tensor directly.
     """

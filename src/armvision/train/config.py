@@ -108,9 +108,10 @@ class DataConfig:
                                                              "reference code's MAE transform)")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")
     resize_backend: Literal["torch", "pillow"] = _f(
-        "torch", "training crops (decode cpu): 'torch' resizes the 8-bit crop with PyTorch's antialiased kernels "
-                 "(the same draws and filter as Pillow's, values within 2 levels; workers about 1.4x faster), "
-                 "'pillow' keeps timm's Pillow pipeline as the reference code; nearest always uses Pillow")
+        "torch", "training crops (decode cpu): 'torch' decodes RGB JPEGs with torchvision and resizes the 8-bit "
+                 "crop with PyTorch's antialiased kernels (the same draws and filter as Pillow's, values equal to "
+                 "rounding; the pretraining loader 2.2x faster), 'pillow' keeps timm's Pillow pipeline as the "
+                 "reference code; nearest always uses Pillow")
     decode: Literal["cpu", "gpu"] = _f("cpu", "training images: 'cpu' (PIL in the loader workers) or 'gpu' (JPEGs "
                                               "decoded and cropped on the GPU in batches, pretraining transform and "
                                               "random erasing; no RandAugment)")
