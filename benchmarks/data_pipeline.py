@@ -42,9 +42,8 @@ PRESETS = {"pretrain": "arm_base_in1k_pretrain", "pretrain_pillow": "arm_base_in
 MODE_OVERRIDES = {"pretrain_float": {"data.normalize": "workers"}, "gpu": {"data.decode": "gpu"},
                   "pretrain_pillow": {"data.resize_backend": "pillow"},
                   "finetune_pillow": {"data.resize_backend": "pillow"}}
-# ANCHORS.md's micro-batches of ARM-B
-BATCH = {"pretrain": 256, "pretrain_pillow": 256, "pretrain_float": 256, "finetune": 128, "finetune_pillow": 128,
-         "gpu": 256}
+# ANCHORS.md's micro-batches of ARM-B, by preset
+BATCH = {mode: 256 if preset == "arm_base_in1k_pretrain" else 128 for mode, preset in PRESETS.items()}
 
 
 def _synthetic_image(args) -> None:
