@@ -1,14 +1,15 @@
 """``python benchmarks/_profile_train.py OUT.json WAIT ACTIVE TASK --config C [--key value ...]``: run
 armvision's trainer in this process (the config exactly as ``armvision TASK --config C ...`` builds it),
 record ACTIVE optimizer steps with torch.profiler after WAIT steps of warm-up (compilation, loader
-start), and write where a step's time goes to OUT.json: the step's wall time (synchronised at each
-optimizer step) and the top kernels (CUDA; on the CPU the top operators) with their time per step
-and share of the step. Used by ``benchmarks/train_cli.py --profile``."""
+start), and write where a step's time goes to OUT.json: the step's wall time (the active steps' span,
+synchronised only at its two ends, so the host runs ahead as in an unprofiled run), the top kernels
+(CUDA; on the CPU the top operators) with their time per step and share of the step, and the kernels
+summed by kind (scan, conv, matrix products, inductor's fused kernels, ...). Used by
+``benchmarks/train_cli.py --profile``."""
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,25 +23,54 @@ from armvision.train.trainer import Trainer
 
 TOP = 25
 
+# kinds of CUDA kernels, by name (first match wins); what matches none is "other ATen kernels"
+KINDS = (
+    ("selective scan (armvision Triton)", ("_scan_fwd_kernel", "_scan_bwd_kernel")),
+    ("causal conv (armvision Triton)", ("_conv_fwd_kernel", "_conv_bwd_kernel")),
+    ("matrix products (cuBLAS, cuDNN, CUTLASS)", ("nvjet", "gemm", "cutlass", "xmma", "splitk", "cublas", "cudnn")),
+    ("attention (SDPA)", ("flash", "fmha", "attention")),
+    ("inductor's fused kernels (elementwise, norms, reductions)", ("triton_",)),
+    ("optimizer and EMA (fused AdamW, foreach)", ("multi_tensor_apply", "fused_adam", "foreach")),
+    ("ATen reductions (sums of per-block partials, norms)", ("reduce_kernel",)),
+    ("copies and fills", ("memcpy", "memset", "copy_kernel", "fill")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KINDS if any(k in low for k in keys)), "other ATen kernels")
+
 
 def kernel_table(prof, active: int, step_us: float, cuda: bool) -> dict:
-    """Top kernels (or CPU operators) by self time, per step and as a share of the step."""
+    """Top kernels (or CPU operators) by self time, per step and as a share of the step; on CUDA also the
+    kernels summed by kind (:data:`KINDS`)."""
     avg = prof.key_averages()
     if cuda:
-        # the kernels themselves (a CPU operator's self device time repeats its kernels')
+        # the kernels themselves (a CPU operator's self device time repeats its kernels'; user annotations such
+        # as Optimizer.step#AdamW.step span kernels listed on their own)
         rows = [(e.key, e.self_device_time_total, e.count) for e in avg
-                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0]
+                if e.device_type == DeviceType.CUDA and e.self_device_time_total > 0
+                and not getattr(e, "is_user_annotation", False)]
         if not rows:  # a profiler that does not tag its kernel events: every event with device time
             rows = [(e.key, e.self_device_time_total, e.count) for e in avg if e.self_device_time_total > 0]
     else:
         rows = [(e.key, e.self_cpu_time_total, e.count) for e in avg if e.self_cpu_time_total > 0]
-    rows = [r for r in rows if not r[0].startswith("ProfilerStep")]  # the profiler's own step ranges
+    # the profiler's own step ranges, and annotations a profiler does not flag as such
+    rows = [r for r in rows if not r[0].startswith("ProfilerStep") and "#" not in r[0]]
     rows.sort(key=lambda r: -r[1])
     busy = sum(r[1] for r in rows) / active
     top = [{"name": name, "us_per_step": t / active, "share": t / active / step_us, "calls_per_step": n / active}
            for name, t, n in rows[:TOP]]
-    return {"step_ms": step_us / 1e3, "busy_ms_per_step": busy / 1e3, "busy_share": busy / step_us,
-            "what": "CUDA kernels" if cuda else "CPU operators (self time)", "top": top}
+    res = {"step_ms": step_us / 1e3, "busy_ms_per_step": busy / 1e3, "busy_share": busy / step_us,
+           "what": "CUDA kernels" if cuda else "CPU operators (self time)", "top": top}
+    if cuda:
+        kinds: dict[str, list[float]] = {}
+        for name, t, n in rows:
+            k = kinds.setdefault(kernel_kind(name), [0.0, 0.0])
+            k[0], k[1] = k[0] + t / active, k[1] + n / active
+        res["kinds"] = [{"kind": k, "us_per_step": t, "share": t / step_us, "calls_per_step": n}
+                        for k, (t, n) in sorted(kinds.items(), key=lambda kv: -kv[1][0])]
+    return res
 
 
 def main(argv: list[str]) -> int:
@@ -54,17 +84,23 @@ def main(argv: list[str]) -> int:
     cuda = trainer.device.type == "cuda"
     stamps: list[float] = []
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    done = [0]
     with profile(activities=acts, schedule=schedule(wait=wait, warmup=1, active=active)) as prof:
         def after_step(*_):
-            if cuda:
-                torch.cuda.synchronize()
-            stamps.append(time.perf_counter())
+            done[0] += 1
+            # the span of the active steps, from the end of the warm-up step to the end of the last active one:
+            # synchronised only there, so the host queues work ahead within it as in a run without the profiler
+            if done[0] in (wait + 1, wait + 1 + active):
+                if cuda:
+                    torch.cuda.synchronize()
+                stamps.append(time.perf_counter())
             prof.step()
 
         trainer.optimizer.register_step_post_hook(after_step)
         trainer.fit()
-    steps = [b - a for a, b in zip(stamps[wait:], stamps[wait + 1:])]  # the active steps' wall times
-    step_us = statistics.median(steps) * 1e6
+    if len(stamps) != 2:
+        raise SystemExit(f"the run ended after {done[0]} steps, before the {active} profiled ones")
+    step_us = (stamps[1] - stamps[0]) / active * 1e6
     res = kernel_table(prof, active, step_us, cuda)
     res.update(compiled=trainer.train_module.is_compiled, device=str(trainer.device), wait=wait, active=active)
     out.write_text(json.dumps(res, indent=1))

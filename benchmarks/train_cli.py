@@ -157,6 +157,13 @@ def profile_table(p: dict, top: int = 15) -> str:
         name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
         lines.append(f"| `{name}` | {r['us_per_step'] / 1e3:.2f} | {100 * r['share']:.1f}% | "
                      f"{r['calls_per_step']:.0f} |")
+    if p.get("kinds"):  # every kernel, summed by kind, and the time no kernel ran
+        lines += ["", "| kernels by kind | ms per step | share of the step | kernels per step |", "|---|---|---|---|"]
+        for r in p["kinds"]:
+            lines.append(f"| {r['kind']} | {r['us_per_step'] / 1e3:.2f} | {100 * r['share']:.1f}% | "
+                         f"{r['calls_per_step']:.0f} |")
+        idle = p["step_ms"] - p["busy_ms_per_step"]
+        lines.append(f"| step minus the kernels' sum (GPU idle: host, launches, waits) | {idle:.2f} | {100 * idle / p['step_ms']:.1f}% | |")
     return "\n".join(lines)
 
 

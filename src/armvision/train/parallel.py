@@ -21,6 +21,7 @@ forward pass is a collective).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -131,8 +132,12 @@ def gradient_sync(par: Parallel, sync: bool):
 
 
 def clip_grad_norm(params: list[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """``clip_grad_norm_`` over all processes' shards; the total norm as a plain tensor ()."""
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    """``clip_grad_norm_`` over all processes' shards; the total norm as a plain tensor (). An infinite
+    ``max_norm`` (no clipping) only measures the norm: no pass that multiplies every gradient by 1."""
+    if math.isinf(max_norm) and hasattr(torch.nn.utils, "get_total_norm"):
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    else:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 

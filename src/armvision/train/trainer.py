@@ -508,6 +508,9 @@ class Trainer:
         # fused AdamW skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and
         # for-loop implementations cannot, so there the flag is read on the host each step
         on_device = bool(self.optimizer.defaults.get("fused"))
+        # the step number on the device, for the record of the first non-finite step: made by a fill kernel and
+        # counted there, since a (blocking) copy from the host would wait for the GPU each step
+        step_dev = torch.full((), float(self.step), dtype=torch.float64, device=self.device)
         for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
             if self.step >= stop_step:
                 break
@@ -534,14 +537,13 @@ class Trainer:
             # one check per step, agreed by all ranks, before the weights change; it stays on the device
             bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
             stop_here = float(self._signals is not None and self._signals.received is not None)
-            host = torch.tensor([float(skipped), stop_here], dtype=torch.float64)  # one copy to the device
-            flags = torch.cat([bad.double().reshape(1), host.to(self.device, non_blocking=True)])
+            flags = torch.cat([bad.double().reshape(1), self._host_to_device([float(skipped), stop_here])])
             distributed.all_reduce_sum(flags)
             step_bad = flags[0] > 0
             self._bad_steps += step_bad.long()
             self._skipped_dev += flags[1].long()
-            first = torch.stack([torch.tensor(float(self.step + 1), dtype=torch.float64).to(self.device),
-                                 loss_sum.double() / self.accum_steps, grad_norm.double().to(self.device)])
+            step_dev += 1
+            first = torch.stack([step_dev, loss_sum.double() / self.accum_steps, grad_norm.double().to(self.device)])
             self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
             step_loss = loss_sum.double() / self.accum_steps
             if self._pending_health is not None:
@@ -594,6 +596,14 @@ class Trainer:
             self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
         self._check_nonfinite(epoch)
         self._sync_skipped()
+
+    def _host_to_device(self, values: list[float]) -> torch.Tensor:
+        """Host values as a float64 tensor on the device without waiting for the GPU: on CUDA they go through pinned
+        memory, asynchronously (a copy from pageable memory, or a blocking one, can synchronise the stream)."""
+        t = torch.tensor(values, dtype=torch.float64)
+        if self.device.type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _sync_skipped(self) -> None:
         self.skipped_images += int(self._skipped_dev.item())
