@@ -49,3 +49,15 @@ def test_no_host_sync_between_log_steps(tmp_path, task):
         torch.cuda.set_sync_debug_mode("default")
     assert summary["steps"] == 9 and len(seen) == 9  # the window opened and closed inside the run
     assert trainer.train_module.verified  # compiled steps, no fallback to eager
+
+
+def test_the_detector_catches_a_blocking_copy():
+    """What the test above relies on: under "error", a blocking host-to-device copy (as the trainer made one per
+    step until 2026-12-01, for the step number) raises."""
+    torch.zeros(1, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with pytest.raises(RuntimeError, match="synchroniz"):
+            torch.tensor(1.0).to("cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -8,14 +8,22 @@ the rounded inputs, rounded once at the end (``scan_numerics.proxy_scan``). Erro
 summation noise) count as equal. Prints one line per case (run with ``-s`` to see them):
 
     python -m pytest tests/gpu/test_scan_numerics_gpu.py -q -s
+
+To compare with mamba-ssm's own kernel without installing it, point ARMVISION_MAMBA_SSM_SRC at an unpacked
+mamba-ssm sdist: its ``selective_scan_cuda`` extension is then built for this GPU as
+``benchmarks/scan.py --mamba-ssm-src`` builds it (a few minutes; ARMVISION_MAMBA_SSM_BUILD names the build
+directory to reuse, default /tmp/armvision_mamba_ssm_build).
 """
 
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scan_numerics import error_ratios, make_inputs, proxy_scan  # noqa: E402
 
@@ -29,12 +37,27 @@ SHAPES = [(2, 1, 4, 16), (3, 7, 4, 8), (2, 128, 768, 16), (4, 197, 1536, 16), (2
           (1, 4096, 4, 16), (1, 4096, 768, 16), (2, 4096, 1536, 16)]
 
 
+def _built_selective_scan_fn():
+    """mamba-ssm's selective_scan_fn built from ARMVISION_MAMBA_SSM_SRC (None when the variable is not set)."""
+    src = os.environ.get("ARMVISION_MAMBA_SSM_SRC")
+    if not src or not torch.cuda.is_available():
+        return None
+    spec = importlib.util.spec_from_file_location("_bench_scan", ROOT / "benchmarks" / "scan.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    build = Path(os.environ.get("ARMVISION_MAMBA_SSM_BUILD", "/tmp/armvision_mamba_ssm_build"))
+    return bench.build_mamba_ssm(Path(src), build)
+
+
 def mamba_ssm_baseline():
-    """mamba-ssm's selective_scan_fn in armvision's (b, t, e) layout, or None where it is not importable."""
+    """mamba-ssm's selective_scan_fn in armvision's (b, t, e) layout, or None where it is not importable
+    (nor built from ARMVISION_MAMBA_SSM_SRC)."""
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except Exception:  # noqa: BLE001 - not installed, or built for another torch
-        return None
+        selective_scan_fn = _built_selective_scan_fn()  # a build error fails the run: the variable asked for it
+        if selective_scan_fn is None:
+            return None
 
     def fn(u, delta, A, B, C, D, z, delta_bias):
         tr = lambda x: x.transpose(1, 2).contiguous()  # noqa: E731
