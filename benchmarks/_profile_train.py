@@ -27,8 +27,8 @@ TOP = 25
 KINDS = (
     ("selective scan (armvision Triton)", ("_scan_fwd_kernel", "_scan_bwd_kernel")),
     ("causal conv (armvision Triton)", ("_conv_fwd_kernel", "_conv_bwd_kernel")),
+    ("attention (SDPA)", ("flash", "fmha", "attention", "sdpa")),
     ("matrix products (cuBLAS, cuDNN, CUTLASS)", ("nvjet", "gemm", "cutlass", "xmma", "splitk", "cublas", "cudnn")),
-    ("attention (SDPA)", ("flash", "fmha", "attention")),
     ("inductor's fused kernels (elementwise, norms, reductions)", ("triton_",)),
     ("optimizer and EMA (fused AdamW, foreach)", ("multi_tensor_apply", "fused_adam", "foreach")),
     ("ATen reductions (sums of per-block partials, norms)", ("reduce_kernel",)),

@@ -2,6 +2,8 @@
 
 The method of the reference figures in benchmarks/anchors.py: one process, bf16 autocast, fused
 AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
+The steps run back to back and their CUDA events are read once at the end (until 2026-12-01 the loop
+synchronised after each step, which left the GPU idle while the host launched the next one).
 Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
 benchmarks/train_cli.py). Run on a GPU:
 
@@ -100,15 +102,17 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     torch.cuda.reset_peak_memory_stats()
     for _ in range(warmup):
         step()
-    times = []
+    # the steps run back to back, as in training: no synchronisation between them (it would leave the GPU idle
+    # while the host launches the next step), events around each step, read once at the end
+    events = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         loss = step()
         end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    ms = statistics.median(times)
+        events.append((start, end))
+    torch.cuda.synchronize()
+    ms = statistics.median(start.elapsed_time(end) for start, end in events)
     ips = batch / ms * 1e3
     res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model,
                compile_mode=mode if compile_model else None, batch=batch, ms=ms,
@@ -124,6 +128,7 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     ap.add_argument("--backends", nargs="+", default=["triton"], help="ops backends to compare (triton, torch, ...)")
     ap.add_argument("--compile", action="store_true", help="also run each with torch.compile")
+    ap.add_argument("--compiled-only", action="store_true", help="run only the compiled steps (implies --compile)")
     ap.add_argument("--compile-mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode of the compiled runs (reduce-overhead: CUDA graphs, as armvision's "
@@ -140,7 +145,7 @@ def main():
     rows = []
     for w in args.workloads:
         for backend in args.backends:
-            for comp in ([False, True] if args.compile else [False]):
+            for comp in ([True] if args.compiled_only else [False, True] if args.compile else [False]):
                 for states in (args.states if backend != "torch" else ["save"]):
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
