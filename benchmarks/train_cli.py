@@ -163,7 +163,8 @@ def profile_table(p: dict, top: int = 15) -> str:
             lines.append(f"| {r['kind']} | {r['us_per_step'] / 1e3:.2f} | {100 * r['share']:.1f}% | "
                          f"{r['calls_per_step']:.0f} |")
         idle = p["step_ms"] - p["busy_ms_per_step"]
-        lines.append(f"| step minus the kernels' sum (GPU idle: host, launches, waits) | {idle:.2f} | {100 * idle / p['step_ms']:.1f}% | |")
+        lines.append(f"| step minus the kernels' sum (GPU idle: host, launches, waits) | {idle:.2f} | "
+                     f"{100 * idle / p['step_ms']:.1f}% | |")
     return "\n".join(lines)
 
 
