@@ -139,6 +139,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (it times training steps on one); on the CPU, benchmarks/train_cli.py --tiny "
+                 "runs the commands end to end")
     peak = matmul_tflops()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16 matmul {peak:.0f} TFLOP/s")
     print(anchors.describe() + "; compare only with the same card kind")
