@@ -10,7 +10,7 @@ from .fashion_mnist import DEFAULT_ROOT as FASHION_MNIST_ROOT
 from .fashion_mnist import FashionMNIST, read_idx
 from .loader import (MAX_LISTED_FILES, ResumableSampler, ShardSampler, Skips, collate, make_loader,
                      unreadable_report)
-from .feeder import DeviceFeeder
+from .feeder import DeviceFeeder, copy_to_device
 from .images import IMAGE_EXTENSIONS, ImageFiles, collate_readable, list_images
 from .transforms import (
     NORMALIZATION,
@@ -41,6 +41,7 @@ __all__ = [
     "collate",
     "make_loader",
     "DeviceFeeder",
+    "copy_to_device",
     "Skips",
     "unreadable_report",
     "MAX_LISTED_FILES",

@@ -26,9 +26,17 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-__all__ = ["DeviceFeeder"]
+__all__ = ["DeviceFeeder", "copy_to_device"]
 
 _END, _ITEM, _ERROR = "end", "item", "error"
+
+
+def copy_to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the GPU: on CUDA through pinned memory, asynchronously (a
+    blocking copy, or one from pageable memory, can synchronise the stream); elsewhere a plain copy."""
+    if torch.device(device).type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _tensors(obj: Any):

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .feeder import copy_to_device
+
 __all__ = ["interpolation_matrices", "resized_crops"]
 
 _HALF_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0}  # the filter's support radius at scale <= 1
@@ -111,7 +113,7 @@ def resized_crops(images: Sequence[Tensor], boxes: Tensor | Sequence, flips: Ten
     crops = [(r[5], r[6]) for r in table]
     order = sorted(range(b), key=lambda k: crops[k][0] * crops[k][1])
     info = torch.tensor([table[k] for k in order], dtype=torch.long)  # (b, 9), in chunk order
-    info = info.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else info.to(device)
+    info = copy_to_device(info, device)
     out = torch.empty(b, c, size, size, dtype=torch.float32, device=device)
     chans = torch.arange(c, device=device)
     for start, end, hm, wm in _chunks(crops, order, c, size, chunk_elements):

@@ -30,8 +30,8 @@ from torch import nn
 from tqdm import tqdm
 
 from .. import __version__, ops
-from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, dataset_classes, normalization,
-                    unreadable_report)
+from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_device, dataset_classes,
+                    normalization, unreadable_report)
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
@@ -537,15 +537,16 @@ class Trainer:
             # one check per step, agreed by all ranks, before the weights change; it stays on the device
             bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
             stop_here = float(self._signals is not None and self._signals.received is not None)
-            flags = torch.cat([bad.double().reshape(1), self._host_to_device([float(skipped), stop_here])])
+            host = copy_to_device(torch.tensor([float(skipped), stop_here], dtype=torch.float64), self.device)
+            flags = torch.cat([bad.double().reshape(1), host])
             distributed.all_reduce_sum(flags)
             step_bad = flags[0] > 0
             self._bad_steps += step_bad.long()
             self._skipped_dev += flags[1].long()
-            step_dev += 1
-            first = torch.stack([step_dev, loss_sum.double() / self.accum_steps, grad_norm.double().to(self.device)])
-            self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
             step_loss = loss_sum.double() / self.accum_steps
+            step_dev += 1
+            first = torch.stack([step_dev, step_loss, grad_norm.double().to(self.device)])
+            self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
             if self._pending_health is not None:
                 self._judge_checkpoint(torch.where(step_bad, torch.nan, step_loss))
             lr = self.current_lr
@@ -596,14 +597,6 @@ class Trainer:
             self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
         self._check_nonfinite(epoch)
         self._sync_skipped()
-
-    def _host_to_device(self, values: list[float]) -> torch.Tensor:
-        """Host values as a float64 tensor on the device without waiting for the GPU: on CUDA they go through pinned
-        memory, asynchronously (a copy from pageable memory, or a blocking one, can synchronise the stream)."""
-        t = torch.tensor(values, dtype=torch.float64)
-        if self.device.type != "cuda":
-            return t.to(self.device)
-        return t.pin_memory().to(self.device, non_blocking=True)
 
     def _sync_skipped(self) -> None:
         self.skipped_images += int(self._skipped_dev.item())
