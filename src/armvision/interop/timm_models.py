@@ -33,7 +33,7 @@ import os
 from typing import Any, Mapping
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import Tensor
 
 from ..data.transforms import reference_crop_pct
@@ -127,16 +127,18 @@ def _resolve_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any],
     weights say about the model (class count, the reference's pooling flag) becomes its default."""
     if overlay.get("state_dict") is not None:
         return overlay
-    base = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {}
+    # the variant's registered cfg (its tag's, when the name had one): where its weights live
+    base = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else \
+        resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg).to_dict()
     file = overlay.get("file") or base.get("file")
     if not file:
         filename = overlay.get("hf_hub_filename") or base.get("hf_hub_filename")
         if not filename:
             raise RuntimeError(
-                f"{variant}: no verified download location for pretrained ARM weights. Pass the weights file: "
+                f"{variant}: no verified download location for its pretrained weights. Pass the weights file: "
                 f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) (an "
                 f"official .pth, an armvision model directory or model.safetensors), or name a file of the Hub "
-                f"repository {overlay.get('hf_hub_id') or OFFICIAL_HUB_ID!r} with "
+                f"repository {overlay.get('hf_hub_id') or base.get('hf_hub_id') or OFFICIAL_HUB_ID!r} with "
                 "pretrained_cfg_overlay=dict(hf_hub_filename=NAME)")
         repo = overlay.get("hf_hub_id") or base.get("hf_hub_id") or OFFICIAL_HUB_ID
         file = _download(repo, filename, kwargs.get("cache_dir"))

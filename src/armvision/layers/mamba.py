@@ -196,8 +196,10 @@ class Mamba(nn.Module):
         x_dbl = x_proj(x)  # (b, t, dt_rank + 2N); position-wise, so the token order does not matter
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # bias goes into the scan, in fp32
-        A = -torch.exp(A_log.float())
-        return ops.selective_scan(x, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True,
+        # A, D and the dt bias enter the scan in float32, or wider: a float64 model computes in float64
+        wide = torch.promote_types(A_log.dtype, torch.float32)
+        A = -torch.exp(A_log.to(wide))
+        return ops.selective_scan(x, delta, A, B, C, D.to(wide), z, dt_proj.bias.to(wide), delta_softplus=True,
                                   index=order, backend=self.backend)
 
     def forward_directions(self, hidden: Tensor, layout: TokenLayout | None = None) -> list[Tensor]:
