@@ -25,7 +25,7 @@ from armvision.interop.official import load_official, read_official_checkpoint, 
 from armvision.interop.official_vim import infer_vim_model_args
 from armvision.layers import Mamba, TokenLayout, VimBlock
 from armvision.models.vim import REFERENCE_NAMES
-from armvision.weights import read_weights
+from armvision.weights import classifier_for, init_classifier, read_weights
 
 # small Vims in the official layout: an 8x8 patch grid (class token at 32 of 65) and a 7x7 one (at 24 of 50)
 EVEN = dict(embed_dim=32, depth=2, d_state=8, patch=4, grid=8, num_classes=10)
@@ -260,9 +260,18 @@ def test_finetuning_from_vim_pretraining_copies_forward_into_backward(tmp_path, 
             assert torch.equal(getattr(b.mixer, "conv1d" + s).weight, a.mixer.conv1d.weight)
     assert clf.pos_embed.shape == (1, 145, 16) and torch.equal(clf.pos_embed[0, 72], torch.zeros(16))
     assert clf(torch.randn(2, 3, 48, 48)).shape == (2, 3)
+    # what finetune --init does with a run directory: the Vim classifier its weights describe
+    w = read_weights(tmp_path / "pre")
+    clf2 = classifier_for(w, num_classes=3)
+    assert (clf2.block, clf2.config["directions"], clf2.global_pool, clf2.config["expand"]) == ("vim", 2, "token", 2)
+    init_classifier(clf2, w)
+    assert torch.equal(clf2.layers[5].mixer.x_proj_b.weight, pre.layers[5].mixer.x_proj.weight)
     mlp = armvision.create_model("arm_tiny_pz16", img_size=48, patch_size=4, embed_dim=16, depth=6, d_state=4)
     with pytest.raises(KeyError, match="do not fit this classifier"):
         armvision.init_classifier_from_pretraining(mlp, pre)
+    with pytest.raises(CheckpointError, match="does not fit this classifier: block: checkpoint vim, classifier "
+                                              "mambamlp; expand: checkpoint 2, classifier 1"):
+        init_classifier(mlp, w)
 
 
 def test_vim_drop_path_rates_are_the_references_linear_schedule():
