@@ -71,7 +71,7 @@ class VimBlock(nn.Module):
     single addition here, so the outputs are the same; written pre-norm, the block has the interface of
     :class:`MambaMLPBlock`. The reference's drop-path modules sit one block later (block i drops block
     i - 1's mixer output, the final norm the last one's at the full rate): the rate that applies to block
-    i's own output is ``drop_path`` here (see :func:`armvision.models.arm.drop_path_rates`).
+    i's own output is ``drop_path`` here.
 
     Args:
         dim: width.

@@ -227,5 +227,4 @@ class Mamba(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-                f"dt_rank={self.dt_rank}, "
-                f"directions={self.num_directions}, backend={self.backend!r}")
+                f"dt_rank={self.dt_rank}, directions={self.num_directions}, backend={self.backend!r}")
