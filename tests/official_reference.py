@@ -175,6 +175,12 @@ def _lin(x: Tensor, sd, name: str) -> Tensor:
     return F.linear(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"))
 
 
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """The reference's ``.float()`` on the scan's A, D and dt bias, which upcast half precision; a float64 run
+    stays in float64 so that a comparison in float64 is one."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _inner_no_out_proj(xz: Tensor, sd, p: str, s: str) -> Tensor:
     """``mamba_inner_fn_no_out_proj``: xz (b, 2e, l) -> gated scan output (b, e, l)."""
     x, z = xz.chunk(2, dim=1)
@@ -186,10 +192,10 @@ def _inner_no_out_proj(xz: Tensor, sd, p: str, s: str) -> Tensor:
     dt_rank = x_dbl.shape[-1] - 2 * d_state
     dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)
     dt = F.linear(dt, sd[f"{p}dt_proj{s}.weight"])  # (b, l, e), bias applied inside the scan
-    # as the reference: A, D and the dt bias enter the scan in float32
-    A = -torch.exp(sd[f"{p}A{s}_log"].float())
-    y = selective_scan_ref(x.transpose(1, 2), dt, A, B, C, sd[f"{p}D{s}"].float(), z.transpose(1, 2),
-                           sd[f"{p}dt_proj{s}.bias"].float(), delta_softplus=True)
+    # as the reference: A, D and the dt bias enter the scan in float32 (``.float()``); float64 runs keep float64
+    A = -torch.exp(_at_least_fp32(sd[f"{p}A{s}_log"]))
+    y = selective_scan_ref(x.transpose(1, 2), dt, A, B, C, _at_least_fp32(sd[f"{p}D{s}"]), z.transpose(1, 2),
+                           _at_least_fp32(sd[f"{p}dt_proj{s}.bias"]), delta_softplus=True)
     return y.transpose(1, 2)
 
 

@@ -212,7 +212,7 @@ def test_geometry_errors():
 
 def test_create_model_errors_and_names():
     assert armvision.list_models() == ["arm_tiny_pz16", "arm_small_pz16", "arm_base_pz16", "arm_large_pz16",
-                                       "arm_huge_pz16"]
+                                       "arm_huge_pz16", "vim_tiny_pz16", "vim_small_pz16", "vim_base_pz16"]
     with pytest.raises(ValueError, match="unknown model 'arm_giant_pz16'; valid names: arm_tiny_pz16, arm_small"):
         armvision.create_model("arm_giant_pz16")
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['cluster_size'\] for the classifier"):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..models import ARMClassifier, ARMPretrain
+from ..models import CLASSIFIER_ARGS, ARMClassifier, ARMPretrain
 from ..data import data_config
 from ..models.io import CONFIG_NAME, WEIGHTS_NAME, atomic_write, save_model
 from ..weights import read_config, read_weights
@@ -77,11 +77,17 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     if config.get("license"):
         lines.append(f"license: {config['license']}")
     lines += ["---", "", f"# {name}", ""]
+    vim = args.get("block") == "vim"
     if pretraining:
-        lines.append("An ARM **pretraining** model (MambaMLP encoder + cross-attention decoder) from *Autoregressive "
+        lines.append(f"An ARM **pretraining** model ({'Vim encoder, scanning forward' if vim else 'MambaMLP encoder'} "
+                     "+ cross-attention decoder) from *Autoregressive "
                      "Pretraining with Mamba in Vision* (Ren et al., ICLR 2025): it predicts the next cluster of "
-                     "image patches from the previous ones. Use it to initialise a four-direction classifier "
+                     "image patches from the previous ones. Use it to initialise a classifier "
                      "(`armvision.init_classifier_from_pretraining`) or to extract encoder features.")
+    elif vim:
+        lines.append("A **Vim** classifier (Vision Mamba, Zhu et al., ICML 2024: bidirectional Mamba blocks, class "
+                     "token in the middle and pooled) as armvision builds it, the second backbone of "
+                     "*Autoregressive Pretraining with Mamba in Vision* (Ren et al., ICLR 2025).")
     else:
         lines.append("An ARM **classifier** (MambaMLP encoder with four-direction Mamba scans, class token in the "
                      "middle, mean-pooled patch tokens) from *Autoregressive Pretraining with Mamba in Vision* "
@@ -110,7 +116,8 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
         extra = {k: v for k, v in (("img_size", img[0] if img[0] == img[1] else tuple(img)),
                                    ("in_chans", args.get("in_chans")), ("global_pool", args.get("global_pool")),
                                    ("d_state", args.get("d_state")), ("directions", args.get("directions")))
-                 if v != {"img_size": 224, "in_chans": 3, "global_pool": "avg", "d_state": 16, "directions": 4}[k]}
+                 if v != {"img_size": 224, "in_chans": 3, "global_pool": "avg", "d_state": 16, "directions": 4,
+                          **CLASSIFIER_ARGS.get(config["model_name"], {})}[k]}
         kwargs = "".join(f", {k}={v!r}" for k, v in extra.items())
         lines += ["With timm (after `import armvision`):", "", "```python", "import timm, armvision", "",
                   f'model = timm.create_model("{config["model_name"]}", pretrained=True{kwargs},',

@@ -59,6 +59,7 @@ __all__ = [
     "clean_state_dict",
     "select_state_dict",
     "is_state_dict",
+    "is_vim_state_dict",
     "ALLOWED_GLOBALS",
     "registry_name",
 ]
@@ -197,6 +198,12 @@ def clean_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Tensor]:
                     k, changed = k[len(p):], True
         out[k] = v
     return out
+
+
+def is_vim_state_dict(state_dict: Mapping[str, Any]) -> bool:
+    """A state dict in Vim's layout (hustvl/Vim): Vim blocks (one norm ``layers.{i}.norm``, no MLP) and ``norm_f``."""
+    return "layers.0.norm.weight" in state_dict and "layers.0.mlp.w1.weight" not in state_dict \
+        and "norm_f.weight" in state_dict
 
 
 def is_state_dict(obj: Any) -> bool:
@@ -429,6 +436,7 @@ class OfficialCheckpoint:
         args: the training arguments (``vars(checkpoint['args'])``), {} if absent.
         epoch: the checkpoint's epoch, if recorded.
         extra: other plain values of the checkpoint (max_accuracy, ...).
+        family: whose checkpoint: "ARM" (OliverRensu/ARM) or "Vim" (hustvl/Vim, :mod:`.official_vim`).
     """
 
     kind: str
@@ -440,6 +448,7 @@ class OfficialCheckpoint:
     args: dict[str, Any] = field(default_factory=dict)
     epoch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "ARM"
 
     def build(self, **overrides) -> nn.Module:
         """The armvision model with these weights (``overrides``: shape-neutral constructor args)."""
@@ -458,8 +467,9 @@ class OfficialCheckpoint:
 
 def registry_name(model_args: Mapping[str, Any]) -> str | None:
     for name, size in MODEL_SIZES.items():
-        if (size["embed_dim"], size["depth"], 16) == (model_args["embed_dim"], model_args["depth"],
-                                                       model_args["patch_size"]):
+        if (size["embed_dim"], size["depth"], 16, size.get("block", "mambamlp")) == (
+                model_args["embed_dim"], model_args["depth"], model_args["patch_size"],
+                model_args.get("block", "mambamlp")):
             return name
     return None
 
@@ -478,7 +488,8 @@ def read_official_checkpoint(
     global_pool: str | None = None,
     allow_globals: Iterable[Any] = (),
 ) -> OfficialCheckpoint:
-    """Read an official ARM checkpoint (a file, a loaded checkpoint dict, or a state dict) and check it.
+    """Read an official ARM checkpoint (a file, a loaded checkpoint dict, or a state dict) and check it; an
+    official Vim checkpoint (hustvl/Vim) goes to :func:`~armvision.interop.official_vim.read_vim_checkpoint`.
 
     Args:
         checkpoint: path to the ``.pth`` pickle, or what ``torch.load`` returned.
@@ -497,6 +508,10 @@ def read_official_checkpoint(
         source, obj = "checkpoint", checkpoint
     raw, key = select_state_dict(obj, ema, source)
     sd = clean_state_dict(raw)
+    if is_vim_state_dict(sd):  # a hustvl/Vim checkpoint: the Vim family's reader
+        from .official_vim import read_vim_checkpoint
+
+        return read_vim_checkpoint(obj, ema, source)
     kind = detect_kind(sd, source)
     meta = obj if isinstance(obj, Mapping) and key is not None else {}
     args = _namespace_dict(meta.get("args"))
@@ -617,6 +632,10 @@ def to_official(model: ARMPretrain | ARMClassifier, strict: bool = True,
     CheckpointError; with ``strict`` (default) so do models the reference *code* cannot run (other
     cluster geometry, depth other than 12/24, one-direction classifiers, ...).
     """
+    if getattr(model, "block", "mambamlp") == "vim":  # the Vim family: hustvl/Vim's layout
+        from .official_vim import to_official_vim
+
+        return to_official_vim(model, strict, args)
     never, reference = _representation_problems(model)
     problems = never + (reference if strict else [])
     if problems:

@@ -1,4 +1,4 @@
-"""ARM classifiers in timm's model registry.
+"""ARM and Vim classifiers in timm's model registry.
 
 After ``import armvision``::
 
@@ -22,6 +22,9 @@ Hub downloads: the pretrained cfgs name the official repository (``hf_hub_id = "
 but the file names in it were never seen by armvision (no network when it was written), so
 ``pretrained=True`` needs either ``pretrained_cfg_overlay=dict(file=PATH)`` or
 ``pretrained_cfg_overlay=dict(hf_hub_filename=NAME)`` (downloaded with ``huggingface_hub``; unverified).
+The Vim names (``vim_tiny_pz16``, ``vim_small_pz16``, ``vim_base_pz16``: :mod:`armvision.models.vim`) name
+hustvl's repositories; for Vim-T and Vim-S the file names are those of the Hub's file listing (never
+downloaded by armvision), for Vim-B none is known.
 """
 
 from __future__ import annotations
@@ -30,15 +33,16 @@ import os
 from typing import Any, Mapping
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 from torch import Tensor
 
 from ..data.transforms import reference_crop_pct
-from ..models import MODEL_SIZES, ARMClassifier
+from ..models import CLASSIFIER_ARGS, MODEL_SIZES, ARMClassifier
 from ..weights import CLASSIFIER, classifier_state_dict, read_weights
 
 __all__ = ["OFFICIAL_HUB_ID", "checkpoint_filter_fn", "default_cfgs",
-           "arm_tiny_pz16", "arm_small_pz16", "arm_base_pz16", "arm_large_pz16", "arm_huge_pz16"]
+           "arm_tiny_pz16", "arm_small_pz16", "arm_base_pz16", "arm_large_pz16", "arm_huge_pz16",
+           "vim_tiny_pz16", "vim_small_pz16", "vim_base_pz16"]
 
 OFFICIAL_HUB_ID = "OliverRen/ARM"
 _UNVERIFIED = ("Official ARM weights (OliverRensu/ARM). The file names on the Hub are not verified by armvision: "
@@ -59,6 +63,17 @@ def _cfg(**kwargs) -> dict[str, Any]:
     }
 
 
+# Vim's evaluation (vim/datasets.py, DeiT's): resize the shorter side to size / 0.875 (bicubic), center crop,
+# at every size
+_VIM_CROP_PCT = 0.875
+
+
+def _vim_cfg(**kwargs) -> dict[str, Any]:
+    return _cfg(crop_pct=_VIM_CROP_PCT, paper_ids="arXiv:2401.09417",
+                paper_name="Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space "
+                           "Model", origin_url="https://github.com/hustvl/Vim", **kwargs)
+
+
 default_cfgs = generate_default_cfgs({
     "arm_tiny_pz16": _cfg(),
     "arm_small_pz16": _cfg(),
@@ -66,6 +81,13 @@ default_cfgs = generate_default_cfgs({
     "arm_large_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
     "arm_huge_pz16.arm_in1k": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED),
     "arm_huge_pz16.arm_in1k_384": _cfg(hf_hub_id=OFFICIAL_HUB_ID, notes=_UNVERIFIED, input_size=(3, 384, 384)),
+    "vim_tiny_pz16.vim_in1k": _vim_cfg(hf_hub_id="hustvl/Vim-tiny-midclstok",
+                                       hf_hub_filename="vim_t_midclstok_76p1acc.pth"),
+    "vim_small_pz16.vim_in1k": _vim_cfg(hf_hub_id="hustvl/Vim-small-midclstok",
+                                        hf_hub_filename="vim_s_midclstok_80p5acc.pth"),
+    "vim_base_pz16.vim_in1k": _vim_cfg(hf_hub_id="hustvl/Vim-base-midclstok",
+                                       notes=("Official Vim-B weights (hustvl/Vim): pass pretrained_cfg_overlay="
+                                              "dict(file=PATH) or dict(hf_hub_filename=NAME).",)),
 })
 
 
@@ -105,16 +127,18 @@ def _resolve_weights(variant: str, pretrained_cfg: Any, overlay: dict[str, Any],
     weights say about the model (class count, the reference's pooling flag) becomes its default."""
     if overlay.get("state_dict") is not None:
         return overlay
-    base = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else {}
+    # the variant's registered cfg (its tag's, when the name had one): where its weights live
+    base = pretrained_cfg if isinstance(pretrained_cfg, Mapping) else \
+        resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg).to_dict()
     file = overlay.get("file") or base.get("file")
     if not file:
         filename = overlay.get("hf_hub_filename") or base.get("hf_hub_filename")
         if not filename:
             raise RuntimeError(
-                f"{variant}: no verified download location for pretrained ARM weights. Pass the weights file: "
+                f"{variant}: no verified download location for its pretrained weights. Pass the weights file: "
                 f"timm.create_model({variant!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH)) (an "
                 f"official .pth, an armvision model directory or model.safetensors), or name a file of the Hub "
-                f"repository {overlay.get('hf_hub_id') or OFFICIAL_HUB_ID!r} with "
+                f"repository {overlay.get('hf_hub_id') or base.get('hf_hub_id') or OFFICIAL_HUB_ID!r} with "
                 "pretrained_cfg_overlay=dict(hf_hub_filename=NAME)")
         repo = overlay.get("hf_hub_id") or base.get("hf_hub_id") or OFFICIAL_HUB_ID
         file = _download(repo, filename, kwargs.get("cache_dir"))
@@ -137,7 +161,7 @@ def _create_arm(variant: str, pretrained: bool = False, **kwargs) -> ARMClassifi
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)
     if pretrained:
         overlay = _resolve_weights(variant, kwargs.get("pretrained_cfg"), overlay, kwargs)
-    args = {**MODEL_SIZES[variant], "patch_size": 16, **kwargs}
+    args = {**MODEL_SIZES[variant], "patch_size": 16, **CLASSIFIER_ARGS.get(variant, {}), **kwargs}
     model = build_model_with_cfg(
         ARMClassifier, variant, pretrained,
         pretrained_cfg_overlay=overlay,
@@ -156,7 +180,7 @@ def _create_arm(variant: str, pretrained: bool = False, **kwargs) -> ARMClassifi
         if tuple(cfg.get("input_size", ())) != input_size:
             # a model built for another input size: its data config follows it
             cfg["input_size"] = input_size
-            cfg["crop_pct"] = reference_crop_pct(max(input_size[1:]))
+            cfg["crop_pct"] = _VIM_CROP_PCT if variant in CLASSIFIER_ARGS else reference_crop_pct(max(input_size[1:]))
     if device is not None or dtype is not None:
         model = model.to(device=device, dtype=dtype)
     return model
@@ -190,3 +214,21 @@ def arm_large_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
 def arm_huge_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
     """ARM-H (width 1536, depth 24, patch 16; 662.7M parameters): 85.0% (224 px) / 85.5% (384 px) in the paper."""
     return _create_arm("arm_huge_pz16", pretrained, **kwargs)
+
+
+@register_model
+def vim_tiny_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """Vim-T (width 192, depth 24, patch 16, two scan directions; 7M parameters): 76.1% ImageNet-1k (hustvl/Vim)."""
+    return _create_arm("vim_tiny_pz16", pretrained, **kwargs)
+
+
+@register_model
+def vim_small_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """Vim-S (width 384, depth 24, patch 16, two scan directions; 26M parameters): 80.5% ImageNet-1k (hustvl/Vim)."""
+    return _create_arm("vim_small_pz16", pretrained, **kwargs)
+
+
+@register_model
+def vim_base_pz16(pretrained: bool = False, **kwargs) -> ARMClassifier:
+    """Vim-B (width 768, depth 24, patch 16, two scan directions; 98M parameters): 81.9% ImageNet-1k (hustvl/Vim)."""
+    return _create_arm("vim_base_pz16", pretrained, **kwargs)

@@ -1,6 +1,7 @@
-"""Building blocks of ARM models: the Mamba mixer, the MambaMLP block, the decoder, patch and position embeddings."""
+"""Building blocks of ARM models: the Mamba mixer, the MambaMLP and Vim blocks, the decoder, patch and position
+embeddings."""
 
-from .block import MambaMLPBlock, SwiGLU, swiglu_hidden_dim
+from .block import DEFAULT_EXPAND, ENCODER_BLOCKS, MambaMLPBlock, SwiGLU, VimBlock, swiglu_hidden_dim
 from .decoder import CrossAttention, DecoderBlock, Mlp
 from .mamba import DIRECTIONS, Mamba, TokenLayout, direction_index
 from .patch_embed import PatchEmbed
@@ -12,6 +13,9 @@ __all__ = [
     "DIRECTIONS",
     "direction_index",
     "MambaMLPBlock",
+    "VimBlock",
+    "ENCODER_BLOCKS",
+    "DEFAULT_EXPAND",
     "SwiGLU",
     "swiglu_hidden_dim",
     "CrossAttention",

@@ -1,7 +1,13 @@
-"""The MambaMLP block: pre-norm Mamba token mixer, then a pre-norm SwiGLU channel mixer."""
+"""The encoder blocks: ARM's MambaMLP block (a pre-norm Mamba token mixer, then a pre-norm SwiGLU channel
+mixer) and Vim's block (an RMS-normed Mamba token mixer with its residual in float32, no channel mixer).
+
+Both take ``(x, layout)`` and return the residual stream after the block, so a model builds either from
+:data:`ENCODER_BLOCKS` by name.
+"""
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
@@ -9,7 +15,7 @@ from torch import Tensor
 
 from .mamba import Mamba, TokenLayout
 
-__all__ = ["SwiGLU", "MambaMLPBlock", "swiglu_hidden_dim"]
+__all__ = ["SwiGLU", "MambaMLPBlock", "VimBlock", "ENCODER_BLOCKS", "DEFAULT_EXPAND", "swiglu_hidden_dim"]
 
 
 def swiglu_hidden_dim(dim: int) -> int:
@@ -54,3 +60,40 @@ class MambaMLPBlock(nn.Module):
         x = x + self.drop_path(self.mixer(self.norm1(x), layout))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
+
+
+class VimBlock(nn.Module):
+    """Vim's block (hustvl/Vim ``Block`` with ``rms_norm``, ``residual_in_fp32``, no MLP):
+    x = x + drop_path(Mamba(RMSNorm(x))), the residual stream x kept in float32 (or wider).
+
+    The reference writes the same block as add -> norm -> mix, handing (mixer output, residual) to the next
+    block, which adds them before its norm; the final norm adds the last mixer output. Each sum is the same
+    single addition here, so the outputs are the same; written pre-norm, the block has the interface of
+    :class:`MambaMLPBlock`. The reference's drop-path modules sit one block later (block i drops block
+    i - 1's mixer output, the final norm the last one's at the full rate): the rate that applies to block
+    i's own output is ``drop_path`` here.
+
+    Args:
+        dim: width.
+        directions: 1 (causal: ARM pretraining of a Vim encoder), 2 (Vim: forward and backward) or 4.
+        drop_path: stochastic depth rate of this block's mixer output.
+        norm_eps: RMSNorm epsilon (1e-5, as Vim).
+        expand: inner width of the mixer, expand * dim (Vim: 2).
+        mamba_kwargs: passed to :class:`~armvision.layers.mamba.Mamba` (d_state, backend, ...).
+    """
+
+    def __init__(self, dim: int, directions: int = 2, drop_path: float = 0.0, norm_eps: float = 1e-5,
+                 expand: int = 2, **mamba_kwargs):
+        super().__init__()
+        self.mixer = Mamba(dim, expand=expand, directions=directions, **mamba_kwargs)
+        self.norm = nn.RMSNorm(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: Tensor, layout: TokenLayout | None = None) -> Tensor:
+        x = x.to(torch.promote_types(x.dtype, torch.float32))  # the reference's residual_in_fp32
+        return x + self.drop_path(self.mixer(self.norm(x), layout))
+
+
+# encoder block families by name (a model's ``block`` argument) and their mixer's default expansion
+ENCODER_BLOCKS: dict[str, type[nn.Module]] = {"mambamlp": MambaMLPBlock, "vim": VimBlock}
+DEFAULT_EXPAND: dict[str, int] = {"mambamlp": 1, "vim": 2}

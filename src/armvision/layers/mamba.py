@@ -1,4 +1,4 @@
-"""The Mamba (Mamba-1) token mixer, in one direction (pretraining) or four (fine-tuning).
+"""The Mamba (Mamba-1) token mixer, in one direction (pretraining), two (Vim) or four (ARM fine-tuning).
 
 Parameter names follow the ARM reference code, so official checkpoints map onto this module by
 name: ``in_proj``, ``out_proj`` are shared; each direction has its own causal ``conv1d``,
@@ -12,7 +12,8 @@ name: ``in_proj``, ``out_proj`` are shared; each direction has its own causal ``
     column_backward    "_c_b"    the column-major sequence reversed
 
 Every direction's output is mapped back to row-major order; the mixer returns
-``out_proj(mean of the four)``.
+``out_proj(mean of the directions)``. Two directions are the first two (forward and backward over the
+sequence as given: Vim's "bimamba v2" with its divide-out by 2); they need no token layout.
 """
 
 from __future__ import annotations
@@ -104,9 +105,10 @@ class Mamba(nn.Module):
         dim: model width.
         d_state: state size N per channel.
         d_conv: width of the causal depthwise convolution.
-        expand: inner width E = expand * dim (ARM uses 1).
+        expand: inner width E = expand * dim (ARM uses 1, Vim 2).
         dt_rank: rank of the dt projection; "auto" is ceil(dim / 16).
-        directions: 1 (causal, pretraining) or 4 (fine-tuning; needs a ``TokenLayout``).
+        directions: 1 (causal, pretraining), 2 (forward and backward, Vim) or 4 (ARM fine-tuning; needs a
+            ``TokenLayout``).
         backend: ops backend for the scan and the convolution (see :mod:`armvision.ops`).
     """
 
@@ -124,8 +126,8 @@ class Mamba(nn.Module):
         backend: str = "auto",
     ):
         super().__init__()
-        if directions not in (1, 4):
-            raise ValueError(f"a Mamba mixer scans in 1 or 4 directions, got directions={directions}")
+        if directions not in (1, 2, 4):
+            raise ValueError(f"a Mamba mixer scans in 1, 2 or 4 directions, got directions={directions}")
         ops.check_backend(backend)
         self.dim = dim
         self.d_state = d_state
@@ -178,7 +180,7 @@ class Mamba(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def direction_params(self, index: int) -> tuple[nn.Conv1d, nn.Linear, nn.Linear, Tensor, Tensor]:
-        """(conv1d, x_proj, dt_proj, A_log, D) of direction ``index`` (0..3, in DIRECTIONS order)."""
+        """(conv1d, x_proj, dt_proj, A_log, D) of direction ``index`` (0 .. directions - 1, in DIRECTIONS order)."""
         s = DIRECTIONS[index][1]
         return (getattr(self, "conv1d" + s), getattr(self, "x_proj" + s), getattr(self, "dt_proj" + s),
                 getattr(self, f"A{s}_log"), getattr(self, "D" + s))
@@ -194,8 +196,10 @@ class Mamba(nn.Module):
         x_dbl = x_proj(x)  # (b, t, dt_rank + 2N); position-wise, so the token order does not matter
         dt_low, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt_low, dt_proj.weight)  # bias goes into the scan, in fp32
-        A = -torch.exp(A_log.float())
-        return ops.selective_scan(x, delta, A, B, C, D.float(), z, dt_proj.bias.float(), delta_softplus=True,
+        # A, D and the dt bias enter the scan in float32, or wider: a float64 model computes in float64
+        wide = torch.promote_types(A_log.dtype, torch.float32)
+        A = -torch.exp(A_log.to(wide))
+        return ops.selective_scan(x, delta, A, B, C, D.to(wide), z, dt_proj.bias.to(wide), delta_softplus=True,
                                   index=order, backend=self.backend)
 
     def forward_directions(self, hidden: Tensor, layout: TokenLayout | None = None) -> list[Tensor]:
@@ -203,6 +207,9 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden).chunk(2, dim=-1)
         if self.num_directions == 1:
             return [self.scan_direction(x, z, 0)]
+        if self.num_directions == 2:  # forward and backward over the sequence as given: no layout needed
+            backward = direction_index(TokenLayout((1, hidden.shape[1])), "backward", hidden.device)[0]
+            return [self.scan_direction(x, z, 0), self.scan_direction(x, z, 1, backward)]
         if layout is None:
             raise ValueError("a four-direction Mamba mixer needs the token layout (grid and class token index)")
         if layout.num_tokens != hidden.shape[1]:
@@ -219,5 +226,5 @@ class Mamba(nn.Module):
         return self.out_proj(y)
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, d_state={self.d_state}, d_conv={self.d_conv}, dt_rank={self.dt_rank}, "
-                f"directions={self.num_directions}, backend={self.backend!r}")
+        return (f"dim={self.dim}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"dt_rank={self.dt_rank}, directions={self.num_directions}, backend={self.backend!r}")

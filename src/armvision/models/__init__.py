@@ -2,6 +2,7 @@
 model directory.
 
 - :mod:`.arm`: :class:`ARMPretrain` (autoregressive pretraining) and :class:`ARMClassifier` (fine-tuning);
+- :mod:`.vim`: the Vim family's sizes (Vim is ``ARMClassifier(block="vim", ...)``);
 - :mod:`.registry`: the size table :data:`MODEL_SIZES`, :func:`create_model`, :func:`list_models`;
 - :mod:`.io`: ``config.json`` + ``model.safetensors`` (:func:`save_model`, :func:`build_model`).
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from .arm import ARMClassifier, ARMPretrain, Geometry, default_memory_layers
 from .io import build_model, model_config, save_model
-from .registry import MODEL_SIZES, create_model, list_models, model_args
+from .registry import CLASSIFIER_ARGS, MODEL_SIZES, create_model, list_models, model_args
 
 __all__ = [
     "ARMPretrain",
@@ -24,6 +25,7 @@ __all__ = [
     "model_args",
     "default_memory_layers",
     "MODEL_SIZES",
+    "CLASSIFIER_ARGS",
     "save_model",
     "build_model",
     "model_config",

@@ -1,7 +1,9 @@
 """ARM models: the autoregressive pretraining model and the four-direction classifier.
 
-Both share the MambaMLP encoder (:class:`~armvision.layers.MambaMLPBlock`). Parameter names follow
-the ARM reference code (OliverRensu/ARM) so that its checkpoints map onto these modules by name.
+Both share the encoder: MambaMLP blocks (:class:`~armvision.layers.MambaMLPBlock`, ARM's, the default) or Vim
+blocks (:class:`~armvision.layers.VimBlock`, ``block="vim"``: the Vim family of :mod:`armvision.models.vim`).
+Parameter names follow the reference code (OliverRensu/ARM, hustvl/Vim) so that its checkpoints map onto these
+modules by name.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import ops
 from ..layers import (
+    DEFAULT_EXPAND,
+    ENCODER_BLOCKS,
     DecoderBlock,
-    MambaMLPBlock,
     PatchEmbed,
     TokenLayout,
     insert_token_slot,
@@ -159,11 +162,30 @@ def _init_patch_embed_(patch_embed: PatchEmbed) -> None:
         nn.init.zeros_(patch_embed.proj.bias)
 
 
-def _drop_path_rates(rate: float, depth: int) -> list[float]:
-    """Stochastic depth rates as the reference: linear from 0 to ``rate`` over depth, shifted by one
-    block (block 0 and block 1 get 0, the last gets rate * (depth - 2) / (depth - 1))."""
+def _drop_path_rates(rate: float, depth: int, block: str = "mambamlp") -> list[float]:
+    """Stochastic depth rate of each block's residual branches, as the reference of the block family applies
+    them: linear from 0 to ``rate`` over depth; ARM's shifted by one block (block 0 and block 1 get 0, the
+    last gets rate * (depth - 2) / (depth - 1)), Vim's not (block i's mixer output is dropped at
+    rate * i / (depth - 1), the last block's at ``rate``; see :class:`~armvision.layers.VimBlock`)."""
     linear = [rate * i / (depth - 1) for i in range(depth)] if depth > 1 else [0.0]
-    return [0.0] + linear[:-1]
+    return linear if block == "vim" else [0.0] + linear[:-1]
+
+
+def _resolve_block(block: str, expand: int | None) -> int:
+    """Check the encoder block family; the mixer's expansion (``None``: the family's, 1 for MambaMLP, 2 for Vim)."""
+    if block not in ENCODER_BLOCKS:
+        raise ValueError(f"block {block!r}: expected one of {', '.join(ENCODER_BLOCKS)}")
+    if expand is not None and int(expand) < 1:
+        raise ValueError(f"expand must be a positive integer, got {expand}")
+    return DEFAULT_EXPAND[block] if expand is None else int(expand)
+
+
+def _encoder_blocks(block: str, dim: int, depth: int, directions: int, drop_path_rate: float,
+                    **mamba_kwargs) -> nn.ModuleList:
+    """``depth`` encoder blocks of the family ``block`` (:data:`~armvision.layers.ENCODER_BLOCKS`)."""
+    dpr = _drop_path_rates(drop_path_rate, depth, block)
+    cls = ENCODER_BLOCKS[block]
+    return nn.ModuleList(cls(dim, directions=directions, drop_path=dpr[i], **mamba_kwargs) for i in range(depth))
 
 
 def feature_take_indices(num_blocks: int, indices: int | Sequence[int] | None = None) -> tuple[list[int], int]:
@@ -234,6 +256,9 @@ class ARMPretrain(_Encoder):
         norm_pix_loss: the older spelling of ``target`` (True: "norm_pix", False: "pix"); None follows ``target``.
         drop_path_rate: stochastic depth of the encoder (0 in the paper's pretraining).
         backend: ops backend of the Mamba mixers.
+        block: the encoder's blocks: "mambamlp" (ARM's MambaMLP, the paper's) or "vim" (Vim's, scanning
+            forward only: the causal encoder that autoregression needs; see docs/method.md).
+        expand: the Mamba mixer's inner width, expand * embed_dim (None: 1 for "mambamlp", 2 for "vim").
     """
 
     def __init__(
@@ -255,8 +280,11 @@ class ARMPretrain(_Encoder):
         cluster_order: str = "row",
         order_seed: int = 0,
         target: str | None = None,
+        block: str = "mambamlp",
+        expand: int | None = None,
     ):
         super().__init__()
+        expand = _resolve_block(block, expand)
         if target is not None and target not in PRETRAIN_TARGETS:
             raise ValueError(f"target {target!r}: expected one of {', '.join(PRETRAIN_TARGETS)}")
         if target is not None and norm_pix_loss is not None and norm_pix_loss != (target == "norm_pix"):
@@ -288,17 +316,15 @@ class ARMPretrain(_Encoder):
             embed_dim=embed_dim, depth=depth, d_state=d_state, decoder_dim=decoder_dim,
             decoder_mlp_ratio=decoder_mlp_ratio, decoder_heads=decoder_heads, memory_layers=memory_layers,
             norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate, cluster_order=cluster_order,
-            order_seed=order_seed, target=target,
+            order_seed=order_seed, target=target, block=block, expand=expand,
         )
+        self.block = block
         levels = len(memory_layers)
 
         self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim)
         self.pos_embed = nn.Parameter(sincos_pos_embed_2d(embed_dim, geo.grid)[None], requires_grad=False)
-        dpr = _drop_path_rates(drop_path_rate, depth)
-        self.layers = nn.ModuleList(
-            MambaMLPBlock(embed_dim, directions=1, drop_path=dpr[i], d_state=d_state, backend=backend)
-            for i in range(depth)
-        )
+        self.layers = _encoder_blocks(block, embed_dim, depth, 1, drop_path_rate, d_state=d_state, expand=expand,
+                                      backend=backend)
         for k in range(levels):  # names as the reference: norm_1 .. norm_4
             self.add_module(f"norm_{k + 1}", nn.LayerNorm(embed_dim))
         self.enc2dec = nn.Linear(levels * embed_dim, levels * decoder_dim)
@@ -413,7 +439,9 @@ class ARMPretrain(_Encoder):
 
 
 class ARMClassifier(_Encoder):
-    """Four-direction MambaMLP classifier with a class token in the middle of the sequence.
+    """Four-direction MambaMLP classifier with a class token in the middle of the sequence; with
+    ``block="vim"``, the Vim classifier (the ``vim_*`` names of :mod:`armvision.models.vim` set Vim's
+    defaults: 2 directions, the class token pooled, head init std 0.02).
 
     timm conventions: ``model(images)`` gives logits, ``forward_features`` the normed token
     sequence (b, tokens, width), ``forward_head(tokens, pre_logits=True)`` the pooled feature.
@@ -425,11 +453,13 @@ class ARMClassifier(_Encoder):
         global_pool: "avg" (mean over patch tokens, class token excluded; the paper's) or "token"
             (the middle class token).
         drop_rate: dropout after the position embedding.
-        drop_path_rate: stochastic depth, linear over the blocks, shifted by one block.
-        directions: 4 (the paper's fine-tuning) or 1 (causal, as in pretraining).
+        drop_path_rate: stochastic depth, linear over the blocks (for MambaMLP blocks shifted by one block).
+        directions: 4 (the paper's fine-tuning), 2 (forward and backward: Vim) or 1 (causal, as in pretraining).
         dynamic_img_size: accept other input sizes, resizing the position embedding on the fly.
         head_init_std: std of the head's truncated-normal init (2e-5, as MAE/ARM fine-tuning).
         backend: ops backend of the Mamba mixers.
+        block: the encoder's blocks: "mambamlp" (ARM's MambaMLP; final LayerNorm) or "vim" (Vim's; final RMSNorm).
+        expand: the Mamba mixer's inner width, expand * embed_dim (None: 1 for "mambamlp", 2 for "vim").
     """
 
     def __init__(
@@ -448,8 +478,11 @@ class ARMClassifier(_Encoder):
         dynamic_img_size: bool = False,
         head_init_std: float = 2e-5,
         backend: str = "auto",
+        block: str = "mambamlp",
+        expand: int | None = None,
     ):
         super().__init__()
+        expand = _resolve_block(block, expand)
         geo = Geometry(_pair(img_size), patch_size, 1, in_chans)
         self._check_pool(global_pool)
         ops.check_backend(backend)
@@ -466,20 +499,18 @@ class ARMClassifier(_Encoder):
             img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
             embed_dim=embed_dim, depth=depth, d_state=d_state, global_pool=global_pool, drop_rate=drop_rate,
             drop_path_rate=drop_path_rate, directions=directions, dynamic_img_size=dynamic_img_size,
-            head_init_std=head_init_std,
+            head_init_std=head_init_std, block=block, expand=expand,
         )
+        self.block = block
 
         self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim,
                                       strict_img_size=not dynamic_img_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, geo.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = _drop_path_rates(drop_path_rate, depth)
-        self.layers = nn.ModuleList(
-            MambaMLPBlock(embed_dim, directions=directions, drop_path=dpr[i], d_state=d_state, backend=backend)
-            for i in range(depth)
-        )
-        self.norm_f = nn.LayerNorm(embed_dim)
+        self.layers = _encoder_blocks(block, embed_dim, depth, directions, drop_path_rate, d_state=d_state,
+                                      expand=expand, backend=backend)
+        self.norm_f = nn.RMSNorm(embed_dim, eps=1e-5) if block == "vim" else nn.LayerNorm(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         # timm's feature metadata: every block's output is a token map at stride patch_size
         self.feature_info = [dict(module=f"layers.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]

@@ -8,8 +8,9 @@ import inspect
 from torch import nn
 
 from .arm import ARMClassifier, ARMPretrain
+from .vim import VIM_CLASSIFIER_ARGS, VIM_SIZES
 
-__all__ = ["MODEL_SIZES", "list_models", "model_args", "create_model"]
+__all__ = ["MODEL_SIZES", "CLASSIFIER_ARGS", "list_models", "model_args", "create_model"]
 
 # name -> encoder size; everything else is the reference's default (patch 16; pretraining at
 # 192px with clusters of 4x4 patches; classifiers at 224px with 1000 classes)
@@ -19,11 +20,14 @@ MODEL_SIZES: dict[str, dict] = {
     "arm_base_pz16": dict(embed_dim=768, depth=12),
     "arm_large_pz16": dict(embed_dim=1024, depth=24),
     "arm_huge_pz16": dict(embed_dim=1536, depth=24),
+    **VIM_SIZES,  # the Vim family: Vim blocks (block="vim")
 }
+# name -> the classifier's arguments beyond its encoder size (the Vim classifiers' two directions, pooling, ...)
+CLASSIFIER_ARGS: dict[str, dict] = {name: VIM_CLASSIFIER_ARGS for name in VIM_SIZES}
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`create_model`, smallest first."""
+    """Names accepted by :func:`create_model`: ARM's, then Vim's, each smallest first."""
     return list(MODEL_SIZES)
 
 
@@ -37,16 +41,18 @@ def model_args(name: str, pretraining: bool = False, **overrides) -> dict:
     if unknown:
         kind = "pretraining" if pretraining else "classifier"
         raise TypeError(f"unknown argument(s) {unknown} for the {kind} model {name!r}; allowed: {', '.join(allowed)}")
-    return {**MODEL_SIZES[name], "patch_size": 16, **overrides}
+    family = {} if pretraining else CLASSIFIER_ARGS.get(name, {})
+    return {**MODEL_SIZES[name], "patch_size": 16, **family, **overrides}
 
 
 def create_model(name: str, pretraining: bool = False, **overrides) -> nn.Module:
     """Build an ARM model by name.
 
     Args:
-        name: one of :func:`list_models` (``arm_tiny_pz16`` ... ``arm_huge_pz16``).
+        name: one of :func:`list_models` (``arm_tiny_pz16`` ... ``arm_huge_pz16``; ``vim_tiny_pz16``,
+            ``vim_small_pz16``, ``vim_base_pz16``: the Vim family, :mod:`armvision.models.vim`).
         pretraining: the autoregressive pretraining model (:class:`ARMPretrain`) instead of the
-            four-direction classifier (:class:`ARMClassifier`).
+            classifier (:class:`ARMClassifier`: four directions for ARM, two for Vim).
         overrides: any constructor argument of that class (img_size, cluster_size, num_classes, ...).
     """
     args = model_args(name, pretraining, **overrides)

@@ -74,9 +74,10 @@ class Weights:
 
     @property
     def description(self) -> str:
-        """'ARMPretrain' / 'ARMClassifier' for armvision weights, 'official ARM ... checkpoint' for official ones."""
+        """'ARMPretrain' / 'ARMClassifier' for armvision weights, 'official ARM (or Vim) ... checkpoint' for official
+        ones."""
         if self.official is not None:
-            return f"official ARM {self.official.kind} checkpoint"
+            return f"official {self.official.family} {self.official.kind} checkpoint"
         return (self.config or {}).get("architecture") or f"{self.kind} weights"
 
     def build(self, map_location: str | torch.device = "cpu", strict: bool = True, **overrides) -> nn.Module:
