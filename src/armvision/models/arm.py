@@ -207,7 +207,7 @@ class _Encoder(nn.Module):
         """Names of parameters trained without weight decay beyond the 1-D ones, as the reference models
         list them: the position embedding and the class token (frozen in pretraining). ``A_log`` and
         ``ar_token`` are decayed there; Mamba's ``_no_weight_decay`` marks on ``A_log`` and ``D`` are read
-        only by the optimizer's "mamba" rule (:func:`armvision.train.optim.no_decay_names`)."""
+        only by the training's ``optim.no_decay: mamba`` rule."""
         return {n for n in ("pos_embed", "cls_token") if hasattr(self, n)}
 
 
