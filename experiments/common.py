@@ -86,6 +86,17 @@ def grid_side(scale: Scale) -> int:
 
 
 BASE = {"cluster_size": 2, "cluster_order": "row", "target": "norm_pix"}
+# optim.no_decay of pretraining and fine-tuning: "mamba" (A_log, D and tokens exempt from weight decay) is the rule
+# every job ran with before the choice existed, so its keys carry no tag; "reference" (the ARM code's) adds one
+NO_DECAY = ("mamba", "reference")
+
+
+def wd_tag(no_decay: str) -> str:
+    """The job-key part of a weight decay rule: "" for "mamba" (the keys of jobs run before the choice existed),
+    "-wdref" for "reference"."""
+    if no_decay not in NO_DECAY:
+        raise ValueError(f"weight decay rule {no_decay!r}: expected one of {', '.join(NO_DECAY)}")
+    return "" if no_decay == "mamba" else "-wdref"
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # step checkpoints of every pretraining (study 5 uses 0.25, 0.5, 1.0)
 
 
@@ -169,89 +180,99 @@ class Context:
                 "log.progress": "off", "resume": "auto", "output_dir": str(self.state / "runs" / run)}
 
     # -- pretraining ------------------------------------------------------------------------------------
-    def pretrain_config(self, cond: dict, seed: int):
+    def pretrain_config(self, cond: dict, seed: int, no_decay: str = "mamba"):
         s = self.scale
-        key = self.pretrain_key(cond, seed)
+        key = self.pretrain_key(cond, seed, no_decay)
         every = max(1, s.pre_epochs // 4)
         return load_config("fmnist_pretrain", {
-            **self._common(seed, key), "model.args": {**s.model, **cond}, "optim.epochs": s.pre_epochs,
+            **self._common(seed, key), "model.args": {**s.model, **cond}, "optim.no_decay": no_decay,
+            "optim.epochs": s.pre_epochs,
             "optim.warmup_epochs": max(0.5, s.pre_epochs / 16), "optim.batch_size": s.pre_batch,
             "optim.blr": s.pre_blr, "data.train_subset": s.pre_subset, "checkpoint.every_epochs": every,
             "checkpoint.keep_last": 4}, task="pretrain")
 
     @staticmethod
-    def pretrain_key(cond: dict, seed: int) -> str:
+    def pretrain_key(cond: dict, seed: int, no_decay: str = "mamba") -> str:
         c = {**BASE, **cond}
-        return f"pre-cs{c['cluster_size']}-{c['cluster_order']}-{c['target']}-s{seed}"
+        return f"pre-cs{c['cluster_size']}-{c['cluster_order']}-{c['target']}{wd_tag(no_decay)}-s{seed}"
 
-    def pretrain(self, cond: dict, seed: int, need_checkpoints: bool = True) -> dict:
+    def pretrain(self, cond: dict, seed: int, need_checkpoints: bool = True, no_decay: str = "mamba") -> dict:
         """Pretrain (or reuse); result: loss, time and the step checkpoints at 25/50/75/100 % of the schedule.
         ``need_checkpoints=False`` (a study's summary, which reads the loss only) reuses a finished job whose
-        checkpoints are gone (another machine); a fine-tuning or probe that needs them reruns it."""
+        checkpoints are gone (another machine); a fine-tuning or probe that needs them reruns it. ``no_decay``:
+        the weight decay rule (:data:`NO_DECAY`)."""
         cond = {**BASE, **cond}
-        cfg = self.pretrain_config(cond, seed)
+        cfg = self.pretrain_config(cond, seed, no_decay)
+        key = self.pretrain_key(cond, seed, no_decay)
 
         def run() -> dict:
             summary = pretrain(cfg)
-            steps = sorted((self.state / "runs" / self.pretrain_key(cond, seed) / "checkpoints").glob("step_*"))
+            steps = sorted((self.state / "runs" / key / "checkpoints").glob("step_*"))
             ckpts = {f"{f:g}": str(p) for f, p in zip(FRACTIONS, steps[-len(FRACTIONS):])}
             tail = [v for _, v in summary["loss_curve"]][-5:]
-            return {"kind": "pretrain", "condition": cond, "seed": seed, "steps": summary["steps"],
+            return {"kind": "pretrain", "condition": cond, "seed": seed, "no_decay": no_decay,
+                    "steps": summary["steps"],
                     "loss_last": statistics.fmean(tail) if tail else None, "wall_seconds": summary["wall_seconds"],
                     "checkpoints": ckpts, "device": summary["device"], "gpu": _gpu_name()}
 
-        return self._job(self.pretrain_key(cond, seed), run,
+        return self._job(key, run,
                          valid=lambda r: not need_checkpoints
                          or all(Path(p).is_dir() for p in r.get("checkpoints", {}).values()))
 
     # -- fine-tuning ------------------------------------------------------------------------------------
-    def finetune(self, seed: int, init: tuple[dict, float] | None) -> dict:
-        """Fine-tune on ``ft_labels`` labels from a pretraining (condition, fraction) or from scratch."""
+    def finetune(self, seed: int, init: tuple[dict, float] | None, no_decay: str = "mamba") -> dict:
+        """Fine-tune on ``ft_labels`` labels from a pretraining (condition, fraction) or from scratch; ``no_decay``:
+        the weight decay rule of the fine-tuning and of the pretraining it starts from."""
         s = self.scale
         if init is None:
-            key, extra = f"ft-scratch-s{seed}", {"optim.layer_decay": None}
+            key, extra = f"ft-scratch{wd_tag(no_decay)}-s{seed}", {"optim.layer_decay": None}
         else:
-            key, extra = f"ft-{self.pretrain_key(init[0], seed)[4:]}-f{init[1]:g}", {}
+            key, extra = f"ft-{self.pretrain_key(init[0], seed, no_decay)[4:]}-f{init[1]:g}", {}
         model_args = {k: v for k, v in s.model.items() if k in ("patch_size", "embed_dim", "depth", "d_state")}
 
         def run() -> dict:
             # the pretraining is resolved only when this job runs: a finished job needs no checkpoints
-            init_path = None if init is None else self.pretrain(init[0], seed)["checkpoints"][f"{init[1]:g}"]
+            init_path = None if init is None else \
+                self.pretrain(init[0], seed, no_decay=no_decay)["checkpoints"][f"{init[1]:g}"]
             cfg = load_config("fmnist_finetune", {
-                **self._common(seed, key), "model.args": model_args, "init": init_path, "optim.epochs": s.ft_epochs,
+                **self._common(seed, key), "model.args": model_args, "init": init_path, "optim.no_decay": no_decay,
+                "optim.epochs": s.ft_epochs,
                 "optim.warmup_epochs": max(0.2, s.ft_epochs / 10), "optim.batch_size": s.ft_batch,
                 "data.train_subset": s.ft_labels, "data.val_subset": s.test_subset, "checkpoint.every_epochs": 0,
                 "checkpoint.keep_last": 1, **extra}, task="finetune")
             summary = finetune(cfg)
             ev = summary.get("eval") or {}
-            return {"kind": "finetune", "init": init_path, "seed": seed, "steps": summary["steps"],
+            return {"kind": "finetune", "init": init_path, "seed": seed, "no_decay": no_decay,
+                    "steps": summary["steps"],
                     "top1": ev.get("top1"), "ema_top1": ev.get("ema_top1"), "top5": ev.get("top5"),
                     "wall_seconds": summary["wall_seconds"], "device": summary["device"], "gpu": _gpu_name()}
 
         return self._job(key, run)
 
     # -- frozen-feature probes --------------------------------------------------------------------------
-    def probe(self, cond: dict, seed: int, fraction: float | None = 1.0) -> dict:
-        """Linear probe and k-NN of the pretrained encoder (``fraction`` of its schedule), or of a randomly
-        initialised one (``fraction=None``) built from the same config."""
+    def probe(self, cond: dict, seed: int, fraction: float | None = 1.0, no_decay: str = "mamba") -> dict:
+        """Linear probe and k-NN of the pretrained encoder (``fraction`` of its schedule, pretrained with the weight
+        decay rule ``no_decay``), or of a randomly initialised one (``fraction=None``; no training, so one job
+        whatever ``no_decay``) built from the same config."""
         from armvision.analysis import extract_dataset_features, knn_classify, linear_probe, load_for_analysis
         from armvision.analysis.features import open_split
         from armvision.train import build_model_from_config
 
         s = self.scale
         cond = {**BASE, **cond}
-        cfg = self.pretrain_config(cond, seed)
         if fraction is None:
+            no_decay = "mamba"
             key = f"probe-random-{self.pretrain_key(cond, seed)[4:]}"
         else:
-            key = f"probe-{self.pretrain_key(cond, seed)[4:]}-f{fraction:g}"
+            key = f"probe-{self.pretrain_key(cond, seed, no_decay)[4:]}-f{fraction:g}"
+        cfg = self.pretrain_config(cond, seed, no_decay)
 
         def run() -> dict:
             if fraction is None:
                 torch.manual_seed(seed)
                 model = build_model_from_config(cfg).to(self.device)
             else:
-                pre = self.pretrain(cond, seed)
+                pre = self.pretrain(cond, seed, no_decay=no_decay)
                 model = load_for_analysis(pre["checkpoints"][f"{fraction:g}"], self.device).model
             train_ds = open_split(model, cfg, "train", s.probe_train)
             test_ds = open_split(model, cfg, "test", s.test_subset)
@@ -262,6 +283,7 @@ class Context:
                               batch_size=s.probe_batch, seed=seed, device=self.device)
             knn = knn_classify(tr.features, tr.labels, te.features, te.labels, device=self.device)
             return {"kind": "probe", "condition": cond, "seed": seed, "fraction": fraction,
+                    **({} if fraction is None else {"no_decay": no_decay}),
                     "linear_probe": lp.as_dict(), "linprobe_top1": lp.best["test_top1"], "knn": knn.as_dict(),
                     "knn_top1": knn.top1, "gpu": _gpu_name()}
 

@@ -13,7 +13,7 @@ import common
 STUDIES = [
     ("study1_pretraining", "The paper: ARM-B fine-tuned after pretraining reaches 83.2 % on ImageNet-1K vs 81.2 % "
      "for the same architecture trained supervised from scratch (+2.0 points).",
-     ("ARM pretrained", "random init (scratch)", "ft_top1", "fine-tuning")),
+     ("ARM pretrained, Mamba-style wd", "random init (scratch), Mamba-style wd", "ft_top1", "fine-tuning")),
     ("study2_unit", "The paper: a cluster of 4x4 patches is the best prediction unit, better than a single patch.",
      ("4x4 patches", "1 patch", "linprobe", "linear probe")),
     ("study3_order", "The paper: row-major order is best; a random order is much worse.",
@@ -26,11 +26,41 @@ STUDIES = [
 ]
 
 
+# study 1's rows before they were split by weight decay rule: those runs used the Mamba-style rule
+OLD_STUDY1_NAMES = {"ARM pretrained": "ARM pretrained, Mamba-style wd",
+                    "random init (scratch)": "random init (scratch), Mamba-style wd"}
+
+
+def rows_by_condition(study: dict) -> dict[str, dict]:
+    """A study's rows by condition; study 1's names from before its split by weight decay rule mapped to the new
+    ones."""
+    return {OLD_STUDY1_NAMES.get(r["condition"], r["condition"]): r for r in study["rows"]}
+
+
+def weight_decay_effect(study: dict) -> str:
+    """Study 1's pretrained and scratch rows under the reference's weight decay against the Mamba-style rule."""
+    rows = rows_by_condition(study)
+    parts = []
+    for who in ("ARM pretrained", "random init (scratch)"):
+        ref, old = (rows.get(f"{who}, reference wd") or {}), (rows.get(f"{who}, Mamba-style wd") or {})
+        a, b = (ref.get("ft_top1") or {}), (old.get("ft_top1") or {})
+        if a.get("mean") is None or b.get("mean") is None:
+            return ("Weight decay as the reference (A_log and ar_token decayed) vs Mamba-style (exempt): "
+                    "to be filled by the GPU run.")
+        n = min(a["n"], b["n"])
+        noise = max(a["std"], b["std"]) * (2 / max(n, 1)) ** 0.5
+        verdict = "within" if abs(a["mean"] - b["mean"]) <= 2 * noise else "beyond"
+        parts.append(f"{who} {a['mean']:.2f} vs {b['mean']:.2f} fine-tuning top-1 ({a['mean'] - b['mean']:+.2f}; "
+                     f"noise of the difference about {noise:.2f}, n={n}: {verdict} twice the noise)")
+    return ("Weight decay as the reference (A_log and ar_token decayed) vs Mamba-style (exempt): "
+            + "; ".join(parts) + ".")
+
+
 def compare(study: dict, a: str, b: str, metric: str, what: str, yardstick: float | None = None) -> str:
     """One sentence: a vs b on ``metric``, and whether the difference is beyond the seed noise. The noise of a
     difference of two means over n seeds each is std * sqrt(2 / n); "beyond the noise" means more than twice that.
     The std is the larger of the two rows' (n > 1), else ``yardstick`` (study 1's seed std of the same metric)."""
-    rows = {r["condition"]: r for r in study["rows"]}
+    rows = rows_by_condition(study)
     ra, rb = (rows.get(a) or {}).get(metric) or {}, (rows.get(b) or {}).get(metric) or {}
     skipped = [c for c in (a, b) if (rows.get(c) or {}).get("skipped")]
     if skipped:
@@ -56,8 +86,8 @@ def compare(study: dict, a: str, b: str, metric: str, what: str, yardstick: floa
 
 def against_pixels(study: dict) -> str:
     """Study 1's pretrained encoder against the row without a network, metric by metric."""
-    rows = {r["condition"]: r for r in study["rows"]}
-    arm, pix = rows.get("ARM pretrained") or {}, rows.get("raw pixels, no network") or {}
+    rows = rows_by_condition(study)
+    arm, pix = rows.get("ARM pretrained, Mamba-style wd") or {}, rows.get("raw pixels, no network") or {}
     parts = []
     for m, label in (("ft_top1", "fine-tuned vs a linear classifier on the same labelled pixels"),
                      ("linprobe", "linear probe vs a linear classifier on all training pixels"),
@@ -67,7 +97,7 @@ def against_pixels(study: dict) -> str:
             parts.append(f"{label} {a:.2f} vs {p:.2f} ({a - p:+.2f})")
     if not parts:
         return "Against raw pixels: to be filled by the GPU run."
-    rnd = rows.get("random init (scratch)") or {}
+    rnd = rows.get("random init (scratch), Mamba-style wd") or {}
     below = [m for m in ("linprobe", "knn") if (rnd.get(m) or {}).get("mean") is not None
              and (pix.get(m) or {}).get("mean") is not None and rnd[m]["mean"] < pix[m]["mean"]]
     tail = (" The randomly initialised encoder, frozen, is below raw pixels (" + ", ".join(below) + ")."
@@ -81,8 +111,8 @@ def yardstick(res: Path, metric: str) -> float | None:
     path = res / "study1_pretraining.json"
     if not path.is_file():
         return None
-    rows = {r["condition"]: r for r in json.loads(path.read_text())["rows"]}
-    v = (rows.get("ARM pretrained") or {}).get(metric) or {}
+    rows = rows_by_condition(json.loads(path.read_text()))
+    v = (rows.get("ARM pretrained, Mamba-style wd") or {}).get(metric) or {}
     return v.get("std") if v.get("n", 0) > 1 else None
 
 
@@ -143,7 +173,8 @@ def main(argv=None) -> Path:
                 lines += [f"![{title}](results/{name}.png)", ""]
             lines += [paper + " " + compare(study, a, b, metric, what, yardstick(res, metric)), ""]
             if name == "study1_pretraining":
-                lines += [against_pixels(study), ""]
+                lines += [compare(study, "ARM pretrained, reference wd", "random init (scratch), reference wd", metric,
+                                  what), "", weight_decay_effect(study), "", against_pixels(study), ""]
         else:
             lines += [f"## {name}", "", "To be filled by the GPU run (`bash experiments/run_gpu.sh`).", "", paper, ""]
     out = Path(args.output)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 from trainhelpers import make_fake_fmnist
 
@@ -34,15 +35,24 @@ def run_study(name, env):
 
 def test_study1(env):
     study = run_study("study1_pretraining", env)
-    assert [r["condition"] for r in study["rows"]] == ["ARM pretrained", "random init (scratch)",
-                                                       "raw pixels, no network"]
+    assert [r["condition"] for r in study["rows"]] == [
+        "ARM pretrained, Mamba-style wd", "ARM pretrained, reference wd", "random init (scratch), Mamba-style wd",
+        "random init (scratch), reference wd", "raw pixels, no network"]
     for row in study["rows"]:
         for m in ("ft_top1", "linprobe", "knn"):
             assert row[m]["n"] == 1 and 0 <= row[m]["mean"] <= 100
     jobs = sorted((env["state"] / "results" / "jobs").glob("*.json"))
-    assert [p.stem for p in jobs] == ["baseline-pixels-s0", "ft-cs2-row-norm_pix-s0-f1", "ft-scratch-s0",
+    # the Mamba-style rule's keys are those of the jobs run before the rule was a choice; the reference's are tagged
+    assert [p.stem for p in jobs] == ["baseline-pixels-s0", "ft-cs2-row-norm_pix-s0-f1",
+                                      "ft-cs2-row-norm_pix-wdref-s0-f1", "ft-scratch-s0", "ft-scratch-wdref-s0",
                                       "pre-cs2-row-norm_pix-s0",
-                                      "probe-cs2-row-norm_pix-s0-f1", "probe-random-cs2-row-norm_pix-s0"]
+                                      "pre-cs2-row-norm_pix-wdref-s0", "probe-cs2-row-norm_pix-s0-f1",
+                                      "probe-cs2-row-norm_pix-wdref-s0-f1", "probe-random-cs2-row-norm_pix-s0"]
+    runs = env["state"] / "runs"
+    for key, rule in (("pre-cs2-row-norm_pix-s0", "mamba"), ("pre-cs2-row-norm_pix-wdref-s0", "reference"),
+                      ("ft-scratch-s0", "mamba"), ("ft-cs2-row-norm_pix-wdref-s0-f1", "reference")):
+        assert yaml.safe_load((runs / key / "config.yaml").read_text())["optim"]["no_decay"] == rule
+        assert json.loads((env["state"] / "results" / "jobs" / f"{key}.json").read_text())["no_decay"] == rule
     before = {p: p.stat().st_mtime_ns for p in jobs}
     run_study("study1_pretraining", env)  # resumable: everything is done, nothing runs again
     assert {p: p.stat().st_mtime_ns for p in jobs} == before

@@ -84,10 +84,10 @@ def test_data_config_and_transform():
     model = armvision.create_model("arm_tiny_pz16", embed_dim=32, depth=1)
     assert data_config(model) == dict(input_size=(3, 224, 224), interpolation="bicubic",
                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), crop_pct=0.875,
-                                      crop_mode="center")
+                                      crop_mode="squash")
     assert data_config(model, 384)["crop_pct"] == 1.0 and data_config(model, 384)["input_size"] == (3, 384, 384)
     text = str(model_eval_transform(model, 384))
-    assert "Resize(size=384, interpolation=bicubic" in text and "CenterCrop(size=(384, 384))" in text
+    assert "Resize(size=(384, 384), interpolation=bicubic" in text and "CenterCrop(size=(384, 384))" in text
     gray = ARMClassifier(img_size=32, patch_size=4, in_chans=1, embed_dim=16, depth=1)
     assert "Normalize(mean=tensor([0.4" in str(model_eval_transform(gray)).replace("\n", "")
 

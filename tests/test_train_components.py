@@ -31,18 +31,22 @@ def _names(model, group):
     return {n for n, p in model.named_parameters() if id(p) in ids}
 
 
-def test_no_weight_decay_on_biases_norms_1d_A_log_D_and_position_embeddings():
+@pytest.mark.parametrize("rule", ["reference", "mamba"])
+def test_no_weight_decay_on_biases_norms_1d_and_with_the_mamba_rule_A_log_and_tokens(rule):
     pre = armvision.create_model("arm_tiny_pz16", pretraining=True, cluster_size=2, decoder_dim=32, **TINY)
-    groups = build_param_groups(pre, 0.05)
+    groups = build_param_groups(pre, 0.05, no_decay=rule)
     decay = set().union(*(_names(pre, g) for g in groups if g["weight_decay"] > 0))
     no_decay = set().union(*(_names(pre, g) for g in groups if g["weight_decay"] == 0))
-    assert "layers.0.mixer.A_log" in no_decay and "layers.0.mixer.D" in no_decay and "ar_token" in no_decay
+    assert "layers.0.mixer.D" in no_decay
+    assert ({"layers.0.mixer.A_log", "ar_token"} <= (no_decay if rule == "mamba" else decay))
     assert "layers.0.norm1.weight" in no_decay and "layers.0.mixer.conv1d.bias" in no_decay
     assert "layers.0.mixer.in_proj.weight" in decay and "dec_block.0.attn2.q.weight" in decay
     assert "pos_embed" not in decay | no_decay and "dec_pos_embed" not in decay | no_decay  # fixed: not trained
     trainable = {n for n, p in pre.named_parameters() if p.requires_grad}
     assert decay | no_decay == trainable and not decay & no_decay
-    assert all(p.ndim > 1 and not n.endswith(("A_log", "_log")) for n, p in pre.named_parameters() if n in decay)
+    assert all(p.ndim > 1 for n, p in pre.named_parameters() if n in decay)
+    with pytest.raises(ValueError, match="weight decay rule 'timm': expected one of reference, mamba"):
+        build_param_groups(pre, 0.05, no_decay="timm")
 
 
 def test_layer_decay_scales_follow_the_block_index():

@@ -36,7 +36,7 @@ def test_every_preset_loads_and_the_paper_recipes_are_exact():
         (224, 100, 5, 1024, 5e-4, (0.9, 0.999), 0.65, 1e-6)
     assert (ft.model.drop_path, a.auto_augment, a.mixup, a.cutmix, a.smoothing, a.reprob, ft.ema.decay) == \
         (0.1, "rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.1, 0.25, 0.99992)
-    assert ft.data.eval_crop_pct == 0.875  # 224 / 0.875 = 256
+    assert ft.data.eval_crop_pct is None and ft.data.eval_resize == "squash"  # the reference's: 256, crop 224
     large = load_config("arm_large_in1k_finetune")
     assert (large.optim.layer_decay, large.model.drop_path) == (0.75, 0.3)
     assert load_config("arm_huge_in1k_finetune_384").model.img_size == 384

@@ -1,8 +1,9 @@
 """Data: datasets (ImageFolder/tar via timm readers, Fashion-MNIST idx files, timm's streaming
 readers), image folders for inference (``IMAGE_EXTENSIONS``, ``list_images``), the transforms of each
 stage (one evaluation transform, ``eval_transform``, and ``model_eval_transform`` from a model's
-preprocessing), samplers/loaders for (distributed) training, and the feeder that
-prepares training batches on the device one step ahead (``DeviceFeeder``)."""
+preprocessing), samplers/loaders for (distributed) training, the feeder that
+prepares training batches on the device one step ahead (``DeviceFeeder``), and the folder layouts and labels
+of ImageNet's validation and robustness test sets (:mod:`armvision.data.benchmarks`)."""
 
 from .datasets import STREAMING_PREFIXES, ReaderDataset, build_dataset, class_names_to_map, dataset_classes
 from .fashion_mnist import CLASSES as FASHION_MNIST_CLASSES

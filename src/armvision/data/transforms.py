@@ -4,9 +4,10 @@
   workers, or on the device from 8-bit batches: ``normalize=False`` and :func:`normalize_batch`);
 - fine-tuning: timm's ``create_transform`` training pipeline (RandomResizedCrop, flip, RandAugment,
   random erasing); mixup/cutmix act on batches (:func:`armvision.train.trainer`);
-- evaluation: resize (squash, or the shorter side) to ``size / crop_pct``, centre-crop ``size``, normalise
+- evaluation: the reference's (Finetuning/util/datasets.py): squash both sides to ``size / crop_pct`` (bicubic;
+  crop_pct 224/256 up to 224 px, 1.0 above: :func:`reference_crop_pct`), centre-crop ``size``, normalise
   (:func:`eval_transform`: the one evaluation transform; :func:`model_eval_transform` builds it from a
-  model's preprocessing, :func:`data_config`, as feature extraction and the Hub model cards use it).
+  model's preprocessing, :func:`data_config`, as feature extraction, ``predict`` and the Hub configs use it).
 """
 
 from __future__ import annotations
@@ -186,37 +187,48 @@ def finetune_transform(img_size: int, mean, std, scale=(0.08, 1.0), ratio=(3 / 4
     return _resize_with(t, resize_backend, interpolation)
 
 
-def eval_transform(img_size: int | tuple[int, int], mean, std, crop_pct: float = 0.875, interpolation: str = "bicubic",
-                   resize: str = "squash"):
-    """Resize to img_size / crop_pct, centre-crop img_size, normalise.
+def eval_transform(img_size: int | tuple[int, int], mean, std, crop_pct: float | None = None,
+                   interpolation: str = "bicubic", resize: str = "squash"):
+    """Resize to img_size / crop_pct, centre-crop img_size, normalise: the reference's evaluation transform
+    (``Resize((s, s))`` with s = int(size / crop_pct), ``CenterCrop(size)``) with the defaults.
 
-    ``resize="squash"`` scales both sides to the same length (the project's method notes; see docs/fidelity.md);
-    ``"shorter"`` scales the shorter side and keeps the aspect ratio, as the reference code does
-    (MAE's ``transforms.Resize(int)``). They differ only on non-square images.
+    ``crop_pct`` None: the reference's, :func:`reference_crop_pct` of the larger side. ``resize="squash"``
+    (the reference's) scales both sides to the same length, not keeping the aspect ratio; ``"shorter"``
+    scales the shorter side and keeps it (timm's and MAE's usual resize, not the ARM code's). They differ
+    only on non-square images.
     """
     modes = {"squash": "squash", "shorter": "center"}
     if resize not in modes:
         raise ValueError(f"eval resize {resize!r}: expected one of {', '.join(modes)}")
+    if crop_pct is None:
+        crop_pct = reference_crop_pct(max(img_size) if isinstance(img_size, (tuple, list)) else img_size)
     return create_transform(img_size, is_training=False, crop_pct=crop_pct, crop_mode=modes[resize],
                             interpolation=interpolation, mean=tuple(mean), std=tuple(std))
 
 
 def reference_crop_pct(img_size: int) -> float:
-    """The reference's evaluation crop (MAE's utils/datasets.py): resize to size / 0.875 up to 224 px, no
-    margin above (the one place of this rule: timm's pretrained cfgs and :func:`data_config` use it)."""
+    """The reference's evaluation crop (Finetuning/util/datasets.py): resize to size / 0.875 up to 224 px, no
+    margin above (the one place of this rule: :func:`eval_transform`, timm's pretrained cfgs and
+    :func:`data_config` use it)."""
     return 224 / 256 if img_size <= 224 else 1.0
 
 
 def data_config(model: Any, img_size: int | None = None) -> dict[str, Any]:
     """Preprocessing of an ARM ``model`` in timm's data-config form (input_size, interpolation, mean, std,
     crop_pct, crop_mode), at ``img_size`` if given. A timm-created model's ``pretrained_cfg`` wins;
-    otherwise the reference's evaluation transform: bicubic resize of the shorter side to
-    img_size / crop_pct, center crop, ImageNet mean/std."""
+    otherwise the reference's evaluation transform: bicubic squash of both sides to img_size / crop_pct
+    (timm's crop_mode "squash"), center crop, ImageNet mean/std; for a Vim (``block="vim"``) hustvl/Vim's:
+    the shorter side to size / 0.875, center crop."""
     inner = getattr(model, "model", model)
     cfg = getattr(inner, "pretrained_cfg", None) or {}
     geo = inner.geometry
     size = (img_size, img_size) if img_size else tuple(cfg.get("input_size", (0, *geo.img_size))[1:])
-    crop = cfg.get("crop_pct") if (not img_size and "crop_pct" in cfg) else reference_crop_pct(max(size))
+    if getattr(inner, "config", {}).get("block") == "vim":
+        # Vim evaluates as DeiT: the shorter side to size / 0.875 at every size, then a center crop
+        cfg = {"crop_pct": 0.875, "crop_mode": "center", **cfg}
+        crop = cfg["crop_pct"]
+    else:
+        crop = cfg.get("crop_pct") if (not img_size and "crop_pct" in cfg) else reference_crop_pct(max(size))
     mean, std = NORMALIZATION["imagenet"]
     return {
         "input_size": (geo.in_chans, *size),
@@ -224,7 +236,7 @@ def data_config(model: Any, img_size: int | None = None) -> dict[str, Any]:
         "mean": tuple(cfg.get("mean", mean)),
         "std": tuple(cfg.get("std", std)),
         "crop_pct": crop,
-        "crop_mode": cfg.get("crop_mode", "center"),
+        "crop_mode": cfg.get("crop_mode", "squash"),
     }
 
 

@@ -103,7 +103,8 @@ def model_card(model: nn.Module, config: Mapping[str, Any], repo_id: str | None 
     data = config.get("data_config") or {}
     if data:
         mean, std = tuple(data.get("mean", ())), tuple(data.get("std", ()))
-        rows.append(("preprocessing", f"resize (crop_pct {data.get('crop_pct')}, {data.get('interpolation')}), "
+        how = "both sides (squash)" if data.get("crop_mode") == "squash" else "shorter side"
+        rows.append(("preprocessing", f"resize {how} (crop_pct {data.get('crop_pct')}, {data.get('interpolation')}), "
                                       f"center crop, mean {mean}, std {std}"))
     rows.append(("armvision version", str(config.get("armvision_version"))))
     lines += ["", "| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], ""]

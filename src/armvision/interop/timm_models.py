@@ -50,12 +50,12 @@ _UNVERIFIED = ("Official ARM weights (OliverRensu/ARM). The file names on the Hu
 
 
 def _cfg(**kwargs) -> dict[str, Any]:
-    # eval transform of the reference (utils/datasets.py): resize the shorter side to size / crop_pct
-    # (bicubic), center crop (crop_pct: reference_crop_pct)
+    # eval transform of the reference (Finetuning/util/datasets.py): squash both sides to size / crop_pct
+    # (bicubic; timm's crop_mode "squash"), center crop (crop_pct: reference_crop_pct)
     size = kwargs.get("input_size", (3, 224, 224))
     return {
         "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "fixed_input_size": True,
-        "crop_pct": reference_crop_pct(max(size[1:])), "crop_mode": "center", "interpolation": "bicubic",
+        "crop_pct": reference_crop_pct(max(size[1:])), "crop_mode": "squash", "interpolation": "bicubic",
         "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
         "first_conv": "patch_embed.proj", "classifier": "head",
         "paper_ids": "arXiv:2406.07537", "paper_name": "Autoregressive Pretraining with Mamba in Vision",
@@ -69,7 +69,8 @@ _VIM_CROP_PCT = 0.875
 
 
 def _vim_cfg(**kwargs) -> dict[str, Any]:
-    return _cfg(crop_pct=_VIM_CROP_PCT, paper_ids="arXiv:2401.09417",
+    # Vim evaluates as DeiT: the shorter side to size / 0.875, aspect kept, then a center crop
+    return _cfg(crop_pct=_VIM_CROP_PCT, crop_mode="center", paper_ids="arXiv:2401.09417",
                 paper_name="Vision Mamba: Efficient Visual Representation Learning with Bidirectional State Space "
                            "Model", origin_url="https://github.com/hustvl/Vim", **kwargs)
 

@@ -226,11 +226,11 @@ class _Encoder(nn.Module):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """Names of parameters trained without weight decay beyond 1-D ones: position embeddings,
-        tokens, A_log and D (marked ``_no_weight_decay``)."""
-        names = {n for n, p in self.named_parameters() if getattr(p, "_no_weight_decay", False)}
-        names |= {n for n in ("pos_embed", "cls_token", "ar_token", "dec_pos_embed") if hasattr(self, n)}
-        return names
+        """Names of parameters trained without weight decay beyond the 1-D ones, as the reference models
+        list them: the position embedding and the class token (frozen in pretraining). ``A_log`` and
+        ``ar_token`` are decayed there; Mamba's ``_no_weight_decay`` marks on ``A_log`` and ``D`` are read
+        only by the training's ``optim.no_decay: mamba`` rule."""
+        return {n for n in ("pos_embed", "cls_token") if hasattr(self, n)}
 
 
 class ARMPretrain(_Encoder):

@@ -32,7 +32,7 @@ from .config import (
     list_presets,
     load_config,
 )
-from .evaluate import evaluate_checkpoint, evaluate_classifier, evaluate_pretraining
+from .evaluate import evaluate_benchmarks, evaluate_checkpoint, evaluate_classifier, evaluate_pretraining
 from .preemption import EXIT_PREEMPTED
 from .sharded import export_checkpoint
 from .trainer import Trainer, build_model_from_config, train
@@ -59,6 +59,7 @@ __all__ = [
     "finetune",
     "build_model_from_config",
     "evaluate_checkpoint",
+    "evaluate_benchmarks",
     "evaluate_classifier",
     "evaluate_pretraining",
     "CheckpointManager",

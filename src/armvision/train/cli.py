@@ -248,9 +248,24 @@ def _add_eval_parser(sub) -> None:
                     "was trained with; --data.* flags (after CHECKPOINT) change them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  armvision eval runs/fm_ft\n"
-               "  armvision eval runs/ft_b/checkpoints/best --data.root /data/imagenet --split val --output val.json",
+               "  armvision eval runs/ft_b/checkpoints/best --data.root /data/imagenet --split val --output val.json\n"
+               "  armvision eval runs/ft_b runs/ft_l --benchmark imagenet=/data/imagenet/val \\\n"
+               "      --benchmark imagenet-a=/data/imagenet-a --benchmark imagenet-r=/data/imagenet-r \\\n"
+               "      --benchmark imagenet-sketch=/data/sketch \\\n"
+               "      --benchmark imagenet-v2=/data/imagenetv2-matched-frequency-format-val\n\n"
+               "benchmarks (--benchmark NAME=FOLDER, a classifier of the 1000 ImageNet classes; docs/training.md):\n"
+               "  imagenet         FOLDER/n01440764/... the val split's 1000 synset folders\n"
+               "  imagenet-a       FOLDER/n01498041/... its 200 synset folders, scored over those 200 classes\n"
+               "  imagenet-r       FOLDER/n01443537/... its 200 synset folders, scored over those 200 classes\n"
+               "  imagenet-sketch  FOLDER/n01440764/... 1000 synset folders\n"
+               "  imagenet-v2      FOLDER/0/ .. FOLDER/999/: class-index folders\n"
+               "  top-1 accuracy (%), a row per checkpoint (and per raw/EMA weights)",
     )
-    p.add_argument("checkpoint", help="model directory, checkpoint folder or run directory")
+    p.add_argument("checkpoint", nargs="+", help="model directory, checkpoint folder or run directory (several: "
+                                                 "with --benchmark, a row each)")
+    p.add_argument("--benchmark", action="append", default=None, metavar="NAME[=FOLDER]",
+                   help="evaluate on a benchmark's folder instead of a split (repeatable): imagenet, imagenet-a, "
+                        "imagenet-r, imagenet-sketch, imagenet-v2; FOLDER defaults to --data.root")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's data.val_split)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--weights", default="both", choices=["raw", "ema", "both"],
@@ -264,7 +279,12 @@ def _eval_command(args) -> int:
     from .evaluate import evaluate_checkpoint
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
-    out = evaluate_checkpoint(args.checkpoint, overrides, split=args.split, batch_size=args.batch_size,
+    if args.benchmark:
+        return _benchmark_command(args, overrides)
+    if len(args.checkpoint) > 1:
+        raise UserError(f"{len(args.checkpoint)} checkpoints given: several are evaluated together only with "
+                        "--benchmark (a table with a row each); evaluate a split one checkpoint at a time")
+    out = evaluate_checkpoint(args.checkpoint[0], overrides, split=args.split, batch_size=args.batch_size,
                               weights=args.weights, output=args.output)
     from .distributed import is_main_process
 
@@ -279,6 +299,31 @@ def _eval_command(args) -> int:
             print(f"  {_unreadable_line(out)}; not scored, not in the image count")
         if args.output:
             print(f"  written to {args.output}")
+    return 0
+
+
+def _benchmark_command(args, overrides: dict) -> int:
+    from .distributed import is_main_process
+    from .evaluate import evaluate_benchmarks
+
+    if args.split is not None:
+        raise UserError("--split and --benchmark exclude each other: a benchmark is a folder of class folders")
+    benchmarks: dict[str, str] = {}
+    for item in args.benchmark:
+        name, _, folder = item.partition("=")
+        folder = folder or overrides.get("data.root")
+        if not folder:
+            raise UserError(f"--benchmark {name}: no folder; pass --benchmark {name}=FOLDER (or --data.root FOLDER)")
+        if name in benchmarks:
+            raise UserError(f"--benchmark {name} given twice")
+        benchmarks[name] = folder
+    out = evaluate_benchmarks(args.checkpoint, benchmarks, overrides, batch_size=args.batch_size,
+                              weights=args.weights, output=args.output)
+    if is_main_process():
+        print(out["table"])
+        print(f"\n{out['metric']}")
+        if args.output:
+            print(f"written to {args.output}")
     return 0
 
 

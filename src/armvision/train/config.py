@@ -101,11 +101,11 @@ class DataConfig:
     persistent_workers: bool = _f(True, "keep loader workers alive between epochs")
     strict_images: bool = _f(False, "an unreadable image stops the run (default: skipped with a warning "
                                     "and counted in the summary)")
-    eval_crop_pct: float = _f(0.875, "evaluation: resize to img_size / eval_crop_pct, then center-crop img_size")
+    eval_crop_pct: Union[float, None] = _f(None, "evaluation: resize to img_size / eval_crop_pct, then center-crop "
+                                                 "img_size; null: the reference's, 224/256 up to 224 px, 1.0 above")
     eval_resize: Literal["squash", "shorter"] = _f("squash", "evaluation resize: 'squash' both sides to "
-                                                             "img_size / eval_crop_pct, or 'shorter': "
-                                                             "the shorter side, keeping the aspect ratio (the "
-                                                             "reference code's MAE transform)")
+                                                             "img_size / eval_crop_pct (the reference code's), or "
+                                                             "'shorter': the shorter side, keeping the aspect ratio")
     interpolation: Literal["bicubic", "bilinear", "nearest"] = _f("bicubic", "resize interpolation")
     resize_backend: Literal["torch", "pillow"] = _f(
         "torch", "training crops (decode cpu): 'torch' decodes RGB JPEGs with torchvision and resizes the 8-bit "
@@ -149,8 +149,14 @@ class OptimConfig:
     lr: Union[float, None] = _f(None, "absolute learning rate (overrides blr)")
     min_lr: float = _f(1e-6, "learning rate at the end of the half-cosine")
     betas: tuple[float, float] = _f((0.9, 0.999), "AdamW betas")
-    weight_decay: float = _f(0.05, "AdamW weight decay (none on biases, norms, 1-D parameters, A_log, D, "
-                                   "position embeddings and tokens)")
+    weight_decay: float = _f(0.05, "AdamW weight decay (none on 1-D parameters and biases, and on what "
+                                   "optim.no_decay adds)")
+    no_decay: Literal["reference", "mamba"] = _f(
+        "mamba", "parameters without weight decay beyond the 1-D ones and biases: 'reference' (the ARM code's, set by "
+                 "the ARM presets: only the model's no_weight_decay() names, pos_embed and cls_token; A_log, "
+                 "ar_token and the embeddings are decayed) or 'mamba' (also A_log, D of every direction, position "
+                 "embeddings and tokens); the schema default 'mamba' keeps configs written without this key "
+                 "meaning what they meant, and a checkpoint resumes only under the rule it was trained with")
     layer_decay: Union[float, None] = _f(None, "layer-wise lr decay (fine-tuning; null: off)")
     clip_grad: Union[float, None] = _f(None, "clip the gradient norm to this (null: off)")
     skip_nonfinite: int = _f(0, "steps with a non-finite loss or gradient norm that are skipped (no weight update) "
@@ -358,7 +364,8 @@ def validate_config(cfg: RunConfig) -> None:
     need(d.workers == "auto" or d.workers >= 0, "data.workers", d.workers, "0 or more, or auto")
     need(d.normalize != "device" or cfg.task == "pretrain" or d.decode == "gpu" or a.reprob == 0, "data.normalize",
          d.normalize, "workers or auto while aug.reprob > 0 (random erasing acts on normalised images in the workers)")
-    need(0 < d.eval_crop_pct <= 1, "data.eval_crop_pct", d.eval_crop_pct, "a fraction in (0, 1]")
+    need(d.eval_crop_pct is None or 0 < d.eval_crop_pct <= 1, "data.eval_crop_pct", d.eval_crop_pct,
+         "a fraction in (0, 1] or null")
     need(0 < a.scale[0] <= a.scale[1] <= 1, "aug.scale", a.scale, "0 < min <= max <= 1")
     need(0 < a.ratio[0] <= a.ratio[1], "aug.ratio", a.ratio, "0 < min <= max")
     for key in ("hflip", "reprob", "mixup_prob", "mixup_switch_prob"):

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,10 @@ from ..outputs import check_output_file
 from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
 from .config import RunConfig, apply_overrides, config_from_dict
-from .data import build_pipeline
+from .data import build_pipeline, build_transform
 
-__all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "autocast_for"]
+__all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "evaluate_benchmarks",
+           "benchmark_table", "autocast_for", "SubsetLogits"]
 
 _logger = logging.getLogger(__name__)
 
@@ -110,6 +112,57 @@ def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
         raise CheckpointError(f"cannot load the model in {model_dir}: {str(e).strip(chr(39))}") from None
 
 
+class SubsetLogits(nn.Module):
+    """A classifier whose logits are only those of the head columns ``indices`` (in that order): how a test set
+    of a subset of the classes (ImageNet-A, -R) is scored."""
+
+    def __init__(self, model: nn.Module, indices: list[int]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images).index_select(-1, self.indices.to(images.device))
+
+
+@dataclass
+class _Checkpoint:
+    """What evaluating a checkpoint needs: its model directory and config, the run config (its training config
+    with the overrides), the processes, the model's input size and channels and its class names."""
+
+    model_dir: Path
+    config: dict
+    run_cfg: RunConfig
+    info: Any
+    img_size: int
+    in_chans: int
+    classes: list[str] | None
+
+    @classmethod
+    def open(cls, checkpoint: str | Path, overrides: dict[str, Any] | None) -> "_Checkpoint":
+        model_dir = resolve_model_dir(checkpoint)
+        config = read_config(model_dir)
+        run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") \
+            if "training" in config else RunConfig()
+        run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")
+        info = distributed.setup(run_cfg.device)
+        args = config.get("args", {})
+        size = args.get("img_size", run_cfg.model.img_size)
+        size = size[0] if isinstance(size, list) else int(size)
+        return cls(model_dir, config, run_cfg, info, size, int(args.get("in_chans", run_cfg.model.in_chans)),
+                   config.get("classes"))
+
+    def weights(self, weights: str) -> list[tuple[str, Path]]:
+        """(name, model directory) of the weights to evaluate: "raw", "ema" or "both" (EMA where there are some)."""
+        if weights not in ("raw", "ema", "both"):
+            raise ConfigError(f"bad value for weights: {weights!r}; allowed: 'raw', 'ema', 'both'")
+        ema = self.model_dir / "ema"
+        if weights == "ema" and not (ema / "config.json").is_file():
+            raise CheckpointError(f"{self.model_dir} has no EMA weights (no ema/ folder); use --weights raw")
+        out = [("raw", self.model_dir)] if weights in ("raw", "both") else []
+        return out + ([("ema", ema)] if weights != "raw" and (ema / "config.json").is_file() else [])
+
+
 def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None = None, split: str | None = None,
                         batch_size: int = 256, weights: str = "both", output: str | Path | None = None) -> dict:
     """Evaluate a checkpoint (model directory, checkpoint folder or run directory) on a dataset split.
@@ -128,35 +181,21 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
         raise ConfigError(f"bad value for batch size: {batch_size}; expected 1 or more")
     if output is not None:
         check_output_file(output, "--output", "eval.json", "nothing was evaluated")  # before, not after it
-    model_dir = resolve_model_dir(checkpoint)
-    config = read_config(model_dir)
-    run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") if "training" in config \
-        else RunConfig()
-    run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")
-    info = distributed.setup(run_cfg.device)
+    ck = _Checkpoint.open(checkpoint, overrides)
+    run_cfg, info, model_dir = ck.run_cfg, ck.info, ck.model_dir
     dcfg = run_cfg.data
     split = split or dcfg.val_split
     if not split:
         raise ConfigError("no split to evaluate: pass --split NAME (the checkpoint's config has no data.val_split)")
-    arch = config.get("architecture")
-    args = config.get("args", {})
-    in_chans = int(args.get("in_chans", run_cfg.model.in_chans))
-    size = args.get("img_size", run_cfg.model.img_size)
-    size = size[0] if isinstance(size, list) else int(size)
-    classes = config.get("classes")
+    arch = ck.config.get("architecture")
+    classes = ck.classes
+    chosen = ck.weights(weights)
     loader = build_pipeline(run_cfg, split, False, batch_size, rank=info.rank, world=info.world_size,
                             device=info.device, class_map={c: i for i, c in enumerate(classes)} if classes else None,
-                            img_size=size, in_chans=in_chans, persistent_workers=False).loader
-    candidates = {"raw": model_dir, "ema": model_dir / "ema"}
-    chosen = ["raw", "ema"] if weights == "both" else [weights]
+                            img_size=ck.img_size, in_chans=ck.in_chans, persistent_workers=False).loader
     results: dict[str, dict] = {}
     unreadable = unreadable_report([])
-    for name in chosen:
-        d = candidates[name]
-        if name == "ema" and not (d / "config.json").is_file():
-            if weights == "ema":
-                raise CheckpointError(f"{model_dir} has no EMA weights (no ema/ folder); use --weights raw")
-            continue
+    for name, d in chosen:
         model = _load_for_eval(d, info.device)
         t0 = time.time()
         if arch == "ARMPretrain":
@@ -174,3 +213,91 @@ def evaluate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
 
         atomic_write(output, lambda p: Path(p).write_text(json.dumps(out, indent=2) + "\n"))
     return out
+
+
+BENCHMARK_METRIC = "top-1 accuracy (%); ImageNet-A and -R over their 200 classes' logits, the others over all 1000"
+
+
+def evaluate_benchmarks(checkpoints: str | Path | list[str | Path], benchmarks: dict[str, str | Path],
+                        overrides: dict[str, Any] | None = None, batch_size: int = 256, weights: str = "both",
+                        output: str | Path | None = None) -> dict:
+    """Evaluate classifiers of the 1000 ImageNet classes on ImageNet's validation folder and its robustness test
+    sets (:mod:`armvision.data.benchmarks`): ``benchmarks`` maps a benchmark name ("imagenet", "imagenet-a",
+    "imagenet-r", "imagenet-sketch", "imagenet-v2") to its folder.
+
+    Each checkpoint's images go through its evaluation transform (its training config's ``data.*`` settings,
+    ``overrides`` applied; the reference's by default) at its input size. ``weights`` as
+    :func:`evaluate_checkpoint`. Returns ``{"metric", "benchmarks": {name: {"title", "root", "classes"}},
+    "rows": [{"checkpoint", "weights", "results": {name: {"top1", "top5", "loss", "images", "classes", "logits",
+    ...}}}], "table"}`` (``classes``: the class folders scored; ``logits``: the head columns a prediction is the
+    best of; ``table``: :func:`benchmark_table`) and writes it to ``output`` (JSON).
+    """
+    from ..data import make_loader
+    from ..data.benchmarks import BENCHMARKS, benchmark_folders, benchmark_labels, build_benchmark_dataset
+    from ..data.loader import auto_workers
+
+    checkpoints = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not checkpoints:
+        raise ConfigError("no checkpoint to evaluate")
+    if not benchmarks:
+        raise ConfigError(f"no benchmark to evaluate; name one or more of {', '.join(BENCHMARKS)}")
+    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    if unknown:
+        raise ConfigError(f"unknown benchmark {unknown[0]!r}; expected one of {', '.join(BENCHMARKS)}")
+    if batch_size < 1:
+        raise ConfigError(f"bad value for batch size: {batch_size}; expected 1 or more")
+    if output is not None:
+        check_output_file(output, "--output", "benchmarks.json", "nothing was evaluated")
+    folders = {b: benchmark_folders(b, root) for b, root in benchmarks.items()}  # every layout checked first
+    rows = []
+    for checkpoint in checkpoints:
+        ck = _Checkpoint.open(checkpoint, overrides)
+        if ck.config.get("architecture") == "ARMPretrain":
+            raise CheckpointError(f"{ck.model_dir} is a pretraining model; the benchmarks score classifiers")
+        chosen = ck.weights(weights)
+        d, info = ck.run_cfg.data, ck.info
+        transform = build_transform(ck.run_cfg, False, ck.img_size, ck.in_chans)
+        workers = auto_workers() if d.workers == "auto" else d.workers
+        models = {name: _load_for_eval(path, info.device) for name, path in chosen}
+        results: dict[str, dict] = {name: {} for name in models}
+        for bench, root in benchmarks.items():
+            num_classes = getattr(next(iter(models.values())), "num_classes", 0)
+            class_map, columns = benchmark_labels(bench, folders[bench], ck.classes, num_classes)
+            ds = build_benchmark_dataset(bench, root, transform, class_map, ck.in_chans, d.strict_images)
+            loader, _ = make_loader(ds, batch_size, train=False, workers=workers,
+                                    pin_memory=d.pin_memory and info.device.type == "cuda", persistent_workers=False,
+                                    seed=ck.run_cfg.seed, rank=info.rank, world_size=info.world_size)
+            for name, model in models.items():
+                scored = model if columns is None else SubsetLogits(model, columns)
+                t0 = time.time()
+                r = evaluate_classifier(scored, loader, info.device, ck.run_cfg.precision)
+                results[name][bench] = {**r, "classes": len(class_map), "logits": len(columns or range(num_classes)),
+                                        "seconds": round(time.time() - t0, 2)}
+        rows += [{"checkpoint": str(ck.model_dir), "weights": name, "results": results[name]} for name in models]
+    out = {"metric": BENCHMARK_METRIC,
+           "benchmarks": {b: {"title": BENCHMARKS[b].title, "root": str(root), "classes": len(folders[b])}
+                          for b, root in benchmarks.items()},
+           "rows": rows}
+    out["table"] = benchmark_table(out)
+    if output is not None and distributed.is_main_process():
+        from ..models.io import atomic_write
+
+        atomic_write(output, lambda p: Path(p).write_text(json.dumps(out, indent=2) + "\n"))
+    return out
+
+
+def benchmark_table(out: dict) -> str:
+    """The results of :func:`evaluate_benchmarks` as the paper's table (Markdown): a row per model (and weights),
+    a column per benchmark (IN-1k, IN-A, IN-R, IN-Sketch, IN-V2, as evaluated), top-1 accuracy in %."""
+    from ..data.benchmarks import BENCHMARKS
+
+    names = [b for b in BENCHMARKS if b in out["benchmarks"]]
+    several = len({r["weights"] for r in out["rows"]}) > 1
+    lines = ["| model | " + " | ".join(BENCHMARKS[b].column for b in names) + " |",
+             "|---" + "|---:" * len(names) + "|"]
+    for row in out["rows"]:
+        label = row["checkpoint"] + (f" ({row['weights'].upper() if row['weights'] == 'ema' else 'raw'})"
+                                     if several else "")
+        cells = [f"{row['results'][b]['top1']:.2f}" if b in row["results"] else "-" for b in names]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

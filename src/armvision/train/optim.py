@@ -1,8 +1,17 @@
 """Optimizer and learning-rate schedule of the ARM recipes.
 
-AdamW over parameter groups built by timm: no weight decay on biases, norms, 1-D parameters and the
-names the model lists in ``no_weight_decay()`` (A_log, D, position embeddings, tokens); optional
-layer-wise lr decay (timm's ``param_groups_layer_decay`` with the classifier's ``group_matcher``).
+AdamW over parameter groups built by timm, with the weight decay of one of two rules (``optim.no_decay``):
+
+- ``"reference"`` (the ARM code's): no decay on 1-D parameters and biases, and on the names the model lists in
+  ``no_weight_decay()`` (the reference models list ``pos_embed`` and ``cls_token``); everything else is
+  decayed, ``A_log`` and its direction copies, ``ar_token`` and the 2-D embeddings included. The reference
+  pretrains with timm's ``add_weight_decay`` (no skip list; its position embeddings are frozen, so the list
+  changes nothing there) and fine-tunes with MAE's ``param_groups_lrd`` (1-D parameters and the model's list).
+- ``"mamba"``: also none on the parameters Mamba marks ``_no_weight_decay`` (``A_log``, ``D`` and every
+  direction's copies), on position embeddings and on the tokens (``cls_token``, ``ar_token``).
+
+Optional layer-wise lr decay (timm's ``param_groups_layer_decay`` with the classifier's ``group_matcher``:
+the reference's scales). Frozen parameters (the fixed sin-cos embeddings of pretraining) are in no group.
 The learning rate is ``blr * batch / 256``, warmed up linearly per optimizer step, then decayed by
 a half-cosine to ``min_lr``.
 """
@@ -17,8 +26,8 @@ from torch import nn
 
 from .config import OptimConfig
 
-__all__ = ["peak_lr", "build_param_groups", "build_optimizer", "WarmupCosine", "WarmupCosineSchedule",
-           "build_scheduler"]
+__all__ = ["NO_DECAY_RULES", "MAMBA_NO_DECAY_TOKENS", "no_decay_names", "peak_lr", "build_param_groups",
+           "build_optimizer", "WarmupCosine", "WarmupCosineSchedule", "build_scheduler"]
 
 
 def peak_lr(cfg: OptimConfig) -> float:
@@ -26,9 +35,30 @@ def peak_lr(cfg: OptimConfig) -> float:
     return cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
 
 
-def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None) -> list[dict]:
-    """Trainable parameters in groups with ``weight_decay`` and ``lr_scale`` (1 without layer decay)."""
-    no_wd = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+NO_DECAY_RULES = ("reference", "mamba")
+# the names the "mamba" rule exempts beyond the marked parameters
+MAMBA_NO_DECAY_TOKENS = ("pos_embed", "cls_token", "ar_token", "dec_pos_embed")
+
+
+def no_decay_names(model: nn.Module, rule: str = "reference") -> set[str]:
+    """Names exempt from weight decay beyond the 1-D parameters and biases (which every rule exempts):
+    the model's ``no_weight_decay()``, and with ``rule="mamba"`` also the parameters marked
+    ``_no_weight_decay`` and the position embeddings and tokens of :data:`MAMBA_NO_DECAY_TOKENS`."""
+    if rule not in NO_DECAY_RULES:
+        raise ValueError(f"weight decay rule {rule!r}: expected one of {', '.join(NO_DECAY_RULES)}")
+    names = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if rule == "mamba":
+        for n, p in model.named_parameters():
+            if getattr(p, "_no_weight_decay", False) or n in MAMBA_NO_DECAY_TOKENS:
+                names.add(n)
+    return names
+
+
+def build_param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None,
+                       no_decay: str = "reference") -> list[dict]:
+    """Trainable parameters in groups with ``weight_decay`` and ``lr_scale`` (1 without layer decay);
+    ``no_decay``: the rule of :func:`no_decay_names` ("reference" or "mamba")."""
+    no_wd = no_decay_names(model, no_decay)
     if layer_decay is not None and layer_decay < 1.0:
         if not hasattr(model, "group_matcher"):
             raise ValueError(f"layer-wise lr decay needs a model with group_matcher(); {type(model).__name__} has none")
@@ -46,7 +76,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device | s
     ``device`` (default: the model's): the fused kernel on a GPU (one launch for all parameters),
     the multi-tensor (foreach) implementation elsewhere; the same arithmetic and state either way."""
     lr = peak_lr(cfg)
-    groups = build_param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    groups = build_param_groups(model, cfg.weight_decay, cfg.layer_decay, cfg.no_decay)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     if device is None:

@@ -273,6 +273,7 @@ class Trainer:
             "micro_batch": self.micro_batch,
             "world_size": self.dist.world_size,
             "optimizer": self.optimizer.state_dict(),
+            "no_decay": self.cfg.optim.no_decay,  # the parameter groups the optimizer state is laid out in
             "scheduler": self.scheduler.state_dict(),
             "rng": distributed.all_gather_object(rng_state()),
             "best_metric": self.best_metric,
@@ -359,6 +360,10 @@ class Trainer:
         from safetensors.torch import load_file
 
         state = self.ckpt.load_state(ckpt)
+        saved_rule = state.get("no_decay", "mamba")  # checkpoints written before the rule was a choice: mamba
+        if saved_rule != self.cfg.optim.no_decay:
+            raise CheckpointError(f"{ckpt} was trained with optim.no_decay {saved_rule} (its optimizer state is "
+                                  f"grouped by that weight decay rule); resume it with --optim.no_decay {saved_rule}")
         if state.get("micro_batch") != self.micro_batch or state.get("world_size") != self.dist.world_size:
             if state.get("batch_in_epoch", 0):
                 raise CheckpointError(
