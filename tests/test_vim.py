@@ -349,3 +349,17 @@ def test_published_parameter_count_formula():
     assert [count(d) for d in (192, 384, 768)] == [7148008, 25796584, 97598440]
     with torch.device("meta"):
         assert sum(p.numel() for p in armvision.create_model("vim_tiny_pz16").parameters()) == 7148008
+
+
+def test_vim_is_evaluated_as_the_reference_vim_code_and_arm_as_the_arm_code():
+    """Vim (DeiT's eval): shorter side to size / 0.875, center crop; ARM: squash, crop 224/256 (1.0 above 224)."""
+    from armvision.data import data_config
+
+    vim = armvision.create_model("vim_tiny_pz16", embed_dim=16, depth=1, num_classes=3)
+    arm = armvision.create_model("arm_tiny_pz16", embed_dim=16, depth=1, num_classes=3)
+    assert (data_config(vim)["crop_mode"], data_config(vim)["crop_pct"]) == ("center", 0.875)
+    assert (data_config(vim, 384)["crop_mode"], data_config(vim, 384)["crop_pct"]) == ("center", 0.875)
+    assert (data_config(arm)["crop_mode"], data_config(arm)["crop_pct"]) == ("squash", 224 / 256)
+    assert data_config(arm, 384)["crop_pct"] == 1.0
+    cfg = timm.create_model("vim_tiny_pz16", pretrained=False, embed_dim=16, depth=1).pretrained_cfg
+    assert (cfg["crop_mode"], cfg["crop_pct"]) == ("center", 0.875)
