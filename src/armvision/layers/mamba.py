@@ -18,6 +18,7 @@ Every direction's output is mapped back to row-major order; the mixer returns
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -108,6 +109,11 @@ class Mamba(nn.Module):
         dt_rank: rank of the dt projection; "auto" is ceil(dim / 16).
         directions: 1 (causal, pretraining) or 4 (fine-tuning; needs a ``TokenLayout``).
         backend: ops backend for the scan and the convolution (see :mod:`armvision.ops`).
+
+    ``in_proj_split`` (attribute; default True, or ``ARMVISION_IN_PROJ=fused`` in the environment for A/B runs):
+    x and z come from two matrix products on the halves of ``in_proj.weight`` instead of one product split into
+    views, so the backward adds two products for the input's gradient instead of first concatenating dx and dz
+    into one (b, t, 2e) tensor. Same parameters, same values up to the products' rounding.
     """
 
     def __init__(
@@ -135,6 +141,7 @@ class Mamba(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.num_directions = directions
         self.backend = backend
+        self.in_proj_split = os.environ.get("ARMVISION_IN_PROJ", "split") != "fused"
         e = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         for _, s in DIRECTIONS[:directions]:
@@ -200,7 +207,13 @@ class Mamba(nn.Module):
 
     def forward_directions(self, hidden: Tensor, layout: TokenLayout | None = None) -> list[Tensor]:
         """Each direction's gated scan output, in row-major token order: list of (b, t, e)."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        if self.in_proj_split:
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            e = self.d_inner
+            x = F.linear(hidden, w[:e], None if bias is None else bias[:e])
+            z = F.linear(hidden, w[e:], None if bias is None else bias[e:])
+        else:
+            x, z = self.in_proj(hidden).chunk(2, dim=-1)
         if self.num_directions == 1:
             return [self.scan_direction(x, z, 0)]
         if layout is None:
