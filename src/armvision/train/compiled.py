@@ -61,7 +61,7 @@ def inductor_options(mode: str, environ: dict | None = None) -> dict[str, Any] |
         raise UserError(f"ARMVISION_INDUCTOR must be a JSON object of inductor options, got {text!r}")
     from torch._inductor import list_mode_options
 
-    return {**list_mode_options(None if mode == "default" else mode), **extra}
+    return {**list_mode_options(mode), **extra}
 
 
 class CompiledModule:
