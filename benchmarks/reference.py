@@ -168,7 +168,8 @@ def run(workload: str, arm_src: Path, steps: int, warmup: int, device: str = "cu
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arm-src", type=Path, required=True, help="a checkout of OliverRensu/ARM")
-    ap.add_argument("--mamba-ssm-src", type=Path, required=True, help="mamba-ssm 2.3.2.post1 sdist (.tar.gz or unpacked)")
+    ap.add_argument("--mamba-ssm-src", type=Path, required=True,
+                    help="mamba-ssm 2.3.2.post1 sdist (.tar.gz or unpacked)")
     ap.add_argument("--causal-conv1d-src", type=Path, required=True, help="causal-conv1d sdist (.tar.gz or unpacked)")
     ap.add_argument("--build-dir", type=Path, default=Path("build/reference"))
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l"], choices=list(WORKLOADS))

@@ -280,6 +280,7 @@ def main():
                                                          "and stop (with --json: write them there)")
     ap.add_argument("--config-sweep", action="store_true", help="sweep launch configs at one shape first, use the best")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
+    ap.add_argument("--no-save", action="store_true", help="skip the op with states='save' (op_save)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--mamba-ssm-src", type=Path, help="mamba-ssm sdist (.tar.gz or unpacked): build its CUDA scan "
                                                        "kernel for this GPU and time it in the same run")
@@ -308,8 +309,9 @@ def _measure(args, st):
     print(f"launch config: {st.scan_launch_config()}")
     device = torch.cuda.get_device_name()
 
-    impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns,
-             "op_save": lambda inp, dout: op_fns(inp, dout, "save")}
+    impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns}
+    if not args.no_save:
+        impls["op_save"] = lambda inp, dout: op_fns(inp, dout, "save")
     if args.mamba_ssm_src:
         scan_fn = build_mamba_ssm(args.mamba_ssm_src, args.build_dir)
         cross_check(scan_fn)

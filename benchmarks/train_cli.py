@@ -184,7 +184,8 @@ def _fmt(v, spec="{:.0f}"):
 def table(res: dict) -> str:
     ceil = {(r.get("workload"), r.get("compiled")): r for r in res["train_step"] if "error" not in r}
     lines = [f"on {res['device']}:", "",
-             "| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager | train_step compiled |",
+             "| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager "
+             "| train_step compiled |",
              "|" + "---|" * 5]
     for r in res["cli"]:
         spec = WORKLOADS[r["workload"]]
