@@ -244,7 +244,7 @@ def main():
                                              "--compile-mode", "reduce-overhead", "--steps", "12", "--warmup", "4",
                                              "--json", str(out)], timeout=240, extra_env=VARIANTS[v])
             rows = _read(out) or [{}]
-            res["train_step"][f"{w}:{v}"] = dict(rows[0], variant=v, env=VARIANTS[v])
+            res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
             run.save()
     for k, proc in builds.items():
         run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
