@@ -182,13 +182,13 @@ def main():
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/armvision_compare"),
                     help="builds, JPEGs and run folders (a later run reuses the builds and the JPEGs)")
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
-    ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "finetune_b", "pretrain_l"],
+    ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--variants", nargs="*", default=["default", "before", "combo"], choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--shadow-until", type=float, default=200,
+    ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
@@ -243,7 +243,8 @@ def main():
             out.unlink(missing_ok=True)
             run.call(f"train_step {w} {v}", [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only",
                                              "--compile-mode", "reduce-overhead", "--steps", "12", "--warmup", "4",
-                                             "--json", str(out)], timeout=240, extra_env=VARIANTS[v])
+                                             "--json", str(out)], timeout=240,
+                     extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
             run.save()
