@@ -195,7 +195,7 @@ def main():
                     default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
                              "tests/gpu/test_data_gpu_decode.py"],
                     help="GPU test files run after the measurements, while time is left")
-    ap.add_argument("--numerics", default="bf16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
+    ap.add_argument("--numerics", default="bfloat16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
                                                       "against the built kernel ('' to skip)")
     args = ap.parse_args()
 
