@@ -87,8 +87,12 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     images = torch.randn(batch, 3, size, size, device="cuda")
     labels = torch.randint(0, 1000, (batch,), device="cuda")
-    if compile_model:
-        model = torch.compile(model, mode=None if mode == "default" else mode)
+    if compile_model:  # as the trainer compiles (train/compiled.py), ARMVISION_INDUCTOR's options included
+        from armvision.train.compiled import inductor_options
+
+        options = inductor_options(mode)
+        model = (torch.compile(model, options=options) if options is not None
+                 else torch.compile(model, mode=None if mode == "default" else mode))
     step = step_fn(model, pretraining, opt, images, labels)
     if compile_model and mode in ("reduce-overhead", "max-autotune"):
         graph_step = step
