@@ -7,6 +7,7 @@ sdists (``ARMVISION_MAMBA_SSM_SRC``, ``ARMVISION_CAUSAL_CONV1D_SRC``: unpacked o
 otherwise. Run in a subprocess, since the harness installs modules into ``sys.modules``.
 """
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NEEDED = ("ARMVISION_ARM_SRC", "ARMVISION_MAMBA_SSM_SRC", "ARMVISION_CAUSAL_CONV1D_SRC")
 pytestmark = pytest.mark.skipif(not all(os.environ.get(v) for v in NEEDED) or
-                                __import__("importlib").util.find_spec("einops") is None,
+                                importlib.util.find_spec("einops") is None,
                                 reason="needs the official ARM checkout, the two sdists (" + ", ".join(NEEDED) +
                                        ") and einops")
 
