@@ -159,6 +159,11 @@ def table(res: dict) -> str:
                          f"{_f(op.get('fwd_bwd_ms'), '{:.3f}')} | {_f(op.get('ratio_to_cuda'), '{:.2f}')} | "
                          f"{_f(k.get('fwd_bwd_ms'), '{:.3f}')} | {_f(k.get('ratio_to_cuda'), '{:.2f}')} | "
                          f"<= {1 / TARGET:.1f} |")
+    others = sorted({i for (_, _, _, i) in rows if i.startswith("op:")})
+    for name in others:  # the op under other scan_config settings (--scan-variants)
+        cells = [f"{b} x {e} x {t}: {_f(rows.get((b, e, t, name), {}).get('ratio_to_cuda'), '{:.2f}')}"
+                 for b, e, t in shapes]
+        lines.append(f"\nop variant {name[3:]}, ratio to the CUDA kernel: " + ", ".join(cells))
     variants = res.get("train_step", {})
     if variants:
         lines += ["", "| model alone (train_step.py, compiled, CUDA graphs) | variant | images/s | ms/step | peak GiB "
@@ -190,6 +195,8 @@ def main():
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
+    ap.add_argument("--scan-variants", nargs="*", default=['states16={"states_block": [16, 1, 1]}'],
+                    metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
                     default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
@@ -256,7 +263,8 @@ def main():
         out = args.workdir / "scan.json"
         out.unlink(missing_ok=True)
         run.call("scan", [py, str(HERE / "scan.py"), "--no-torch", "--no-save", "--mamba-ssm-src",
-                          str(srcs["mamba_ssm"]), "--build-dir", str(build), "--json", str(out)], timeout=240)
+                          str(srcs["mamba_ssm"]), "--build-dir", str(build), "--json", str(out), "--op-config",
+                          *args.scan_variants], timeout=240)
         res["scan"] = _read(out)
         run.save()
     res["reference"] = []

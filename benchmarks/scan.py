@@ -97,13 +97,14 @@ def autograd_fns(scan_fn, inp, dout, before=None):
     return fwd, fwd_bwd
 
 
-def op_fns(inp, dout, states="recompute"):
+def op_fns(inp, dout, states="recompute", config=None):
     """armvision's public op on the Triton backend, through autograd (what a model pays), with the
-    chunk states recomputed in the backward (the default) or saved by the forward."""
+    chunk states recomputed in the backward (the default) or saved by the forward; ``config``: other
+    ops.scan_config keys."""
     from armvision import ops
 
     def scan(*a):
-        with ops.scan_config(states=states):  # decided at the forward call; the backward follows it
+        with ops.scan_config(**{"states": states, **(config or {})}):  # read at the forward; the backward follows
             return ops.selective_scan(*a, delta_softplus=True, backend="triton")
 
     return autograd_fns(scan, inp, dout)
@@ -281,6 +282,9 @@ def main():
     ap.add_argument("--config-sweep", action="store_true", help="sweep launch configs at one shape first, use the best")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
     ap.add_argument("--no-save", action="store_true", help="skip the op with states='save' (op_save)")
+    ap.add_argument("--op-config", nargs="*", default=[], metavar="NAME=JSON",
+                    help="also time the op (as triton_op) inside ops.scan_config(**JSON), as impl op:NAME, e.g. "
+                         "states16='{\"states_block\": [16, 1, 1]}'")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--mamba-ssm-src", type=Path, help="mamba-ssm sdist (.tar.gz or unpacked): build its CUDA scan "
                                                        "kernel for this GPU and time it in the same run")
@@ -312,6 +316,10 @@ def _measure(args, st):
     impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns}
     if not args.no_save:
         impls["op_save"] = lambda inp, dout: op_fns(inp, dout, "save")
+    for item in args.op_config:
+        name, _, text = item.partition("=")
+        cfg = json.loads(text)
+        impls[f"op:{name}"] = lambda inp, dout, cfg=cfg: op_fns(inp, dout, config=cfg)
     if args.mamba_ssm_src:
         scan_fn = build_mamba_ssm(args.mamba_ssm_src, args.build_dir)
         cross_check(scan_fn)

@@ -18,7 +18,9 @@ RES = {
             "finetune_b": {"images_per_s": 1100.0, "min_window_images_per_s": 1000.0, "peak_gib": 13.3}},
     "scan": {"results": [{"b": 256, "e": 768, "t": 128, "impl": "cuda_ref", "fwd_bwd_ms": 3.0, "ratio_to_cuda": 1.0},
                          {"b": 256, "e": 768, "t": 128, "impl": "triton_op", "fwd_bwd_ms": 1.5, "ratio_to_cuda": 0.5},
-                         {"b": 256, "e": 768, "t": 128, "impl": "triton", "fwd_bwd_ms": 1.2, "ratio_to_cuda": 0.4}]},
+                         {"b": 256, "e": 768, "t": 128, "impl": "triton", "fwd_bwd_ms": 1.2, "ratio_to_cuda": 0.4},
+                         {"b": 256, "e": 768, "t": 128, "impl": "op:states16", "fwd_bwd_ms": 1.4,
+                          "ratio_to_cuda": 0.47}]},
     "train_step": {"pretrain_b:default": {"workload": "pretrain_b", "images_per_s": 4400.0, "ms": 58.2,
                                           "peak_gib": 15.0},
                    "pretrain_b:before": {"workload": "pretrain_b", "images_per_s": 4000.0, "ms": 64.0,
@@ -33,6 +35,7 @@ def test_table_names_the_card_and_takes_every_ratio_from_this_run():
     assert "| pretrain_b | 2000 (17.8) | 4100 (3900), 15.2 | 2.05 (1.95) | >= 2x |" in text
     assert "| finetune_b | 500 (20.1) | 1100 (1000), 13.3 | 2.20 (2.00) | >= 2x |" in text
     assert "| 256 x 768 x 128 | 3.000 | 1.500 | 0.50 | 1.200 | 0.40 | <= 0.5 |" in text
+    assert "op variant states16, ratio to the CUDA kernel: 256 x 768 x 128: 0.47" in text
     assert "| pretrain_b | default | 4400 | 58.2 | 15.0 | 2.20 |" in text
     assert "| pretrain_b | before | 4000 | 64.0 | 15.0 | 2.00 |" in text
     assert "skipped (time budget): armvision pretrain_l" in text

@@ -450,3 +450,22 @@ def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):
     for a, b in zip(results[True], results[False]):
         assert rel_err(a, b) < 1e-6
     assert not cats[True] and cats[False]
+
+
+def test_states_block_launches_the_recomputation_with_its_own_block(seed, autograd_path, monkeypatch):
+    """scan_config(states_block=...): the backward's re-run of the forward (states recomputed) takes that launch
+    block, the forward keeps ``fwd``'s, and the gradients are the reference's."""
+    blocks = []
+    fwd = scan_triton.scan_fwd
+
+    def recording(*args, **kw):
+        blocks.append((kw.get("write_out", True), tuple(kw["block"]) if kw.get("block") else None))
+        return fwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_fwd", recording)
+    with ops.scan_config(states_block=(2, 1, 1)):
+        check_scan(scan_inputs(2, 9, 6, 4, torch.float32))
+    assert blocks == [(True, (4, 1, 1)), (False, (2, 1, 1))]
+    with pytest.raises(ValueError, match="states_block must be None or 3 positive integers"):
+        with ops.scan_config(states_block=(2, 1)):
+            pass

@@ -11,8 +11,9 @@ back when it ends::
         loss = model(images); loss.backward()
 
 Scan keys: ``BT`` chunk length (shared by the forward and the backward); ``fwd``, ``bwd``:
-(BE channel block, num_warps, num_stages) of each kernel; ``states``: "recompute" (default: the
-backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
+(BE channel block, num_warps, num_stages) of each kernel; ``states_block``: the same for the backward's
+re-run of the forward that rebuilds the chunk states (None, the default: ``fwd``'s); ``states``: "recompute"
+(default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
@@ -46,7 +47,7 @@ from typing import Any, Iterator
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
-                                 "sums": "graph"}
+                                 "sums": "graph", "states_block": None}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -76,6 +77,12 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         elif key == "sums":
             if value not in ("graph", "op"):
                 raise ValueError(f"sums must be 'graph' or 'op', got {value!r}")
+        elif key == "states_block" and value is None:
+            pass
+        elif key == "states_block":
+            value = tuple(value)
+            if len(value) != 3 or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise ValueError(f"states_block must be None or 3 positive integers, got {value!r}")
         elif key in ("BT", "seg"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")

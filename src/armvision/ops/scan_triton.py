@@ -328,8 +328,14 @@ def _scan_bwd_kernel(
 # [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
+    states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
-            int(cfg.get("sums", "graph") == "graph")]
+            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block)]
+
+
+def _states_block(launch: Sequence[int]) -> list[int]:
+    """(BE, warps, stages) of the backward's states recomputation; the forward's for shorter launch lists."""
+    return list(launch[9:12]) if len(launch) > 11 else list(launch[1:4])
 
 
 def _seg(launch: Sequence[int]) -> int:
@@ -537,6 +543,7 @@ def _setup_context(ctx, inputs, output):
     launch = list(launch or _launch_list())
     ctx.softplus = softplus
     ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], launch[4:7], _seg(launch)
+    ctx.states_block = _states_block(launch)
     ctx.sums_in_graph = _sums_in_graph(launch)
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
     # the saved states (hundreds of MB) for it on every backward
@@ -549,7 +556,7 @@ def _backward(ctx, dout, dstates):
         return (None,) * 12
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:  # states="recompute": rebuild the chunk states now
-        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.fwd_block,
+        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.states_block,
                                  ctx.seg)
     if ctx.sums_in_graph:  # the partial sums become ops of the traced backward graph (fused by inductor)
         parts = _scan_bwd_parts_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus,
@@ -576,6 +583,7 @@ class _ScanFunction(torch.autograd.Function):
         out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
                                       chunk=launch[0], block=launch[1:4], seg=_seg(launch))
         ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], launch[4:7]
+        ctx.states_block = _states_block(launch)
         ctx.seg = _seg(launch)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
         return out
@@ -585,7 +593,7 @@ class _ScanFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
         if states.numel() == 0:  # states="recompute": rebuild the chunk states now
             states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, True, write_out=False,
-                              chunk=ctx.chunk, block=ctx.fwd_block, seg=ctx.seg)[1]
+                              chunk=ctx.chunk, block=ctx.states_block, seg=ctx.seg)[1]
         grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
                          ctx.bwd_block, seg=ctx.seg)
         return (*grads, None, None, None, None)
