@@ -41,7 +41,10 @@ VARIANTS = {
     "default": {},
     "before": {"ARMVISION_SCAN_CONFIG": '{"sums": "op"}', "ARMVISION_CONV_CONFIG": '{"sums": "op"}',
                "ARMVISION_IN_PROJ": "fused"},
+    "sums_op": {"ARMVISION_SCAN_CONFIG": '{"sums": "op"}', "ARMVISION_CONV_CONFIG": '{"sums": "op"}'},
+    "fused": {"ARMVISION_IN_PROJ": "fused"},
     "combo": {"ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
+    "states16": {"ARMVISION_SCAN_CONFIG": '{"states_block": [16, 1, 1]}'},
     "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (from the logs of 2026-12-01), for the budget
