@@ -42,7 +42,7 @@ PRESETS = {"pretrain": "arm_base_in1k_pretrain", "pretrain_pillow": "arm_base_in
 MODE_OVERRIDES = {"pretrain_float": {"data.normalize": "workers"}, "gpu": {"data.decode": "gpu"},
                   "pretrain_pillow": {"data.resize_backend": "pillow"},
                   "finetune_pillow": {"data.resize_backend": "pillow"}}
-# ANCHORS.md's micro-batches of ARM-B, by preset
+# the micro-batches of the targets (benchmarks/reference.py), by preset
 BATCH = {mode: 256 if preset == "arm_base_in1k_pretrain" else 128 for mode, preset in PRESETS.items()}
 
 
@@ -143,7 +143,7 @@ def main():
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch", type=int, help="batch size (default: ANCHORS.md's micro-batch of the mode)")
+    ap.add_argument("--batch", type=int, help="batch size (default: the targets' micro-batch of the mode)")
     ap.add_argument("--img-size", type=int, help="crop size (default: the preset's)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()

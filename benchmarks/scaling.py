@@ -5,7 +5,7 @@ benchmarks/_dist_peak.py ... pretrain --config PRESET ...`` (that is ``armvision
 process, plus its peak CUDA memory), on synthetic JPEGs (benchmarks/data_pipeline.py), for a few steps:
 
 1. ARM-H pretraining at 192px (arm_huge_in1k_pretrain) on 2 GPUs at --h-micro images per GPU (the preset
-   leaves micro_batch to the user; 128 is ANCHORS.md's ARM-L batch): parallel fsdp vs ddp, images/s and
+   leaves micro_batch to the user; 128 is the ARM-L target's batch): parallel fsdp vs ddp, images/s and
    peak GiB per GPU;
 2. ARM-H, fsdp + activation checkpointing, each process capped at --cap-gib GiB
    (set_per_process_memory_fraction, a stand-in for a 40 GB card): peaks at two per-GPU batches give
@@ -235,7 +235,7 @@ def main():
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per throughput run")
     ap.add_argument("--log-every", type=int, default=4)
     ap.add_argument("--h-micro", type=int, default=128, help="ARM-H per-GPU batch of the fsdp/ddp comparison")
-    ap.add_argument("--b-micro", type=int, default=256, help="ARM-B per-GPU batch (ANCHORS.md's)")
+    ap.add_argument("--b-micro", type=int, default=256, help="ARM-B per-GPU batch (the target's)")
     ap.add_argument("--cap-gib", type=float, default=40.0, help="per-process memory cap of the search")
     ap.add_argument("--ac-probe", type=int, nargs=2, default=(128, 256), help="two per-GPU batches measured "
                     "under the cap to get the memory per image")

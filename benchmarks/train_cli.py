@@ -7,7 +7,7 @@ In one run, on one GPU:
      in the loader workers, and data.decode gpu);
   3. `armvision pretrain --config arm_base_in1k_pretrain` and `armvision finetune --config
      arm_base_in1k_finetune` (and with --large `arm_large_in1k_pretrain`) as subprocesses for
-     --steps optimizer steps at ANCHORS.md's micro-batch (256 for ARM-B pretraining, 128 for ARM-L
+     --steps optimizer steps at the targets' micro-batch (256 for ARM-B pretraining, 128 for ARM-L
      and for fine-tuning; batch_size = micro_batch, so one micro-batch per step), reading the
      steady images/s from metrics_train.csv (the median of the logging windows after the first)
      and the slowest window after the first (an epoch-boundary stall shows there), plus the peak
@@ -15,7 +15,7 @@ In one run, on one GPU:
   4. with --profile, the first workload's command (ARM-B pretraining by default) under torch.profiler (after warm-up
      steps that include compilation): the step's time and its top kernels with their share;
   5. benchmarks/train_step.py, the model-only ceiling (eager, and compiled unless --no-compile);
-and prints one table with ANCHORS.md's reference figures (H200, 2026-11-30) beside them.
+and prints one table (the reference beside them, timed in the same run: benchmarks/compare.py).
 The commands run as a user runs them: compiled on the GPU (the trainer's ``compile: auto``) unless
 --compile false.
 
@@ -44,15 +44,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from data_pipeline import make_synthetic_jpegs, pipeline_rate  # noqa: E402
 
-# ANCHORS.md (one H200, 2026-11-30): the reference ARM code's images/s (peak GiB), armvision's
-# train_step.py eager / compiled images/s (peak GiB), the product path measured then, and the 2x target
+# the workloads of benchmarks/reference.py: the preset, and the micro-batch of the project's targets
 WORKLOADS = {
-    "pretrain_b": dict(task="pretrain", config="arm_base_in1k_pretrain", micro=256, step_workload="pretrain_b",
-                       ref=2047, ref_gib=17.8, eager=2548, compiled=3288, cli_before="2350-2380", target=4100),
-    "finetune_b": dict(task="finetune", config="arm_base_in1k_finetune", micro=128, step_workload="finetune_b",
-                       ref=483, ref_gib=20.1, eager="766-878", compiled=904, cli_before="700-790", target=970),
-    "pretrain_l": dict(task="pretrain", config="arm_large_in1k_pretrain", micro=128, step_workload="pretrain_l",
-                       ref=607, ref_gib=22.3, eager=694, compiled=None, cli_before=None, target=1210),
+    "pretrain_b": dict(task="pretrain", config="arm_base_in1k_pretrain", micro=256, step_workload="pretrain_b"),
+    "finetune_b": dict(task="finetune", config="arm_base_in1k_finetune", micro=128, step_workload="finetune_b"),
+    "pretrain_l": dict(task="pretrain", config="arm_large_in1k_pretrain", micro=128, step_workload="pretrain_l"),
 }
 TINY_ARGS = {"patch_size": 4, "embed_dim": 32, "depth": 6, "d_state": 4}
 
@@ -187,19 +183,17 @@ def _fmt(v, spec="{:.0f}"):
 
 def table(res: dict) -> str:
     ceil = {(r.get("workload"), r.get("compiled")): r for r in res["train_step"] if "error" not in r}
-    lines = ["| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager | train_step "
-             "compiled | reference ARM code (GiB) | ANCHORS eager / compiled | CLI before (ANCHORS) | 2x target |",
-             "|" + "---|" * 9]
+    lines = [f"on {res['device']}:", "",
+             "| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager "
+             "| train_step compiled |",
+             "|" + "---|" * 5]
     for r in res["cli"]:
         spec = WORKLOADS[r["workload"]]
         e, c = ceil.get((spec["step_workload"], False), {}), ceil.get((spec["step_workload"], True), {})
         cli = (f"{_fmt(r.get('images_per_s'))} ({_fmt(r.get('min_window_images_per_s'))})" if r["exit_code"] == 0
                else f"failed ({r['exit_code']})")
         lines.append(f"| {r['workload']} | {cli} | {_fmt(r.get('peak_gib'), '{:.1f}')} | "
-                     f"{_fmt(e.get('images_per_s'))} | {_fmt(c.get('images_per_s'))} | "
-                     f"{spec['ref']} ({spec['ref_gib']}) | "
-                     f"{_fmt(spec['eager'])} / {_fmt(spec['compiled'])} | {_fmt(spec['cli_before'])} | "
-                     f">= {spec['target']} |")
+                     f"{_fmt(e.get('images_per_s'))} | {_fmt(c.get('images_per_s'))} |")
     lines.append("")
     lines.append("| data pipeline alone | workers | batch | images/s | slowest window |")
     lines.append("|---|---|---|---|---|")
@@ -288,13 +282,14 @@ def main():
         print(profile_table(res["profile"]), flush=True)
     if cuda and "train_step" not in args.skip:
         steps = [WORKLOADS[n]["step_workload"] for n in names]
-        base = [w for w in steps if w != "pretrain_l"]  # ARM-L: eager only (as in ANCHORS.md)
+        base = [w for w in steps if w != "pretrain_l"]  # ARM-L: eager only (its compiled step: train_step.py)
         res["train_step"] += run_train_step(base, not args.no_compile, args.workdir, timeout=900)
         if "pretrain_l" in steps:
             res["train_step"] += run_train_step(["pretrain_l"], False, args.workdir, timeout=600)
     res["total_seconds"] = time.perf_counter() - t0
     text = table(res)
-    print("\n" + text + f"\n\ntotal {res['total_seconds']:.0f} s; reference columns: ANCHORS.md (H200, 2026-11-30)")
+    print("\n" + text + f"\n\ntotal {res['total_seconds']:.0f} s; ratios against the reference timed in the same run: "
+          "benchmarks/compare.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
     failed = [r["workload"] for r in res["cli"] if r["exit_code"] != 0]

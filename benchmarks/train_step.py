@@ -1,7 +1,7 @@
 """Training-step throughput of ARM models: images/s, ms/step, MFU and peak memory.
 
-The method of the reference figures in benchmarks/anchors.py: one process, bf16 autocast, fused
-AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
+The method of benchmarks/reference.py, which times the official ARM code the same way: one process, bf16 autocast,
+fused AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
 The steps run back to back and their CUDA events are read once at the end (until 2026-12-01 the loop
 synchronised after each step, which left the GPU idle while the host launched the next one).
 Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
@@ -29,14 +29,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import armvision
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors.py, when imported from elsewhere
-import anchors  # noqa: E402
-
 WORKLOADS = {
-    # name: (model, pretraining, batch, image size, reference images/s and peak GiB from benchmarks/anchors.py)
-    "pretrain_b": ("arm_base_pz16", True, 256, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_b"]),
-    "pretrain_l": ("arm_large_pz16", True, 128, 192, anchors.TRAIN_STEP_REFERENCE["pretrain_l"]),
-    "finetune_b": ("arm_base_pz16", False, 128, 224, anchors.TRAIN_STEP_REFERENCE["finetune_b"]),
+    # name: (model, pretraining, batch, image size): the workloads of benchmarks/reference.py
+    "pretrain_b": ("arm_base_pz16", True, 256, 192),
+    "pretrain_l": ("arm_large_pz16", True, 128, 192),
+    "finetune_b": ("arm_base_pz16", False, 128, 224),
 }
 
 
@@ -82,7 +79,7 @@ def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: in
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
          states: str, mode: str = "default") -> dict:
-    name, pretraining, batch, size, (ref_ips, ref_gib) = WORKLOADS[workload]
+    name, pretraining, batch, size = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
     flops = forward_flops(model, pretraining, torch.randn(2, 3, size, size, device="cuda")) * 3
@@ -90,8 +87,12 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
     images = torch.randn(batch, 3, size, size, device="cuda")
     labels = torch.randint(0, 1000, (batch,), device="cuda")
-    if compile_model:
-        model = torch.compile(model, mode=None if mode == "default" else mode)
+    if compile_model:  # as the trainer compiles (train/compiled.py), ARMVISION_INDUCTOR's options included
+        from armvision.train.compiled import inductor_options
+
+        options = inductor_options(mode)
+        model = (torch.compile(model, options=options) if options is not None
+                 else torch.compile(model, mode=None if mode == "default" else mode))
     step = step_fn(model, pretraining, opt, images, labels)
     if compile_model and mode in ("reduce-overhead", "max-autotune"):
         graph_step = step
@@ -117,7 +118,7 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model,
                compile_mode=mode if compile_model else None, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-               gflop_per_image=flops / 1e9, loss=float(loss), ref_images_per_s=ref_ips, ref_peak_gib=ref_gib)
+               gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name())
     del model, opt, images
     torch.cuda.empty_cache()
     return res
@@ -144,7 +145,6 @@ def main():
                  "runs the commands end to end")
     peak = matmul_tflops()
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}; bf16 matmul {peak:.0f} TFLOP/s")
-    print(anchors.describe() + "; compare only with the same card kind")
     rows = []
     for w in args.workloads:
         for backend in args.backends:
@@ -161,16 +161,15 @@ def main():
                     rows.append(r)
                     print(f"{w:>11} {backend:>7} states={states:>9} compile={str(comp):>5}: "
                           f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
-                          f"peak {r['peak_gib']:5.1f} GiB  (reference ARM code: {r['ref_images_per_s']} img/s, "
-                          f"{r['ref_peak_gib']} GiB)", flush=True)
-    hdr = ("| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB "
-           "| reference images/s |")
-    print("\n" + hdr + "\n|" + "---|" * 10)
+                          f"peak {r['peak_gib']:5.1f} GiB", flush=True)
+    hdr = "| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB |"
+    print("\n" + hdr + "\n|" + "---|" * 9)
     for r in rows:
         comp = f"{r['compiled']} ({r['compile_mode']})" if r["compiled"] else "False"
         print(f"| {r['workload']} | {r['backend']} | {r['states']} | {comp} | {r['batch']} "
               f"| {r['images_per_s']:.0f} | "
-              f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} | {r['ref_images_per_s']} |")
+              f"{r['ms']:.1f} | {100 * r['mfu']:.1f}% | {r['peak_gib']:.1f} |")
+    print("ratios against the reference: benchmarks/compare.py times benchmarks/reference.py in the same run")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -34,7 +34,7 @@ def test_tiny_mode_end_to_end(tmp_path):
     assert [p["mode"] for p in res["pipeline"]] == ["pretrain", "pretrain_pillow", "pretrain_float", "finetune",
                                                    "finetune_pillow"]
     assert all(p["images_per_s"] > 0 for p in res["pipeline"])
-    assert "| pretrain_b |" in proc.stdout and "2047 (17.8)" in proc.stdout
+    assert "| pretrain_b |" in proc.stdout and "on cpu:" in proc.stdout  # no reference figure from another run
     prof = res["profile"]  # --profile: the pretraining trainer's top operators (kernels on a GPU) per step
     assert prof["active"] == 2 and prof["step_ms"] > 0 and not prof["compiled"] and len(prof["top"]) >= 5
     assert all(0 < r["share"] for r in prof["top"]) and "ms per step" in proc.stdout

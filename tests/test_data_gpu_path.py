@@ -4,6 +4,7 @@ same output statistics over random crops, and the fallbacks for non-JPEG and unr
 (armvision.data.resize) against one F.interpolate per image."""
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -289,3 +290,32 @@ def test_pretraining_with_gpu_decoding_runs_and_resumes_exactly(tmp_path):
     train(cfg("split", max_steps=4))
     rest = train(cfg("split", resume="auto"))
     assert [v for _, v in rest["loss_curve"]] == pytest.approx([v for _, v in full["loss_curve"]], rel=1e-6)
+
+
+def test_encoded_batch_crosses_processes_as_one_buffer(tmp_path):
+    """data.decode gpu's batches (collate_encoded) pickle as one uint8 buffer and come back as views of it, equal
+    to the images sent, through the DataLoader's own worker transport."""
+    from multiprocessing.reduction import ForkingPickler
+
+    from armvision.data.gpu import EncodedBatch
+
+    rng = np.random.default_rng(0)
+    images = EncodedBatch([encoded(jpeg_bytes(natural(rng, 20, 30))), torch.randint(0, 256, (3, 5, 7),
+                                                                                        dtype=torch.uint8),
+                           encoded(jpeg_bytes(natural(rng, 31, 17)))])
+    back = pickle.loads(ForkingPickler.dumps(images))
+    assert isinstance(back, EncodedBatch) and [x.shape for x in back] == [x.shape for x in images]
+    assert all(torch.equal(a, b) for a, b in zip(back, images))
+    assert len({x.untyped_storage().data_ptr() for x in back}) == 1  # one buffer, the images views of it
+    assert pickle.loads(ForkingPickler.dumps(EncodedBatch())) == []
+    for cls in ("a", "b"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for i in range(3):
+            (tmp_path / "train" / cls / f"{i}.jpg").write_bytes(jpeg_bytes(natural(rng, 20 + i, 30)))
+    ds = build_encoded_dataset("imagefolder", str(tmp_path), "train")
+    loader, _ = make_loader(ds, 6, train=False, workers=1)
+    loader.collate_fn = collate_encoded
+    got, labels, skips = next(iter(loader))
+    assert isinstance(got, EncodedBatch) and len({x.untyped_storage().data_ptr() for x in got}) == 1
+    want = [ds[i][0] for i in range(6)]
+    assert all(torch.equal(a, b) for a, b in zip(got, want))

@@ -356,3 +356,116 @@ def test_custom_ops_pass_opcheck(seed):
     w, b = torch.randn(4, 4, device=DEV), torch.randn(4, device=DEV)
     torch.library.opcheck(ops_.causal_conv1d_fwd.default, (x, w, b, None, True))
     torch.library.opcheck(ops_.causal_conv1d_bwd.default, (x, w, b, None, torch.randn_like(x), True))
+
+
+@pytest.mark.parametrize("sums", ["graph", "op"])
+def test_backward_partial_sums_in_graph_or_op(seed, sums, monkeypatch):
+    """Both places for the backward's partial sums (ops.scan_config / conv_config ``sums``) give the reference's
+    gradients through the custom ops, and each runs the custom op it names (the parts op, or the finishing one)."""
+    monkeypatch.setattr(scan_triton, "_use_custom_op", lambda x: True)
+    called = []
+    for mod, name in ((scan_triton, "scan_bwd"), (conv_triton, "_conv_bwd")):
+        real = getattr(mod, name)
+
+        def recording(*args, _real=real, _name=name, **kw):
+            called.append((_name, kw.get("reduce", True)))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(mod, name, recording)
+    with ops.scan_config(sums=sums), ops.conv_config(sums=sums):
+        check_scan(scan_inputs(2, 9, 6, 4, torch.float32), index=torch.randperm(9, device=DEV))
+        x = torch.randn(2, 7, 5, device=DEV, requires_grad=True)
+        w = torch.randn(5, 4, device=DEV, requires_grad=True)
+        b = torch.randn(5, device=DEV, requires_grad=True)
+        y = ops.causal_conv1d(x, w, b, activation="silu", backend="triton")
+        dy = torch.randn_like(y)
+        got = torch.autograd.grad(y, (x, w, b), dy)
+        r = [v.detach().double().requires_grad_() for v in (x, w, b)]
+        want = torch.autograd.grad(causal_conv1d_ref(*r, activation="silu"), r, dy.double())
+    for g, gr in zip(got, want):
+        assert g.dtype == torch.float32 and rel_err(g.cpu(), gr) < 1e-5
+    assert called == [("scan_bwd", sums == "op"), ("_conv_bwd", sums == "op")]
+
+
+def test_partial_sum_ops_pass_opcheck(seed):
+    """The backward kernels' custom ops that return partial sums (sums="graph"): schemas and fake kernels."""
+    inp = {k: None if v is None else v.detach() for k, v in scan_inputs(2, 5, 12, 4, torch.float32).items()}
+    args = [inp[k] for k in ARGS]
+    index = torch.randperm(5, device=DEV).int()
+    cfg = ops.current_scan_config()
+    out, states = torch.ops.armvision.selective_scan_fwd(*args, index, True, True)
+    torch.library.opcheck(torch.ops.armvision.selective_scan_bwd_parts.default,
+                          (*args, index, states, torch.randn_like(out), True, cfg["BT"], list(cfg["bwd"])))
+    x = torch.randn(2, 6, 4, device=DEV)
+    w, b = torch.randn(4, 4, device=DEV), torch.randn(4, device=DEV)
+    torch.library.opcheck(torch.ops.armvision.causal_conv1d_bwd_parts.default,
+                          (x, w, b, None, torch.randn_like(x), True, list(ops.current_conv_config()["bwd"])))
+
+
+def test_launch_defaults_from_environment():
+    """ARMVISION_SCAN_CONFIG / ARMVISION_CONV_CONFIG (JSON) replace defaults at import, for A/B runs of the
+    commands; a bad value is the same error as a bad scan_config argument."""
+    import subprocess
+    import sys
+
+    code = "from armvision import ops; print(ops.current_scan_config()['sums'], ops.current_conv_config()['sums'])"
+    env = dict(__import__("os").environ, ARMVISION_SCAN_CONFIG='{"sums": "op", "BT": 4}',
+               ARMVISION_CONV_CONFIG='{"sums": "op"}')
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode == 0 and res.stdout.split() == ["op", "op"], res.stderr
+    env["ARMVISION_SCAN_CONFIG"] = '{"sums": "kernel"}'
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert res.returncode != 0 and "sums must be 'graph' or 'op'" in res.stderr
+
+
+def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):
+    """Mamba.in_proj_split: x and z from two products on the weight's halves give the one-product split's values
+    and gradients, and the compiled backward then has no concatenation of dx and dz into one (b, t, 2e) tensor
+    (the one-product form has it)."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    m = Mamba(8, d_state=4, backend="triton").to(DEV)
+    x = torch.randn(2, 6, 8, device=DEV, requires_grad=True)
+    results, cats = {}, {}
+    for split in (True, False):
+        m.in_proj_split = split
+        m.zero_grad()
+        y = m(x)
+        gx, = torch.autograd.grad(y.square().sum(), x, retain_graph=True)
+        y.square().sum().backward()
+        results[split] = (y.detach(), gx, m.in_proj.weight.grad.clone())
+        graphs = []
+
+        def bw(gm, _):
+            graphs.append(gm)
+            return make_boxed_func(gm.forward)
+
+        torch._dynamo.reset()
+        compiled = torch.compile(m, fullgraph=True, backend=aot_autograd(
+            fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw))
+        compiled(x).sum().backward()
+        cats[split] = [n for g in graphs for n in g.graph.nodes if n.target == torch.ops.aten.cat.default
+                       and tuple(n.meta["val"].shape) == (2, 6, 16)]
+    for a, b in zip(results[True], results[False]):
+        assert rel_err(a, b) < 1e-6
+    assert not cats[True] and cats[False]
+
+
+def test_states_block_launches_the_recomputation_with_its_own_block(seed, autograd_path, monkeypatch):
+    """scan_config(states_block=...): the backward's re-run of the forward (states recomputed) takes that launch
+    block, the forward keeps ``fwd``'s, and the gradients are the reference's."""
+    blocks = []
+    fwd = scan_triton.scan_fwd
+
+    def recording(*args, **kw):
+        blocks.append((kw.get("write_out", True), tuple(kw["block"]) if kw.get("block") else None))
+        return fwd(*args, **kw)
+
+    monkeypatch.setattr(scan_triton, "scan_fwd", recording)
+    with ops.scan_config(states_block=(2, 1, 1)):
+        check_scan(scan_inputs(2, 9, 6, 4, torch.float32))
+    assert blocks == [(True, (4, 1, 1)), (False, (2, 1, 1))]
+    with pytest.raises(ValueError, match="states_block must be None or 3 positive integers"):
+        with ops.scan_config(states_block=(2, 1)):
+            pass

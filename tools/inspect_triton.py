@@ -46,7 +46,8 @@ def report(k):
     r = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", "/dev/null"], capture_output=True, text=True)
     info = [ln.split("info    : ")[-1] for ln in r.stderr.splitlines() if "registers" in ln or "spill" in ln]
     ptx = k.asm["ptx"]
-    counts = {op: ptx.count(op) for op in ("shfl.sync", "ex2.approx", "st.shared", "ld.shared", "bar.sync")}
+    counts = {op: ptx.count(op) for op in ("ld.global", "shfl.sync", "ex2.approx", "st.shared", "ld.shared",
+                                           "bar.sync")}
     return " | ".join(info) + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
 
 
@@ -100,12 +101,13 @@ if __name__ == "__main__":
             conv_report(*map(int, arg[5:].split(",")))
             continue
         BT, BE, W, SEG = (list(map(int, arg.split(","))) + [1])[:4]
-        for which, fn in (("fwd", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
+        # fwd: the forward saving its states; states: the backward's recomputation (no output written)
+        for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
                           SEG=SEG)
-            if which == "fwd":
+            if which != "bwd":
                 consts["SAVE"] = True
-                consts["WRITE_OUT"] = True
+                consts["WRITE_OUT"] = which == "fwd"
             try:
                 k = compile_kernel(fn, consts, W)
                 print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}")

@@ -117,3 +117,19 @@ def test_cuda_batched_resize_same_under_tf32_autocast_and_a_side_stream_thread()
         assert torch.allclose(out["x"], ref, rtol=0, atol=1e-4)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def test_cuda_decodes_a_batch_that_crossed_processes_as_one_buffer():
+    """An EncodedBatch (the loader's batches with data.decode gpu) after pickling: nvjpeg decodes its views of the
+    one buffer exactly as it decodes the original tensors."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    from armvision.data.gpu import EncodedBatch
+
+    rng = np.random.default_rng(0)
+    batch = EncodedBatch(encoded(jpeg_bytes(natural(rng, 120 + 7 * i, 160))) for i in range(6))
+    back = pickle.loads(ForkingPickler.dumps(batch))
+    t = GpuBatchTransform(32, MEAN, STD, "cuda")
+    (a, fa), (b, fb) = t.decode(list(batch)), t.decode(back)
+    assert fa == fb == [] and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -19,6 +19,7 @@ sequence as given: Vim's "bimamba v2" with its divide-out by 2); they need no to
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -110,6 +111,11 @@ class Mamba(nn.Module):
         directions: 1 (causal, pretraining), 2 (forward and backward, Vim) or 4 (ARM fine-tuning; needs a
             ``TokenLayout``).
         backend: ops backend for the scan and the convolution (see :mod:`armvision.ops`).
+
+    ``in_proj_split`` (attribute; default True, or ``ARMVISION_IN_PROJ=fused`` in the environment for A/B runs):
+    x and z come from two matrix products on the halves of ``in_proj.weight`` instead of one product split into
+    views, so the backward adds two products for the input's gradient instead of first concatenating dx and dz
+    into one (b, t, 2e) tensor. Same parameters, same values up to the products' rounding.
     """
 
     def __init__(
@@ -137,6 +143,7 @@ class Mamba(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.num_directions = directions
         self.backend = backend
+        self.in_proj_split = os.environ.get("ARMVISION_IN_PROJ", "split") != "fused"
         e = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         for _, s in DIRECTIONS[:directions]:
@@ -204,7 +211,13 @@ class Mamba(nn.Module):
 
     def forward_directions(self, hidden: Tensor, layout: TokenLayout | None = None) -> list[Tensor]:
         """Each direction's gated scan output, in row-major token order: list of (b, t, e)."""
-        x, z = self.in_proj(hidden).chunk(2, dim=-1)
+        if self.in_proj_split:
+            w, bias = self.in_proj.weight, self.in_proj.bias
+            e = self.d_inner
+            x = F.linear(hidden, w[:e], None if bias is None else bias[:e])
+            z = F.linear(hidden, w[e:], None if bias is None else bias[e:])
+        else:
+            x, z = self.in_proj(hidden).chunk(2, dim=-1)
         if self.num_directions == 1:
             return [self.scan_direction(x, z, 0)]
         if self.num_directions == 2:  # forward and backward over the sequence as given: no layout needed

@@ -225,10 +225,10 @@ def _conv_bwd_kernel(x_ptr, w_ptr, b_ptr, idx_ptr, go_ptr, dx_ptr, part_ptr, T, 
 
 # Launch parameters (BT, BE, num_warps) of each kernel come from armvision.ops.launch (defaults, or a
 # ``with ops.conv_config(...)`` scope), read once per call in causal_conv1d_triton and passed down:
-# ``launch`` = [fwd BT, fwd BE, fwd warps, bwd BT, bwd BE, bwd warps].
+# ``launch`` = [fwd BT, fwd BE, fwd warps, bwd BT, bwd BE, bwd warps, sums in the graph (1) or in the op (0)].
 def _launch_list() -> list[int]:
     cfg = current_conv_config()
-    return [*(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"])]
+    return [*(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("sums", "graph") == "graph")]
 
 
 def conv_launch_config(**updates) -> dict:
@@ -273,7 +273,9 @@ def _(x, weight, bias, index, silu, launch=None):
 
 
 def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
-              silu: bool, block: Sequence[int] | None = None) -> list[Tensor]:
+              silu: bool, block: Sequence[int] | None = None, reduce: bool = True) -> list[Tensor]:
+    """[dx, dw (e, k), db (e,)]; with ``reduce=False`` [dx, the kernel's fp32 partial sums (programs, 1 + k, e)],
+    which :func:`_finish_conv_grads` adds up."""
     b, t, e = x.shape
     k = weight.shape[1]
     BT, BE, warps = block or current_conv_config()["bwd"]
@@ -286,7 +288,13 @@ def _conv_bwd(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | No
         t, e, chunk, x.stride(0), x.stride(1), dout.stride(0), dout.stride(1), dx.stride(0), dx.stride(1),
         K=k, HAS_BIAS=bias is not None, HAS_IDX=index is not None, SILU=silu, BE=BE, num_warps=warps,
     )
-    sums = part.sum(0).to(weight.dtype)  # one reduction for both
+    return _finish_conv_grads(dx, part, weight) if reduce else [dx, part]
+
+
+def _finish_conv_grads(dx: Tensor, part: Tensor, weight: Tensor) -> list[Tensor]:
+    """[dx, dw, db] from the backward kernel's partial sums (programs, 1 + k, e): one reduction for both. Plain torch
+    ops: in a compiled backward, inductor fuses the sum, the cast and the transpose."""
+    sums = part.sum(0).to(weight.dtype)
     return [dx, sums[1:].t().clone(memory_format=torch.contiguous_format), sums[0]]
 
 
@@ -301,17 +309,37 @@ def _(x, weight, bias, index, dout, silu, block=None):
     return [x.new_empty(x.shape), weight.new_empty(weight.shape), weight.new_empty(weight.shape[:1])]
 
 
+@torch.library.custom_op("armvision::causal_conv1d_bwd_parts", mutates_args=())
+def _conv_bwd_parts_op(x: Tensor, weight: Tensor, bias: Tensor | None, index: Tensor | None, dout: Tensor,
+                       silu: bool, block: Optional[List[int]] = None) -> list[Tensor]:
+    """The backward kernel alone: dx and the fp32 partial sums of db and dw (see :func:`_conv_bwd`)."""
+    return _conv_bwd(x, weight, bias, index, dout, silu, block, reduce=False)
+
+
+@_conv_bwd_parts_op.register_fake
+def _(x, weight, bias, index, dout, silu, block=None):
+    b, t, e = x.shape
+    _, chunks = _chunks(t, (block or current_conv_config()["bwd"])[0])
+    return [x.new_empty(x.shape), x.new_empty((b * chunks, 1 + weight.shape[1], e), dtype=torch.float32)]
+
+
 def _setup_context(ctx, inputs, output):
     x, weight, bias, index, silu, launch = inputs
+    launch = list(launch or _launch_list())
     ctx.silu = silu
-    ctx.bwd_block = list(launch or _launch_list())[3:6]
+    ctx.bwd_block = launch[3:6]
+    ctx.sums_in_graph = bool(launch[6]) if len(launch) > 6 else False
     ctx.has_bias = bias is not None
     ctx.save_for_backward(x, weight, bias, index)
 
 
 def _backward(ctx, dout):
     x, weight, bias, index = ctx.saved_tensors
-    dx, dw, db = _conv_bwd_op(x, weight, bias, index, dout, ctx.silu, ctx.bwd_block)
+    if ctx.sums_in_graph:  # the partial sums become ops of the traced backward graph (fused by inductor)
+        dx, part = _conv_bwd_parts_op(x, weight, bias, index, dout, ctx.silu, ctx.bwd_block)
+        dx, dw, db = _finish_conv_grads(dx, part, weight)
+    else:
+        dx, dw, db = _conv_bwd_op(x, weight, bias, index, dout, ctx.silu, ctx.bwd_block)
     return dx, dw, db if ctx.has_bias else None, None, None, None
 
 

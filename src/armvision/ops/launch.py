@@ -11,8 +11,9 @@ back when it ends::
         loss = model(images); loss.backward()
 
 Scan keys: ``BT`` chunk length (shared by the forward and the backward); ``fwd``, ``bwd``:
-(BE channel block, num_warps, num_stages) of each kernel; ``states``: "recompute" (default: the
-backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
+(BE channel block, num_warps, num_stages) of each kernel; ``states_block``: the same for the backward's
+re-run of the forward that rebuilds the chunk states (None, the default: ``fwd``'s); ``states``: "recompute"
+(default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
@@ -21,20 +22,33 @@ one program walks a time chunk of at most BT steps (t is cut into equal chunks) 
 one batch element; each chunk re-reads a 3-step halo, and in the backward writes one (1 + width, e)
 fp32 block of dw/db partial sums.
 
+Both ops also take ``sums``: where the backward's partial sums (the scan's dA, dB, dC, dD, d(delta_bias); the
+conv's dw, db) are added up: ``"graph"`` (default) in the autograd formula, as torch ops that ``torch.compile``
+traces, so inductor fuses them with their casts and their consumers; ``"op"`` inside the custom op, as separate
+kernels after the backward kernel (the behaviour before 2026-12-06). Eager calls add them up in the same torch
+ops either way.
+
 The kernels' entry points read the active scope once per call and hand the values to the launchers
 and to the torch.library custom ops as arguments, so a ``torch.compile`` trace records them in its
 graph (a scope active while tracing is baked into that compiled graph).
+
+For A/B measurements through the command line, the environment variables ``ARMVISION_SCAN_CONFIG`` and
+``ARMVISION_CONV_CONFIG`` (JSON objects, e.g. ``{"sums": "op"}``) replace defaults when this module is imported;
+a bad value stops the import with the same error as a bad ``scan_config`` argument.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 from typing import Any, Iterator
 
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
-SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1}
-CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2)}
+SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
+                                 "sums": "graph", "states_block": None}
+CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
 _SCAN_SCOPES: list[dict[str, Any]] = []
@@ -60,6 +74,15 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         if key == "states":
             if value not in ("save", "recompute"):
                 raise ValueError(f"states must be 'save' or 'recompute', got {value!r}")
+        elif key == "sums":
+            if value not in ("graph", "op"):
+                raise ValueError(f"sums must be 'graph' or 'op', got {value!r}")
+        elif key == "states_block" and value is None:
+            pass
+        elif key == "states_block":
+            value = tuple(value)
+            if len(value) != 3 or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise ValueError(f"states_block must be None or 3 positive integers, got {value!r}")
         elif key in ("BT", "seg"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
@@ -92,3 +115,21 @@ def conv_config(**updates) -> Iterator[dict[str, Any]]:
     """Causal-conv launch parameters (``fwd``/``bwd`` = (BT, BE, num_warps), see the module docstring)
     inside the ``with`` block."""
     yield from _scope(_CONV_SCOPES, _checked(current_conv_config(), updates, "conv"))
+
+
+def _from_environment(defaults: dict[str, Any], variable: str, what: str) -> dict[str, Any]:
+    """``defaults`` updated from the JSON object in environment variable ``variable`` (unset or empty: unchanged)."""
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return defaults
+    try:
+        updates = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{variable} must be a JSON object of {what} launch parameters, got {text!r} ({e})") from None
+    if not isinstance(updates, dict):
+        raise ValueError(f"{variable} must be a JSON object of {what} launch parameters, got {text!r}")
+    return _checked(defaults, updates, what)
+
+
+SCAN_DEFAULTS = _from_environment(SCAN_DEFAULTS, "ARMVISION_SCAN_CONFIG", "scan")
+CONV_DEFAULTS = _from_environment(CONV_DEFAULTS, "ARMVISION_CONV_CONFIG", "conv")

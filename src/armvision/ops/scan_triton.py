@@ -146,6 +146,8 @@ def _scan_fwd_kernel(
     n = tl.arange(0, NP)
     mn = n < N
     mne = mn[:, None] & me[None, :]
+    # At is A transposed, (N, E): read along channels, in the tile's own layout (reading A (E, N) in place made
+    # Triton convert layouts through shared memory and took the backward from 168 to 226 registers)
     A2 = tl.load(At_ptr + n[:, None] * E + e[None, :], mask=mne, other=0.0) * 1.4426950408889634  # (N, BE)
     if HAS_D:
         Dv = tl.load(D_ptr + e, mask=me, other=0.0)
@@ -313,7 +315,7 @@ def _scan_bwd_kernel(
         dA_acc += tl.sum(W * dt[:, None, :], axis=0)
         dD_acc, dD_cmp = _kahan_add(dD_acc, dD_cmp, tl.sum(dy * u, axis=0))
         db_acc, db_cmp = _kahan_add(db_acc, db_cmp, tl.sum(ddl, axis=0))
-    tl.store(dA_ptr + (pb * N + n[:, None]) * E + e[None, :], dA_acc, mask=mne)
+    tl.store(dA_ptr + (pb * N + n[:, None]) * E + e[None, :], dA_acc, mask=mne)  # (b, N, E) partials
     tl.store(dD_ptr + pb * E + e, dD_acc, mask=me)
     tl.store(dbias_ptr + pb * E + e, db_acc, mask=me)
 
@@ -326,12 +328,25 @@ def _scan_bwd_kernel(
 # [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
-    return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1))]
+    states_block = cfg.get("states_block") or cfg["fwd"]
+    return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
+            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block)]
+
+
+def _states_block(launch: Sequence[int]) -> list[int]:
+    """(BE, warps, stages) of the backward's states recomputation; the forward's for shorter launch lists."""
+    return list(launch[9:12]) if len(launch) > 11 else list(launch[1:4])
 
 
 def _seg(launch: Sequence[int]) -> int:
     """The segment length (chunks per saved state) of a launch list; 1 for the 7-entry lists of before."""
     return int(launch[7]) if len(launch) > 7 else 1
+
+
+def _sums_in_graph(launch: Sequence[int]) -> bool:
+    """Whether the backward's partial sums are added up by the autograd formula (``sums="graph"``, traced
+    by torch.compile) rather than inside the custom op (``"op"``); launch lists without the entry: in the op."""
+    return bool(launch[8]) if len(launch) > 8 else False
 
 
 def scan_launch_config(**updates) -> dict:
@@ -390,14 +405,16 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
 
 
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
-             block: Sequence[int] | None = None, seg: int = 1):
+             block: Sequence[int] | None = None, seg: int = 1, reduce: bool = True):
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
     ``block`` = (BE, num_warps, num_stages) (None: the active :func:`~armvision.ops.scan_config`).
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
 
-    Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes.
+    Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes; with
+    ``reduce=False`` dA, dB, dC, dD and ddelta_bias are the kernel's fp32 partial sums instead
+    ((b, n, e), (b, blocks, t, n) twice, (b, e) twice), which :func:`finish_scan_grads` adds up.
     """
     b, t, e = u.shape
     n = A.shape[1]
@@ -429,9 +446,19 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
         SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, SEG=seg, num_warps=warps,
         num_stages=stages,
     )
+    parts = (du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part)
+    return finish_scan_grads(parts, A, B, C, D, delta_bias) if reduce else parts
+
+
+def finish_scan_grads(parts, A, B, C, D, delta_bias):
+    """The gradients from :func:`scan_bwd`'s ``reduce=False`` output: the partial sums added up over the batch
+    (dA, dD, ddelta_bias) and over the channel blocks (dB, dC), in the inputs' dtypes. Plain torch ops: inside a
+    compiled backward, inductor fuses them with their casts and with what consumes them (the cat of x_proj's
+    output gradient), instead of running them as separate kernels inside the custom op."""
+    du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part = parts
+    dA = dA_part.sum(0).t().contiguous().to(A.dtype)
     dB = dB_part.sum(1).to(B.dtype)
     dC = dC_part.sum(1).to(C.dtype)
-    dA = dA_part.sum(0).t().contiguous().to(A.dtype)
     dD = dD_part.sum(0).to(D.dtype) if D is not None else None
     dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None
     return du, ddelta, dA, dB, dC, dD, dz, dbias
@@ -489,11 +516,35 @@ def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk,
     return [like(u), like(delta), like(A), like(B), like(C), like(D), like(z), like(delta_bias)]
 
 
+@torch.library.custom_op("armvision::selective_scan_bwd_parts", mutates_args=())
+def _scan_bwd_parts_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                       z: Tensor | None, delta_bias: Tensor | None, index: Tensor | None, states: Tensor, dout: Tensor,
+                       softplus: bool, chunk: int, block: Optional[List[int]] = None, seg: int = 1) -> list[Tensor]:
+    """The backward kernel alone: (du, ddelta, dz or an empty tensor) and the fp32 partial sums (dA, dB, dC, dD,
+    d(delta_bias)) that :func:`finish_scan_grads` adds up (see :func:`scan_bwd`'s ``reduce=False``)."""
+    du, ddelta, dA_p, dB_p, dC_p, dD_p, dz, db_p = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout,
+                                                            softplus, chunk, block, seg, reduce=False)
+    return [du, ddelta, dA_p, dB_p, dC_p, dD_p, dz if dz is not None else u.new_empty(0), db_p]
+
+
+@_scan_bwd_parts_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None, seg=1):
+    b, t, e = u.shape
+    n = A.shape[1]
+    blocks = triton.cdiv(e, (block or current_scan_config()["bwd"])[0])
+    f32 = dict(dtype=torch.float32)
+    return [u.new_empty(u.shape), delta.new_empty(delta.shape), u.new_empty((b, n, e), **f32),
+            u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, e), **f32),
+            z.new_empty(z.shape) if z is not None else u.new_empty(0), u.new_empty((b, e), **f32)]
+
+
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch = inputs
     launch = list(launch or _launch_list())
     ctx.softplus = softplus
     ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], launch[4:7], _seg(launch)
+    ctx.states_block = _states_block(launch)
+    ctx.sums_in_graph = _sums_in_graph(launch)
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
     # the saved states (hundreds of MB) for it on every backward
     ctx.set_materialize_grads(False)
@@ -505,10 +556,15 @@ def _backward(ctx, dout, dstates):
         return (None,) * 12
     u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
     if states.numel() == 0:  # states="recompute": rebuild the chunk states now
-        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.fwd_block,
+        states = _scan_states_op(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, ctx.chunk, ctx.states_block,
                                  ctx.seg)
-    grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
-                         ctx.bwd_block, ctx.seg)
+    if ctx.sums_in_graph:  # the partial sums become ops of the traced backward graph (fused by inductor)
+        parts = _scan_bwd_parts_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus,
+                                   ctx.chunk, ctx.bwd_block, ctx.seg)
+        grads = finish_scan_grads(parts, A, B, C, D, delta_bias)
+    else:
+        grads = _scan_bwd_op(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
+                             ctx.bwd_block, ctx.seg)
     du, ddelta, dA, dB, dC, dD, dz, dbias = grads
     return (du, ddelta, dA, dB, dC, dD if D is not None else None, dz if z is not None else None,
             dbias if delta_bias is not None else None, None, None, None, None)
@@ -527,6 +583,7 @@ class _ScanFunction(torch.autograd.Function):
         out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
                                       chunk=launch[0], block=launch[1:4], seg=_seg(launch))
         ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], launch[4:7]
+        ctx.states_block = _states_block(launch)
         ctx.seg = _seg(launch)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
         return out
@@ -536,7 +593,7 @@ class _ScanFunction(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, index, states = ctx.saved_tensors
         if states.numel() == 0:  # states="recompute": rebuild the chunk states now
             states = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, ctx.softplus, True, write_out=False,
-                              chunk=ctx.chunk, block=ctx.fwd_block, seg=ctx.seg)[1]
+                              chunk=ctx.chunk, block=ctx.states_block, seg=ctx.seg)[1]
         grads = scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, ctx.softplus, ctx.chunk,
                          ctx.bwd_block, seg=ctx.seg)
         return (*grads, None, None, None, None)

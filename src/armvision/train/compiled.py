@@ -7,6 +7,10 @@ step(s) under :meth:`CompiledModule.guard`: if compiling fails it logs one warni
 call runs the eager module (the failed step is redone eagerly by the caller).
 
 Only the training module is compiled (``dynamic=False``: training batches all have one shape).
+
+``ARMVISION_INDUCTOR`` (environment; a JSON object of inductor options such as ``{"combo_kernels": true}``) adds
+options to the mode's own (``torch._inductor.list_mode_options``), for A/B measurements of inductor settings
+through the commands; unset, torch.compile gets the mode alone.
 The eager module stays the owner of the weights: checkpoints, EMA and evaluation use it, so saved
 state dicts have no ``_orig_mod.`` prefixes and load into eager models. Evaluation runs eager (its
 last batch is partial, which would cost a second compile).
@@ -14,8 +18,10 @@ last batch is partial, which would cost a second compile).
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Callable, TypeVar
+import os
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
@@ -41,6 +47,23 @@ def compile_mode(setting: str, device: torch.device, world_size: int) -> str:
     return "reduce-overhead" if device.type == "cuda" and world_size == 1 else "default"
 
 
+def inductor_options(mode: str, environ: dict | None = None) -> dict[str, Any] | None:
+    """The inductor options for ``mode`` plus those of ``ARMVISION_INDUCTOR`` (a JSON object), or None when that
+    variable is unset (torch.compile then takes ``mode`` itself). A bad value is a :class:`UserError`."""
+    text = (os.environ if environ is None else environ).get("ARMVISION_INDUCTOR", "").strip()
+    if not text:
+        return None
+    try:
+        extra = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"ARMVISION_INDUCTOR must be a JSON object of inductor options, got {text!r} ({e})") from None
+    if not isinstance(extra, dict):
+        raise UserError(f"ARMVISION_INDUCTOR must be a JSON object of inductor options, got {text!r}")
+    from torch._inductor import list_mode_options
+
+    return {**list_mode_options(mode), **extra}
+
+
 class CompiledModule:
     """``module`` compiled with ``backend`` (when ``enabled``); :attr:`module` is what to call."""
 
@@ -52,9 +75,16 @@ class CompiledModule:
         if enabled:
             _logger.info("torch.compile (%s, mode %s): the first training step compiles the model, which can take "
                          "minutes", backend, mode)
+            options = inductor_options(mode) if backend == "inductor" else None
+            if options is not None:
+                _logger.info("inductor options: %s", options)
+                self.cudagraphs = bool(options.get("triton.cudagraphs", False))
             try:
-                self.compiled = torch.compile(module, backend=backend, dynamic=False,
-                                              mode=None if mode == "default" else mode)
+                if options is not None:
+                    self.compiled = torch.compile(module, backend=backend, dynamic=False, options=options)
+                else:
+                    self.compiled = torch.compile(module, backend=backend, dynamic=False,
+                                                  mode=None if mode == "default" else mode)
             except Exception as e:  # noqa: BLE001 -- any compiler failure means: run eager
                 self._fall_back(e)
 

@@ -1,0 +1,318 @@
+"""armvision against the reference, in one run on one card: the table of ratios benchmarks/README.md reports.
+
+One command (about 8-9 minutes on one H100/H200 with 16 cores) that:
+
+1. builds the reference's CUDA kernels from their sdists for this GPU (mamba-ssm's ``selective_scan_cuda``,
+   causal-conv1d's ``causal_conv1d_cuda``; benchmarks/_cuda_ext.py), in two background processes;
+2. meanwhile makes the JPEGs and times armvision's training step alone (benchmarks/train_step.py, compiled with
+   CUDA graphs) for each ``--variants`` entry: the same model under other switches (environment variables,
+   docs/kernels.md), so old and new are timed beside each other (the build takes CPU, not GPU time; a replayed
+   graph does not wait for the host);
+3. once built: the scan at the five shapes, mamba-ssm's kernel beside armvision's op (benchmarks/scan.py); the
+   official ARM code's training steps (benchmarks/reference.py); ``armvision pretrain`` / ``finetune`` on the
+   JPEGs (benchmarks/train_cli.py); then GPU tests (``--tests``) while time is left;
+4. prints one table of ratios, each against the reference timed here, with the card's name, and writes everything
+   as it goes into ``--out``: compare.json (all results), details.log (every subprocess's output).
+
+    python benchmarks/compare.py --out OUT --arm-src ARM --mamba-ssm-src mamba_ssm-2.3.2.post1.tar.gz \\
+        --causal-conv1d-src causal_conv1d-1.7.0.tar.gz
+
+``--budget`` seconds (default 530): a step whose estimated time no longer fits is skipped and marked so. The
+official ARM code is not part of armvision: pass a checkout. benchmarks/device_call.sh is the command for a lent
+GPU machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+# name -> environment of a variant: the switches of docs/kernels.md ("Switches for A/B runs")
+VARIANTS = {
+    "default": {},
+    "before": {"ARMVISION_SCAN_CONFIG": '{"sums": "op"}', "ARMVISION_CONV_CONFIG": '{"sums": "op"}',
+               "ARMVISION_IN_PROJ": "fused"},
+    "sums_op": {"ARMVISION_SCAN_CONFIG": '{"sums": "op"}', "ARMVISION_CONV_CONFIG": '{"sums": "op"}'},
+    "fused": {"ARMVISION_IN_PROJ": "fused"},
+    "combo": {"ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
+    "states16": {"ARMVISION_SCAN_CONFIG": '{"states_block": [16, 1, 1]}'},
+    "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
+}
+# estimated seconds of each step on one H100/H200 with 16 cores (from the logs of 2026-12-01), for the budget
+ESTIMATE = {"train_step": 85, "scan": 45, "ref_pretrain": 45, "ref_finetune": 35, "pretrain_b": 60,
+            "finetune_b": 80, "pretrain_l": 75, "tests": 60, "numerics": 60}
+CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
+TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
+
+
+class Run:
+    """Subprocesses with their output appended to details.log, results kept in compare.json, and the time left."""
+
+    def __init__(self, out: Path, budget: float, work: Path):
+        self.out, self.work, self.t0, self.budget = out, work, time.perf_counter(), budget
+        self.details = out / "details.log"
+        self.res: dict = {"steps": [], "skipped": []}
+        out.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def fits(self, what: str, estimate: float) -> bool:
+        if self.elapsed() + estimate <= self.budget:
+            return True
+        self.res["skipped"].append(what)
+        print(f"[{self.elapsed():4.0f} s] skipped {what}: about {estimate:.0f} s, {self.budget - self.elapsed():.0f} s "
+              "left of the budget", flush=True)
+        self.save()
+        return False
+
+    def save(self) -> None:
+        self.res["elapsed_s"] = round(self.elapsed(), 1)
+        (self.out / "compare.json").write_text(json.dumps(self.res, indent=1))
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+        env.update(extra or {})
+        return env
+
+    def call(self, what: str, cmd: list[str], timeout: float, extra_env: dict | None = None) -> int:
+        t = time.perf_counter()
+        print(f"[{self.elapsed():4.0f} s] {what}: {' '.join(cmd[1:])[:200]}", flush=True)
+        with open(self.details, "a") as log:
+            log.write(f"\n===== {what} ({time.strftime('%H:%M:%S')}): {' '.join(cmd)}\n")
+            log.flush()
+            try:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env), cwd=ROOT,
+                                    timeout=timeout).returncode
+            except subprocess.TimeoutExpired:
+                rc = -9
+                log.write(f"\n===== {what}: stopped after {timeout:.0f} s\n")
+        secs = time.perf_counter() - t
+        self.res["steps"].append({"what": what, "exit_code": rc, "seconds": round(secs, 1)})
+        print(f"[{self.elapsed():4.0f} s] {what}: exit {rc} after {secs:.0f} s", flush=True)
+        self.save()
+        return rc
+
+    def start(self, what: str, cmd: list[str]) -> subprocess.Popen:
+        print(f"[{self.elapsed():4.0f} s] started {what}", flush=True)
+        log = open(self.work / f"{what}.log", "w")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT)
+
+    def finish(self, what: str, proc: subprocess.Popen, timeout: float) -> int:
+        try:
+            rc = proc.wait(timeout=max(1.0, timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = -9
+        with open(self.details, "a") as log:
+            log.write(f"\n===== {what}\n" + (self.work / f"{what}.log").read_text())
+        self.res["steps"].append({"what": what, "exit_code": rc, "seconds": round(self.elapsed(), 1)})
+        print(f"[{self.elapsed():4.0f} s] {what}: exit {rc}", flush=True)
+        self.save()
+        return rc
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _f(v, spec="{:.0f}"):
+    return "-" if v is None else spec.format(v)
+
+
+def table(res: dict) -> str:
+    """The report: the card, then the commands', the scan's and the model-only variants' ratios."""
+    ref = {r["workload"]: r for r in res.get("reference", [])}
+    lines = [f"armvision against the reference on {res.get('device', '?')} ({res.get('software', '')}), "
+             f"{res.get('date', '')}; every ratio is to the reference timed in this run", "",
+             "| workload | reference: official ARM code on mamba-ssm's CUDA kernels, images/s (peak GiB) | "
+             "`armvision` command on JPEGs, images/s (slowest window), peak GiB | ratio (slowest) | target |",
+             "|---|---|---|---|---|"]
+    for name, r in res.get("cli", {}).items():
+        rr = ref.get(name, {})
+        ips, low = r.get("images_per_s"), r.get("min_window_images_per_s")
+        base = rr.get("images_per_s")
+        ratio = f"{ips / base:.2f} ({low / base:.2f})" if ips and low and base else "-"
+        lines.append(f"| {name} | {_f(base)} ({_f(rr.get('peak_gib'), '{:.1f}')}) | {_f(ips)} ({_f(low)}), "
+                     f"{_f(r.get('peak_gib'), '{:.1f}')} | {ratio} | >= {TARGET:.0f}x |")
+    scan = res.get("scan") or {}
+    rows = {(r["b"], r["e"], r["t"], r["impl"]): r for r in scan.get("results", [])}
+    shapes = list(dict.fromkeys((r["b"], r["e"], r["t"]) for r in scan.get("results", [])))
+    if shapes:
+        lines += ["", "| scan fwd+bwd, bf16 (b, e, t) | mamba-ssm CUDA ms | armvision op as models call it "
+                  "(states recomputed) ms | ratio | kernels alone ms | ratio | target |",
+                  "|---|---|---|---|---|---|---|"]
+        for b, e, t in shapes:
+            c, op, k = (rows.get((b, e, t, i), {}) for i in ("cuda_ref", "triton_op", "triton"))
+            lines.append(f"| {b} x {e} x {t} | {_f(c.get('fwd_bwd_ms'), '{:.3f}')} | "
+                         f"{_f(op.get('fwd_bwd_ms'), '{:.3f}')} | {_f(op.get('ratio_to_cuda'), '{:.2f}')} | "
+                         f"{_f(k.get('fwd_bwd_ms'), '{:.3f}')} | {_f(k.get('ratio_to_cuda'), '{:.2f}')} | "
+                         f"<= {1 / TARGET:.1f} |")
+    others = sorted({i for (_, _, _, i) in rows if i.startswith("op:")})
+    for name in others:  # the op under other scan_config settings (--scan-variants)
+        cells = [f"{b} x {e} x {t}: {_f(rows.get((b, e, t, name), {}).get('ratio_to_cuda'), '{:.2f}')}"
+                 for b, e, t in shapes]
+        lines.append(f"\nop variant {name[3:]}, ratio to the CUDA kernel: " + ", ".join(cells))
+    variants = res.get("train_step", {})
+    if variants:
+        lines += ["", "| model alone (train_step.py, compiled, CUDA graphs) | variant | images/s | ms/step | peak GiB "
+                  "| ratio to the reference |", "|---|---|---|---|---|---|"]
+        for key, r in variants.items():
+            base = ref.get(r.get("workload"), {}).get("images_per_s")
+            ips = r.get("images_per_s")
+            lines.append(f"| {r.get('workload')} | {key.split(':', 1)[1]} | {_f(ips)} | {_f(r.get('ms'), '{:.1f}')} | "
+                         f"{_f(r.get('peak_gib'), '{:.1f}')} | {_f(ips / base if ips and base else None, '{:.2f}')} |")
+    if res.get("skipped"):
+        lines += ["", "skipped (time budget): " + ", ".join(res["skipped"])]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="folder for compare.json and details.log")
+    ap.add_argument("--arm-src", type=Path, required=True, help="a checkout of OliverRensu/ARM")
+    ap.add_argument("--mamba-ssm-src", type=Path, required=True, help="mamba_ssm-2.3.2.post1.tar.gz (or unpacked)")
+    ap.add_argument("--causal-conv1d-src", type=Path, required=True, help="causal_conv1d-1.7.0.tar.gz (or unpacked)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/armvision_compare"),
+                    help="builds, JPEGs and run folders (a later run reuses the builds and the JPEGs)")
+    ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
+    ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
+                    choices=["pretrain_b", "finetune_b", "pretrain_l"])
+    ap.add_argument("--variants", nargs="*", default=["default", "before", "combo"], choices=list(VARIANTS),
+                    help="model-only runs of ARM-B pretraining under these switches (during the build)")
+    ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
+                    choices=["pretrain_b", "finetune_b", "pretrain_l"])
+    ap.add_argument("--shadow-until", type=float, default=210,
+                    help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
+    ap.add_argument("--scan-variants", nargs="*", default=['states16={"states_block": [16, 1, 1]}'],
+                    metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
+    ap.add_argument("--tests", nargs="*",
+                    default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
+                             "tests/gpu/test_data_gpu_decode.py"],
+                    help="GPU test files run after the measurements, while time is left")
+    ap.add_argument("--numerics", default="bfloat16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
+                                                      "against the built kernel ('' to skip)")
+    args = ap.parse_args()
+
+    import torch
+
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU: it times the reference's CUDA kernels and armvision on one card")
+    for p in (args.arm_src / "models_pretrain.py", args.arm_src / "Finetuning" / "models_mamba.py",
+              args.mamba_ssm_src, args.causal_conv1d_src):
+        if not p.exists():
+            ap.error(f"{p} not found")
+    import triton
+
+    import _cuda_ext
+
+    run = Run(args.out, args.budget, args.workdir)
+    res = run.res
+    res.update(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(),
+               software=f"torch {torch.__version__}, Triton {triton.__version__}", workers=args.workers)
+    print(f"device: {res['device']}, {res['software']}, {res['cores']} cores", flush=True)
+    py, build = sys.executable, args.workdir / "build"
+    srcs = {k: _cuda_ext.unpacked(p, build / "src") for k, p in
+            (("mamba_ssm", args.mamba_ssm_src), ("causal_conv1d", args.causal_conv1d_src))}
+    res["versions"] = {k: _cuda_ext.package_version(v) for k, v in srcs.items()}
+    builds = {k: run.start(f"build_{k}", [py, str(HERE / "_cuda_ext.py"), "--mamba-ssm-src", str(srcs["mamba_ssm"]),
+                                          "--causal-conv1d-src", str(srcs["causal_conv1d"]), "--build-dir", str(build),
+                                          "--only", k]) for k in srcs}
+
+    # in the build's shadow: the JPEGs, then the model-only variants (GPU-bound: graph replays)
+    from data_pipeline import make_synthetic_jpegs
+
+    t = time.perf_counter()
+    data_root = args.workdir / "jpegs"
+    make_synthetic_jpegs(data_root, 8192)
+    print(f"[{run.elapsed():4.0f} s] 8192 JPEGs under {data_root} ({time.perf_counter() - t:.0f} s)", flush=True)
+    res["train_step"] = {}
+    for w in args.variant_workloads:
+        for v in args.variants:
+            what = f"train_step {w} {v}"
+            if run.elapsed() + ESTIMATE["train_step"] > args.shadow_until:  # the measurements below come first
+                res["skipped"].append(what)
+                print(f"[{run.elapsed():4.0f} s] skipped {what}: would end after --shadow-until", flush=True)
+                continue
+            out = args.workdir / f"ts_{w}_{v}.json"
+            out.unlink(missing_ok=True)
+            run.call(f"train_step {w} {v}", [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only",
+                                             "--compile-mode", "reduce-overhead", "--steps", "12", "--warmup", "4",
+                                             "--json", str(out)], timeout=240,
+                     extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
+            rows = _read(out) or [{}]
+            res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
+            run.save()
+    for k, proc in builds.items():
+        run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
+
+    # the scan beside mamba-ssm's kernel, then the reference's steps
+    if run.fits("scan", ESTIMATE["scan"]):
+        out = args.workdir / "scan.json"
+        out.unlink(missing_ok=True)
+        run.call("scan", [py, str(HERE / "scan.py"), "--no-torch", "--no-save", "--mamba-ssm-src",
+                          str(srcs["mamba_ssm"]), "--build-dir", str(build), "--json", str(out), "--op-config",
+                          *args.scan_variants], timeout=240)
+        res["scan"] = _read(out)
+        run.save()
+    res["reference"] = []
+    ref_sets = [("ref_pretrain", [w for w in args.workloads if w.startswith("pretrain")]),
+                ("ref_finetune", [w for w in args.workloads if w.startswith("finetune")])]
+    for what, workloads in ref_sets:
+        if not workloads or not run.fits(what, ESTIMATE[what]):
+            continue
+        out = args.workdir / f"{what}.json"
+        out.unlink(missing_ok=True)
+        run.call(what, [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src), "--mamba-ssm-src",
+                        str(srcs["mamba_ssm"]), "--causal-conv1d-src", str(srcs["causal_conv1d"]), "--build-dir",
+                        str(build), "--workloads", *workloads, "--json", str(out)], timeout=240)
+        res["reference"] += _read(out) or []
+        run.save()
+
+    # the product path: the commands on the JPEGs, compiled as a user's run is
+    res["cli"] = {}
+    for w in args.workloads:
+        if not run.fits(f"armvision {w}", ESTIMATE[w]):
+            continue
+        out = args.workdir / f"cli_{w}.json"
+        out.unlink(missing_ok=True)
+        steps, every = CLI_STEPS[w]
+        run.call(f"armvision {w}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
+                                    "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
+                                    str(args.workers), "--workdir", str(args.workdir), "--out", str(out)], timeout=300)
+        got = _read(out) or {}
+        res["cli"][w] = (got.get("cli") or [{}])[0]
+        run.save()
+
+    # GPU tests of the changed kernels and paths, and the scan's numerics against the built kernel
+    for path in args.tests:
+        if run.fits(f"tests {path}", ESTIMATE["tests"]):
+            run.call(f"tests {path}", [py, "-m", "pytest", "-q", "-x", path], timeout=run.budget - run.elapsed())
+    if args.numerics and run.fits("numerics", ESTIMATE["numerics"]):
+        run.call("numerics", [py, "-m", "pytest", "-q", "-s", "tests/gpu/test_scan_numerics_gpu.py", "-k",
+                              args.numerics], timeout=run.budget - run.elapsed(),
+                 extra_env={"ARMVISION_MAMBA_SSM_SRC": str(srcs["mamba_ssm"]),
+                            "ARMVISION_MAMBA_SSM_BUILD": str(build)})
+    text = table(res)
+    res["table"] = text
+    run.save()
+    print("\n" + text, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The measurement of benchmarks/README.md in one call on a lent GPU machine (one H100 or H200, 16 cores), about
+# 9 minutes: the reference built there and timed beside armvision, the GPU tests, everything written into $OUT:
+#   env.log       the card, the driver, the software
+#   compare.log   the driver's progress and the final table (benchmarks/compare.py)
+#   compare.json  every number, with each step's exit code and seconds
+#   details.log   every subprocess's full output (builds, benchmarks, tests)
+# Run from the repository root, with the carried folder (default .carry) holding ARM/ (a checkout of
+# OliverRensu/ARM: the official code, never committed), mamba_ssm-2.3.2.post1.tar.gz and causal_conv1d-1.7.0.tar.gz:
+#   bash benchmarks/device_call.sh [.carry]
+# Extra arguments for compare.py go in COMPARE_ARGS (e.g. COMPARE_ARGS="--budget 480 --variants default before").
+set -uo pipefail
+CARRY=${1:-.carry}
+: "${OUT:?set OUT to the folder for the results}"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  echo "cores: $(nproc)"
+  python3 -c "import sys, torch, triton, torchvision; print(sys.version.split()[0], 'torch', torch.__version__,
+'triton', triton.__version__, 'torchvision', torchvision.__version__)"
+} 2>&1 | tee "$OUT/env.log"
+# shellcheck disable=SC2086
+python3 benchmarks/compare.py --out "$OUT" --arm-src "$CARRY/ARM" \
+  --mamba-ssm-src "$CARRY/mamba_ssm-2.3.2.post1.tar.gz" --causal-conv1d-src "$CARRY/causal_conv1d-1.7.0.tar.gz" \
+  ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/compare.log"

@@ -1,0 +1,64 @@
+"""benchmarks/compare.py without a GPU: its report (every ratio against the reference of the same run, the card
+named), its subprocess runner and time budget, and its one-line refusal on a machine without CUDA."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import compare  # noqa: E402
+
+RES = {
+    "device": "NVIDIA H100 80GB HBM3", "software": "torch 2.11, Triton 3.6", "date": "2026-12-06",
+    "reference": [{"workload": "pretrain_b", "images_per_s": 2000.0, "peak_gib": 17.8},
+                  {"workload": "finetune_b", "images_per_s": 500.0, "peak_gib": 20.1}],
+    "cli": {"pretrain_b": {"images_per_s": 4100.0, "min_window_images_per_s": 3900.0, "peak_gib": 15.2},
+            "finetune_b": {"images_per_s": 1100.0, "min_window_images_per_s": 1000.0, "peak_gib": 13.3}},
+    "scan": {"results": [{"b": 256, "e": 768, "t": 128, "impl": "cuda_ref", "fwd_bwd_ms": 3.0, "ratio_to_cuda": 1.0},
+                         {"b": 256, "e": 768, "t": 128, "impl": "triton_op", "fwd_bwd_ms": 1.5, "ratio_to_cuda": 0.5},
+                         {"b": 256, "e": 768, "t": 128, "impl": "triton", "fwd_bwd_ms": 1.2, "ratio_to_cuda": 0.4},
+                         {"b": 256, "e": 768, "t": 128, "impl": "op:states16", "fwd_bwd_ms": 1.4,
+                          "ratio_to_cuda": 0.47}]},
+    "train_step": {"pretrain_b:default": {"workload": "pretrain_b", "images_per_s": 4400.0, "ms": 58.2,
+                                          "peak_gib": 15.0},
+                   "pretrain_b:before": {"workload": "pretrain_b", "images_per_s": 4000.0, "ms": 64.0,
+                                         "peak_gib": 15.0}},
+    "skipped": ["armvision pretrain_l"],
+}
+
+
+def test_table_names_the_card_and_takes_every_ratio_from_this_run():
+    text = compare.table(RES)
+    assert "NVIDIA H100 80GB HBM3" in text.splitlines()[0]
+    assert "| pretrain_b | 2000 (17.8) | 4100 (3900), 15.2 | 2.05 (1.95) | >= 2x |" in text
+    assert "| finetune_b | 500 (20.1) | 1100 (1000), 13.3 | 2.20 (2.00) | >= 2x |" in text
+    assert "| 256 x 768 x 128 | 3.000 | 1.500 | 0.50 | 1.200 | 0.40 | <= 0.5 |" in text
+    assert "op variant states16, ratio to the CUDA kernel: 256 x 768 x 128: 0.47" in text
+    assert "| pretrain_b | default | 4400 | 58.2 | 15.0 | 2.20 |" in text
+    assert "| pretrain_b | before | 4000 | 64.0 | 15.0 | 2.00 |" in text
+    assert "skipped (time budget): armvision pretrain_l" in text
+    # a workload whose reference did not run has no ratio
+    res = dict(RES, reference=[])
+    assert "| pretrain_b | - (-) | 4100 (3900), 15.2 | - | >= 2x |" in compare.table(res)
+
+
+def test_runner_logs_subprocesses_and_keeps_to_its_budget(tmp_path):
+    run = compare.Run(tmp_path / "out", budget=100, work=tmp_path / "work")
+    assert run.call("hello", [sys.executable, "-c", "print('hi from a step')"], timeout=60) == 0
+    assert run.call("failing", [sys.executable, "-c", "raise SystemExit(3)"], timeout=60) == 3
+    assert "hi from a step" in (tmp_path / "out" / "details.log").read_text()
+    assert not run.fits("a long step", 1000) and run.fits("a short step", 1)
+    saved = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert [s["exit_code"] for s in saved["steps"]] == [0, 3] and saved["skipped"] == ["a long step"]
+
+
+def test_refuses_without_a_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--out", str(tmp_path), "--arm-src", "x",
+                           "--mamba-ssm-src", "y", "--causal-conv1d-src", "z"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
