@@ -1,4 +1,4 @@
-"""Scaling out (issue 11): FSDP2 vs DDP, activation checkpointing, and resuming on another number of GPUs.
+"""Scaling out: FSDP2 vs DDP, activation checkpointing, and resuming on another number of GPUs.
 
 Every measurement is the product's own command, ``torchrun --standalone --nproc_per_node N
 benchmarks/_dist_peak.py ... pretrain --config PRESET ...`` (that is ``armvision pretrain`` in each

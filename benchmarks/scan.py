@@ -205,7 +205,7 @@ def sweep(shape, configs_fwd, configs_bwd, chunk_lengths):
     return best
 
 
-# Candidates for the long-sequence gap (issue 9): (name, BT, fwd (BE, warps, stages), bwd (...), seg).
+# Candidates for the long-sequence gap: (name, BT, fwd (BE, warps, stages), bwd (...), seg).
 # seg > 1: the forward checkpoints the fp32 state every seg chunks and the backward rebuilds each
 # segment's chunk states in a per-program scratch (L2-resident) instead of reading one fp32 state per
 # chunk (32 bytes per (b, t, e) element at BT 2, N 16) from HBM. "base" is the current default.

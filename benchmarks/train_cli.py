@@ -1,4 +1,4 @@
-"""Throughput through the product's own commands (issue 9): `armvision pretrain` / `finetune` on JPEGs.
+"""Throughput through the product's own commands: `armvision pretrain` / `finetune` on JPEGs.
 
 In one run, on one GPU:
   1. makes N synthetic ImageNet-like JPEGs (500x375, quality 90, smooth colour fields + shapes +

@@ -1,6 +1,6 @@
 """Error of a selective-scan implementation against float64, compared with a baseline's error.
 
-Issue 9's criterion: for each output and gradient, its relative error against a float64 run of the
+The numerics criterion: for each output and gradient, its relative error against a float64 run of the
 same math on the same (rounded) inputs must be at most 1.5x that of mamba-ssm's CUDA kernel. The
 CUDA kernel does all arithmetic in fp32 and rounds only what it writes; :func:`proxy_scan` does the
 same on any device (fp32 math on the rounded inputs, one rounding at the end) and stands in for it

@@ -108,7 +108,7 @@ def test_scan_half(seed, dtype, autograd_path):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_scan_error_within_fp32_math_rounded_once(seed, dtype):
-    """Issue 9's numerics criterion on a small shape: every output and gradient is within 1.5x of
+    """The numerics criterion on a small shape: every output and gradient is within 1.5x of
     the float64 error of fp32 arithmetic on the same rounded inputs rounded once at the end (what
     mamba-ssm's CUDA kernel does). Failed for fp16 while the chunk states were stored in bf16 (dz, dC,
     ddelta 4-12x; dA, d(delta_bias) 1000x). bf16 is checked on the GPU only: the interpreter rounds
@@ -116,7 +116,7 @@ def test_scan_error_within_fp32_math_rounded_once(seed, dtype):
     from scan_numerics import error_ratios, make_inputs, proxy_scan
 
     inp = make_inputs(1, 32, 8, dtype, device=DEV, seed=seed)
-    with ops.scan_config(states="recompute"):  # (the process-wide _CONFIG this test patched is gone: issue 13)
+    with ops.scan_config(states="recompute"):
         res = error_ratios(scan_triton.selective_scan_triton, proxy_scan, inp, seed=seed)
     bad = {k: f"{e:.2e} vs {eb:.2e} ({r:.2f}x)" for k, (e, eb, r) in res.items() if r > 1.5}
     assert not bad, bad

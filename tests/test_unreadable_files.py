@@ -1,6 +1,6 @@
 """Unreadable images are reported as files, not skip events, by training (summary.json, the end-of-run
 lines) and evaluation (``armvision eval`` printed and --output JSON, the training loop's validation), and
-evaluation never scores the stand-ins that take their places (issue 12, data)."""
+evaluation never scores the stand-ins that take their places."""
 
 import json
 from pathlib import Path

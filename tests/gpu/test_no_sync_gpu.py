@@ -1,4 +1,4 @@
-"""No host synchronisation inside a training step (issue 9), on CUDA (skipped without it).
+"""No host synchronisation inside a training step, on CUDA (skipped without it).
 
 torch.cuda's sync debug mode is set to "error" from the end of the third optimizer step to the end of the
 eighth, in a pretraining and a fine-tuning run as the commands run them: compiled with CUDA graphs, loader

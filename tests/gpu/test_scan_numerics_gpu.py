@@ -1,4 +1,4 @@
-"""Issue 9's numerics criterion on a GPU (skipped without CUDA):
+"""The numerics criterion on a GPU (skipped without CUDA):
 
 for fp32, bf16 and fp16 inputs, lengths 1 to 4096 and widths 4 to 1536 (d_state 8 and 16), the
 relative error of the Triton scan's output and of every gradient against a float64 run of the same

@@ -4,7 +4,7 @@ product of the flattened patches instead of a strided convolution.
 A p x p convolution with stride p over non-overlapping patches is a linear map of each patch's
 c * p * p pixels; as a matrix product it runs on the GPU's matrix units at full speed, while cuDNN
 runs the strided convolution through layout transposes and a slow kernel (about 2 ms of a 78 ms ARM-B
-pretraining step on an H200, benchmarks/results/2026-12-01_h200/tc_prof16_session4.json). The weight
+pretraining step on an H200, benchmarks/results/2026-12-01_h200/profile_pretrain_b.json). The weight
 stays the convolution's (embed_dim, c, p, p) tensor, so checkpoints and interop are unchanged.
 """
 

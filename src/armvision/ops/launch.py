@@ -3,7 +3,7 @@
 The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's with ``benchmarks/conv.py
 --sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was best or tied at three of its four ARM
 shapes, 0.152 vs 0.167 ms at 256 x 144 x 1536; the forward's (64, 128, 1) within 3% of the best at all
-four; benchmarks/results/2026-12-01_h200/conv_session4_call3.json). A ``with``
+four; benchmarks/results/2026-12-01_h200/conv_sweep.json). A ``with``
 block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
 back when it ends::
 

@@ -364,7 +364,7 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     recomputation of the states in the backward; an earlier version stored them in bf16 for half
     inputs, which put a bf16 rounding into every state the backward used: for fp16 inputs the
     gradients of z, C, delta, A and delta_bias were then 3-14x further from float64 than fp32
-    arithmetic rounded once at the end, issue 9.)"""
+    arithmetic rounded once at the end.)"""
     return torch.float32
 
 

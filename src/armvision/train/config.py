@@ -186,7 +186,7 @@ class LogConfig:
     progress: Literal["auto", "on", "off"] = _f("auto", "progress bar (auto: only on a terminal)")
 
 
-# issue 11 (helper h11): sharding and activation checkpointing (armvision.train.parallel, docs/scaling.md)
+# sharding and activation checkpointing (armvision.train.parallel, docs/scaling.md)
 @dataclass
 class FsdpConfig:
     cpu_offload: bool = _f(False, "keep the sharded parameters, gradients and optimizer state in host memory "
