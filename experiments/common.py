@@ -91,6 +91,25 @@ BASE = {"cluster_size": 2, "cluster_order": "row", "target": "norm_pix"}
 NO_DECAY = ("mamba", "reference")
 
 
+# encoder families: the model name of the fmnist presets' run config (None: the preset's, an ARM with MambaMLP
+# blocks) and the job-key part ("" for ARM: the keys of jobs run before there was a choice). A Vim takes the scale's
+# geometry (patch, width, depth, state size) with Vim's blocks (expand 2, no MLP) and, as a classifier, Vim's two
+# scan directions and class-token feature; its pretraining is ARM's decoder and objective over forward-only blocks.
+FAMILIES: dict[str, tuple[str | None, str]] = {"arm": (None, ""), "vim": ("vim_tiny_pz16", "vim-")}
+
+
+def family_tag(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"encoder family {family!r}: expected one of {', '.join(FAMILIES)}")
+    return FAMILIES[family][1]
+
+
+def _family_name(family: str) -> dict:
+    family_tag(family)
+    name = FAMILIES[family][0]
+    return {} if name is None else {"model.name": name}
+
+
 def wd_tag(no_decay: str) -> str:
     """The job-key part of a weight decay rule: "" for "mamba" (the keys of jobs run before the choice existed),
     "-wdref" for "reference"."""
@@ -146,6 +165,12 @@ class Context:
             d.mkdir(parents=True, exist_ok=True)
         self.deadline = args.deadline
         self.device = self.scale.device if (self.scale.device != "cuda" or torch.cuda.is_available()) else "cpu"
+        # data loader processes per job: the scale's, or EXPERIMENTS_DATA_WORKERS (run_gpu.sh sets it when several
+        # job processes share a machine's cores)
+        self.workers = int(os.environ.get("EXPERIMENTS_DATA_WORKERS", self.scale.workers))
+        # the longest a job may take, for the deadline: the scale's, or EXPERIMENTS_JOB_SECONDS (jobs sharing a GPU
+        # take longer)
+        self.job_seconds = float(os.environ.get("EXPERIMENTS_JOB_SECONDS", self.scale.job_seconds))
 
     # -- job bookkeeping --------------------------------------------------------------------------------
     def _job(self, key: str, fn: Callable[[], dict], valid: Callable[[dict], bool] = lambda r: True) -> dict:
@@ -163,7 +188,7 @@ class Context:
                 result = json.loads(path.read_text())
                 if valid(result):
                     return result
-            if self.deadline is not None and time.time() + self.scale.job_seconds > self.deadline:
+            if self.deadline is not None and time.time() + self.job_seconds > self.deadline:
                 raise OutOfTime(key)
             _logger.info("job %s", key)
             t0 = time.time()
@@ -175,42 +200,45 @@ class Context:
 
     def _common(self, seed: int, run: str) -> dict[str, Any]:
         s = self.scale
-        return {"seed": seed, "device": self.device, "data.root": self.args.data_root, "data.workers": s.workers,
-                "data.persistent_workers": s.workers > 0, "model.img_size": s.img_size, "log.tensorboard": False,
+        return {"seed": seed, "device": self.device, "data.root": self.args.data_root, "data.workers": self.workers,
+                "data.persistent_workers": self.workers > 0, "model.img_size": s.img_size, "log.tensorboard": False,
                 "log.progress": "off", "resume": "auto", "output_dir": str(self.state / "runs" / run)}
 
     # -- pretraining ------------------------------------------------------------------------------------
-    def pretrain_config(self, cond: dict, seed: int, no_decay: str = "mamba"):
+    def pretrain_config(self, cond: dict, seed: int, no_decay: str = "mamba", family: str = "arm"):
         s = self.scale
-        key = self.pretrain_key(cond, seed, no_decay)
+        key = self.pretrain_key(cond, seed, no_decay, family)
         every = max(1, s.pre_epochs // 4)
         return load_config("fmnist_pretrain", {
-            **self._common(seed, key), "model.args": {**s.model, **cond}, "optim.no_decay": no_decay,
+            **self._common(seed, key), **_family_name(family), "model.args": {**s.model, **cond},
+            "optim.no_decay": no_decay,
             "optim.epochs": s.pre_epochs,
             "optim.warmup_epochs": max(0.5, s.pre_epochs / 16), "optim.batch_size": s.pre_batch,
             "optim.blr": s.pre_blr, "data.train_subset": s.pre_subset, "checkpoint.every_epochs": every,
             "checkpoint.keep_last": 4}, task="pretrain")
 
     @staticmethod
-    def pretrain_key(cond: dict, seed: int, no_decay: str = "mamba") -> str:
+    def pretrain_key(cond: dict, seed: int, no_decay: str = "mamba", family: str = "arm") -> str:
         c = {**BASE, **cond}
-        return f"pre-cs{c['cluster_size']}-{c['cluster_order']}-{c['target']}{wd_tag(no_decay)}-s{seed}"
+        return (f"pre-{family_tag(family)}cs{c['cluster_size']}-{c['cluster_order']}-{c['target']}{wd_tag(no_decay)}"
+                f"-s{seed}")
 
-    def pretrain(self, cond: dict, seed: int, need_checkpoints: bool = True, no_decay: str = "mamba") -> dict:
+    def pretrain(self, cond: dict, seed: int, need_checkpoints: bool = True, no_decay: str = "mamba",
+                 family: str = "arm") -> dict:
         """Pretrain (or reuse); result: loss, time and the step checkpoints at 25/50/75/100 % of the schedule.
         ``need_checkpoints=False`` (a study's summary, which reads the loss only) reuses a finished job whose
         checkpoints are gone (another machine); a fine-tuning or probe that needs them reruns it. ``no_decay``:
-        the weight decay rule (:data:`NO_DECAY`)."""
+        the weight decay rule (:data:`NO_DECAY`); ``family``: the encoder's (:data:`FAMILIES`)."""
         cond = {**BASE, **cond}
-        cfg = self.pretrain_config(cond, seed, no_decay)
-        key = self.pretrain_key(cond, seed, no_decay)
+        cfg = self.pretrain_config(cond, seed, no_decay, family)
+        key = self.pretrain_key(cond, seed, no_decay, family)
 
         def run() -> dict:
             summary = pretrain(cfg)
             steps = sorted((self.state / "runs" / key / "checkpoints").glob("step_*"))
             ckpts = {f"{f:g}": str(p) for f, p in zip(FRACTIONS, steps[-len(FRACTIONS):])}
             tail = [v for _, v in summary["loss_curve"]][-5:]
-            return {"kind": "pretrain", "condition": cond, "seed": seed, "no_decay": no_decay,
+            return {"kind": "pretrain", "condition": cond, "seed": seed, "no_decay": no_decay, "family": family,
                     "steps": summary["steps"],
                     "loss_last": statistics.fmean(tail) if tail else None, "wall_seconds": summary["wall_seconds"],
                     "checkpoints": ckpts, "device": summary["device"], "gpu": _gpu_name()}
@@ -220,29 +248,29 @@ class Context:
                          or all(Path(p).is_dir() for p in r.get("checkpoints", {}).values()))
 
     # -- fine-tuning ------------------------------------------------------------------------------------
-    def finetune(self, seed: int, init: tuple[dict, float] | None, no_decay: str = "mamba") -> dict:
+    def finetune(self, seed: int, init: tuple[dict, float] | None, no_decay: str = "mamba", family: str = "arm") -> dict:
         """Fine-tune on ``ft_labels`` labels from a pretraining (condition, fraction) or from scratch; ``no_decay``:
-        the weight decay rule of the fine-tuning and of the pretraining it starts from."""
+        the weight decay rule of the fine-tuning and of the pretraining it starts from; ``family``: the encoder's."""
         s = self.scale
         if init is None:
-            key, extra = f"ft-scratch{wd_tag(no_decay)}-s{seed}", {"optim.layer_decay": None}
+            key, extra = f"ft-{family_tag(family)}scratch{wd_tag(no_decay)}-s{seed}", {"optim.layer_decay": None}
         else:
-            key, extra = f"ft-{self.pretrain_key(init[0], seed, no_decay)[4:]}-f{init[1]:g}", {}
+            key, extra = f"ft-{self.pretrain_key(init[0], seed, no_decay, family)[4:]}-f{init[1]:g}", {}
         model_args = {k: v for k, v in s.model.items() if k in ("patch_size", "embed_dim", "depth", "d_state")}
 
         def run() -> dict:
             # the pretraining is resolved only when this job runs: a finished job needs no checkpoints
             init_path = None if init is None else \
-                self.pretrain(init[0], seed, no_decay=no_decay)["checkpoints"][f"{init[1]:g}"]
+                self.pretrain(init[0], seed, no_decay=no_decay, family=family)["checkpoints"][f"{init[1]:g}"]
             cfg = load_config("fmnist_finetune", {
-                **self._common(seed, key), "model.args": model_args, "init": init_path, "optim.no_decay": no_decay,
+                **self._common(seed, key), **_family_name(family), "model.args": model_args, "init": init_path, "optim.no_decay": no_decay,
                 "optim.epochs": s.ft_epochs,
                 "optim.warmup_epochs": max(0.2, s.ft_epochs / 10), "optim.batch_size": s.ft_batch,
                 "data.train_subset": s.ft_labels, "data.val_subset": s.test_subset, "checkpoint.every_epochs": 0,
                 "checkpoint.keep_last": 1, **extra}, task="finetune")
             summary = finetune(cfg)
             ev = summary.get("eval") or {}
-            return {"kind": "finetune", "init": init_path, "seed": seed, "no_decay": no_decay,
+            return {"kind": "finetune", "init": init_path, "seed": seed, "no_decay": no_decay, "family": family,
                     "steps": summary["steps"],
                     "top1": ev.get("top1"), "ema_top1": ev.get("ema_top1"), "top5": ev.get("top5"),
                     "wall_seconds": summary["wall_seconds"], "device": summary["device"], "gpu": _gpu_name()}
@@ -250,7 +278,8 @@ class Context:
         return self._job(key, run)
 
     # -- frozen-feature probes --------------------------------------------------------------------------
-    def probe(self, cond: dict, seed: int, fraction: float | None = 1.0, no_decay: str = "mamba") -> dict:
+    def probe(self, cond: dict, seed: int, fraction: float | None = 1.0, no_decay: str = "mamba",
+              family: str = "arm") -> dict:
         """Linear probe and k-NN of the pretrained encoder (``fraction`` of its schedule, pretrained with the weight
         decay rule ``no_decay``), or of a randomly initialised one (``fraction=None``; no training, so one job
         whatever ``no_decay``) built from the same config."""
@@ -262,27 +291,27 @@ class Context:
         cond = {**BASE, **cond}
         if fraction is None:
             no_decay = "mamba"
-            key = f"probe-random-{self.pretrain_key(cond, seed)[4:]}"
+            key = f"probe-random-{self.pretrain_key(cond, seed, family=family)[4:]}"
         else:
-            key = f"probe-{self.pretrain_key(cond, seed, no_decay)[4:]}-f{fraction:g}"
-        cfg = self.pretrain_config(cond, seed, no_decay)
+            key = f"probe-{self.pretrain_key(cond, seed, no_decay, family)[4:]}-f{fraction:g}"
+        cfg = self.pretrain_config(cond, seed, no_decay, family)
 
         def run() -> dict:
             if fraction is None:
                 torch.manual_seed(seed)
                 model = build_model_from_config(cfg).to(self.device)
             else:
-                pre = self.pretrain(cond, seed, no_decay=no_decay)
+                pre = self.pretrain(cond, seed, no_decay=no_decay, family=family)
                 model = load_for_analysis(pre["checkpoints"][f"{fraction:g}"], self.device).model
             train_ds = open_split(model, cfg, "train", s.probe_train)
             test_ds = open_split(model, cfg, "test", s.test_subset)
-            kw = dict(batch_size=s.probe_batch, device=self.device, workers=s.workers)
+            kw = dict(batch_size=s.probe_batch, device=self.device, workers=self.workers)
             tr = extract_dataset_features(model, train_ds, **kw)
             te = extract_dataset_features(model, test_ds, **kw)
             lp = linear_probe(tr.features, tr.labels, te.features, te.labels, s.probe_lrs, s.probe_epochs,
                               batch_size=s.probe_batch, seed=seed, device=self.device)
             knn = knn_classify(tr.features, tr.labels, te.features, te.labels, device=self.device)
-            return {"kind": "probe", "condition": cond, "seed": seed, "fraction": fraction,
+            return {"kind": "probe", "condition": cond, "seed": seed, "fraction": fraction, "family": family,
                     **({} if fraction is None else {"no_decay": no_decay}),
                     "linear_probe": lp.as_dict(), "linprobe_top1": lp.best["test_top1"], "knn": knn.as_dict(),
                     "knn_top1": knn.top1, "gpu": _gpu_name()}

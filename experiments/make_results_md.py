@@ -23,6 +23,8 @@ STUDIES = [
     ("study5_length", "The paper pretrains for 1600 epochs and reports that longer pretraining helps (MAE-style "
      "schedules); it gives no curve for ARM.", ("100 % of the schedule", "25 % of the schedule", "linprobe",
                                                   "linear probe")),
+    ("study6_vim", "The paper: ARM pretraining helps Vim as well as its MambaMLP backbone (its second backbone).",
+     ("Vim: ARM pretrained", "Vim: random init (scratch)", "ft_top1", "fine-tuning")),
 ]
 
 
@@ -144,7 +146,8 @@ def main(argv=None) -> Path:
         "",
         "Commands: `bash experiments/run_gpu.sh 540` (all studies over the visible GPUs, resumable; run again to "
         "continue), or one study: `python experiments/study1_pretraining.py --scale gpu` (likewise study2_unit, "
-        "study3_order, study4_target, study5_length).",
+        "study3_order, study4_target, study5_length, study6_vim). Study 6's Vim has study 1's geometry with Vim's "
+        "blocks (expand 2, no MLP; as a classifier two scan directions and the middle class token).",
         "",
     ]
     if (res / "visualize_grid.png").is_file():
@@ -172,6 +175,11 @@ def main(argv=None) -> Path:
             if (res / f"{name}.png").is_file():
                 lines += [f"![{title}](results/{name}.png)", ""]
             lines += [paper + " " + compare(study, a, b, metric, what, yardstick(res, metric)), ""]
+            if name == "study6_vim":
+                lines += [compare(study, "Vim: ARM pretrained", "Vim: random init (scratch)", "linprobe",
+                                  "linear probe"), "",
+                          compare(study, "MambaMLP (study 1): ARM pretrained",
+                                  "MambaMLP (study 1): random init (scratch)", "ft_top1", "fine-tuning"), ""]
             if name == "study1_pretraining":
                 lines += [compare(study, "ARM pretrained, reference wd", "random init (scratch), reference wd", metric,
                                   what), "", weight_decay_effect(study), "", against_pixels(study), ""]

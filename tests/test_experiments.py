@@ -58,6 +58,31 @@ def test_study1(env):
     assert {p: p.stat().st_mtime_ns for p in jobs} == before
 
 
+def test_study6_vim(env):
+    study = run_study("study6_vim", env)
+    assert [r["condition"] for r in study["rows"]] == [
+        "Vim: ARM pretrained", "Vim: random init (scratch)", "MambaMLP (study 1): ARM pretrained",
+        "MambaMLP (study 1): random init (scratch)", "raw pixels, no network"]
+    for row in study["rows"]:
+        for m in ("ft_top1", "linprobe", "knn"):
+            assert row[m]["n"] == 1 and 0 <= row[m]["mean"] <= 100
+    jobs = env["state"] / "results" / "jobs"
+    runs = env["state"] / "runs"
+    vim = sorted(p.stem for p in jobs.glob("*vim*.json"))
+    assert vim == ["ft-vim-cs2-row-norm_pix-wdref-s0-f1", "ft-vim-scratch-wdref-s0", "pre-vim-cs2-row-norm_pix-wdref-s0",
+                   "probe-random-vim-cs2-row-norm_pix-s0", "probe-vim-cs2-row-norm_pix-wdref-s0-f1"]
+    for key in ("pre-vim-cs2-row-norm_pix-wdref-s0", "ft-vim-scratch-wdref-s0", "ft-vim-cs2-row-norm_pix-wdref-s0-f1"):
+        cfg = yaml.safe_load((runs / key / "config.yaml").read_text())
+        assert cfg["model"]["name"] == "vim_tiny_pz16" and cfg["optim"]["no_decay"] == "reference"
+    # the MambaMLP rows are study 1's reference-rule jobs, not run again
+    ref = study["jobs"]["arm-ft0"]
+    assert ref["key"] == "ft-cs2-row-norm_pix-wdref-s0-f1" and ref["family"] == "arm"
+    assert study["jobs"]["vim-pre0"]["family"] == "vim"
+    before = {p: p.stat().st_mtime_ns for p in jobs.glob("*.json")}
+    run_study("study6_vim", env)  # resumable: nothing runs again
+    assert {p: p.stat().st_mtime_ns for p in jobs.glob("*.json")} == before
+
+
 def test_study2(env):
     study = run_study("study2_unit", env)
     rows = {r["condition"]: r for r in study["rows"]}
@@ -84,7 +109,8 @@ def test_study5_and_results_md(env, tmp_path):
     mod = importlib.import_module("make_results_md")
     out = mod.main(["--results", str(env["state"] / "results"), "--output", str(tmp_path / "results.md")])
     text = out.read_text()
-    assert text.count("| condition |") == 5 and "to be filled by the GPU run" not in text
+    assert text.count("| condition |") == 6 and "to be filled by the GPU run" not in text
+    assert "![Study 6" in text and "Vim: ARM pretrained" in text
     assert "![what ARM predicts](results/visualize_grid.png)" in text
     assert "Against raw pixels (no network" in text
 

@@ -34,7 +34,7 @@ from .data import IMAGE_EXTENSIONS, ImageFiles, collate_readable, data_config, l
 from .errors import DataError
 from .outputs import check_output_file
 from .layers import resize_pos_embed
-from .models import ARMClassifier, ARMPretrain, Geometry
+from .models import ARMClassifier, ARMPretrain, Geometry, list_models
 from .models.arm import feature_take_indices
 from .weights import PRETRAINING, classifier_for, init_classifier, is_model_dir, read_weights
 
@@ -124,13 +124,13 @@ def extract_features(model: nn.Module, images: Tensor, layers: int | Sequence[in
 def load_feature_model(source: str | os.PathLike, weights: str | os.PathLike | None = None,
                        as_classifier: bool = False, ema: bool | None = None, dynamic_img_size: bool = True,
                        model_kwargs: dict[str, Any] | None = None, allow_globals: Iterable[Any] = ()) -> nn.Module:
-    """A model for feature extraction from any ARM weights :func:`armvision.weights.read_weights` reads
+    """A model for feature extraction from any ARM or Vim weights :func:`armvision.weights.read_weights` reads
     that carry a config (a model / checkpoint / run directory, an official ``.pth``), or a registered
-    model name (``arm_base_pz16``, ...; built by timm, with ``weights`` when given, else randomly
+    model name (``arm_base_pz16``, ``vim_tiny_pz16``, ...; built by timm, with ``weights`` when given, else randomly
     initialised, with a warning).
 
     Classifiers are built with ``dynamic_img_size`` and no head; ``as_classifier`` turns pretraining
-    weights into the four-direction classifier they initialise (:func:`armvision.weights.init_classifier`).
+    weights into the classifier they initialise (four directions for ARM, two for Vim) (:func:`armvision.weights.init_classifier`).
     """
     import timm
 
@@ -147,7 +147,8 @@ def load_feature_model(source: str | os.PathLike, weights: str | os.PathLike | N
         if isinstance(model, ARMClassifier) and model.num_classes:
             model.reset_classifier(0)
         return model
-    if str(source) in timm.list_models("arm_*"):
+    names = [n for n in list_models() if n in timm.list_models(n)]  # armvision's names timm builds (ARM, Vim)
+    if str(source) in names:
         if not weights:
             warnings.warn(f"{source}: no weights given, the features come from a randomly initialised model",
                           stacklevel=2)
@@ -155,7 +156,7 @@ def load_feature_model(source: str | os.PathLike, weights: str | os.PathLike | N
         return timm.create_model(str(source), pretrained=bool(weights), pretrained_cfg_overlay=overlay,
                                  **{"num_classes": 0, "dynamic_img_size": dynamic_img_size, **(model_kwargs or {})})
     raise FileNotFoundError(f"{source}: not a model directory, a checkpoint file, or a model name "
-                            f"({', '.join(timm.list_models('arm_*'))})")
+                            f"({', '.join(names)})")
 
 
 # ---------------------------------------------------------------------------------------------

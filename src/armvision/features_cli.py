@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "(one image path per row, relative to the folder); unreadable images are skipped, warned about "
                     "and listed in OUT-stem.skipped.txt.")
     e.add_argument("model", help="an armvision model directory, an official .pth checkpoint, or a model name "
-                                 "(arm_base_pz16, ...; with --weights)")
+                                 "(arm_base_pz16, vim_tiny_pz16, ...; with --weights)")
     e.add_argument("images", help="image folder")
     e.add_argument("output", help="output file: .safetensors or .npy")
     e.add_argument("--weights", default=None, help="weights for a model name (any file timm's pretrained_cfg_overlay "
@@ -46,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of the written features")
     e.add_argument("--as-classifier", action="store_true",
-                   help="pretraining weights: extract with the four-direction classifier they initialise instead of "
+                   help="pretraining weights: extract with the classifier they initialise (four directions for ARM, two for "
+                        "Vim) instead of "
                         "the causal pretraining encoder")
     e.add_argument("--ema", choices=["auto", "yes", "no"], default="auto", help="official checkpoints: as in convert")
     e.add_argument("--trust-global", action="append", default=[], metavar="MODULE.NAME",

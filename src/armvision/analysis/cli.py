@@ -33,7 +33,7 @@ def _device(name: str) -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="run directory, checkpoint folder, model directory or official ARM .pth")
+    p.add_argument("checkpoint", help="run directory, checkpoint folder, model directory or official ARM / Vim .pth")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:N")
 
 

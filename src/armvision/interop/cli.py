@@ -24,8 +24,9 @@ __all__ = ["register", "ema_choice", "trusted_globals", "fail", "describe_model"
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "convert", help="convert an official ARM checkpoint to an armvision model directory, or back",
-        description="Convert an official ARM checkpoint (OliverRensu/ARM .pth, pretraining or fine-tuning) into an "
+        "convert", help="convert an official ARM or Vim checkpoint to an armvision model directory, or back",
+        description="Convert an official ARM checkpoint (OliverRensu/ARM .pth, pretraining or fine-tuning) or an "
+                    "official Vim checkpoint (hustvl/Vim .pth, Vim-T/S/B) into an "
                     "armvision model directory (config.json, model.safetensors, README.md), or an armvision model "
                     "into the official checkpoint layout (--to-official). Pickles are read with "
                     "torch.load(weights_only=True) and an allow-list, never unpickled blindly.")
@@ -39,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="classifier pooling; default: from the checkpoint's args.global_pool as the reference "
                         "reads it (absent args: avg)")
     p.add_argument("--as-classifier", action="store_true",
-                   help="pretraining checkpoint: write the four-direction classifier it initialises (every "
+                   help="pretraining checkpoint: write the classifier it initialises (four directions for ARM, two for Vim; every "
                         "direction a copy of the pretrained one, position embedding resized), ready to fine-tune")
     p.add_argument("--num-classes", type=int, default=1000, help="--as-classifier: classes of the new head")
     p.add_argument("--img-size", type=int, default=None,
@@ -94,14 +95,16 @@ def run_convert(args: argparse.Namespace) -> int:
     try:
         if args.to_official:
             model = convert_to_official(src, dst, strict=not args.no_strict)
-            print(f"wrote {dst} (official ARM layout) from {src}: {describe_model(model)}")
+            layout = "official Vim layout" if getattr(model, "block", None) == "vim" else "official ARM layout"
+            print(f"wrote {dst} ({layout}) from {src}: {describe_model(model)}")
             return 0
         model, weights = convert_official(src, dst, ema=ema_choice(args.ema), global_pool=args.global_pool,
                                           allow_globals=trusted_globals(args.trust_global),
                                           as_classifier=args.as_classifier, num_classes=args.num_classes,
                                           img_size=args.img_size)
     except (CheckpointError, FileNotFoundError, TypeError, ValueError, KeyError) as e:
-        return fail("convert", str(e).strip("'\""))
+        # the library's hint names its keyword; here it is the flag
+        return fail("convert", str(e).strip("'\"").replace("pass strict=False", "pass --no-strict"))
     ckpt = weights.official
     details = [f"weights '{ckpt.state_dict_key}'" if ckpt.state_dict_key else "bare state dict"]
     if ckpt.epoch is not None:

@@ -149,20 +149,26 @@ def _add_train_parser(sub, task: str) -> None:
     from .config import list_presets
 
     default_preset = {"pretrain": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune"}[task]
-    what = {"pretrain": "Autoregressive pretraining (next-cluster prediction) of an ARM encoder.",
-            "finetune": "Fine-tune an ARM classifier (four-direction scans), from a pretraining checkpoint (--init) "
-                        "or from scratch."}[task]
-    short = {"pretrain": "autoregressive pretraining of an ARM encoder",
-             "finetune": "fine-tune an ARM classifier (from a pretraining checkpoint or from scratch)"}[task]
+    what = {"pretrain": "Autoregressive pretraining (next-cluster prediction, ARM's decoder and objective) of a "
+                        "Mamba encoder: ARM's MambaMLP blocks (arm_* models) or Vim's (vim_* models).",
+            "finetune": "Fine-tune a classifier (ARM: four-direction scans; Vim: two), from a pretraining checkpoint "
+                        "(--init: a run, a model directory or an official .pth) or from scratch."}[task]
+    short = {"pretrain": "autoregressive (ARM) pretraining of an ARM or Vim encoder",
+             "finetune": "fine-tune an ARM or Vim classifier (from a pretraining checkpoint or from scratch)"}[task]
     examples = {
         "pretrain": "  armvision pretrain --config arm_base_in1k_pretrain --data.root /data/imagenet \\\n"
                     "      --output_dir runs/pre_b\n"
                     "  torchrun --nproc_per_node 8 -m armvision pretrain --data.root /data/imagenet \\\n"
                     "      --optim.micro_batch 128\n"
-                    "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output_dir runs/fm_pre",
+                    "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output_dir runs/fm_pre\n"
+                    "  armvision pretrain --config vim_small_in1k_pretrain --data.root /data/imagenet \\\n"
+                    "      --output_dir runs/pre_vim_s",
         "finetune": "  armvision finetune --config arm_base_in1k_finetune --init runs/pre_b \\\n"
                     "      --data.root /data/imagenet --output_dir runs/ft_b\n"
                     "  armvision finetune --config fmnist_finetune --init runs/fm_pre --output_dir runs/fm_ft\n"
+                    "  armvision finetune --config vim_small_in1k_finetune --init runs/pre_vim_s \\\n"
+                    "      --data.root /data/imagenet --output_dir runs/ft_vim_s\n"
+                    "  armvision finetune --config vim_tiny_in1k_scratch --data.root /data/imagenet   # hustvl/Vim's\n"
                     "  armvision finetune --output_dir runs/fm_ft --resume auto     # with the run's config.yaml",
     }[task]
     p = sub.add_parser(
