@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from ..models import MODEL_SIZES, ARMClassifier, ARMPretrain, Geometry, default_memory_layers
+from ..models.config import free_keys
 from ..models.io import atomic_write
 
 __all__ = [
@@ -77,10 +78,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _PRETRAINING_MARKERS = ("ar_pred.weight", "enc2dec.weight", "ar_token", "dec_pos_embed")
 _FINETUNING_MARKERS = ("cls_token", "norm_f.weight", "head.weight")
 # constructor arguments that do not change any tensor shape: allowed as overrides of a conversion
-_SAFE_OVERRIDES = {
-    PRETRAINING: {"backend", "drop_path_rate", "norm_pix_loss"},
-    FINETUNING: {"backend", "drop_path_rate", "drop_rate", "dynamic_img_size", "global_pool", "head_init_std"},
-}
+_SAFE_OVERRIDES = {PRETRAINING: free_keys(True), FINETUNING: free_keys(False)}
 _LIST_LIMIT = 8
 
 

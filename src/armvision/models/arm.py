@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .. import ops
+from .config import saved_config
 from ..layers import (
     DEFAULT_EXPAND,
     ENCODER_BLOCKS,
@@ -311,13 +312,7 @@ class ARMPretrain(_Encoder):
         self.decoder_dim = decoder_dim
         self.norm_pix_loss = norm_pix_loss
         self.target = target
-        self.config = dict(
-            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, cluster_size=cluster_size,
-            embed_dim=embed_dim, depth=depth, d_state=d_state, decoder_dim=decoder_dim,
-            decoder_mlp_ratio=decoder_mlp_ratio, decoder_heads=decoder_heads, memory_layers=memory_layers,
-            norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate, cluster_order=cluster_order,
-            order_seed=order_seed, target=target, block=block, expand=expand,
-        )
+        self.config = saved_config(True, {**locals(), "img_size": geo.img_size})
         self.block = block
         levels = len(memory_layers)
 
@@ -495,12 +490,7 @@ class ARMClassifier(_Encoder):
         self.head_init_std = head_init_std
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
-        self.config = dict(
-            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, d_state=d_state, global_pool=global_pool, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, directions=directions, dynamic_img_size=dynamic_img_size,
-            head_init_std=head_init_std, block=block, expand=expand,
-        )
+        self.config = saved_config(False, {**locals(), "img_size": geo.img_size})
         self.block = block
 
         self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim,

@@ -15,7 +15,7 @@ from ..errors import CheckpointError
 from ..interop.official import OfficialCheckpoint, _square_side, check_keys, read_official_checkpoint
 from ..layers import DIRECTIONS, insert_token_slot, resize_classifier_pos_embed, resize_pos_embed
 from ..models import ARMClassifier, ARMPretrain
-from ..models.vim import VIM_CLASSIFIER_ARGS
+from ..models.config import classifier_args_for, encoder_keys
 from .read import PRETRAINING, Weights, _weights_of_official, read_weights
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 # constructor arguments that must agree between an encoder's weights and the classifier they initialise
-ENCODER_KEYS = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "block", "expand")
+ENCODER_KEYS = encoder_keys()
 
 # ---------------------------------------------------------------------------------------------
 # mappings onto a classifier
@@ -223,15 +223,11 @@ def init_classifier_from_official(
 def classifier_for(weights: Weights, img_size: int | None = None, num_classes: int = 0, **overrides) -> ARMClassifier:
     """A fresh classifier with the encoder of ``weights`` (pretraining or classifier), at ``img_size`` (default:
     224 when the patch divides it -- the paper's fine-tuning size -- for official pretraining weights, else the
-    weights' own size): four directions for MambaMLP encoders, a Vim (:data:`~armvision.models.vim.VIM_CLASSIFIER_ARGS`)
-    for Vim encoders. Not initialised from them: see :func:`init_classifier`."""
+    weights' own size): four directions for MambaMLP encoders, a Vim for Vim encoders
+    (:func:`armvision.models.config.classifier_args_for`). Not initialised from them: see :func:`init_classifier`."""
     a = weights.args
     if img_size is None:
         img_size = 224 if weights.official is not None and 224 % a["patch_size"] == 0 else a["img_size"]
-    block = a.get("block", "mambamlp")
-    family = dict(VIM_CLASSIFIER_ARGS) if block == "vim" else {}
-    clf = ARMClassifier(img_size=img_size, patch_size=a["patch_size"], in_chans=a["in_chans"], num_classes=num_classes,
-                        embed_dim=a["embed_dim"], depth=a["depth"], d_state=a["d_state"], block=block,
-                        expand=a.get("expand"), **{**family, **overrides})
+    clf = ARMClassifier(**classifier_args_for(a, img_size=img_size, num_classes=num_classes, **overrides))
     clf.model_name = (weights.config or {}).get("model_name")
     return clf
