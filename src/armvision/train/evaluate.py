@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 
 from ..data.loader import drop_standins, unreadable_report
@@ -104,12 +103,12 @@ def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precisi
 
 
 def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
-    """:func:`armvision.load_model` on ``device``, with a model directory that cannot be loaded (config
-    unreadable or naming no model, weights damaged or not fitting it) reported as a CheckpointError."""
+    """:func:`armvision.load_model` on ``device`` (a config naming no model, or weights damaged or not fitting it,
+    are CheckpointErrors already), with a missing file reported as one too."""
     try:
         return load_model(model_dir, map_location=device)
-    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"cannot load the model in {model_dir}: {str(e).strip(chr(39))}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot load the model in {model_dir}: {e}") from None
 
 
 class SubsetLogits(nn.Module):

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..interop.official import OfficialCheckpoint, _square_side, check_keys, read_official_checkpoint
 from ..layers import DIRECTIONS, insert_token_slot, resize_classifier_pos_embed, resize_pos_embed
 from ..models import ARMClassifier, ARMPretrain
 from ..models.config import classifier_args_for, encoder_keys
-from .read import PRETRAINING, Weights, _weights_of_official, read_weights
+from .official import PRETRAINING, OfficialCheckpoint, check_keys, read_official_checkpoint, square_side
+from .read import Weights, _weights_of_official, read_weights
 
 __all__ = [
     "ENCODER_KEYS",
@@ -107,7 +107,7 @@ def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], clas
     target = classifier.state_dict()
     if "pos_embed" in sd and sd["pos_embed"].shape != target["pos_embed"].shape:
         if source_grid is None:
-            side = _square_side(sd["pos_embed"].shape[1] - 1, "pos_embed (class token slot excluded)", source)
+            side = square_side(sd["pos_embed"].shape[1] - 1, "pos_embed (class token slot excluded)", source)
             source_grid = (side, side)
         sd["pos_embed"] = resize_classifier_pos_embed(sd["pos_embed"], source_grid, classifier.geometry.grid)
     head_keys = [k for k in target if k.startswith("head.")]
