@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_from_dict",
+    "training_config",
     "config_to_dict",
     "config_to_yaml",
     "validate_config",
@@ -302,6 +303,14 @@ def load_config(config: str | None = None, overrides: Mapping[str, Any] | Sequen
 def config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConfig:
     """A :class:`RunConfig` from a nested mapping (a YAML file's content); unknown keys are errors."""
     return from_dict(RunConfig, data, source)
+
+
+def training_config(training: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None,
+                    source: str = "the checkpoint's training config") -> RunConfig:
+    """The run config a model directory's config.json records under ``training`` (the schema's defaults when it
+    has none), then ``overrides`` from the command line: the one place a checkpoint's run config is rebuilt."""
+    cfg = config_from_dict(training, source) if training else RunConfig()
+    return apply_overrides(cfg, dict(overrides or {}), "the command line")
 
 
 def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], source: str = "overrides") -> RunConfig:

@@ -24,7 +24,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..outputs import check_output_file
 from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
-from .config import RunConfig, apply_overrides, config_from_dict
+from .config import RunConfig, training_config
 from .data import build_pipeline, build_transform
 
 __all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "evaluate_benchmarks",
@@ -141,9 +141,7 @@ class _Checkpoint:
     def open(cls, checkpoint: str | Path, overrides: dict[str, Any] | None) -> "_Checkpoint":
         model_dir = resolve_model_dir(checkpoint)
         config = read_config(model_dir)
-        run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") \
-            if "training" in config else RunConfig()
-        run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")
+        run_cfg = training_config(config.get("training"), overrides, f"{model_dir}/config.json")
         info = distributed.setup(run_cfg.device)
         args = config.get("args", {})
         size = args.get("img_size", run_cfg.model.img_size)

@@ -417,7 +417,8 @@ def check_official_state_dict(state_dict: Mapping[str, Tensor], kind: str, model
     kind = _kind(kind)
     expected = _expected_shapes(_ARCHITECTURE[kind], model_args, source)
     desc = ", ".join(f"{k}={v}" for k, v in model_args.items() if k not in ("memory_layers",))
-    check_keys(state_dict, expected, f"{source}: does not match the ARM {reference_kind(kind)} model it describes ({desc})",
+    check_keys(state_dict, expected,
+               f"{source}: does not match the ARM {reference_kind(kind)} model it describes ({desc})",
                optional=("mask",))
     if "mask" in state_dict:
         _check_mask(state_dict["mask"], model_args, source)
@@ -475,8 +476,8 @@ class OfficialCheckpoint:
         """The armvision model with these weights (``overrides``: shape-neutral constructor args)."""
         bad = sorted(set(overrides) - _SAFE_OVERRIDES[self.kind])
         if bad:
-            raise TypeError(f"cannot override {bad} when loading an official {reference_kind(self.kind)} checkpoint: they would "
-                            f"change the weights' shapes or meaning; allowed: {sorted(_SAFE_OVERRIDES[self.kind])}"
+            raise TypeError(f"cannot override {bad} when loading an official {reference_kind(self.kind)} checkpoint: "
+                            f"they would change the weights' shapes or meaning; allowed: {sorted(_SAFE_OVERRIDES[self.kind])}"
                             + ("; to fine-tune at another size or class count use init_classifier_from_official"
                                if self.kind == CLASSIFIER else ""))
         model = self.architecture(**{**self.model_args, **overrides})

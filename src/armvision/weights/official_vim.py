@@ -42,7 +42,6 @@ from .official import (
     _namespace_dict,
     check_keys,
     clean_state_dict,
-    is_vim_state_dict,
     select_state_dict,
 )
 
