@@ -117,3 +117,29 @@ def test_extract_folder_is_a_library_call(tmp_path):
     assert (tmp_path / "out.skipped.txt").read_text().startswith("bad.png\t")
     with pytest.raises(DataError, match="cannot read image .*bad.png"):
         extract_folder(model, tmp_path / "in", strict_images=True)
+
+
+def test_pretraining_forward_intermediates_is_the_encoder_of_pretraining():
+    """At the model's own size, the encoder over every cluster gives, on the clusters pretraining reads, what
+    pretraining's forward_encoder gives (the encoder is causal); the formats are timm's."""
+    from armvision.models import ARMPretrain
+
+    torch.manual_seed(0)
+    m = ARMPretrain(img_size=16, patch_size=4, cluster_size=2, embed_dim=16, depth=2, d_state=2, decoder_dim=16,
+                    memory_layers=(1, 2), backend="torch").eval()
+    x = torch.randn(2, 3, 16, 16)
+    seen = {}
+    hook = m.norm_2.register_forward_hook(lambda mod, inp, out: seen.update(last=out))
+    with torch.no_grad():
+        m.forward_encoder(x)
+        hook.remove()
+        final, maps = m.forward_intermediates(x, indices=[-1], norm=True, output_fmt="NLC")
+        nchw = m.forward_intermediates(x, indices=2, output_fmt="NCHW", intermediates_only=True)
+        early = m.forward_intermediates(x, indices=[0], stop_early=True, output_fmt="NHWC", intermediates_only=True)
+    order = m.cluster_order[: m.num_input_tokens]
+    assert torch.allclose(final[:, order], seen["last"], atol=1e-5)
+    assert torch.equal(maps[0], final) and final.shape == (2, 16, 16)
+    assert len(nchw) == 2 and nchw[0].shape == (2, 16, 4, 4)
+    assert torch.allclose(early[0], nchw[0].permute(0, 2, 3, 1))
+    with pytest.raises(ValueError, match="output_fmt"):
+        m.forward_intermediates(x, output_fmt="NCL")

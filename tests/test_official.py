@@ -275,7 +275,7 @@ def test_wrapper_prefixes_and_bare_state_dicts(tmp_path, ft_sd):
     model = load_official(_save(tmp_path, {"model": wrapped}))
     assert torch.equal(model.state_dict()["head.weight"], ft_sd["head.weight"])
     bare = read_official_checkpoint(_save(tmp_path, ft_sd, "bare.pth"))
-    assert bare.state_dict_key is None and bare.kind == "finetuning" and bare.model_args["global_pool"] == "avg"
+    assert bare.state_dict_key is None and bare.kind == "classifier" and bare.model_args["global_pool"] == "avg"
 
 
 def test_is_official_checkpoint(tmp_path, pre_sd, ft_sd):

@@ -135,7 +135,7 @@ def test_plain_weights_by_default_as_the_reference_evaluates(tmp_path):
     ckpt = official_vim_pickle(sd)  # model_ema = model + 1
     path = _save(tmp_path, ckpt)
     read = read_official_checkpoint(path)
-    assert read.family == "Vim" and read.kind == "finetuning" and read.state_dict_key == "model"
+    assert read.family == "Vim" and read.kind == "classifier" and read.state_dict_key == "model"
     assert read.epoch == 299 and read.args["model"] == TINY
     assert torch.equal(read.state_dict["norm_f.weight"], sd["norm_f.weight"])
     ema = read_official_checkpoint(path, ema=True)

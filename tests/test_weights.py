@@ -38,7 +38,7 @@ def test_every_source_reads_into_one_weights(tmp_path):
     sd = make_official_finetune_state_dict(embed_dim=32, depth=2, d_state=8, patch=4, grid=8, num_classes=10, seed=1)
     torch.save(official_pickle(sd, "finetuning"), tmp_path / "ft.pth")
     off = read_weights(tmp_path / "ft.pth")
-    assert off.kind == CLASSIFIER and off.official.kind == "finetuning" and off.config["architecture"] == "ARMClassifier"
+    assert off.kind == CLASSIFIER and off.official.kind == CLASSIFIER and off.config["architecture"] == "ARMClassifier"
     assert off.args["num_classes"] == 10 and off.grid == (8, 8)
     assert torch.equal(off.build().head.weight, sd["head.weight"])
 
@@ -71,3 +71,33 @@ def test_one_checkpoint_error_class():
     assert issubclass(CheckpointError, ValueError) and issubclass(CheckpointError, armvision.errors.UserError)
     e = CheckpointError("m", missing=["a"], unexpected=("b",), mismatched=[("c", (1,), (2,))])
     assert (e.missing, e.unexpected, e.mismatched) == (["a"], ["b"], [("c", (1,), (2,))])
+
+
+def test_weights_package_never_imports_interop():
+    import ast
+    from pathlib import Path
+
+    import armvision.weights
+
+    for path in Path(armvision.weights.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any("interop" in n for n in names), f"{path.name} imports {names}"
+
+
+def test_build_raises_checkpoint_error_when_weights_do_not_fit(tmp_path):
+    pre = armvision.create_model("arm_tiny_pz16", pretraining=True, **PRE)
+    armvision.save_model(pre, tmp_path / "m")
+    w = read_weights(tmp_path / "m")
+    del w.state_dict["ar_token"]
+    with pytest.raises(CheckpointError, match=r"does not fit ARMPretrain: 1 missing key\(s\): ar_token$") as info:
+        w.build()
+    assert info.value.missing == ["ar_token"]
+    assert w.build(strict=False).ar_token.shape == pre.ar_token.shape  # not strict: the missing key keeps its init
+    w.state_dict["pos_embed"] = w.state_dict["pos_embed"][:, :3]
+    with pytest.raises(CheckpointError, match="1 shape mismatch"):
+        w.build(strict=False)
+    w.config["args"]["depth"] = 0
+    with pytest.raises(CheckpointError, match="cannot build the model its config describes"):
+        w.build()

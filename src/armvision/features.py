@@ -33,8 +33,7 @@ from torch import Tensor, nn
 from .data import IMAGE_EXTENSIONS, ImageFiles, collate_readable, data_config, list_images, model_eval_transform
 from .errors import DataError
 from .outputs import check_output_file
-from .layers import resize_pos_embed
-from .models import ARMClassifier, ARMPretrain, Geometry, list_models
+from .models import ARMClassifier, ARMPretrain, list_models
 from .models.arm import feature_take_indices
 from .weights import PRETRAINING, classifier_for, init_classifier, is_model_dir, read_weights
 
@@ -59,35 +58,14 @@ def _as_list(layers: int | Sequence[int] | None) -> list[int] | None:
 def pretraining_encoder_intermediates(
     model: ARMPretrain, images: Tensor, indices: int | Sequence[int] | None = None, norm: bool = False
 ) -> tuple[Tensor, list[Tensor]]:
-    """Run a pretraining model's causal encoder over every cluster of ``images``.
+    """Run a pretraining model's causal encoder over every cluster of ``images``
+    (:meth:`~armvision.ARMPretrain.forward_intermediates` with maps (b, gh, gw, c)).
 
     Returns (final tokens after the last memory norm, (b, patches, c) in row-major order; the maps of
     the blocks ``indices`` selects (timm's convention), each (b, gh, gw, c), passed through the same
     norm when ``norm``).
     """
-    geo = model.geometry
-    if images.dim() != 4 or images.shape[1] != geo.in_chans:
-        raise ValueError(f"expected images (batch, {geo.in_chans}, height, width), got {tuple(images.shape)}")
-    h, w = images.shape[-2:]
-    try:
-        new = Geometry((h, w), geo.patch_size, geo.cluster_size, geo.in_chans, geo.order, geo.order_seed)
-    except ValueError as e:
-        raise ValueError(f"the pretraining encoder reads whole clusters of {geo.cluster_size}x{geo.cluster_size} "
-                         f"patches: {e}") from e
-    take, _ = feature_take_indices(len(model.layers), indices)
-    x = model.patch_embed.norm(model.patch_embed.proj(images).flatten(2).transpose(1, 2))  # (b, n, c) row-major
-    pos = resize_pos_embed(model.pos_embed, geo.grid, new.grid).to(x.dtype)
-    order = new.cluster_order().to(x.device)
-    inverse = torch.argsort(order)
-    x = (x + pos)[:, order]
-    final_norm = getattr(model, f"norm_{len(model.memory_layers)}")
-    maps = []
-    for i, layer in enumerate(model.layers):
-        x = layer(x)
-        if i in take:
-            y = final_norm(x) if norm else x
-            maps.append(y[:, inverse].reshape(x.shape[0], *new.grid, x.shape[-1]))
-    return final_norm(x)[:, inverse], maps
+    return model.forward_intermediates(images, indices, norm=norm, output_fmt="NHWC")
 
 
 def extract_features(model: nn.Module, images: Tensor, layers: int | Sequence[int] | None = (),
@@ -103,7 +81,8 @@ def extract_features(model: nn.Module, images: Tensor, layers: int | Sequence[in
     """
     layers = _as_list(layers)
     if isinstance(model, ARMPretrain):
-        final, maps = pretraining_encoder_intermediates(model, images, layers if layers != [] else [-1], norm)
+        final, maps = model.forward_intermediates(images, layers if layers != [] else [-1], norm=norm,
+                                                  output_fmt="NHWC")
         pooled = final.mean(dim=1)
     elif isinstance(model, ARMClassifier):
         if layers == []:

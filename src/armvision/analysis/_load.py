@@ -45,9 +45,7 @@ def load_for_analysis(spec: str | Path, device: str = "cpu") -> LoadedModel:
     try:
         weights = read_weights(path)
         model = weights.build(map_location=device)
-    except CheckpointError:
-        raise
-    except (OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot load {path}: {str(e).strip(chr(39))}") from None
+    except OSError as e:  # a file missing from a model directory (damaged or unfitting weights: CheckpointError)
+        raise CheckpointError(f"cannot load {path}: {e}") from None
     config = {} if weights.official is not None else dict(weights.config or {})
     return LoadedModel(model.to(device).eval(), weights.source, config)

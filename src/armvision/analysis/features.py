@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..train.config import RunConfig, apply_overrides, config_from_dict
+from ..train.config import RunConfig, training_config
 
 __all__ = ["FeatureSet", "data_setup", "eval_transform_for", "open_split", "extract_dataset_features"]
 
@@ -28,8 +28,7 @@ class FeatureSet:
 def data_setup(training: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None) -> RunConfig:
     """The run config whose ``data`` section says which dataset to read: the checkpoint's own training
     config (when it has one), then ``overrides`` (``{"data.dataset": "fashion_mnist", "data.root": ...}``)."""
-    cfg = config_from_dict(training, "the checkpoint's training config") if training else RunConfig()
-    return apply_overrides(cfg, dict(overrides or {}), "the command line")
+    return training_config(training, overrides)
 
 
 def eval_transform_for(model: nn.Module, cfg: RunConfig):

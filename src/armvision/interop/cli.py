@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CheckpointError, report
 from .convert import convert_official, convert_to_official
+from .official import reference_kind
 
 __all__ = ["register", "ema_choice", "trusted_globals", "fail", "describe_model"]
 
@@ -109,5 +110,6 @@ def run_convert(args: argparse.Namespace) -> int:
     details = [f"weights '{ckpt.state_dict_key}'" if ckpt.state_dict_key else "bare state dict"]
     if ckpt.epoch is not None:
         details.append(f"epoch {ckpt.epoch}")
-    print(f"wrote {dst} from the official {ckpt.kind} checkpoint {src} ({', '.join(details)}): {describe_model(model)}")
+    print(f"wrote {dst} from the official {reference_kind(ckpt.kind)} checkpoint {src} ({', '.join(details)}): "
+          f"{describe_model(model)}")
     return 0

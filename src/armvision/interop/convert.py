@@ -13,7 +13,7 @@ from torch import nn
 from ..errors import CheckpointError
 from ..weights import CLASSIFIER, Weights, classifier_for, init_classifier, load_model, read_weights
 from .hub import save_pretrained
-from .official import save_official
+from .official import reference_kind, save_official
 
 __all__ = ["convert_official", "convert_to_official", "sha256"]
 
@@ -43,7 +43,7 @@ def convert_official(source: str | os.PathLike, dest: str | os.PathLike, ema: bo
                               "conversion")
     ckpt = w.official
     provenance: dict[str, Any] = {
-        "file": src.name, "sha256": sha256(src), "kind": ckpt.kind, "state_dict": ckpt.state_dict_key,
+        "file": src.name, "sha256": sha256(src), "kind": reference_kind(ckpt.kind), "state_dict": ckpt.state_dict_key,
         "epoch": ckpt.epoch, **ckpt.extra,
         "args": {k: v for k, v in ckpt.args.items() if isinstance(v, (int, float, str, bool)) or v is None},
     }

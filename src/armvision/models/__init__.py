@@ -3,6 +3,8 @@ model directory.
 
 - :mod:`.arm`: :class:`ARMPretrain` (autoregressive pretraining) and :class:`ARMClassifier` (fine-tuning);
 - :mod:`.vim`: the Vim family's sizes (Vim is ``ARMClassifier(block="vim", ...)``);
+- :mod:`.config`: the constructor arguments as typed configs (:class:`PretrainConfig`, :class:`ClassifierConfig`
+  and the Vim family's), from which their checks, ``--help`` rows and the weights mappings' keys derive;
 - :mod:`.registry`: the size table :data:`MODEL_SIZES`, :func:`create_model`, :func:`list_models`;
 - :mod:`.io`: ``config.json`` + ``model.safetensors`` (:func:`save_model`, :func:`build_model`).
 
@@ -13,6 +15,7 @@ state dicts) and mapping pretraining weights onto a classifier is :mod:`armvisio
 from __future__ import annotations
 
 from .arm import ARMClassifier, ARMPretrain, Geometry, default_memory_layers
+from .config import ClassifierConfig, PretrainConfig, VimClassifierConfig, VimPretrainConfig
 from .io import build_model, model_config, save_model
 from .registry import CLASSIFIER_ARGS, MODEL_SIZES, create_model, list_models, model_args
 
@@ -29,4 +32,8 @@ __all__ = [
     "save_model",
     "build_model",
     "model_config",
+    "PretrainConfig",
+    "ClassifierConfig",
+    "VimPretrainConfig",
+    "VimClassifierConfig",
 ]

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .. import ops
+from .config import saved_config
 from ..layers import (
     DEFAULT_EXPAND,
     ENCODER_BLOCKS,
@@ -27,6 +28,7 @@ from ..layers import (
     TokenLayout,
     insert_token_slot,
     resize_classifier_pos_embed,
+    resize_pos_embed,
     sincos_pos_embed_2d,
 )
 
@@ -311,13 +313,7 @@ class ARMPretrain(_Encoder):
         self.decoder_dim = decoder_dim
         self.norm_pix_loss = norm_pix_loss
         self.target = target
-        self.config = dict(
-            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, cluster_size=cluster_size,
-            embed_dim=embed_dim, depth=depth, d_state=d_state, decoder_dim=decoder_dim,
-            decoder_mlp_ratio=decoder_mlp_ratio, decoder_heads=decoder_heads, memory_layers=memory_layers,
-            norm_pix_loss=norm_pix_loss, drop_path_rate=drop_path_rate, cluster_order=cluster_order,
-            order_seed=order_seed, target=target, block=block, expand=expand,
-        )
+        self.config = saved_config(True, {**locals(), "img_size": geo.img_size})
         self.block = block
         levels = len(memory_layers)
 
@@ -384,6 +380,69 @@ class ARMPretrain(_Encoder):
         memory = self.enc2dec(torch.cat(feats, dim=-1))
         b, t, _ = memory.shape
         return memory.view(b, t, self.decoder_dim, len(self.memory_layers))
+
+    def forward_intermediates(
+        self,
+        images: Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[Tensor] | tuple[Tensor, list[Tensor]]:
+        """The causal encoder over *every* cluster of ``images``, with timm's conventions (as the classifier's).
+
+        The clusters are read in the model's order (the position embedding resized bicubically when the patch
+        grid differs from the model's; the grid must divide into clusters); maps and final tokens are put back
+        in row-major grid order.
+
+        Args:
+            images: (b, in_chans, h, w).
+            indices: blocks to return (0-based): an int n takes the last n, a sequence those indices (negative
+                from the end), None all.
+            norm: pass each returned block output through the last memory norm (``norm_{levels}``, the norm
+                pretraining applies to the last block).
+            stop_early: do not run the blocks after the last requested one.
+            output_fmt: "NCHW" -> (b, c, gh, gw), "NHWC" -> (b, gh, gw, c), "NLC" -> (b, gh * gw, c).
+            intermediates_only: return only the list of maps.
+
+        Returns:
+            the list of maps (in block order), or (the last block run's tokens after the last memory norm,
+            (b, gh * gw, c), that list).
+        """
+        if output_fmt not in ("NCHW", "NHWC", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW', 'NHWC' or 'NLC', got {output_fmt!r}")
+        geo = self.geometry
+        if images.dim() != 4 or images.shape[1] != geo.in_chans:
+            raise ValueError(f"expected images (batch, {geo.in_chans}, height, width), got {tuple(images.shape)}")
+        try:
+            new = Geometry(tuple(images.shape[-2:]), geo.patch_size, geo.cluster_size, geo.in_chans, geo.order,
+                           geo.order_seed)
+        except ValueError as e:
+            raise ValueError(f"the pretraining encoder reads whole clusters of {geo.cluster_size}x{geo.cluster_size} "
+                             f"patches: {e}") from e
+        take, max_index = feature_take_indices(len(self.layers), indices)
+        pe = self.patch_embed
+        x = pe.norm(pe.proj(images).flatten(2).transpose(1, 2))  # (b, n, c) row-major, any grid
+        x = x + resize_pos_embed(self.pos_embed, geo.grid, new.grid).to(x.dtype)
+        order = new.cluster_order().to(x.device)
+        inverse = torch.argsort(order)
+        x = x[:, order]
+        final_norm = getattr(self, f"norm_{len(self.memory_layers)}")
+        layers = self.layers[: max_index + 1] if stop_early else self.layers
+        maps = []
+        for i, layer in enumerate(layers):
+            x = layer(x)
+            if i in take:
+                y = (final_norm(x) if norm else x)[:, inverse]
+                if output_fmt != "NLC":
+                    y = y.reshape(y.shape[0], *new.grid, y.shape[-1])
+                    if output_fmt == "NCHW":
+                        y = y.permute(0, 3, 1, 2).contiguous()
+                maps.append(y)
+        if intermediates_only:
+            return maps
+        return final_norm(x)[:, inverse], maps
 
     def forward_decoder(self, memory: Tensor) -> Tensor:
         """Predict clusters 2..K from the memory; returns (b, tokens, patch * patch * channels)."""
@@ -495,12 +554,7 @@ class ARMClassifier(_Encoder):
         self.head_init_std = head_init_std
         self.num_prefix_tokens = 1
         self.grad_checkpointing = False
-        self.config = dict(
-            img_size=geo.img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, d_state=d_state, global_pool=global_pool, drop_rate=drop_rate,
-            drop_path_rate=drop_path_rate, directions=directions, dynamic_img_size=dynamic_img_size,
-            head_init_std=head_init_std, block=block, expand=expand,
-        )
+        self.config = saved_config(False, {**locals(), "img_size": geo.img_size})
         self.block = block
 
         self.patch_embed = PatchEmbed(geo.img_size, patch_size, in_chans, embed_dim,

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import inspect
-
 from torch import nn
 
 from .arm import ARMClassifier, ARMPretrain
-from .vim import VIM_CLASSIFIER_ARGS, VIM_SIZES
+from .config import arg_names, family_classifier_args
+from .vim import VIM_SIZES
 
 __all__ = ["MODEL_SIZES", "CLASSIFIER_ARGS", "list_models", "model_args", "create_model"]
 
@@ -22,8 +21,10 @@ MODEL_SIZES: dict[str, dict] = {
     "arm_huge_pz16": dict(embed_dim=1536, depth=24),
     **VIM_SIZES,  # the Vim family: Vim blocks (block="vim")
 }
-# name -> the classifier's arguments beyond its encoder size (the Vim classifiers' two directions, pooling, ...)
-CLASSIFIER_ARGS: dict[str, dict] = {name: VIM_CLASSIFIER_ARGS for name in VIM_SIZES}
+# name -> the classifier's arguments beyond its encoder size: its family's (the Vim classifiers' two directions,
+# pooling, ...; none for ARM's)
+CLASSIFIER_ARGS: dict[str, dict] = {name: args for name, size in MODEL_SIZES.items()
+                                    if (args := family_classifier_args(size.get("block", "mambamlp")))}
 
 
 def list_models() -> list[str]:
@@ -35,8 +36,7 @@ def model_args(name: str, pretraining: bool = False, **overrides) -> dict:
     """The constructor arguments ``create_model(name, pretraining, **overrides)`` would use."""
     if name not in MODEL_SIZES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    cls = ARMPretrain if pretraining else ARMClassifier
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    allowed = arg_names(pretraining)
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         kind = "pretraining" if pretraining else "classifier"

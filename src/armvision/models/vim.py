@@ -25,6 +25,8 @@ the backward one, as ARM's fine-tuning does for its four directions (docs/method
 
 from __future__ import annotations
 
+from .config import family_classifier_args
+
 __all__ = ["VIM_SIZES", "VIM_CLASSIFIER_ARGS", "REFERENCE_NAMES"]
 
 # name -> encoder size (everything else as the reference: patch 16, d_state 16, expand 2)
@@ -35,8 +37,9 @@ VIM_SIZES: dict[str, dict] = {
 }
 
 # what makes the classifier a Vim (beyond the encoder blocks): two scan directions, the class token as the
-# feature, the head initialised as Vim's (trunc-normal std 0.02, zero bias)
-VIM_CLASSIFIER_ARGS: dict = dict(directions=2, global_pool="token", head_init_std=0.02)
+# feature, the head initialised as Vim's (trunc-normal std 0.02, zero bias): the defaults in which
+# armvision.models.config.VimClassifierConfig differs from ClassifierConfig
+VIM_CLASSIFIER_ARGS: dict = family_classifier_args("vim")
 
 # armvision name -> the reference's registered model name (hustvl/Vim vim/models_mamba.py)
 REFERENCE_NAMES: dict[str, str] = {

@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_from_dict",
+    "training_config",
     "config_to_dict",
     "config_to_yaml",
     "validate_config",
@@ -71,8 +72,8 @@ class ModelConfig:
     img_size: int = _f(224, "input resolution in pixels (square)")
     in_chans: int = _f(3, "image channels: 3 (RGB) or 1 (grayscale; images are converted to 'L')")
     drop_path: float = _f(0.0, "stochastic depth rate of the encoder")
-    args: dict[str, Any] = _f(help="further constructor arguments of the model (patch_size, cluster_size, "
-                                   "embed_dim, depth, d_state, decoder_dim, memory_layers, ...), e.g. "
+    args: dict[str, Any] = _f(help="further constructor arguments of the model, checked against its config "
+                                   "(armvision.models.config; the model.args.* keys below), e.g. "
                                    "--model.args.embed_dim 128", factory=dict)
     scan: ScanConfig = _f(factory=ScanConfig)
 
@@ -304,6 +305,14 @@ def config_from_dict(data: Mapping[str, Any], source: str = "config") -> RunConf
     return from_dict(RunConfig, data, source)
 
 
+def training_config(training: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None,
+                    source: str = "the checkpoint's training config") -> RunConfig:
+    """The run config a model directory's config.json records under ``training`` (the schema's defaults when it
+    has none), then ``overrides`` from the command line: the one place a checkpoint's run config is rebuilt."""
+    cfg = config_from_dict(training, source) if training else RunConfig()
+    return apply_overrides(cfg, dict(overrides or {}), "the command line")
+
+
 def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any], source: str = "overrides") -> RunConfig:
     """Set dotted keys (``optim.lr``, ``model.args.embed_dim``) on a copy of ``cfg``."""
     return _apply_overrides(cfg, overrides, source)
@@ -319,9 +328,9 @@ def parse_cli_overrides(tokens: Sequence[str]) -> dict[str, Any]:
 # validation and output
 # ------------------------------------------------------------------------------------------------
 _FLOAT32_MAX = 3.4e38
-# model.args that count something: a zero or negative value cannot build a model
-_POSITIVE_MODEL_ARGS = ("patch_size", "embed_dim", "depth", "d_state", "d_conv", "expand", "cluster_size",
-                        "decoder_dim", "decoder_depth", "decoder_heads", "directions")
+# model arguments the run config sets outside model.args -> the key that sets them
+_SET_ELSEWHERE = {"img_size": "model.img_size", "in_chans": "model.in_chans", "drop_path_rate": "model.drop_path",
+                  "num_classes": "data.num_classes"}
 
 
 def peak_lr_ok(o: "OptimConfig") -> bool:
@@ -345,6 +354,7 @@ def validate_config(cfg: RunConfig) -> None:
             raise ConfigError(f"bad value for {key!r}: {value!r}; expected {allowed}")
 
     from ..models import list_models
+    from ..models.config import check_model_args
 
     m, d, a, o = cfg.model, cfg.data, cfg.aug, cfg.optim
     need(m.name in list_models(), "model.name", m.name, f"one of {', '.join(list_models())}")
@@ -392,10 +402,10 @@ def validate_config(cfg: RunConfig) -> None:
     for name in cfg.preemption_signals:
         need(_signal_ok(name), "preemption_signals", cfg.preemption_signals,
              "signal names such as SIGTERM, SIGUSR1 (catchable ones; [] for none)")
-    for key, v in m.args.items():
-        if key in _POSITIVE_MODEL_ARGS:
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"model.args.{key}", v,
-                 "a positive integer")
+    for key in m.args:
+        need(key not in _SET_ELSEWHERE, f"model.args.{key}", m.args[key],
+             f"to be set with {_SET_ELSEWHERE.get(key)} instead")
+    check_model_args(m.args, cfg.task == "pretrain", f"model.args ({cfg.task})")
     need(all(0 <= b < 1 for b in o.betas), "optim.betas", o.betas, "two values in [0, 1)")
     need(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, "0 or more")
     need(o.layer_decay is None or 0 < o.layer_decay <= 1, "optim.layer_decay", o.layer_decay,
@@ -429,5 +439,15 @@ def config_to_yaml(cfg: RunConfig) -> str:
 
 
 def describe_keys(cls=RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, help) of every config key, for ``--help`` (``task`` is chosen by the subcommand)."""
-    return _describe_keys(cls, prefix, skip=("task",) if cls is RunConfig else ())
+    """(key, default, help) of every config key, for ``--help`` (``task`` is chosen by the subcommand); below
+    ``model.args``, the model arguments of :mod:`armvision.models.config` (those set elsewhere left out; the
+    sizes default to the model name's)."""
+    from ..models.config import describe_model_args
+
+    rows = _describe_keys(cls, prefix, skip=("task",) if cls is RunConfig else ())
+    if cls is RunConfig:
+        sized = {"embed_dim", "depth", "patch_size", "block"}
+        rows += [(k, "from model.name" if k.rsplit(".", 1)[-1] in sized else d, h)
+                 for k, d, h in describe_model_args(f"{prefix}model.args.")
+                 if k.rsplit(".", 1)[-1] not in _SET_ELSEWHERE]
+    return rows

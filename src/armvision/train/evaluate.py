@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch import nn
 
 from ..data.loader import drop_standins, unreadable_report
@@ -25,7 +24,7 @@ from ..errors import CheckpointError, ConfigError, DataError
 from ..outputs import check_output_file
 from ..weights import load_model, read_config, resolve_model_dir
 from . import distributed
-from .config import RunConfig, apply_overrides, config_from_dict
+from .config import RunConfig, training_config
 from .data import build_pipeline, build_transform
 
 __all__ = ["evaluate_classifier", "evaluate_pretraining", "evaluate_checkpoint", "evaluate_benchmarks",
@@ -104,12 +103,12 @@ def evaluate_pretraining(model: nn.Module, loader, device: torch.device, precisi
 
 
 def _load_for_eval(model_dir: Path, device: torch.device) -> nn.Module:
-    """:func:`armvision.load_model` on ``device``, with a model directory that cannot be loaded (config
-    unreadable or naming no model, weights damaged or not fitting it) reported as a CheckpointError."""
+    """:func:`armvision.load_model` on ``device`` (a config naming no model, or weights damaged or not fitting it,
+    are CheckpointErrors already), with a missing file reported as one too."""
     try:
         return load_model(model_dir, map_location=device)
-    except (OSError, KeyError, TypeError, ValueError, SafetensorError) as e:
-        raise CheckpointError(f"cannot load the model in {model_dir}: {str(e).strip(chr(39))}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot load the model in {model_dir}: {e}") from None
 
 
 class SubsetLogits(nn.Module):
@@ -142,9 +141,7 @@ class _Checkpoint:
     def open(cls, checkpoint: str | Path, overrides: dict[str, Any] | None) -> "_Checkpoint":
         model_dir = resolve_model_dir(checkpoint)
         config = read_config(model_dir)
-        run_cfg = config_from_dict(config.get("training", {}), f"{model_dir}/config.json") \
-            if "training" in config else RunConfig()
-        run_cfg = apply_overrides(run_cfg, overrides or {}, "the command line")
+        run_cfg = training_config(config.get("training"), overrides, f"{model_dir}/config.json")
         info = distributed.setup(run_cfg.device)
         args = config.get("args", {})
         size = args.get("img_size", run_cfg.model.img_size)

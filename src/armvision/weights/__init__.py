@@ -11,7 +11,7 @@ Sources :func:`read_weights` accepts, all read into one :class:`Weights` (kind, 
   or a run directory (its ``best`` checkpoint, else its latest): :func:`resolve_model_dir`;
 * a ``.safetensors`` file (with a ``config.json`` beside it: that model directory; alone: bare weights);
 * a PyTorch pickle (``.pth``, ``.pt``, ...): an official ARM checkpoint, read without unpickling arbitrary
-  objects and checked key by key (:func:`armvision.interop.official.read_official_checkpoint`);
+  objects and checked key by key (:mod:`.official`, :mod:`.official_vim`: :func:`read_official_checkpoint`);
 * a state dict, or a checkpoint dict holding one (``{'model': ..., 'model_ema': ...}``), in memory.
 
 ``kind`` is :data:`PRETRAINING` (weights of :class:`~armvision.ARMPretrain`) or :data:`CLASSIFIER`
@@ -27,10 +27,12 @@ Mappings onto a classifier (:func:`classifier_state_dict`, :func:`init_classifie
   the head kept from the target classifier when its shape differs (another class count).
 
 Errors are :class:`armvision.errors.CheckpointError` (with ``missing`` / ``unexpected`` / ``mismatched``
-lists where a key check failed); the mapping functions keep their KeyError / ValueError.
+lists where a key check failed), :meth:`Weights.build` included; the mapping functions keep their KeyError /
+ValueError. This package sits below :mod:`armvision.interop` (which writes the official layout back and holds
+the conversion commands) and never imports it.
 """
 
-from . import mapping, read
+from . import mapping, official, read
 from .mapping import (
     ENCODER_KEYS,
     classifier_for,
@@ -42,9 +44,15 @@ from .mapping import (
     init_classifier_from_official,
     init_classifier_from_pretraining,
 )
-from .read import (
+from .official import (
     CLASSIFIER,
     PRETRAINING,
+    OfficialCheckpoint,
+    load_official,
+    read_official_checkpoint,
+    reference_kind,
+)
+from .read import (
     Weights,
     is_model_dir,
     is_pickle_file,
@@ -57,4 +65,5 @@ from .read import (
     step_dirs,
 )
 
-__all__ = [*read.__all__, *mapping.__all__]
+__all__ = [*read.__all__, *mapping.__all__, "OfficialCheckpoint", "read_official_checkpoint", "load_official",
+           "reference_kind"]

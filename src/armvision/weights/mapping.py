@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError
-from ..interop.official import OfficialCheckpoint, _square_side, check_keys, read_official_checkpoint
 from ..layers import DIRECTIONS, insert_token_slot, resize_classifier_pos_embed, resize_pos_embed
 from ..models import ARMClassifier, ARMPretrain
-from ..models.vim import VIM_CLASSIFIER_ARGS
-from .read import PRETRAINING, Weights, _weights_of_official, read_weights
+from ..models.config import classifier_args_for, encoder_keys
+from .official import PRETRAINING, OfficialCheckpoint, check_keys, read_official_checkpoint, square_side
+from .read import Weights, _weights_of_official, read_weights
 
 __all__ = [
     "ENCODER_KEYS",
@@ -32,7 +32,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 # constructor arguments that must agree between an encoder's weights and the classifier they initialise
-ENCODER_KEYS = ("embed_dim", "depth", "patch_size", "in_chans", "d_state", "block", "expand")
+ENCODER_KEYS = encoder_keys()
 
 # ---------------------------------------------------------------------------------------------
 # mappings onto a classifier
@@ -107,7 +107,7 @@ def classifier_state_dict_from_classifier(state_dict: Mapping[str, Tensor], clas
     target = classifier.state_dict()
     if "pos_embed" in sd and sd["pos_embed"].shape != target["pos_embed"].shape:
         if source_grid is None:
-            side = _square_side(sd["pos_embed"].shape[1] - 1, "pos_embed (class token slot excluded)", source)
+            side = square_side(sd["pos_embed"].shape[1] - 1, "pos_embed (class token slot excluded)", source)
             source_grid = (side, side)
         sd["pos_embed"] = resize_classifier_pos_embed(sd["pos_embed"], source_grid, classifier.geometry.grid)
     head_keys = [k for k in target if k.startswith("head.")]
@@ -223,15 +223,11 @@ def init_classifier_from_official(
 def classifier_for(weights: Weights, img_size: int | None = None, num_classes: int = 0, **overrides) -> ARMClassifier:
     """A fresh classifier with the encoder of ``weights`` (pretraining or classifier), at ``img_size`` (default:
     224 when the patch divides it -- the paper's fine-tuning size -- for official pretraining weights, else the
-    weights' own size): four directions for MambaMLP encoders, a Vim (:data:`~armvision.models.vim.VIM_CLASSIFIER_ARGS`)
-    for Vim encoders. Not initialised from them: see :func:`init_classifier`."""
+    weights' own size): four directions for MambaMLP encoders, a Vim for Vim encoders
+    (:func:`armvision.models.config.classifier_args_for`). Not initialised from them: see :func:`init_classifier`."""
     a = weights.args
     if img_size is None:
         img_size = 224 if weights.official is not None and 224 % a["patch_size"] == 0 else a["img_size"]
-    block = a.get("block", "mambamlp")
-    family = dict(VIM_CLASSIFIER_ARGS) if block == "vim" else {}
-    clf = ARMClassifier(img_size=img_size, patch_size=a["patch_size"], in_chans=a["in_chans"], num_classes=num_classes,
-                        embed_dim=a["embed_dim"], depth=a["depth"], d_state=a["d_state"], block=block,
-                        expand=a.get("expand"), **{**family, **overrides})
+    clf = ARMClassifier(**classifier_args_for(a, img_size=img_size, num_classes=num_classes, **overrides))
     clf.model_name = (weights.config or {}).get("model_name")
     return clf

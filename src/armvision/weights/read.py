@@ -14,13 +14,16 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
-from ..interop.official import (
-    FINETUNING,
+from .official import (
+    CLASSIFIER,
+    PRETRAINING,
     OfficialCheckpoint,
+    check_keys,
     clean_state_dict,
     detect_kind,
     is_state_dict,
     read_official_checkpoint,
+    reference_kind,
     registry_name,
     select_state_dict,
 )
@@ -30,8 +33,6 @@ from ..models.manifest import verify_file
 __all__ = ["PRETRAINING", "CLASSIFIER", "Weights", "read_weights", "read_config", "load_model", "resolve_model_dir",
            "is_model_dir", "is_pickle_file", "pickle_message", "step_dirs", "link_target"]
 
-PRETRAINING = "pretraining"
-CLASSIFIER = "classifier"
 _KIND_OF_ARCHITECTURE = {"ARMPretrain": PRETRAINING, "ARMClassifier": CLASSIFIER}
 _STEP_RE = re.compile(r"^step_(\d+)$")
 _PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
@@ -77,21 +78,32 @@ class Weights:
         """'ARMPretrain' / 'ARMClassifier' for armvision weights, 'official ARM (or Vim) ... checkpoint' for official
         ones."""
         if self.official is not None:
-            return f"official {self.official.family} {self.official.kind} checkpoint"
+            return f"official {self.official.family} {reference_kind(self.official.kind)} checkpoint"
         return (self.config or {}).get("architecture") or f"{self.kind} weights"
 
     def build(self, map_location: str | torch.device = "cpu", strict: bool = True, **overrides) -> nn.Module:
-        """The model these weights belong to, holding them (``overrides`` replace constructor arguments)."""
+        """The model these weights belong to, holding them (``overrides`` replace constructor arguments).
+
+        Raises CheckpointError (one line, with ``missing`` / ``unexpected`` / ``mismatched`` where the weights do
+        not fit) when the config names no model armvision builds or the weights do not fit it; TypeError for an
+        override an official checkpoint does not allow."""
         if self.official is not None:
             return self.official.build(**overrides).to(map_location)
         if self.config is None:
             raise CheckpointError(f"{self.source}: bare weights without a config.json: build the model yourself "
                                   "and load them (or use init_classifier)")
-        model = build_model(self.config, **overrides)
-        missing, unexpected = model.load_state_dict(self.state_dict, strict=False)
-        if strict and (missing or unexpected):
-            raise KeyError(f"{self.source} does not fit {self.config.get('architecture')}: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        try:
+            model = build_model(self.config, **overrides)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.source}: cannot build the model its config describes: "
+                                  f"{str(e).strip(chr(39))}") from None
+        expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        what = f"{self.source} does not fit {self.config.get('architecture')}"
+        if strict:
+            check_keys(self.state_dict, expected, what)
+        else:  # only the shapes of the weights the model has
+            check_keys({k: v for k, v in self.state_dict.items() if k in expected}, expected, what, optional=expected)
+        model.load_state_dict(self.state_dict, strict=False)
         return model.to(map_location)
 
 
@@ -209,10 +221,6 @@ def _model_dir(path: Path) -> Path:
         raise
 
 
-def _kind_of_state_dict(sd: Mapping[str, Tensor], source: str) -> str:
-    return CLASSIFIER if detect_kind(sd, source) == FINETUNING else PRETRAINING
-
-
 def _from_model_dir(directory: Path, map_location: str | torch.device = "cpu") -> Weights:
     config = read_config(directory)
     arch = config.get("architecture")
@@ -232,7 +240,7 @@ def read_weights(source: str | os.PathLike | Mapping[str, Any] | Weights, ema: b
         source: a model / checkpoint / run directory, a ``.safetensors`` file, an official ``.pth``
             checkpoint, or a (checkpoint or state) dict in memory.
         ema: pickles and checkpoint dicts: None takes the EMA weights when present, True requires them,
-            False takes the plain ones (:func:`armvision.interop.official.select_state_dict`).
+            False takes the plain ones (:func:`armvision.weights.official.select_state_dict`).
         global_pool: official classifier checkpoints: "avg" / "token" (None: from the checkpoint's args).
         allow_globals: official checkpoints: classes beyond ``argparse.Namespace`` trusted in the pickle.
         map_location: where safetensors weights are loaded.
@@ -242,13 +250,13 @@ def read_weights(source: str | os.PathLike | Mapping[str, Any] | Weights, ema: b
     if isinstance(source, Mapping):
         raw = dict(source) if is_state_dict(source) else select_state_dict(source, ema)[0]
         sd = clean_state_dict(raw)
-        return Weights(_kind_of_state_dict(sd, "state dict"), sd)
+        return Weights(detect_kind(sd, "state dict"), sd)
     path = Path(source)
     if path.is_file() and path.suffix == ".safetensors":
         if path.name == WEIGHTS_NAME and is_model_dir(path.parent):
             return _from_model_dir(path.parent, map_location)
         sd = _read_safetensors(path, map_location)
-        return Weights(_kind_of_state_dict(sd, str(path)), sd, None, str(path))
+        return Weights(detect_kind(sd, str(path)), sd, None, str(path))
     if path.is_dir():
         return _from_model_dir(_model_dir(path), map_location)
     if not path.exists():
@@ -270,4 +278,4 @@ def _weights_of_official(ckpt: OfficialCheckpoint) -> Weights:
     config = {"architecture": ckpt.architecture.__name__, "model_name": registry_name(ckpt.model_args),
               "args": dict(ckpt.model_args)}
     sd = {k: v for k, v in ckpt.state_dict.items() if k != "mask"}
-    return Weights(CLASSIFIER if ckpt.kind == FINETUNING else PRETRAINING, sd, config, ckpt.source, ckpt)
+    return Weights(ckpt.kind, sd, config, ckpt.source, ckpt)
