@@ -167,9 +167,14 @@ def main(argv=None) -> Path:
             title = study["title"]
             jobs = study.get("jobs", {})
             secs = sum(j.get("job_seconds", 0) for j in jobs.values())
-            gpu = study.get("gpu") or next((j.get("gpu") for j in jobs.values() if j.get("gpu")), None) or "CPU"
+            cards: dict[str, int] = {}
+            for j in jobs.values():
+                card = j.get("gpu") or "CPU"
+                cards[card] = cards.get(card, 0) + 1
+            gpu = ", ".join(f"{n} on {c}" for c, n in sorted(cards.items())) if len(cards) > 1 else \
+                "on " + (study.get("gpu") or next(iter(cards), "CPU"))
             lines += [f"## {title}", "", common.format_table(study), "",
-                      f"Seeds: {study.get('seeds')}; {len(jobs)} jobs on {gpu}, {secs / 60:.1f} min of job time "
+                      f"Seeds: {study.get('seeds')}; {len(jobs)} jobs ({gpu}), {secs / 60:.1f} min of job time "
                       "(jobs shared with other studies are counted in each); scale "
                       f"`{study.get('scale')}`, written {study.get('written')}.", ""]
             if (res / f"{name}.png").is_file():
