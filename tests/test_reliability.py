@@ -329,6 +329,23 @@ def test_files_are_written_with_the_users_umask(tmp_path):
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
 
 
+
+def test_checkpoint_and_feature_files_follow_the_umask(data, tmp_path, capsys):
+    """safetensors' save_file creates its file 0600 whatever was there: the mode is set after the write."""
+    from armvision.features import FolderFeatures, write_features
+
+    old = os.umask(0o022)
+    try:
+        ckpt = short_run(data, tmp_path / "run", capsys, max_steps=1) / "step_00000001"
+        write_features(FolderFeatures(tensors={"pooled": torch.zeros(2, 3)}, files=["a.png", "b.png"], skipped=[], metadata={}),
+                       tmp_path / "f.safetensors")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*ckpt.iterdir(), tmp_path / "f.safetensors"] if p.is_file()}
+    assert modes["model.safetensors"] == modes["f.safetensors"] == modes["training_state.pt"] == 0o644, modes
+    assert set(modes.values()) == {0o644}, modes
+
+
 # ------------------------------------------------------------------------------------------------
 # image formats and bit depths
 # ------------------------------------------------------------------------------------------------
