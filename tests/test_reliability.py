@@ -287,6 +287,74 @@ def test_a_full_or_read_only_disk_during_a_save_gives_one_line(code_, data, tmp_
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]
 
 
+
+@pytest.mark.parametrize("writer", ["tensorboard", "jsonl", "csv", "summary"])
+def test_a_disk_that_fills_during_training_ends_in_one_line_whatever_the_writer(writer, data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Every writer of the run (TensorBoard's thread, metrics.jsonl, the CSV file, summary.json) fails with
+    ENOSPC after the first checkpoint: one line naming the file and the cause, exit 2, the checkpoint intact."""
+    import builtins
+
+    import armvision.train.trainer as tr
+
+    out = tmp_path / "run"
+    full = {"on": False}
+
+    def enospc(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if writer == "tensorboard":
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        real_write = RecordWriter.write
+        monkeypatch.setattr(RecordWriter, "write", lambda self, d: enospc() if full["on"] else real_write(self, d))
+    elif writer in ("jsonl", "csv"):
+        import armvision.train.metrics as mt
+
+        name = "metrics.jsonl" if writer == "jsonl" else "metrics_train.csv"
+
+        class Filling:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, text):
+                return enospc() if full["on"] else self.f.write(text)
+
+            def __getattr__(self, a):
+                return getattr(self.f, a)
+
+        def opening(path, *a, **k):
+            f = builtins.open(path, *a, **k)
+            return Filling(f) if Path(path).name == name and "r" not in (a[0] if a else k.get("mode", "r")) else f
+
+        monkeypatch.setattr(mt, "open", opening, raising=False)
+    else:
+        real_aw = tr.atomic_write
+        monkeypatch.setattr(tr, "atomic_write",
+                            lambda p, w: enospc() if Path(p).name == "summary.json" else real_aw(p, w))
+    save = tr.Trainer.save_checkpoint
+
+    def save_then_fill(self, *a, **k):
+        path = save(self, *a, **k)
+        full["on"] = True
+        return path
+
+    monkeypatch.setattr(tr.Trainer, "save_checkpoint", save_then_fill)
+    flags = pretrain_flags(data, out, **{"checkpoint.every_steps": 2, "max_steps": 4, "log.tensorboard": True})
+    code, _, err = run_cli(flags, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    target = {"tensorboard": out / "tensorboard", "jsonl": out / "metrics.jsonl", "csv": out / "metrics_train.csv",
+              "summary": out / "summary.json"}[writer]
+    assert last.startswith(f"armvision: error: cannot write {target}: the disk is full; the run stops, the last "
+                           f"checkpoint {out / 'checkpoints'}/step_"), last
+    latest = (out / "checkpoints" / "latest").resolve()
+    assert f"{latest} is intact" in last and err.count("armvision: error") == 1
+    from armvision.models.manifest import verify_dir
+
+    assert verify_dir(latest) is None
+
+
 def test_too_little_free_space_is_found_before_writing(data, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -294,7 +362,8 @@ def test_too_little_free_space_is_found_before_writing(data, tmp_path, capsys, m
 
     monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
     code, _, err = run_cli(pretrain_flags(data, tmp_path / "run", max_steps=1), capsys)
-    assert code == 2 and "not enough free space (about" in err and "MiB free" in err
+    assert code == 2 and "not enough free space (the checkpoint needs about " in err
+    assert " MiB plus a 5% margin and 1 MiB, 0.0 MiB free)" in err
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
 
 

@@ -35,6 +35,7 @@ from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
+from ..outputs import guarded_write
 from . import distributed
 from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
                          set_rng_state)
@@ -148,16 +149,28 @@ class Trainer:
         # records past the step the run continues from are dropped (they will be logged again); a new run
         # starts its records afresh
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
-                                    resume_step=self.step if self.resume_from is not None else -1)
+                                    resume_step=self.step if self.resume_from is not None else -1,
+                                    note=self._write_failure_note)
         if self.is_main:
             removed = self.ckpt.remove_partial()
             for p in removed:
                 _logger.warning("removed %s, left by an interrupted save", p)
-            atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(config_to_yaml(cfg)))
+            self._write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
 
     # ------------------------------------------------------------------------------------------
     # setup
     # ------------------------------------------------------------------------------------------
+    def _write_failure_note(self) -> str:
+        """What a failed write of the run's records leaves: said after the cause in the one-line SaveError."""
+        latest = self.ckpt.latest()
+        return (f"; the run stops, the last checkpoint {latest} is intact (--resume auto continues from it once "
+                "there is room)" if latest else "; the run stops (no checkpoint had been saved yet)")
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Write a file of the run atomically; a failure is the one-line SaveError of every writer."""
+        with guarded_write(str(path), self._write_failure_note):
+            atomic_write(path, lambda p: Path(p).write_text(text))
+
     def _find_resume(self) -> Path | None:
         r = self.cfg.resume
         existing = self.ckpt.latest()
@@ -734,8 +747,7 @@ class Trainer:
                             f" and {n - len(shown)} more" if n > len(shown) else "",
                             "them" if n <= MAX_LISTED_FILES else f"the first {MAX_LISTED_FILES}")
         if self.is_main:
-            text = json.dumps(summary, indent=2) + "\n"
-            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
+            self._write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
             self.logger.log("summary", self.step, **scalars)
         self.logger.close()
