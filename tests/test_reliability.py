@@ -384,6 +384,37 @@ def test_an_output_dir_that_is_a_file_or_unwritable_gives_one_line(data, tmp_pat
     assert code == 2 and f"cannot write in the output directory {tmp_path / 'ro'}: the file system is read-only" in err
 
 
+
+def test_a_second_run_in_the_same_output_dir_is_refused_and_a_dead_runs_lock_does_not_block(data, tmp_path, capsys):
+    """Another process holds the folder's lock: one line naming its pid and host, nothing written; once it is
+    killed (SIGKILL: no clean-up), its lock file is left behind but the next run starts."""
+    import socket
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from armvision.train.runlock import RunLock; "
+                               f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err == (f"armvision: error: {out} is in use by another run (pid {holder.pid} on host "
+                       f"{socket.gethostname()}, started " + err.split(", started ")[1])
+        assert "wait for it to end, or choose another --output_dir" in err
+        assert sorted(p.name for p in out.iterdir()) == [".armvision.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".armvision.lock").is_file()  # stale: its process is dead
+    code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
+    assert code == 0, err
+    # released at the end: the same folder can be taken again at once
+    from armvision.train.runlock import RunLock
+
+    with RunLock(out) as lock:
+        assert lock.held
+
+
 def test_files_are_written_with_the_users_umask(tmp_path):
     from armvision.models.io import atomic_write
 

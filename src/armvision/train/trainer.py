@@ -49,6 +49,7 @@ from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
 from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 from .preemption import EXIT_PREEMPTED, StopSignals
+from .runlock import RunLock
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything", "check_output_dir"]
 
@@ -111,8 +112,32 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
+        self.lock = self._lock_run_dir()
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _lock_run_dir(self) -> RunLock:
+        """Check that the output folder can be written and take its lock (rank 0; every rank learns the verdict,
+        so that all of them stop when another run holds the folder)."""
+        lock, error = RunLock(self.run_dir), None
         if self.is_main:
-            check_output_dir(self.run_dir)
+            try:
+                check_output_dir(self.run_dir)
+                lock.acquire()
+            except (ConfigError, CheckpointError) as e:
+                error = e
+        message = next((m for m in distributed.all_gather_object(str(error) if error else None) if m), None)
+        if error is not None:
+            raise error
+        if message is not None:
+            lock.release()
+            raise ConfigError(message)
+        return lock
+
+    def _build(self, cfg: RunConfig) -> None:
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, self.is_main)
         self.resume_from = self._find_resume()
         self._setup_batches()
@@ -719,7 +744,17 @@ class Trainer:
         return False
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end of the schedule (or ``max_steps``); returns the summary."""
+        """Train to the end of the schedule (or ``max_steps``); returns the summary. The records are closed and
+        the output folder's lock released however it ends."""
+        try:
+            return self._fit()
+        finally:
+            try:
+                self.logger.close()
+            finally:
+                self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         stop_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self._announce(stop_step)
@@ -879,4 +914,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     try:
         return trainer.fit()
     finally:
-        trainer.logger.close()
+        try:
+            trainer.logger.close()
+        finally:
+            trainer.lock.release()
