@@ -199,6 +199,26 @@ def test_an_lr_blow_up_names_a_finite_good_checkpoint_and_a_sane_lr_continues_fr
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
+
+def test_exploding_losses_do_not_make_a_checkpoint_good(data, tmp_path, capsys):
+    """lr 1.0 from the start: the losses climb for a few steps (1.27 -> 164 -> 813 -> 128) before they become
+    NaN. Judged against the recent average, the checkpoint before the 128 looked good (128 < 3 x 326); judged
+    against the best smoothed loss so far (1.27), none is, and the run says so."""
+    out = tmp_path / "run"
+    over = {"eval_every_epochs": 0, "checkpoint.every_steps": 1, "checkpoint.keep_last": 20, "max_steps": 8,
+            "optim.lr": 1.0, "optim.warmup_epochs": 0}
+    code, _, err = run_cli(pretrain_flags(data, out, **over), capsys)
+    assert code == 2 and "no checkpoint with good weights had been saved" in err.splitlines()[-1], err
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert losses[0] < 2 and max(losses[1:]) > 50 * losses[0]  # it did explode before the NaN
+    healths = [json.loads((d / "health.json").read_text()) for d in sorted((out / "checkpoints").iterdir())
+               if (d / "health.json").is_file()]
+    assert len(healths) >= 3 and not any(h["good"] for h in healths)
+    assert all(h["baseline_loss"] == pytest.approx(losses[0]) for h in healths)
+    assert not (out / "checkpoints" / "latest").exists()
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_touching_the_weights(fused, data, tmp_path, capsys,
                                                                                        monkeypatch):

@@ -170,7 +170,7 @@ class Trainer:
         if self.resume_from is not None:
             self._restore(self.resume_from)
             if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
-                self._pending_health = (self.resume_from, self._recent_loss())
+                self._pending_health = (self.resume_from, self._baseline_loss())
         # records past the step the run continues from are dropped (they will be logged again); a new run
         # starts its records afresh
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
@@ -344,7 +344,7 @@ class Trainer:
                                 metrics=metrics or None, is_best=is_best)
             if self.is_main:
                 _logger.info("saved sharded checkpoint %s", path)
-            self._pending_health = (path, self._recent_loss())
+            self._pending_health = (path, self._baseline_loss())
             return path
         path, error = None, None
         if self.is_main:
@@ -359,7 +359,7 @@ class Trainer:
         if error:
             raise SaveError(error)
         path = path or self.ckpt.dir / f"step_{self.step:08d}"
-        self._pending_health = (path, self._recent_loss())
+        self._pending_health = (path, self._baseline_loss())
         return path
 
     def _state_finite(self) -> bool:
@@ -376,23 +376,31 @@ class Trainer:
         ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
         return distributed.all_reduce_sum(1.0 - ok).item() == 0
 
-    def _recent_loss(self) -> float | None:
-        recent = [v for _, v in self.loss_history[-5:] if math.isfinite(v)]
-        return sum(recent) / len(recent) if recent else None
+    def _baseline_loss(self) -> float | None:
+        """The baseline a checkpoint is judged against: the best (lowest) smoothed training loss so far, the
+        smoothing a mean over 5 logged losses. Not the recent average, which a blow-up inflates along with the
+        losses it should be compared with."""
+        finite = [v for _, v in self.loss_history if math.isfinite(v)]
+        if not finite:
+            return None
+        n = 5
+        sums = np.cumsum([0.0, *finite])
+        return float(min((sums[i] - sums[max(0, i - n)]) / (i - max(0, i - n)) for i in range(1, len(finite) + 1)))
 
     def _judge_checkpoint(self, step_loss: torch.Tensor) -> None:
-        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the recent
-        average marks the checkpoint good (one host read per checkpoint)."""
+        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the baseline
+        (:meth:`_baseline_loss`) marks the checkpoint good (one host read per checkpoint)."""
         path, ref = self._pending_health
         self._pending_health = None
         loss = float(step_loss.item())
         factor = self.cfg.checkpoint.loss_rise_factor
         good = math.isfinite(loss) and (ref is None or loss <= factor * ref)
         self.ckpt.mark_health(path, good, next_step_loss=loss if math.isfinite(loss) else str(loss),
-                              recent_loss=ref, loss_rise_factor=factor)
+                              baseline_loss=ref, baseline="the best mean of 5 logged training losses so far",
+                              loss_rise_factor=factor)
         if not good and self.is_main:
-            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, the recent average %s",
-                            path.name, loss, ref)
+            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, above %g x the best smoothed "
+                            "loss so far (%s)", path.name, loss, factor, ref)
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
