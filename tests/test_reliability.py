@@ -219,6 +219,48 @@ def test_exploding_losses_do_not_make_a_checkpoint_good(data, tmp_path, capsys):
     assert not (out / "checkpoints" / "latest").exists()
 
 
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.args": {"patch_size": 4, "embed_dim": 48, "depth": 6, "d_state": 4, "cluster_size": 2,
+                     "decoder_dim": 32}}, "model.args.embed_dim: 32 in the checkpoint, 48 now"),
+    ({"model.img_size": 32}, "model.img_size: 16 in the checkpoint, 32 now"),
+    ({"data.dataset": "fashion_mnist"}, "data.dataset: imagefolder in the checkpoint, fashion_mnist now"),
+    ("finetune", "task: pretrain in the checkpoint, finetune now"),
+])
+def test_resuming_with_another_model_task_or_dataset_names_the_mismatch_in_one_line(change, message, data, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "run"
+    short_run(data, out, capsys, max_steps=1)
+    if change == "finetune":
+        flags = ["finetune", "--config", "fmnist_finetune",
+                 *as_flags(tiny_overrides(data, out, "finetune", **{"eval_every_epochs": 0}))]
+    else:
+        flags = pretrain_flags(data, out, **{"eval_every_epochs": 0, "max_steps": 2, **change})
+    code, _, err = run_cli(flags + ["--resume", "auto"], capsys)
+    assert code == 2 and err.count("\n") == 1 and len(err) < 600, err
+    assert err.startswith(f"armvision: error: cannot resume from {out / 'checkpoints'}/step_00000001: it belongs to "
+                          f"another run ({message}") and "start a new run in another --output_dir" in err, err
+
+
+def test_resuming_with_another_lr_or_data_root_warns_and_is_recorded(data, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    short_run(data, out, capsys, max_steps=1)
+    moved = shutil.copytree(data, tmp_path / "moved")
+    code, _, err = run_cli(pretrain_flags(data, out, **{"eval_every_epochs": 0, "max_steps": 2, "optim.lr": 1e-4,
+                                                        "data.root": str(moved)}) + ["--resume", "auto"], capsys)
+    assert code == 0, err
+    assert f"resuming {out / 'checkpoints'}/step_00000001 with a changed config: data.root {data} -> {moved}; " \
+           "optim.lr None -> 0.0001 (recorded in metrics.jsonl and summary.json)" in err
+    expected = [{"key": "data.root", "checkpoint": str(data), "now": str(moved)},
+                {"key": "optim.lr", "checkpoint": None, "now": 0.0001}]
+    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "resume"]
+    assert len(records) == 1 and records[0]["step"] == 1 and records[0]["changes"] == expected
+    resumes = json.loads((out / "summary.json").read_text())["resumes"]
+    assert resumes == [{"step": 1, "checkpoint": str(out / "checkpoints" / "step_00000001"), "changes": expected}]
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_touching_the_weights(fused, data, tmp_path, capsys,
                                                                                        monkeypatch):

@@ -96,6 +96,27 @@ class _Window:
         self.__init__(self.device)
 
 
+# resuming: keys that make a checkpoint another run's (an error), and keys whose change is warned about and recorded
+_RESUME_SAME = ("task", "model.name", "model.img_size", "model.in_chans", "model.args", "data.dataset")
+_RESUME_RECORDED = ("seed", "precision", "model.drop_path", "data.", "aug.", "optim.", "ema.")
+_RESUME_IGNORED = {"data.workers", "data.pin_memory", "data.persistent_workers", "data.strict_images",
+                   "data.resize_backend", "data.decode"}
+
+
+def _another_run(ckpt: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"cannot resume from {ckpt}: it belongs to another run ({what}); resume with the config the "
+                           "run was started with (its config.yaml), or start a new run in another --output_dir "
+                           "(--init takes the weights)")
+
+
+def _flatten(d: dict[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "args":
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 class Trainer:
     """Trains one run described by a :class:`RunConfig` (see the module docstring)."""
 
@@ -140,6 +161,8 @@ class Trainer:
     def _build(self, cfg: RunConfig) -> None:
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, self.is_main)
         self.resume_from = self._find_resume()
+        # before the data and the model are built: a checkpoint of another run is named as such
+        self.resume_changes = self._compare_resume_config(self.resume_from) if self.resume_from else []
         self._setup_batches()
         self._build_data()
         self._build_model()
@@ -167,6 +190,7 @@ class Trainer:
         self._stop = False
         self.logger = None
         self._batches, self._batches_next = None, None  # the loader iterator and the (epoch, batch) it is at
+        self.resume_history: list[dict[str, Any]] = []  # every resume of the run that changed its config
         if self.resume_from is not None:
             self._restore(self.resume_from)
             if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
@@ -181,6 +205,8 @@ class Trainer:
             for p in removed:
                 _logger.warning("removed %s, left by an interrupted save", p)
             self._write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
+        if self.resume_changes:
+            self.logger.log("resume", self.step, checkpoint=str(self.resume_from), changes=self.resume_changes)
 
     # ------------------------------------------------------------------------------------------
     # setup
@@ -320,6 +346,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "loss_history": [[s, v] for s, v in self.loss_history],
+            "resume_history": self.resume_history,
             "armvision_version": __version__,
         }
 
@@ -402,10 +429,54 @@ class Trainer:
             _logger.warning("checkpoint %s is not a good one: the loss after it is %s, above %g x the best smoothed "
                             "loss so far (%s)", path.name, loss, factor, ref)
 
+    def _compare_resume_config(self, ckpt: Path) -> list[dict[str, Any]]:
+        """Compare the config a checkpoint was trained with to this run's. What makes it another run (task, model,
+        image size, channels, dataset, classes) is a CheckpointError naming it; changed data, augmentation and
+        optimisation keys (a new data.root, another lr) are allowed, warned about and returned (the run records
+        them: a ``resume`` record in metrics.jsonl, ``resumes`` in summary.json)."""
+        try:
+            saved = json.loads((ckpt / "config.json").read_text())
+        except (OSError, ValueError):
+            return []  # older or hand-made checkpoints: the weights' own check speaks
+        before = dict(_flatten(saved.get("training") or {}))
+        if not before:
+            return []
+        now = dict(_flatten(config_to_dict(self.cfg)))
+        fixed = [k for k in _RESUME_SAME if k in before and before[k] != now.get(k)]
+        if fixed:
+            def show(k):
+                if k == "model.args" and isinstance(before[k], dict) and isinstance(now.get(k), dict):
+                    keys = sorted(set(before[k]) | set(now[k]), key=str)
+                    return "; ".join(f"{k}.{a}: {before[k].get(a)} in the checkpoint, {now[k].get(a)} now"
+                                     for a in keys if before[k].get(a) != now[k].get(a))
+                return f"{k}: {before[k]} in the checkpoint, {now.get(k)} now"
+            raise _another_run(ckpt, "; ".join(map(show, fixed)))
+        changes = [{"key": k, "checkpoint": before[k], "now": now.get(k)} for k in sorted(before)
+                   if k.startswith(_RESUME_RECORDED) and k not in _RESUME_IGNORED and before[k] != now.get(k)]
+        if changes and self.is_main:
+            _logger.warning("resuming %s with a changed config: %s (recorded in metrics.jsonl and summary.json)",
+                            ckpt, "; ".join(f"{c['key']} {c['checkpoint']} -> {c['now']}" for c in changes))
+        return changes
+
+    def _compare_classes(self, ckpt: Path) -> None:
+        """A fine-tuning checkpoint of other classes (the same dataset, other folders) is another run's."""
+        try:
+            saved = json.loads((ckpt / "config.json").read_text()).get("classes")
+        except (OSError, ValueError, AttributeError):
+            return
+        if self.task != "pretrain" and saved and self.classes and list(saved) != list(self.classes):
+            raise _another_run(ckpt, f"classes: {len(saved)} ({', '.join(saved[:3])}...) in the checkpoint, "
+                                     f"{len(self.classes)} ({', '.join(self.classes[:3])}...) now")
+
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
 
+        self._compare_classes(ckpt)
         state = self.ckpt.load_state(ckpt)
+        self.resume_history = list(state.get("resume_history", []))
+        if self.resume_changes:
+            self.resume_history.append({"step": int(state["step"]), "checkpoint": str(ckpt),
+                                        "changes": self.resume_changes})
         saved_rule = state.get("no_decay", "mamba")  # checkpoints written before the rule was a choice: mamba
         if saved_rule != self.cfg.optim.no_decay:
             raise CheckpointError(f"{ckpt} was trained with optim.no_decay {saved_rule} (its optimizer state is "
@@ -909,6 +980,7 @@ class Trainer:
             "eval": self.last_eval,
             "skipped_images": self.skipped_images,
             **unreadable_report(self.unreadable_files),
+            "resumes": self.resume_history,  # resumes that changed the config: step, checkpoint, changes
             "best_checkpoint": str(best) if best else None,
             "last_checkpoint": str(latest) if latest else None,
             "processes": self.dist.world_size,
