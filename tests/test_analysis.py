@@ -130,6 +130,7 @@ def test_linprobe_and_knn_commands(setup, capsys, tmp_path):
     res = json.loads((tmp_path / "lp.json").read_text())
     assert res["architecture"] == "ARMClassifier" and res["test_images"] == 10
     assert [e["lr"] for e in res["linear_probe"]["sweep"]] == [0.1, 1.0] and "best:" in out
+    assert "linear probe lr sweep" not in err and "features " not in err and "\r" not in err  # no bars: not a tty
 
 
 @pytest.mark.parametrize("args,message", [
@@ -239,6 +240,7 @@ def test_knn_with_k_above_the_training_images_says_the_k_it_used(setup, capsys, 
     code, out, err = run_cli(["knn", setup["pre"], "--k", "100000", "--output", tmp_path / "k.json"], capsys)
     assert code == 0, err
     assert "--k 100000 is more than the 30 training images: every one votes (k=30)" in err
+    assert "features " not in err and "\r" not in err  # stderr is not a terminal: no progress bars
     assert "k-NN (k=30, T=0.07)" in out and json.loads((tmp_path / "k.json").read_text())["knn"]["k"] == 30
 
 
