@@ -470,6 +470,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused_and_a_dead_runs_lock_doe
     assert (out / ".armvision.lock").is_file()  # stale: its process is dead
     code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
     assert code == 0, err
+    assert not (out / ".armvision.lock").exists()  # removed at the end
     # released at the end: the same folder can be taken again at once
     from armvision.train.runlock import RunLock
 
