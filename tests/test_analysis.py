@@ -130,6 +130,7 @@ def test_linprobe_and_knn_commands(setup, capsys, tmp_path):
     res = json.loads((tmp_path / "lp.json").read_text())
     assert res["architecture"] == "ARMClassifier" and res["test_images"] == 10
     assert [e["lr"] for e in res["linear_probe"]["sweep"]] == [0.1, 1.0] and "best:" in out
+    assert "linear probe lr sweep" not in err and "features " not in err and "\r" not in err  # no bars: not a tty
 
 
 @pytest.mark.parametrize("args,message", [
@@ -168,13 +169,101 @@ def test_knn_of_an_official_pretraining_checkpoint(setup, capsys, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["knn", "x", "--k", "0"], "argument --k: must be greater than 0"),
+    (["knn", "x", "--k", "0"], "argument --k: must be at least 1, got 0"),
     (["knn", "x", "--temperature", "-1"], "argument --temperature: must be greater than 0"),
     (["linprobe", "x", "--holdout", "1.5"], "argument --holdout: must be at least 0 and below 1"),
-    (["linprobe", "x", "--lrs", "0.1", "zero"], "argument --lrs: expected a float"),
+    (["linprobe", "x", "--lrs", "0.1", "zero"], "argument --lrs: expected a number"),
 ])
 def test_bad_numbers_are_refused_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as e:
         main(args)
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["linprobe", "x", "--weight-decay", "-1"], "argument --weight-decay: must be at least 0, got -1"),
+    (["linprobe", "x", "--lrs", "inf"], "argument --lrs: must be a finite number, got inf"),
+    (["linprobe", "x", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["knn", "x", "--workers", "-2"], "argument --workers: must be at least 0, got -2"),
+    (["visualize", "x", "y", "--output", "o", "--max-grid", "0"], "argument --max-grid: must be at least 1, got 0"),
+    (["predict", "x", "y", "--topk", "-1"], "argument --topk: must be at least 1, got -1"),
+    (["predict", "x", "y", "--topk", "0"], "argument --topk: must be at least 1, got 0"),
+    (["predict", "x", "y", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["predict", "x", "y", "--batch-size", "-5"], "argument --batch-size: must be at least 1, got -5"),
+    (["convert", "--as-classifier", "a", "b", "--num-classes", "-3"], "argument --num-classes: must be at least 1"),
+    (["convert", "--as-classifier", "a", "b", "--img-size", "0"], "argument --img-size: must be at least 1, got 0"),
+    (["extract", "m", "i", "o.npy", "--img-size", "0"], "argument --img-size: must be at least 1, got 0"),
+    (["extract", "m", "i", "o.npy", "--img-size", "-7"], "argument --img-size: must be at least 1, got -7"),
+    (["extract", "m", "i", "o.npy", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["eval", "c", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["demo", "--workers", "-1"], "argument --workers: must be at least 0, got -1"),
+])
+def test_every_commands_numbers_are_range_checked_by_the_parser(capsys, args, message):
+    """Refused by argparse before anything is loaded: the arguments name files that do not exist."""
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert len([x for x in err.splitlines() if ": error: " in x]) == 1
+
+
+@pytest.mark.parametrize("where, message", [
+    ("under_file", "DEST {dest}: {pre}/config.json is a file, not a directory"),
+    ("at_file", "DEST {dest} is an existing file; choose a directory"),
+    ("read_only", "cannot write in the output directory {dest}: permission denied"),
+])
+def test_convert_checks_its_destination_before_any_work(setup, capsys, tmp_path, where, message, monkeypatch):
+    from pathlib import Path
+
+    dest = {"under_file": setup["pre"] / "config.json" / "out", "at_file": setup["pre"] / "config.json",
+            "read_only": tmp_path / "ro" / "out"}[where]
+    if where == "read_only":
+        import errno
+
+        real = Path.write_bytes
+
+        def denied(self, data):
+            if self.name.startswith(".write-test"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", denied)
+    # the source does not exist: a check made after the work began would say so instead
+    code, _, err = run_cli(["convert", "--as-classifier", tmp_path / "missing.pth", dest], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("armvision: error: convert: ") and message.format(dest=dest, **setup) in err, err
+
+
+def test_knn_with_k_above_the_training_images_says_the_k_it_used(setup, capsys, tmp_path):
+    code, out, err = run_cli(["knn", setup["pre"], "--k", "100000", "--output", tmp_path / "k.json"], capsys)
+    assert code == 0, err
+    assert "--k 100000 is more than the 30 training images: every one votes (k=30)" in err
+    assert "features " not in err and "\r" not in err  # stderr is not a terminal: no progress bars
+    assert "k-NN (k=30, T=0.07)" in out and json.loads((tmp_path / "k.json").read_text())["knn"]["k"] == 30
+
+
+@pytest.mark.parametrize("command", ["predict", "visualize"])
+def test_predict_and_visualize_skip_and_name_unreadable_files(setup, capsys, tmp_path, command):
+    import shutil
+
+    imgs = tmp_path / "imgs"
+    shutil.copytree(setup["imgs"], imgs)
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (imgs / "empty.jpg").write_bytes(b"")
+    args = ([command, setup["ft"], imgs] if command == "predict"
+            else [command, setup["pre"], imgs, "--output", tmp_path / "vis"])
+    code, out, err = run_cli(args + ["--device", "cpu"], capsys)
+    assert code == 0, err
+    assert f"armvision {command}: warning: skipping unreadable image {imgs / 'broken.png'}: " in err
+    assert f"armvision {command}: warning: skipping unreadable image {imgs / 'empty.jpg'}: " in err
+    assert f"armvision {command}: 2 unreadable image(s) skipped" in err
+    if command == "predict":
+        assert [line.split()[0] for line in out.strip().splitlines()[1:]] == [str(imgs / f"im{i}.png") for i in range(3)]
+    else:
+        assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["grid.png", "im0.png", "im1.png", "im2.png"]
+    # nothing readable: one line
+    code, _, err = run_cli(args[:2] + [imgs / "broken.png"] + args[3:], capsys)
+    assert code == 2 and err.splitlines()[-1] == ("armvision: error: none of the 1 image(s) could be read (see the "
+                                                  "warnings above); pass readable image files")

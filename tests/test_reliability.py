@@ -199,6 +199,68 @@ def test_an_lr_blow_up_names_a_finite_good_checkpoint_and_a_sane_lr_continues_fr
     assert all(torch.isfinite(v).all() for v in final.values())
 
 
+
+def test_exploding_losses_do_not_make_a_checkpoint_good(data, tmp_path, capsys):
+    """lr 1.0 from the start: the losses climb for a few steps (1.27 -> 164 -> 813 -> 128) before they become
+    NaN. Judged against the recent average, the checkpoint before the 128 looked good (128 < 3 x 326); judged
+    against the best smoothed loss so far (1.27), none is, and the run says so."""
+    out = tmp_path / "run"
+    over = {"eval_every_epochs": 0, "checkpoint.every_steps": 1, "checkpoint.keep_last": 20, "max_steps": 8,
+            "optim.lr": 1.0, "optim.warmup_epochs": 0}
+    code, _, err = run_cli(pretrain_flags(data, out, **over), capsys)
+    assert code == 2 and "no checkpoint with good weights had been saved" in err.splitlines()[-1], err
+    losses = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "train"]
+    assert losses[0] < 2 and max(losses[1:]) > 50 * losses[0]  # it did explode before the NaN
+    healths = [json.loads((d / "health.json").read_text()) for d in sorted((out / "checkpoints").iterdir())
+               if (d / "health.json").is_file()]
+    assert len(healths) >= 3 and not any(h["good"] for h in healths)
+    assert all(h["baseline_loss"] == pytest.approx(losses[0]) for h in healths)
+    assert not (out / "checkpoints" / "latest").exists()
+
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model.args": {"patch_size": 4, "embed_dim": 48, "depth": 6, "d_state": 4, "cluster_size": 2,
+                     "decoder_dim": 32}}, "model.args.embed_dim: 32 in the checkpoint, 48 now"),
+    ({"model.img_size": 32}, "model.img_size: 16 in the checkpoint, 32 now"),
+    ({"data.dataset": "fashion_mnist"}, "data.dataset: imagefolder in the checkpoint, fashion_mnist now"),
+    ("finetune", "task: pretrain in the checkpoint, finetune now"),
+])
+def test_resuming_with_another_model_task_or_dataset_names_the_mismatch_in_one_line(change, message, data, tmp_path,
+                                                                                       capsys):
+    out = tmp_path / "run"
+    short_run(data, out, capsys, max_steps=1)
+    if change == "finetune":
+        flags = ["finetune", "--config", "fmnist_finetune",
+                 *as_flags(tiny_overrides(data, out, "finetune", **{"eval_every_epochs": 0}))]
+    else:
+        flags = pretrain_flags(data, out, **{"eval_every_epochs": 0, "max_steps": 2, **change})
+    code, _, err = run_cli(flags + ["--resume", "auto"], capsys)
+    assert code == 2 and err.count("\n") == 1 and len(err) < 600, err
+    assert err.startswith(f"armvision: error: cannot resume from {out / 'checkpoints'}/step_00000001: it belongs to "
+                          f"another run ({message}") and "start a new run in another --output_dir" in err, err
+
+
+def test_resuming_with_another_lr_or_data_root_warns_and_is_recorded(data, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    short_run(data, out, capsys, max_steps=1)
+    moved = shutil.copytree(data, tmp_path / "moved")
+    code, _, err = run_cli(pretrain_flags(data, out, **{"eval_every_epochs": 0, "max_steps": 2, "optim.lr": 1e-4,
+                                                        "data.root": str(moved)}) + ["--resume", "auto"], capsys)
+    assert code == 0, err
+    assert f"resuming {out / 'checkpoints'}/step_00000001 with a changed config: data.root {data} -> {moved}; " \
+           "optim.lr None -> 0.0001 (recorded in metrics.jsonl and summary.json)" in err
+    expected = [{"key": "data.root", "checkpoint": str(data), "now": str(moved)},
+                {"key": "optim.lr", "checkpoint": None, "now": 0.0001}]
+    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "resume"]
+    assert len(records) == 1 and records[0]["step"] == 1 and records[0]["changes"] == expected
+    resumes = json.loads((out / "summary.json").read_text())["resumes"]
+    assert resumes == [{"step": 1, "checkpoint": str(out / "checkpoints" / "step_00000001"), "changes": expected}]
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_skip_nonfinite_skips_a_bounded_number_of_steps_without_touching_the_weights(fused, data, tmp_path, capsys,
                                                                                        monkeypatch):
@@ -287,6 +349,74 @@ def test_a_full_or_read_only_disk_during_a_save_gives_one_line(code_, data, tmp_
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]
 
 
+
+@pytest.mark.parametrize("writer", ["tensorboard", "jsonl", "csv", "summary"])
+def test_a_disk_that_fills_during_training_ends_in_one_line_whatever_the_writer(writer, data, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """Every writer of the run (TensorBoard's thread, metrics.jsonl, the CSV file, summary.json) fails with
+    ENOSPC after the first checkpoint: one line naming the file and the cause, exit 2, the checkpoint intact."""
+    import builtins
+
+    import armvision.train.trainer as tr
+
+    out = tmp_path / "run"
+    full = {"on": False}
+
+    def enospc(*_a, **_k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    if writer == "tensorboard":
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        real_write = RecordWriter.write
+        monkeypatch.setattr(RecordWriter, "write", lambda self, d: enospc() if full["on"] else real_write(self, d))
+    elif writer in ("jsonl", "csv"):
+        import armvision.train.metrics as mt
+
+        name = "metrics.jsonl" if writer == "jsonl" else "metrics_train.csv"
+
+        class Filling:
+            def __init__(self, f):
+                self.f = f
+
+            def write(self, text):
+                return enospc() if full["on"] else self.f.write(text)
+
+            def __getattr__(self, a):
+                return getattr(self.f, a)
+
+        def opening(path, *a, **k):
+            f = builtins.open(path, *a, **k)
+            return Filling(f) if Path(path).name == name and "r" not in (a[0] if a else k.get("mode", "r")) else f
+
+        monkeypatch.setattr(mt, "open", opening, raising=False)
+    else:
+        real_aw = tr.atomic_write
+        monkeypatch.setattr(tr, "atomic_write",
+                            lambda p, w: enospc() if Path(p).name == "summary.json" else real_aw(p, w))
+    save = tr.Trainer.save_checkpoint
+
+    def save_then_fill(self, *a, **k):
+        path = save(self, *a, **k)
+        full["on"] = True
+        return path
+
+    monkeypatch.setattr(tr.Trainer, "save_checkpoint", save_then_fill)
+    flags = pretrain_flags(data, out, **{"checkpoint.every_steps": 2, "max_steps": 4, "log.tensorboard": True})
+    code, _, err = run_cli(flags, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    target = {"tensorboard": out / "tensorboard", "jsonl": out / "metrics.jsonl", "csv": out / "metrics_train.csv",
+              "summary": out / "summary.json"}[writer]
+    assert last.startswith(f"armvision: error: cannot write {target}: the disk is full; the run stops, the last "
+                           f"checkpoint {out / 'checkpoints'}/step_"), last
+    latest = (out / "checkpoints" / "latest").resolve()
+    assert f"{latest} is intact" in last and err.count("armvision: error") == 1
+    from armvision.models.manifest import verify_dir
+
+    assert verify_dir(latest) is None
+
+
 def test_too_little_free_space_is_found_before_writing(data, tmp_path, capsys, monkeypatch):
     import shutil
 
@@ -294,7 +424,8 @@ def test_too_little_free_space_is_found_before_writing(data, tmp_path, capsys, m
 
     monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 1000))
     code, _, err = run_cli(pretrain_flags(data, tmp_path / "run", max_steps=1), capsys)
-    assert code == 2 and "not enough free space (about" in err and "MiB free" in err
+    assert code == 2 and "not enough free space (the checkpoint needs about " in err
+    assert " MiB plus a 5% margin and 1 MiB, 0.0 MiB free)" in err
     assert not (tmp_path / "run" / "checkpoints").exists() or not list((tmp_path / "run" / "checkpoints").iterdir())
 
 
@@ -315,6 +446,38 @@ def test_an_output_dir_that_is_a_file_or_unwritable_gives_one_line(data, tmp_pat
     assert code == 2 and f"cannot write in the output directory {tmp_path / 'ro'}: the file system is read-only" in err
 
 
+
+def test_a_second_run_in_the_same_output_dir_is_refused_and_a_dead_runs_lock_does_not_block(data, tmp_path, capsys):
+    """Another process holds the folder's lock: one line naming its pid and host, nothing written; once it is
+    killed (SIGKILL: no clean-up), its lock file is left behind but the next run starts."""
+    import socket
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from armvision.train.runlock import RunLock; "
+                               f"lock = RunLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True, env={**os.environ})
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
+        assert code == 2 and err.count("\n") == 1, err
+        assert err == (f"armvision: error: {out} is in use by another run (pid {holder.pid} on host "
+                       f"{socket.gethostname()}, started " + err.split(", started ")[1])
+        assert "wait for it to end, or choose another --output_dir" in err
+        assert sorted(p.name for p in out.iterdir()) == [".armvision.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".armvision.lock").is_file()  # stale: its process is dead
+    code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
+    assert code == 0, err
+    assert not (out / ".armvision.lock").exists()  # removed at the end
+    # released at the end: the same folder can be taken again at once
+    from armvision.train.runlock import RunLock
+
+    with RunLock(out) as lock:
+        assert lock.held
+
+
 def test_files_are_written_with_the_users_umask(tmp_path):
     from armvision.models.io import atomic_write
 
@@ -327,6 +490,23 @@ def test_files_are_written_with_the_users_umask(tmp_path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o600
+
+
+
+def test_checkpoint_and_feature_files_follow_the_umask(data, tmp_path, capsys):
+    """safetensors' save_file creates its file 0600 whatever was there: the mode is set after the write."""
+    from armvision.features import FolderFeatures, write_features
+
+    old = os.umask(0o022)
+    try:
+        ckpt = short_run(data, tmp_path / "run", capsys, max_steps=1) / "step_00000001"
+        write_features(FolderFeatures(tensors={"pooled": torch.zeros(2, 3)}, files=["a.png", "b.png"], skipped=[], metadata={}),
+                       tmp_path / "f.safetensors")
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [*ckpt.iterdir(), tmp_path / "f.safetensors"] if p.is_file()}
+    assert modes["model.safetensors"] == modes["f.safetensors"] == modes["training_state.pt"] == 0o644, modes
+    assert set(modes.values()) == {0o644}, modes
 
 
 # ------------------------------------------------------------------------------------------------

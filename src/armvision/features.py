@@ -35,6 +35,7 @@ from .errors import DataError
 from .outputs import check_output_file
 from .models import ARMClassifier, ARMPretrain, list_models
 from .models.arm import feature_take_indices
+from .models.io import atomic_write
 from .weights import PRETRAINING, classifier_for, init_classifier, is_model_dir, read_weights
 
 __all__ = ["Features", "extract_features", "pretraining_encoder_intermediates", "FolderFeatures", "extract_folder",
@@ -233,7 +234,8 @@ def write_features(result: FolderFeatures, output: str | os.PathLike) -> list[Pa
     stem = out.with_suffix("")
     written = [out]
     if out.suffix == ".safetensors":
-        save_file(result.tensors, str(out), metadata={**result.metadata, "files": stem.name + ".files.txt"})
+        meta = {**result.metadata, "files": stem.name + ".files.txt"}
+        atomic_write(out, lambda p: save_file(result.tensors, str(p), metadata=meta))
     else:
         np.save(out, result.tensors["pooled"].numpy())
         for k, v in result.tensors.items():

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .argtypes import nonneg_int, positive_int
 from .errors import CheckpointError, DataError, UserError
 from .interop.cli import ema_choice, fail, trusted_globals
 
@@ -40,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--layers", type=int, nargs="*", default=[],
                    help="blocks (0-based, negative from the end) whose token maps to write (default: none)")
     e.add_argument("--norm-maps", action="store_true", help="pass the token maps through the final norm")
-    e.add_argument("--img-size", type=int, default=None, help="input resolution (default: the model's)")
-    e.add_argument("--batch-size", type=int, default=32)
-    e.add_argument("--workers", type=int, default=0, help="data loading processes (default 0: in the main process)")
+    e.add_argument("--img-size", type=positive_int, default=None, help="input resolution (default: the model's)")
+    e.add_argument("--batch-size", type=positive_int, default=32)
+    e.add_argument("--workers", type=nonneg_int, default=0, help="data loading processes (default 0: in the main process)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     e.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="dtype of the written features")
     e.add_argument("--as-classifier", action="store_true",
@@ -53,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--trust-global", action="append", default=[], metavar="MODULE.NAME",
                    help="official checkpoints: as in convert")
     e.add_argument("--strict-images", action="store_true", help="stop at the first unreadable image")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--quiet", action="store_true", help="no progress bar (there is none when stderr is not a terminal)")
     e.set_defaults(func=run_extract)
 
 
@@ -93,7 +94,7 @@ def run_extract(args: argparse.Namespace) -> int:
                                    allow_globals=trusted_globals(args.trust_global))
         result = extract_folder(model, args.images, args.img_size, args.layers, args.norm_maps, args.batch_size,
                                 args.workers, device, getattr(torch, args.dtype), args.strict_images,
-                                progress=not args.quiet, on_skip=warn, name=str(args.model))
+                                progress=not args.quiet and sys.stderr.isatty(), on_skip=warn, name=str(args.model))
         written = write_features(result, out)
     except (CheckpointError, DataError, FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as e:
         return fail("extract", str(e))

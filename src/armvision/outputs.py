@@ -11,9 +11,12 @@ import re
 import tempfile
 from pathlib import Path
 
-from .errors import CheckpointError, ConfigError
+from contextlib import contextmanager
+from typing import Callable
 
-__all__ = ["describe_os_error", "check_output_dir", "check_output_file"]
+from .errors import CheckpointError, ConfigError, SaveError
+
+__all__ = ["describe_os_error", "check_output_dir", "check_output_file", "write_error", "guarded_write"]
 
 _CAUSES = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
            errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
@@ -78,3 +81,23 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output", example: 
     except OSError as e:
         raise CheckpointError(f"cannot write {flag} {path}: {describe_os_error(e)}; {consequence}") from None
     return path
+
+
+def write_error(e: BaseException, what: str, note: str = "") -> SaveError:
+    """A failed write as the one-line SaveError every writer raises: ``cannot write WHAT: CAUSE`` + ``note``
+    (what became of the run, e.g. which checkpoint stays the latest)."""
+    if isinstance(e, SaveError):
+        return e
+    return SaveError(f"cannot write {what}: {describe_os_error(e)}{note}")
+
+
+@contextmanager
+def guarded_write(what: str, note: Callable[[], str] | None = None):
+    """``with guarded_write("runs/x/summary.json"): ...``: an OSError inside becomes :func:`write_error`'s
+    SaveError (``note()`` appended); a SaveError passes through unchanged."""
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as e:
+        raise write_error(e, what, note() if note else "") from None

@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..argtypes import fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from ..errors import ConfigError, UserError, report
 from ..outputs import check_output_dir, check_output_file
 
@@ -42,35 +43,11 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-split", default=None, help="split the classifier learns from (default: data.train_split)")
     p.add_argument("--test-split", default=None,
                    help="split to evaluate on (default: data.val_split, else val; fashion_mnist: test)")
-    p.add_argument("--batch-size", type=_positive(int), default=256, help="images per batch of the feature extraction")
-    p.add_argument("--workers", type=int, default=0, help="data loading processes (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per batch of the feature extraction")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="data loading processes (default 0)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.set_defaults(config_overrides=True)
-
-
-def _positive(kind):
-    """An argparse type: a number of ``kind`` greater than 0 (argparse prints the one-line error)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a float in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a float, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,11 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "config (--data.dataset, --data.root, --data.train_subset, --data.val_subset ...) pick the data; "
                     "default: the checkpoint's own training data.")
     _feature_args(lp)
-    lp.add_argument("--lrs", type=_positive(float), nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
-    lp.add_argument("--epochs", type=_positive(int), default=30, help="epochs over the cached features per lr")
+    lp.add_argument("--lrs", type=positive_float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
+    lp.add_argument("--epochs", type=positive_int, default=30, help="epochs over the cached features per lr")
     lp.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd")
-    lp.add_argument("--weight-decay", type=float, default=0.0)
-    lp.add_argument("--holdout", type=_fraction, default=0.1,
+    lp.add_argument("--weight-decay", type=nonneg_float, default=0.0)
+    lp.add_argument("--holdout", type=fraction, default=0.1,
                     help="fraction of the training features held out to choose the lr (0: choose on the test split)")
     lp.set_defaults(func=_run_features, mode="linprobe")
 
@@ -95,8 +72,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Extract pooled features of the train and test splits once and classify each test image by the "
                     "weighted votes of its k nearest training features (cosine similarity, weight exp(sim/T)).")
     _feature_args(kn)
-    kn.add_argument("--k", type=_positive(int), default=20, help="neighbours that vote (default 20)")
-    kn.add_argument("--temperature", type=_positive(float), default=0.07, help="T of the exp(sim/T) votes")
+    kn.add_argument("--k", type=positive_int, default=20, help="neighbours that vote (default 20)")
+    kn.add_argument("--temperature", type=positive_float, default=0.07, help="T of the exp(sim/T) votes")
     kn.set_defaults(func=_run_features, mode="knn")
 
     vi = subparsers.add_parser(
@@ -111,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     vi.add_argument("--stats", choices=["context", "gt"], default="context",
                     help="patch statistics of the completion: 'context' (mean/std of the clusters known so far; "
                          "nothing from the future) or 'gt' (the true patch's own; default context)")
-    vi.add_argument("--max-grid", type=int, default=16, help="images in grid.png at most")
+    vi.add_argument("--max-grid", type=positive_int, default=16, help="images in grid.png at most")
     vi.set_defaults(func=_run_visualize)
 
     pr = subparsers.add_parser(
@@ -120,9 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "evaluation transform; class names come from the training run.")
     _common(pr)
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--topk", type=positive_int, default=5)
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=positive_int, default=64)
     pr.set_defaults(func=_run_predict)
 
 
@@ -160,7 +137,8 @@ def _features(args: argparse.Namespace) -> int:
 
     test_ds = open_split(loaded.model, cfg, test_split, cfg.data.val_subset,
                          class_map=class_names_to_map(dataset_classes(train_ds)))
-    kw = dict(batch_size=args.batch_size, device=device, workers=args.workers, progress=True)
+    bars = sys.stderr.isatty()  # progress bars on a terminal only, never into a log file
+    kw = dict(batch_size=args.batch_size, device=device, workers=args.workers, progress=bars)
     tr = extract_dataset_features(loaded.model, train_ds, desc=f"features {train_split}", **kw)
     te = extract_dataset_features(loaded.model, test_ds, desc=f"features {test_split}", **kw)
     out = {"command": args.mode, "checkpoint": loaded.source, "architecture": type(loaded.model).__name__,
@@ -178,12 +156,15 @@ def _features(args: argparse.Namespace) -> int:
     if args.mode == "knn":
         res = knn_classify(tr.features, tr.labels, te.features, te.labels, args.k, args.temperature, device=device)
         out["knn"] = res.as_dict()
-        print(f"k-NN (k={args.k}, T={args.temperature}) on {out['test_images']} {test_split} images: "
+        if res.k < args.k:
+            print(f"--k {args.k} is more than the {out['train_images']} training images: every one votes "
+                  f"(k={res.k})", file=sys.stderr)
+        print(f"k-NN (k={res.k}, T={args.temperature}) on {out['test_images']} {test_split} images: "
               f"top-1 {res.top1:.2f}  top-5 {res.top5:.2f}")
     else:
         res = linear_probe(tr.features, tr.labels, te.features, te.labels, args.lrs, args.epochs,
                            optimizer=args.optimizer, weight_decay=args.weight_decay, holdout=args.holdout,
-                           seed=args.seed, device=device, progress=True)
+                           seed=args.seed, device=device, progress=bars)
         out["linear_probe"] = res.as_dict()
         out["settings"] = {"epochs": args.epochs, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
                            "holdout": args.holdout}
@@ -218,6 +199,20 @@ def _images_and_model(args: argparse.Namespace, fits, need: str):
     return files, device, loaded
 
 
+def _report_skipped(command: str, skipped: list, none_left: bool) -> None:
+    """Name each unreadable image on stderr (they are left out, as eval and extract leave them out); a DataError
+    when no image was readable."""
+    from ..errors import DataError
+
+    for path, reason in skipped:
+        print(f"armvision {command}: warning: skipping unreadable image {path}: {reason}", file=sys.stderr)
+    if none_left:
+        raise DataError(f"none of the {len(skipped)} image(s) could be read (see the warnings above); pass readable "
+                        "image files")
+    if skipped:
+        print(f"armvision {command}: {len(skipped)} unreadable image(s) skipped", file=sys.stderr)
+
+
 def _run_visualize(args: argparse.Namespace) -> int:
     return _guard(lambda: _visualize(args))
 
@@ -236,7 +231,10 @@ def _visualize(args: argparse.Namespace) -> int:
     model = loaded.model
     cfg = data_setup(loaded.training)
     mean, std = normalization(cfg.data.stats, model.geometry.in_chans, cfg.data.mean, cfg.data.std)
-    x = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans).to(device)
+    skipped: list = []
+    x, files = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans, skipped)
+    _report_skipped("visualize", skipped, x is None)
+    x = x.to(device)
     out = Path(args.output)
     written = []
     for f, xi in zip(files, x):
@@ -267,7 +265,9 @@ def _predict(args: argparse.Namespace) -> int:
         from ..data import model_eval_transform
 
         transform = model_eval_transform(model)
-    rows = predict_files(model, files, transform, loaded.classes, args.topk, args.batch_size, device)
+    skipped: list = []
+    rows = predict_files(model, files, transform, loaded.classes, args.topk, args.batch_size, device, skipped)
+    _report_skipped("predict", skipped, not rows)
     sys.stdout.write(_format(rows, args.format))
     return 0
 

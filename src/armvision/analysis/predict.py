@@ -31,18 +31,24 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def load_images(files: Sequence[Path], transform, in_chans: int) -> Tensor:
-    """(n, c, h, w) model inputs; an unreadable file is a DataError naming it."""
+def load_images(files: Sequence[Path], transform, in_chans: int,
+                skipped: list[tuple[Path, str]] | None = None) -> tuple[Tensor | None, list[Path]]:
+    """The model inputs (n, c, h, w) of the readable ``files`` and those files, in order (``None`` and ``[]``
+    when none is readable). An unreadable file (truncated, empty, not an image) is left out and appended to
+    ``skipped`` as ``(path, reason)``, as eval and extract do; without ``skipped`` it is a DataError naming it."""
     from PIL import Image
 
-    out = []
+    out, kept = [], []
     for f in files:
         try:
             with Image.open(f) as im:
                 out.append(transform(im.convert("L" if in_chans == 1 else "RGB")))
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read image {f}: {e}") from None
-    return torch.stack(out)
+            kept.append(f)
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises SyntaxError for some broken headers
+            if skipped is None:
+                raise DataError(f"cannot read image {f}: {e}") from None
+            skipped.append((f, str(e).splitlines()[0] if str(e) else type(e).__name__))
+    return (torch.stack(out) if out else None), kept
 
 
 @torch.no_grad()
@@ -57,13 +63,16 @@ def predict_images(model: nn.Module, images: Tensor, classes: Sequence[str] | No
 
 
 def predict_files(model: nn.Module, files: Sequence[Path], transform, classes: Sequence[str] | None = None,
-                  topk: int = 5, batch_size: int = 64, device: str | torch.device = "cpu") -> list[dict]:
-    """``[{"file": path, "top": [{"class", "prob"}, ...]}, ...]`` for each file, in order."""
+                  topk: int = 5, batch_size: int = 64, device: str | torch.device = "cpu",
+                  skipped: list[tuple[Path, str]] | None = None) -> list[dict]:
+    """``[{"file": path, "top": [{"class", "prob"}, ...]}, ...]`` for each readable file, in order; unreadable
+    files go to ``skipped`` (see :func:`load_images`; without it the first one is a DataError)."""
     model = model.to(device).eval()
     rows = []
     for i in range(0, len(files), batch_size):
-        chunk = files[i:i + batch_size]
-        x = load_images(chunk, transform, model.geometry.in_chans).to(device)
-        for f, top in zip(chunk, predict_images(model, x, classes, topk)):
+        x, chunk = load_images(files[i:i + batch_size], transform, model.geometry.in_chans, skipped)
+        if x is None:
+            continue
+        for f, top in zip(chunk, predict_images(model, x.to(device), classes, topk)):
             rows.append({"file": str(f), "top": [{"class": c, "prob": p} for c, p in top]})
     return rows

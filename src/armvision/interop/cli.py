@@ -16,7 +16,9 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import CheckpointError, report
+from ..argtypes import positive_int
+from ..errors import CheckpointError, UserError, report
+from ..outputs import check_output_dir, check_output_file
 from .convert import convert_official, convert_to_official
 from .official import reference_kind
 
@@ -43,8 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--as-classifier", action="store_true",
                    help="pretraining checkpoint: write the classifier it initialises (four directions for ARM, two for Vim; every "
                         "direction a copy of the pretrained one, position embedding resized), ready to fine-tune")
-    p.add_argument("--num-classes", type=int, default=1000, help="--as-classifier: classes of the new head")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--num-classes", type=positive_int, default=1000, help="--as-classifier: classes of the new head")
+    p.add_argument("--img-size", type=positive_int, default=None,
                    help="--as-classifier: classifier image size (default 224, the paper's fine-tuning size)")
     p.add_argument("--no-strict", action="store_true",
                    help="--to-official: also write models the reference code cannot run (other cluster geometry, "
@@ -93,6 +95,13 @@ def describe_model(model: nn.Module) -> str:
 
 def run_convert(args: argparse.Namespace) -> int:
     src, dst = Path(args.source), Path(args.dest)
+    try:  # the destination is checked before any work: a file where a folder should be, a read-only place
+        if args.to_official:
+            check_output_file(dst, "DEST", "model.pth", "nothing was converted")
+        else:
+            check_output_dir(dst, "DEST")
+    except UserError as e:
+        return fail("convert", str(e))
     try:
         if args.to_official:
             model = convert_to_official(src, dst, strict=not args.no_strict)

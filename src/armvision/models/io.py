@@ -60,8 +60,10 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the file gets the mode open() would give
         write(tmp)
+        # mkstemp makes 0600, and some writers (safetensors' save_file) re-create the file 0600: set the mode
+        # open() would give after the write, before the rename
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -339,13 +339,15 @@ class CheckpointManager:
         return final
 
     def _space_shortfall(self, model: nn.Module, state: dict[str, Any], ema: dict | None) -> str | None:
-        """'N MiB needed, M MiB free' when the file system clearly lacks room for the checkpoint, else None."""
+        """'the checkpoint needs about N MiB plus a 5% margin and 1 MiB, M MiB free' when the file system lacks
+        room for the checkpoint (weights, EMA weights, optimizer state), else None."""
         need = sum(t.numel() * t.element_size() for t in model.state_dict().values())
         need *= 2 if ema is not None else 1
         need += sum(t.numel() * t.element_size() for t in _tensors(state))
         free = shutil.disk_usage(self.dir).free
         if free < need * 1.05 + (1 << 20):
-            return f"about {need / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB free"
+            return (f"the checkpoint needs about {need / 2**20:.1f} MiB plus a 5% margin and 1 MiB, "
+                    f"{free / 2**20:.1f} MiB free")
         return None
 
     def publish(self, tmp: Path, final: Path) -> None:

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from typing import Callable
 
+from ..argtypes import nonneg_int, positive_int
 from ..errors import UserError, report
 
 __all__ = ["register", "run_guarded"]
@@ -273,7 +274,7 @@ def _add_eval_parser(sub) -> None:
                    help="evaluate on a benchmark's folder instead of a split (repeatable): imagenet, imagenet-a, "
                         "imagenet-r, imagenet-sketch, imagenet-v2; FOLDER defaults to --data.root")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's data.val_split)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass (default 256)")
     p.add_argument("--weights", default="both", choices=["raw", "ema", "both"],
                    help="raw weights, EMA weights, or both (default; EMA where the checkpoint has them)")
     p.add_argument("--output", default=None, help="also write the results to this JSON file")
@@ -352,8 +353,8 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--data-root", default=None, help="folder with the Fashion-MNIST idx files "
                                                      "(default /usr/share/datasets/fashion-mnist)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="data loader workers (default: the profile's)")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of every stage (default 0)")
+    p.add_argument("--workers", type=nonneg_int, default=None, help="data loader workers (default: the profile's)")
     p.set_defaults(func=lambda args: run_guarded(lambda: _demo_command(args)))
 
 

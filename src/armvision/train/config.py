@@ -176,8 +176,8 @@ class CheckpointConfig:
     every_steps: int = _f(0, "also save every N optimizer steps (0: off)")
     keep_last: int = _f(2, "keep the N most recent checkpoints (the best one is kept as well)")
     loss_rise_factor: float = _f(3.0, "a checkpoint counts as good when the loss of the step after it is finite and "
-                                      "at most this factor times the recent average (divergence names the newest "
-                                      "good one)")
+                                      "at most this factor times the best smoothed loss so far (the lowest mean of "
+                                      "5 logged training losses; divergence names the newest good one)")
 
 
 @dataclass

@@ -7,9 +7,12 @@ from __future__ import annotations
 import csv
 import json
 import math
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from ..outputs import guarded_write
 
 __all__ = ["MetricsLogger", "format_duration", "CSV_KINDS", "truncate_records"]
 
@@ -73,38 +76,71 @@ class MetricsLogger:
 
     ``resume_step``: the step the run continues from; records past it (logged after that checkpoint by the
     interrupted run, and about to be logged again) are dropped from the files, and TensorBoard purges them.
-    -1: a new run (nothing kept); None: keep everything."""
+    -1: a new run (nothing kept); None: keep everything.
+
+    A write that fails (disk full, quota, read-only, permission) raises a one-line SaveError naming the file and
+    the cause, followed by ``note()`` (the trainer's: which checkpoint stays the latest); after that the logger
+    writes nothing more and ``close`` is quiet."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True,
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, note: Callable[[], str] | None = None):
         self.dir = Path(run_dir)
         self.enabled = enabled
+        self.note = note
         self._csv: dict[str, tuple[Any, csv.DictWriter, list[str]]] = {}
         self._tb = None
         self._jsonl = None
+        self._failed = False
+        self._hook = None
         if not enabled:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            truncate_records(self.dir, resume_step)
-        self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        with self._guard(self.dir / "metrics.jsonl"):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            if resume_step is not None:
+                truncate_records(self.dir, resume_step)
+            self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            self._quiet_writer_threads()
             purge = None if resume_step is None else resume_step + 1
-            self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"), purge_step=purge)
+            with self._guard(self.dir / "tensorboard"):
+                self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"), purge_step=purge)
+
+    def _guard(self, path: Path):
+        return guarded_write(str(path), self._fail_note)
+
+    def _fail_note(self) -> str:
+        self._failed = True
+        return self.note() if self.note else ""
+
+    def _quiet_writer_threads(self) -> None:
+        """TensorBoard writes in a thread; an OSError there (disk full) comes back to the next ``log`` as a
+        one-line SaveError: the thread's own traceback is not printed."""
+        previous = threading.excepthook
+
+        def hook(args):
+            if type(args.thread).__name__ == "_AsyncWriterThread" and issubclass(args.exc_type, OSError):
+                return
+            previous(args)
+
+        self._hook = (previous, hook)
+        threading.excepthook = hook
 
     def log(self, kind: str, step: int, **values: Any) -> None:
-        if not self.enabled:
+        if not self.enabled or self._failed:
             return
         record = {"kind": kind, "step": int(step), "time": round(time.time(), 3), **values}
-        self._jsonl.write(json.dumps(record) + "\n")
+        with self._guard(self.dir / "metrics.jsonl"):
+            self._jsonl.write(json.dumps(record) + "\n")
         if kind in CSV_KINDS:
-            self._write_csv(kind, record)
+            with self._guard(self.dir / f"metrics_{kind}.csv"):
+                self._write_csv(kind, record)
         if self._tb is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-                    self._tb.add_scalar(f"{kind}/{k}", v, int(step))
+            with self._guard(self.dir / "tensorboard"):
+                for k, v in values.items():
+                    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                        self._tb.add_scalar(f"{kind}/{k}", v, int(step))
 
     def _write_csv(self, kind: str, record: dict) -> None:
         if kind not in self._csv:
@@ -126,16 +162,27 @@ class MetricsLogger:
         writer.writerow({k: v for k, v in record.items() if not isinstance(v, (dict, list))})
 
     def flush(self) -> None:
-        if self._tb is not None:
-            self._tb.flush()
+        if self._tb is not None and not self._failed:
+            with self._guard(self.dir / "tensorboard"):
+                self._tb.flush()
 
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        for f, _, _ in self._csv.values():
-            f.close()
+        """Close the files (a write that fails here raises SaveError; after a failure, closes quietly)."""
+        files = ([(self.dir / "metrics.jsonl", self._jsonl)] if self._jsonl is not None else []) + \
+            [(self.dir / f"metrics_{k}.csv", f) for k, (f, _, _) in self._csv.items()] + \
+            ([(self.dir / "tensorboard", self._tb)] if self._tb is not None else [])
+        self._jsonl, self._tb = None, None
         self._csv.clear()
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        failed_before, error = self._failed, None
+        for path, f in files:
+            try:
+                with self._guard(path):
+                    f.close()
+            except Exception as e:  # close them all; report the first failure unless one was reported already
+                error = error or e
+        if self._hook is not None:
+            if threading.excepthook is self._hook[1]:
+                threading.excepthook = self._hook[0]
+            self._hook = None
+        if error is not None and not failed_before:
+            raise error

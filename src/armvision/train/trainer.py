@@ -35,6 +35,7 @@ from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_
 from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
+from ..outputs import guarded_write
 from . import distributed
 from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
                          set_rng_state)
@@ -48,6 +49,7 @@ from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
 from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 from .preemption import EXIT_PREEMPTED, StopSignals
+from .runlock import RunLock
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything", "check_output_dir"]
 
@@ -94,6 +96,27 @@ class _Window:
         self.__init__(self.device)
 
 
+# resuming: keys that make a checkpoint another run's (an error), and keys whose change is warned about and recorded
+_RESUME_SAME = ("task", "model.name", "model.img_size", "model.in_chans", "model.args", "data.dataset")
+_RESUME_RECORDED = ("seed", "precision", "model.drop_path", "data.", "aug.", "optim.", "ema.")
+_RESUME_IGNORED = {"data.workers", "data.pin_memory", "data.persistent_workers", "data.strict_images",
+                   "data.resize_backend", "data.decode"}
+
+
+def _another_run(ckpt: Path, what: str) -> CheckpointError:
+    return CheckpointError(f"cannot resume from {ckpt}: it belongs to another run ({what}); resume with the config the "
+                           "run was started with (its config.yaml), or start a new run in another --output_dir "
+                           "(--init takes the weights)")
+
+
+def _flatten(d: dict[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "args":
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
 class Trainer:
     """Trains one run described by a :class:`RunConfig` (see the module docstring)."""
 
@@ -110,10 +133,36 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
+        self.lock = self._lock_run_dir()
+        try:
+            self._build(cfg)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _lock_run_dir(self) -> RunLock:
+        """Check that the output folder can be written and take its lock (rank 0; every rank learns the verdict,
+        so that all of them stop when another run holds the folder)."""
+        lock, error = RunLock(self.run_dir), None
         if self.is_main:
-            check_output_dir(self.run_dir)
+            try:
+                check_output_dir(self.run_dir)
+                lock.acquire()
+            except (ConfigError, CheckpointError) as e:
+                error = e
+        message = next((m for m in distributed.all_gather_object(str(error) if error else None) if m), None)
+        if error is not None:
+            raise error
+        if message is not None:
+            lock.release()
+            raise ConfigError(message)
+        return lock
+
+    def _build(self, cfg: RunConfig) -> None:
         self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint.keep_last, self.is_main)
         self.resume_from = self._find_resume()
+        # before the data and the model are built: a checkpoint of another run is named as such
+        self.resume_changes = self._compare_resume_config(self.resume_from) if self.resume_from else []
         self._setup_batches()
         self._build_data()
         self._build_model()
@@ -141,23 +190,38 @@ class Trainer:
         self._stop = False
         self.logger = None
         self._batches, self._batches_next = None, None  # the loader iterator and the (epoch, batch) it is at
+        self.resume_history: list[dict[str, Any]] = []  # every resume of the run that changed its config
         if self.resume_from is not None:
             self._restore(self.resume_from)
             if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
-                self._pending_health = (self.resume_from, self._recent_loss())
+                self._pending_health = (self.resume_from, self._baseline_loss())
         # records past the step the run continues from are dropped (they will be logged again); a new run
         # starts its records afresh
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
-                                    resume_step=self.step if self.resume_from is not None else -1)
+                                    resume_step=self.step if self.resume_from is not None else -1,
+                                    note=self._write_failure_note)
         if self.is_main:
             removed = self.ckpt.remove_partial()
             for p in removed:
                 _logger.warning("removed %s, left by an interrupted save", p)
-            atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(config_to_yaml(cfg)))
+            self._write_text(self.run_dir / "config.yaml", config_to_yaml(cfg))
+        if self.resume_changes:
+            self.logger.log("resume", self.step, checkpoint=str(self.resume_from), changes=self.resume_changes)
 
     # ------------------------------------------------------------------------------------------
     # setup
     # ------------------------------------------------------------------------------------------
+    def _write_failure_note(self) -> str:
+        """What a failed write of the run's records leaves: said after the cause in the one-line SaveError."""
+        latest = self.ckpt.latest()
+        return (f"; the run stops, the last checkpoint {latest} is intact (--resume auto continues from it once "
+                "there is room)" if latest else "; the run stops (no checkpoint had been saved yet)")
+
+    def _write_text(self, path: Path, text: str) -> None:
+        """Write a file of the run atomically; a failure is the one-line SaveError of every writer."""
+        with guarded_write(str(path), self._write_failure_note):
+            atomic_write(path, lambda p: Path(p).write_text(text))
+
     def _find_resume(self) -> Path | None:
         r = self.cfg.resume
         existing = self.ckpt.latest()
@@ -282,6 +346,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "train_seconds": self.train_seconds,
             "loss_history": [[s, v] for s, v in self.loss_history],
+            "resume_history": self.resume_history,
             "armvision_version": __version__,
         }
 
@@ -306,7 +371,7 @@ class Trainer:
                                 metrics=metrics or None, is_best=is_best)
             if self.is_main:
                 _logger.info("saved sharded checkpoint %s", path)
-            self._pending_health = (path, self._recent_loss())
+            self._pending_health = (path, self._baseline_loss())
             return path
         path, error = None, None
         if self.is_main:
@@ -321,7 +386,7 @@ class Trainer:
         if error:
             raise SaveError(error)
         path = path or self.ckpt.dir / f"step_{self.step:08d}"
-        self._pending_health = (path, self._recent_loss())
+        self._pending_health = (path, self._baseline_loss())
         return path
 
     def _state_finite(self) -> bool:
@@ -338,28 +403,80 @@ class Trainer:
         ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
         return distributed.all_reduce_sum(1.0 - ok).item() == 0
 
-    def _recent_loss(self) -> float | None:
-        recent = [v for _, v in self.loss_history[-5:] if math.isfinite(v)]
-        return sum(recent) / len(recent) if recent else None
+    def _baseline_loss(self) -> float | None:
+        """The baseline a checkpoint is judged against: the best (lowest) smoothed training loss so far, the
+        smoothing a mean over 5 logged losses. Not the recent average, which a blow-up inflates along with the
+        losses it should be compared with."""
+        finite = [v for _, v in self.loss_history if math.isfinite(v)]
+        if not finite:
+            return None
+        n = 5
+        sums = np.cumsum([0.0, *finite])
+        return float(min((sums[i] - sums[max(0, i - n)]) / (i - max(0, i - n)) for i in range(1, len(finite) + 1)))
 
     def _judge_checkpoint(self, step_loss: torch.Tensor) -> None:
-        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the recent
-        average marks the checkpoint good (one host read per checkpoint)."""
+        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the baseline
+        (:meth:`_baseline_loss`) marks the checkpoint good (one host read per checkpoint)."""
         path, ref = self._pending_health
         self._pending_health = None
         loss = float(step_loss.item())
         factor = self.cfg.checkpoint.loss_rise_factor
         good = math.isfinite(loss) and (ref is None or loss <= factor * ref)
         self.ckpt.mark_health(path, good, next_step_loss=loss if math.isfinite(loss) else str(loss),
-                              recent_loss=ref, loss_rise_factor=factor)
+                              baseline_loss=ref, baseline="the best mean of 5 logged training losses so far",
+                              loss_rise_factor=factor)
         if not good and self.is_main:
-            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, the recent average %s",
-                            path.name, loss, ref)
+            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, above %g x the best smoothed "
+                            "loss so far (%s)", path.name, loss, factor, ref)
+
+    def _compare_resume_config(self, ckpt: Path) -> list[dict[str, Any]]:
+        """Compare the config a checkpoint was trained with to this run's. What makes it another run (task, model,
+        image size, channels, dataset, classes) is a CheckpointError naming it; changed data, augmentation and
+        optimisation keys (a new data.root, another lr) are allowed, warned about and returned (the run records
+        them: a ``resume`` record in metrics.jsonl, ``resumes`` in summary.json)."""
+        try:
+            saved = json.loads((ckpt / "config.json").read_text())
+        except (OSError, ValueError):
+            return []  # older or hand-made checkpoints: the weights' own check speaks
+        before = dict(_flatten(saved.get("training") or {}))
+        if not before:
+            return []
+        now = dict(_flatten(config_to_dict(self.cfg)))
+        fixed = [k for k in _RESUME_SAME if k in before and before[k] != now.get(k)]
+        if fixed:
+            def show(k):
+                if k == "model.args" and isinstance(before[k], dict) and isinstance(now.get(k), dict):
+                    keys = sorted(set(before[k]) | set(now[k]), key=str)
+                    return "; ".join(f"{k}.{a}: {before[k].get(a)} in the checkpoint, {now[k].get(a)} now"
+                                     for a in keys if before[k].get(a) != now[k].get(a))
+                return f"{k}: {before[k]} in the checkpoint, {now.get(k)} now"
+            raise _another_run(ckpt, "; ".join(map(show, fixed)))
+        changes = [{"key": k, "checkpoint": before[k], "now": now.get(k)} for k in sorted(before)
+                   if k.startswith(_RESUME_RECORDED) and k not in _RESUME_IGNORED and before[k] != now.get(k)]
+        if changes and self.is_main:
+            _logger.warning("resuming %s with a changed config: %s (recorded in metrics.jsonl and summary.json)",
+                            ckpt, "; ".join(f"{c['key']} {c['checkpoint']} -> {c['now']}" for c in changes))
+        return changes
+
+    def _compare_classes(self, ckpt: Path) -> None:
+        """A fine-tuning checkpoint of other classes (the same dataset, other folders) is another run's."""
+        try:
+            saved = json.loads((ckpt / "config.json").read_text()).get("classes")
+        except (OSError, ValueError, AttributeError):
+            return
+        if self.task != "pretrain" and saved and self.classes and list(saved) != list(self.classes):
+            raise _another_run(ckpt, f"classes: {len(saved)} ({', '.join(saved[:3])}...) in the checkpoint, "
+                                     f"{len(self.classes)} ({', '.join(self.classes[:3])}...) now")
 
     def _restore(self, ckpt: Path) -> None:
         from safetensors.torch import load_file
 
+        self._compare_classes(ckpt)
         state = self.ckpt.load_state(ckpt)
+        self.resume_history = list(state.get("resume_history", []))
+        if self.resume_changes:
+            self.resume_history.append({"step": int(state["step"]), "checkpoint": str(ckpt),
+                                        "changes": self.resume_changes})
         saved_rule = state.get("no_decay", "mamba")  # checkpoints written before the rule was a choice: mamba
         if saved_rule != self.cfg.optim.no_decay:
             raise CheckpointError(f"{ckpt} was trained with optim.no_decay {saved_rule} (its optimizer state is "
@@ -706,7 +823,17 @@ class Trainer:
         return False
 
     def fit(self) -> dict[str, Any]:
-        """Train to the end of the schedule (or ``max_steps``); returns the summary."""
+        """Train to the end of the schedule (or ``max_steps``); returns the summary. The records are closed and
+        the output folder's lock released however it ends."""
+        try:
+            return self._fit()
+        finally:
+            try:
+                self.logger.close()
+            finally:
+                self.lock.release()
+
+    def _fit(self) -> dict[str, Any]:
         cfg = self.cfg
         stop_step = min(self.total_steps, cfg.max_steps) if cfg.max_steps else self.total_steps
         self._announce(stop_step)
@@ -734,8 +861,7 @@ class Trainer:
                             f" and {n - len(shown)} more" if n > len(shown) else "",
                             "them" if n <= MAX_LISTED_FILES else f"the first {MAX_LISTED_FILES}")
         if self.is_main:
-            text = json.dumps(summary, indent=2) + "\n"
-            atomic_write(self.run_dir / "summary.json", lambda p: Path(p).write_text(text))
+            self._write_text(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
             scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
             self.logger.log("summary", self.step, **scalars)
         self.logger.close()
@@ -854,6 +980,7 @@ class Trainer:
             "eval": self.last_eval,
             "skipped_images": self.skipped_images,
             **unreadable_report(self.unreadable_files),
+            "resumes": self.resume_history,  # resumes that changed the config: step, checkpoint, changes
             "best_checkpoint": str(best) if best else None,
             "last_checkpoint": str(latest) if latest else None,
             "processes": self.dist.world_size,
@@ -867,4 +994,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     try:
         return trainer.fit()
     finally:
-        trainer.logger.close()
+        try:
+            trainer.logger.close()
+        finally:
+            trainer.lock.release()
