@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import armvision.ops.scan as scan_module
 from armvision import ops
@@ -44,11 +45,15 @@ def detached64(inp):
     return {k: None if v is None else v.detach().double().requires_grad_() for k, v in inp.items()}
 
 
-@pytest.fixture(params=[1 << 20, 40], ids=["one-chunk", "many-chunks"])
+@pytest.fixture(params=[(1 << 20, True), (40, True), (1 << 20, False), (40, False)],
+                ids=["one-chunk", "many-chunks", "one-chunk-recompute", "many-chunks-recompute"])
 def chunk_elements(request, monkeypatch):
-    """Run the torch scan with its default time chunks and with chunks of 1-2 steps (remainders)."""
-    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", request.param)
-    return request.param
+    """Run the torch scan with its default time chunks and with chunks of 1-2 steps (remainders); with the
+    states kept from the forward (small scans) and recomputed in the backward (large ones)."""
+    elements, keep = request.param
+    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(scan_module, "_KEEP_ELEMENTS", scan_module._KEEP_ELEMENTS if keep else 0)
+    return elements
 
 
 @pytest.mark.parametrize("variant", ["full", "no_z", "no_D_no_bias"])
@@ -129,6 +134,33 @@ def test_scan_large_delta_uses_softplus_threshold(seed):
     ref = call(selective_scan_ref, detached64(inp))
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 1e-5
+
+
+def test_scan_kept_and_recomputed_states_agree_and_backward_twice(seed, monkeypatch):
+    """The kept-states backward equals the recomputing one; a second backward (retain_graph) recomputes."""
+    inp = scan_inputs(3, 11, 5, 4, dtype=torch.float32)
+    grads = []
+    for keep in (scan_module._KEEP_ELEMENTS, 0):
+        monkeypatch.setattr(scan_module, "_KEEP_ELEMENTS", keep)
+        x = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
+        out = call(selective_scan_torch, x)
+        g1 = torch.autograd.grad(out.square().sum(), [x[k] for k in SCAN_ARGS if x[k] is not None],
+                                 retain_graph=True)
+        g2 = torch.autograd.grad(out.square().sum(), [x[k] for k in SCAN_ARGS if x[k] is not None])
+        for a, b in zip(g1, g2):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+        grads.append(g1)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_softplus_matches_torch(seed):
+    x = torch.cat([torch.randn(1000, dtype=torch.float64) * 10, torch.tensor([-100.0, -20.0, 0.0, 20.0, 30.0, 1e4],
+                                                                              dtype=torch.float64)])
+    exact = x.clamp(min=0) + torch.log1p(torch.exp(-x.abs()))
+    assert torch.allclose(scan_module._softplus(x), exact, rtol=1e-15, atol=1e-300)
+    assert torch.allclose(scan_module._softplus(x), F.softplus(x), rtol=1e-9, atol=1e-300)  # F's: x above 20
+    assert torch.allclose(scan_module._softplus(x.float()), F.softplus(x.float()), rtol=2e-7, atol=1e-30)
 
 
 # -- causal conv1d ------------------------------------------------------------------------------
