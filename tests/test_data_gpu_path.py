@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import ks_2samp
+from ks import ks_2samp
 from torchvision.transforms import RandomResizedCrop
 
 from armvision.data import make_loader, pretrain_transform

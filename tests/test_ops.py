@@ -44,11 +44,15 @@ def detached64(inp):
     return {k: None if v is None else v.detach().double().requires_grad_() for k, v in inp.items()}
 
 
-@pytest.fixture(params=[1 << 20, 40], ids=["one-chunk", "many-chunks"])
+@pytest.fixture(params=[(1 << 20, True), (40, True), (1 << 20, False), (40, False)],
+                ids=["one-chunk", "many-chunks", "one-chunk-recompute", "many-chunks-recompute"])
 def chunk_elements(request, monkeypatch):
-    """Run the torch scan with its default time chunks and with chunks of 1-2 steps (remainders)."""
-    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", request.param)
-    return request.param
+    """Run the torch scan with its default time chunks and with chunks of 1-2 steps (remainders); with the
+    states kept from the forward (small scans) and recomputed in the backward (large ones)."""
+    elements, keep = request.param
+    monkeypatch.setattr(scan_module, "_CHUNK_ELEMENTS", elements)
+    monkeypatch.setattr(scan_module, "_KEEP_ELEMENTS", scan_module._KEEP_ELEMENTS if keep else 0)
+    return elements
 
 
 @pytest.mark.parametrize("variant", ["full", "no_z", "no_D_no_bias"])
@@ -129,6 +133,24 @@ def test_scan_large_delta_uses_softplus_threshold(seed):
     ref = call(selective_scan_ref, detached64(inp))
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) < 1e-5
+
+
+def test_scan_kept_and_recomputed_states_agree_and_backward_twice(seed, monkeypatch):
+    """The kept-states backward equals the recomputing one; a second backward (retain_graph) recomputes."""
+    inp = scan_inputs(3, 11, 5, 4, dtype=torch.float32)
+    grads = []
+    for keep in (scan_module._KEEP_ELEMENTS, 0):
+        monkeypatch.setattr(scan_module, "_KEEP_ELEMENTS", keep)
+        x = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
+        out = call(selective_scan_torch, x)
+        g1 = torch.autograd.grad(out.square().sum(), [x[k] for k in SCAN_ARGS if x[k] is not None],
+                                 retain_graph=True)
+        g2 = torch.autograd.grad(out.square().sum(), [x[k] for k in SCAN_ARGS if x[k] is not None])
+        for a, b in zip(g1, g2):
+            assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+        grads.append(g1)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
 
 
 # -- causal conv1d ------------------------------------------------------------------------------

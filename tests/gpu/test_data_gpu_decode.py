@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from scipy.stats import ks_2samp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ks import ks_2samp  # noqa: E402
 from test_data_gpu_path import MEAN, STD, assert_same_crops, encoded, jpeg_bytes, natural  # noqa: E402
 
 from armvision.data.gpu import GpuBatchTransform  # noqa: E402

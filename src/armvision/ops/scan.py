@@ -86,31 +86,37 @@ def _batch_major(x: Tensor, dtype: torch.dtype) -> Tensor:
 # page-faults them back on every use, which costs more than the arithmetic; blocks of a few
 # megabytes are recycled instead, and they stay in the cache between the steps of a chunk.
 _CHUNK_ELEMENTS = 1 << 20
+# Up to this many (t, b, e, n) elements, the forward keeps every chunk's exp(dt * A) and states for the
+# backward (two such tensors, 32 MiB in fp32) instead of recomputing them there: small models, CPU runs.
+_KEEP_ELEMENTS = 1 << 22
 
 
 def _chunk_len(b: int, e: int, n: int) -> int:
     return max(1, _CHUNK_ELEMENTS // (b * e * n))
 
 
-def _chunk_states(dt, A, Bu, h0, dA=None):
-    """States of one chunk. dt, Bu (L, b, e) and (L, b, n) factors; h0 (b, e, n) the state before.
+def _chunk_states(dt, A, dtu, B, h0):
+    """States of one chunk. dt, dtu (L, b, e) and B (L, b, n); h0 (b, e, n) the state before the chunk.
 
-    Returns dA = exp(dt * A) and hs (L, b, e, n), where hs[i] is the state after step i.
+    Returns dA = exp(dt * A) (L, b, e, n) and hb (L + 1, b, e, n): hb[0] = h0 and hb[i + 1] the state after
+    step i, so hb[1:] are the chunk's states and hb[:-1] the states before each step, both views.
     """
-    if dA is None:
-        dA = torch.exp(dt.unsqueeze(-1) * A)
-    hs = Bu
-    torch.addcmul(hs[0], dA[0], h0, out=hs[0])
-    for i in range(1, hs.shape[0]):
-        torch.addcmul(hs[i], dA[i], hs[i - 1], out=hs[i])
-    return dA, hs
+    dA = torch.exp(dt.unsqueeze(-1) * A)
+    k = dt.shape[0]
+    hb = torch.empty((k + 1, *h0.shape), dtype=h0.dtype, device=h0.device)
+    hb[0] = h0
+    torch.mul(dtu.unsqueeze(-1), B.unsqueeze(2), out=hb[1:])
+    for i in range(k):
+        torch.addcmul(hb[i + 1], dA[i], hb[i], out=hb[i + 1])
+    return dA, hb
 
 
 class _SelectiveScanTorch(torch.autograd.Function):
     """Scan over time chunks with the analytic backward; time-major (t, b, e, n) tensors inside.
 
-    The forward keeps only the state at the start of each chunk; the backward recomputes each
-    chunk's states from it, so no (t, b, e, n) tensor is ever held.
+    Large scans: the forward keeps only the state at the start of each chunk, and the backward recomputes
+    each chunk's states from it, so no (t, b, e, n) tensor is held. Small ones (up to ``_KEEP_ELEMENTS``)
+    keep each chunk's exp(dt * A) and states from the forward instead.
     """
 
     @staticmethod
@@ -127,17 +133,22 @@ class _SelectiveScanTorch(torch.autograd.Function):
         t, b, e = u_.shape
         n = A_.shape[1]
         L = _chunk_len(b, e, n)
+        keep = t * b * e * n <= _KEEP_ELEMENTS
         dtu = dt * u_
         y = torch.empty_like(u_)
         h = u_.new_zeros(b, e, n)
-        starts = []
+        starts, kept = [], []
         for s in range(0, t, L):
             starts.append(h)
             sl = slice(s, s + L)
-            _, hs = _chunk_states(dt[sl], A_, dtu[sl].unsqueeze(-1) * B_[sl].unsqueeze(2), h)
-            k = hs.shape[0]
-            torch.bmm(hs.view(k * b, e, n), C_[sl].reshape(k * b, n, 1), out=y[sl].view(k * b, e, 1))
-            h = hs[-1].clone()
+            dA, hb = _chunk_states(dt[sl], A_, dtu[sl], B_[sl], h)
+            k = hb.shape[0] - 1
+            torch.bmm(hb[1:].view(k * b, e, n), C_[sl].reshape(k * b, n, 1), out=y[sl].view(k * b, e, 1))
+            h = hb[-1]
+            if keep:
+                kept.append((dA, hb))
+            else:
+                h = h.clone()  # the chunk's blocks are freed; its last state lives on
         if D is not None:
             y = y + D.to(cdt) * u_
         out = y
@@ -145,6 +156,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
             out = y * F.silu(_time_major(z, cdt))
         ctx.delta_softplus = delta_softplus
         ctx.chunk = L
+        ctx.kept = kept  # intermediates of this function alone, never changed after the forward
         ctx.has = (D is not None, z is not None, delta_bias is not None)
         ctx.dtypes = (u.dtype, delta.dtype, A.dtype, B.dtype, C.dtype,
                       None if D is None else D.dtype, None if z is None else z.dtype,
@@ -155,6 +167,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         u_, delta_, dt, A_, B_, C_, D, z, y, starts = ctx.saved_tensors
+        kept, ctx.kept = ctx.kept, None
         has_D, has_z, has_bias = ctx.has
         cdt = u_.dtype
         t, b, e = u_.shape
@@ -179,7 +192,8 @@ class _SelectiveScanTorch(torch.autograd.Function):
         for ci in range(len(starts) - 1, -1, -1):
             s = ci * L
             sl = slice(s, s + L)
-            dA, hs = _chunk_states(dt[sl], A_, dtu[sl].unsqueeze(-1) * B_[sl].unsqueeze(2), starts[ci])
+            dA, hb = kept[ci] if kept else _chunk_states(dt[sl], A_, dtu[sl], B_[sl], starts[ci])
+            hs, hs_prev = hb[1:], hb[:-1]  # the states after and before each step
             k = hs.shape[0]
             # adjoint of h, from the end of the chunk: g_i = C_i * dy_i + dA_{i+1} * g_{i+1}
             gs = dy[sl].unsqueeze(-1) * C_[sl].unsqueeze(2)
@@ -188,13 +202,11 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 torch.addcmul(gs[i], dA[i + 1], gs[i + 1], out=gs[i])
             carry = dA[0] * gs[0]
             kb = k * b
-            torch.bmm(dy[sl].reshape(kb, 1, e), hs.view(kb, e, n), out=dC[sl].view(kb, 1, n))
+            torch.bmm(dy[sl].reshape(kb, 1, e), hs.reshape(kb, e, n), out=dC[sl].view(kb, 1, n))
             torch.bmm(dtu[sl].reshape(kb, 1, e), gs.view(kb, e, n), out=dB[sl].view(kb, 1, n))
             gB = torch.bmm(gs.view(kb, e, n), B_[sl].reshape(kb, n, 1)).view(k, b, e)  # sum_n g*B
             torch.mul(gB, dt[sl], out=du[sl])
-            # W = g * dA * h_{i-1}: the state before each step is the one after the previous step
-            hs_prev = torch.cat([starts[ci].unsqueeze(0), hs[:-1]], dim=0)
-            W = gs.mul_(dA).mul_(hs_prev)
+            W = gs.mul_(dA).mul_(hs_prev)  # g * dA * h_{i-1}
             torch.addcmul((W * A_).sum(-1), gB, u_[sl], out=ddt[sl])
             dA_param += (W * dt[sl].unsqueeze(-1)).sum((0, 1))
         if has_D:
