@@ -9,7 +9,7 @@ being run by another process (an exclusive ``flock`` on ``STATE/locks/KEY.lock``
 and picked up again on the next pass (``--wait``) or the next invocation, which is how
 ``run_gpu.sh`` spreads the studies over several GPUs. Training goes through the armvision Python API
 (:func:`armvision.train.load_config`, :func:`pretrain`, :func:`finetune`); probes through
-:mod:`armvision.analysis`.
+:func:`armvision.analysis.probe_model` (the chain `armvision linprobe` and `armvision knn` run too).
 """
 
 from __future__ import annotations
@@ -283,8 +283,7 @@ class Context:
         """Linear probe and k-NN of the pretrained encoder (``fraction`` of its schedule, pretrained with the weight
         decay rule ``no_decay``), or of a randomly initialised one (``fraction=None``; no training, so one job
         whatever ``no_decay``) built from the same config."""
-        from armvision.analysis import extract_dataset_features, knn_classify, linear_probe, load_for_analysis
-        from armvision.analysis.features import open_split
+        from armvision.analysis import KnnSettings, LinearProbeSettings, load_for_analysis, probe_model
         from armvision.train import build_model_from_config
 
         s = self.scale
@@ -303,18 +302,15 @@ class Context:
             else:
                 pre = self.pretrain(cond, seed, no_decay=no_decay, family=family)
                 model = load_for_analysis(pre["checkpoints"][f"{fraction:g}"], self.device).model
-            train_ds = open_split(model, cfg, "train", s.probe_train)
-            test_ds = open_split(model, cfg, "test", s.test_subset)
-            kw = dict(batch_size=s.probe_batch, device=self.device, workers=self.workers)
-            tr = extract_dataset_features(model, train_ds, **kw)
-            te = extract_dataset_features(model, test_ds, **kw)
-            lp = linear_probe(tr.features, tr.labels, te.features, te.labels, s.probe_lrs, s.probe_epochs,
-                              batch_size=s.probe_batch, seed=seed, device=self.device)
-            knn = knn_classify(tr.features, tr.labels, te.features, te.labels, device=self.device)
+            r = probe_model(model, cfg, linprobe=LinearProbeSettings(s.probe_lrs, s.probe_epochs, s.probe_batch),
+                            knn=KnnSettings(), train_split="train", test_split="test", train_subset=s.probe_train,
+                            test_subset=s.test_subset, batch_size=s.probe_batch, workers=self.workers,
+                            device=self.device, seed=seed)
+            lp, knn = r["linear_probe"], r["knn"]
             return {"kind": "probe", "condition": cond, "seed": seed, "fraction": fraction, "family": family,
                     **({} if fraction is None else {"no_decay": no_decay}),
-                    "linear_probe": lp.as_dict(), "linprobe_top1": lp.best["test_top1"], "knn": knn.as_dict(),
-                    "knn_top1": knn.top1, "gpu": _gpu_name()}
+                    "linear_probe": lp, "linprobe_top1": lp["best"]["test_top1"], "knn": knn,
+                    "knn_top1": knn["top1"], "gpu": _gpu_name()}
 
         return self._job(key, run)
 

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     cfg = data_setup(loaded.training)
     model = loaded.model
     mean, std = normalization(cfg.data.stats, model.geometry.in_chans, cfg.data.mean, cfg.data.std)
-    x = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans).to(ctx.device)
+    x, _ = load_images(files, eval_transform_for(model, cfg), model.geometry.in_chans)  # every file is readable
+    x = x.to(ctx.device)
     out = render_panels(model, x, mean, std, ctx.out / "visualize_grid.png", [test.classes[c] for c in range(10)])
     print(out)
     return 0

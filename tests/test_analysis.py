@@ -150,7 +150,7 @@ def test_error_paths_are_one_line(setup, capsys, args, message):
     message = message.format(**setup)
     code, out, err = run_cli(args, capsys)
     assert code == 2
-    assert err.startswith("armvision: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"armvision {args[0]}: error:") and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_knn_of_an_official_pretraining_checkpoint(setup, capsys, tmp_path):
@@ -233,7 +233,7 @@ def test_convert_checks_its_destination_before_any_work(setup, capsys, tmp_path,
     # the source does not exist: a check made after the work began would say so instead
     code, _, err = run_cli(["convert", "--as-classifier", tmp_path / "missing.pth", dest], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith("armvision: error: convert: ") and message.format(dest=dest, **setup) in err, err
+    assert err.startswith("armvision convert: error: ") and message.format(dest=dest, **setup) in err, err
 
 
 def test_knn_with_k_above_the_training_images_says_the_k_it_used(setup, capsys, tmp_path):
@@ -265,5 +265,5 @@ def test_predict_and_visualize_skip_and_name_unreadable_files(setup, capsys, tmp
         assert sorted(p.name for p in (tmp_path / "vis").iterdir()) == ["grid.png", "im0.png", "im1.png", "im2.png"]
     # nothing readable: one line
     code, _, err = run_cli(args[:2] + [imgs / "broken.png"] + args[3:], capsys)
-    assert code == 2 and err.splitlines()[-1] == ("armvision: error: none of the 1 image(s) could be read (see the "
+    assert code == 2 and err.splitlines()[-1] == (f"armvision {command}: error: none of the 1 image(s) could be read (see the "
                                                   "warnings above); pass readable image files")

@@ -138,7 +138,7 @@ def test_a_parent_folder_is_pointed_to_its_child_and_missing_folders_and_images_
     model = fixed_classifier(tmp_path / "m", {0: 1.0})
     code = main(["eval", str(model), "--benchmark", f"imagenet-a={tmp_path / 'empty'}", "--data.workers", "0"])
     last = capsys.readouterr().err.splitlines()[-1]  # after the warning that 1 of the 200 classes is there
-    assert code == 2 and last.startswith("armvision: error: ImageNet-A folder") and "holds no images in" in last
+    assert code == 2 and last.startswith("armvision eval: error: ImageNet-A folder") and "holds no images in" in last
 
 
 def test_a_classifier_of_other_classes_and_bad_flags_get_one_line(tmp_path, capsys):
@@ -160,5 +160,5 @@ def test_a_classifier_of_other_classes_and_bad_flags_get_one_line(tmp_path, caps
     for argv, message in cases:
         code = main(argv + ["--data.workers", "0"])
         err = capsys.readouterr().err
-        errors = [line for line in err.splitlines() if line.startswith("armvision: error: ")]
+        errors = [line for line in err.splitlines() if line.startswith("armvision eval: error: ")]
         assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (argv, err)

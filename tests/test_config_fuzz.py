@@ -1,5 +1,5 @@
 """Property-based fuzzing (hypothesis) of config values and command-line flags: whatever a user types,
-the command either accepts it or exits 2 with one line ``armvision: error: ...`` -- never a traceback
+the command either accepts it or exits 2 with one line ``armvision COMMAND: error: ...`` -- never a traceback
 (unless --debug, which shows it)."""
 
 import math
@@ -51,7 +51,7 @@ def test_any_value_of_any_key_is_accepted_or_one_line(key, value, capsys):
                        capsys)
     assert_accepted_or_one_line(code, err)
     if code == 2:
-        assert err.startswith("armvision: error: ") and err.count("\n") == 1
+        assert err.startswith("armvision pretrain: error: ") and err.count("\n") == 1
 
 
 @SMALL
@@ -105,5 +105,5 @@ def test_eval_checks_its_output_path_before_evaluating(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     code, _, err = run(["eval", tmp_path / "no_such_run", "--output", blocker / "eval.json"], capsys)
-    assert code == 2 and err == (f"armvision: error: --output {blocker / 'eval.json'}: {blocker} is a file, not a "
+    assert code == 2 and err == (f"armvision eval: error: --output {blocker / 'eval.json'}: {blocker} is a file, not a "
                                  "directory; nothing was evaluated\n")

@@ -84,7 +84,7 @@ def test_convert_errors(tmp_path, ft, capsys):
     (tmp_path / "bad.pth").write_bytes(b"garbage")
     assert main(["convert", str(tmp_path / "bad.pth"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("armvision: error: convert: ") and "bad.pth: cannot read a PyTorch checkpoint" in err
+    assert err.startswith("armvision convert: error: ") and "bad.pth: cannot read a PyTorch checkpoint" in err
     assert main(["convert", "--as-classifier", str(ft[1]), str(tmp_path / "o")]) == 2
     assert "is a fine-tuning checkpoint; --as-classifier starts a classifier" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "none.pth"), str(tmp_path / "o")]) == 2
@@ -171,7 +171,7 @@ def test_extract_errors(tmp_path, ft, images, capsys):
     assert main(["extract", str(ft[1]), str(tmp_path / "empty"), str(tmp_path / "x.npy")]) == 2
     assert "no images" in capsys.readouterr().err
     assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.npy"), "--device", "gpu7"]) == 2
-    assert capsys.readouterr().err.startswith("armvision: error: extract: --device gpu7: ")
+    assert capsys.readouterr().err.startswith("armvision extract: error: --device gpu7: ")
     if not torch.cuda.is_available():
         assert main(["extract", str(ft[1]), str(images), str(tmp_path / "x.npy"), "--device", "cuda"]) == 2
         assert "no CUDA GPU is available; use --device cpu" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def test_a_stop_signal_saves_exits_75_and_the_resumed_run_is_bit_identical(sig, 
     assert stopped["kind"] == "preempted" and stopped["signal"] == signal.Signals(sig).name
     step = stopped["step"]
     assert target <= step < 18
-    assert f"armvision: stopped by {signal.Signals(sig).name} at step {step}: checkpoint" in err
+    assert f"armvision pretrain: stopped by {signal.Signals(sig).name} at step {step}: checkpoint" in err
     assert (out / "checkpoints" / "latest").resolve().name == f"step_{step:08d}"
     assert "--resume auto" in err.splitlines()[-1]
     # resumed: continues from that step to the end, with the same weights as a run never stopped
@@ -156,7 +156,7 @@ def test_resume_auto_passes_over_a_damaged_latest_checkpoint(damage, data, tmp_p
                   *as_flags(tiny_overrides(data, tmp_path / "ft", "finetune", init=str(ckpts / "step_00000003")))]):
         code, _, err = run_cli(args, capsys)
         assert code == 2, (args, err)
-        assert err.startswith("armvision: error:") and err.count("\n") == 1 and str(bad) in err, err
+        assert err.startswith(f"armvision {args[0]}: error:") and err.count("\n") == 1 and str(bad) in err, err
 
 
 def test_every_checkpoint_records_sizes_and_checksums(data, tmp_path, capsys):
@@ -181,7 +181,7 @@ def test_an_lr_blow_up_names_a_finite_good_checkpoint_and_a_sane_lr_continues_fr
     assert code == 0, err
     code, _, err = run_cli(flags + ["--resume", "auto", "--optim.lr", "1e30"], capsys)
     assert code == 2
-    assert "Traceback" not in err and err.splitlines()[-1].startswith("armvision: error: the ")
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(f"armvision {task}: error: the ")
     good = out / "checkpoints" / "step_00000004"
     assert f"the last good checkpoint, {good}, is intact" in err
     for name in ("model.safetensors", "ema/model.safetensors") if task == "finetune" else ("model.safetensors",):
@@ -238,7 +238,7 @@ def test_resuming_with_another_model_task_or_dataset_names_the_mismatch_in_one_l
         flags = pretrain_flags(data, out, **{"eval_every_epochs": 0, "max_steps": 2, **change})
     code, _, err = run_cli(flags + ["--resume", "auto"], capsys)
     assert code == 2 and err.count("\n") == 1 and len(err) < 600, err
-    assert err.startswith(f"armvision: error: cannot resume from {out / 'checkpoints'}/step_00000001: it belongs to "
+    assert err.startswith(f"armvision {flags[0]}: error: cannot resume from {out / 'checkpoints'}/step_00000001: it belongs to "
                           f"another run ({message}") and "start a new run in another --output_dir" in err, err
 
 
@@ -316,7 +316,7 @@ def test_a_file_size_limit_during_a_save_gives_one_line_and_keeps_the_previous_c
                   + ["--resume", "auto"], preexec_fn=limit)
     assert res.returncode == 2, res.stderr
     last = res.stderr.strip().splitlines()[-1]
-    assert last.startswith("armvision: error: cannot save checkpoint step_00000003 in ")
+    assert last.startswith("armvision pretrain: error: cannot save checkpoint step_00000003 in ")
     assert "Traceback" not in res.stderr
     assert "the file is larger than the file-size limit" in last
     assert f"the previous checkpoint {ckpts}/step_00000002 stays the latest" in last
@@ -344,7 +344,7 @@ def test_a_full_or_read_only_disk_during_a_save_gives_one_line(code_, data, tmp_
     err = err.splitlines()[-1]
     cause = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
              errno.EACCES: "permission denied"}[code_]
-    assert err.startswith("armvision: error: cannot save checkpoint step_00000003") and cause in err
+    assert err.startswith("armvision pretrain: error: cannot save checkpoint step_00000003") and cause in err
     assert (ckpts / "latest").resolve().name == "step_00000002"
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp")]
 
@@ -408,10 +408,10 @@ def test_a_disk_that_fills_during_training_ends_in_one_line_whatever_the_writer(
     last = err.strip().splitlines()[-1]
     target = {"tensorboard": out / "tensorboard", "jsonl": out / "metrics.jsonl", "csv": out / "metrics_train.csv",
               "summary": out / "summary.json"}[writer]
-    assert last.startswith(f"armvision: error: cannot write {target}: the disk is full; the run stops, the last "
+    assert last.startswith(f"armvision pretrain: error: cannot write {target}: the disk is full; the run stops, the last "
                            f"checkpoint {out / 'checkpoints'}/step_"), last
     latest = (out / "checkpoints" / "latest").resolve()
-    assert f"{latest} is intact" in last and err.count("armvision: error") == 1
+    assert f"{latest} is intact" in last and err.count("armvision pretrain: error") == 1
     from armvision.models.manifest import verify_dir
 
     assert verify_dir(latest) is None
@@ -433,7 +433,7 @@ def test_an_output_dir_that_is_a_file_or_unwritable_gives_one_line(data, tmp_pat
     f = tmp_path / "afile"
     f.write_text("x")
     code, _, err = run_cli(pretrain_flags(data, f), capsys)
-    assert code == 2 and err == f"armvision: error: --output_dir {f} is an existing file; choose a directory\n"
+    assert code == 2 and err == f"armvision pretrain: error: --output_dir {f} is an existing file; choose a directory\n"
     real = Path.write_bytes
 
     def read_only(self, data):
@@ -460,7 +460,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused_and_a_dead_runs_lock_doe
         assert holder.stdout.readline().strip() == "locked"
         code, _, err = run_cli(pretrain_flags(data, out, max_steps=1), capsys)
         assert code == 2 and err.count("\n") == 1, err
-        assert err == (f"armvision: error: {out} is in use by another run (pid {holder.pid} on host "
+        assert err == (f"armvision pretrain: error: {out} is in use by another run (pid {holder.pid} on host "
                        f"{socket.gethostname()}, started " + err.split(", started ")[1])
         assert "wait for it to end, or choose another --output_dir" in err
         assert sorted(p.name for p in out.iterdir()) == [".armvision.lock"]

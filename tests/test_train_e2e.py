@@ -150,7 +150,7 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_checkpoint(what, tmp
     monkeypatch.setattr(ARMClassifier, "forward", poisoned)
     code, _, err = run_cli(["finetune", "--config", "fmnist_finetune", *flags], capsys)
     assert code == 2
-    assert f"armvision: error: the {what} became nan at step 5 (epoch 2); the weights were not updated" in err
+    assert f"armvision finetune: error: the {what} became nan at step 5 (epoch 2); the weights were not updated" in err
     assert f"the last good checkpoint, {out}/checkpoints/step_00000003, is intact" in err
     assert "set optim.clip_grad" not in err and "precision fp32" not in err  # clipping is on, the CPU runs fp32
     assert "Traceback" not in err
@@ -195,7 +195,7 @@ def test_bad_inputs_give_a_message_a_nonzero_exit_and_write_nothing(case, tmp_pa
         expect = "already holds a run (checkpoint step_00000001); pass --resume auto to continue it"
     elif case == "strict_image":  # raised in a loader worker: the message still arrives alone
         over.update({"data.strict_images": True, "data.workers": 1})
-        expect = f"armvision: error: cannot read image {data}/train/circle/broken_0.png: cannot identify image file"
+        expect = f"armvision finetune: error: cannot read image {data}/train/circle/broken_0.png: cannot identify image file"
     elif case == "batch":
         over["optim.micro_batch"] = 3
         expect = "optim.batch_size 8 is not a multiple of optim.micro_batch (3)"
@@ -246,7 +246,7 @@ def test_the_command_exits_nonzero_without_a_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "armvision", "eval", str(tmp_path / "nothing")], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
-    assert res.stderr.strip() == (f"armvision: error: {tmp_path}/nothing does not exist; expected an armvision model "
+    assert res.stderr.strip() == (f"armvision eval: error: {tmp_path}/nothing does not exist; expected an armvision model "
                                   "directory (config.json + model.safetensors), a checkpoint folder or a run directory")
 
 

@@ -149,14 +149,14 @@ def test_export_of_a_sharded_checkpoint_equals_the_models_state_dict(fsdp_run, t
 def test_export_and_eval_errors_are_one_line(fsdp_run, tmp_path, capsys):
     assert cli_main(["export", str(tmp_path / "nothing"), str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("armvision: error: export:") and "does not exist" in err and err.count("\n") == 1
+    assert err.startswith("armvision export: error:") and "does not exist" in err and err.count("\n") == 1
     assert cli_main(["eval", str(fsdp_run["run"])]) == 2
     assert "armvision export" in capsys.readouterr().err
     taken = tmp_path / "a_file"
     taken.write_text("x")
     assert cli_main(["export", str(fsdp_run["run"]), str(taken)]) == 2  # OUT_DIR names an existing file
     err = capsys.readouterr().err
-    assert err == f"armvision: error: export: OUT_DIR {taken} is an existing file; choose a directory\n"
+    assert err == f"armvision export: error: OUT_DIR {taken} is an existing file; choose a directory\n"
 
 
 def test_a_kill_during_a_sharded_save_leaves_the_previous_checkpoint_as_latest(fsdp_run, tmp_path):

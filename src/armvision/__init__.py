@@ -10,11 +10,12 @@ Where things are (layers go one way: ops -> layers -> models -> data / weights /
 - :mod:`armvision.data`: datasets, image folders, the transforms (one evaluation transform);
 - :mod:`armvision.features`: features of a batch or of an image folder;
 - :mod:`armvision.interop`: official checkpoints (reading the pickle, writing it back), timm, Hub directories;
-- :mod:`armvision.train`: the recipe's config, the trainer, checkpoints of a run, evaluation.
+- :mod:`armvision.train`: the recipe's config, the trainer, checkpoints of a run, evaluation;
+- :mod:`armvision.analysis`: frozen-feature probes, pictures and predictions of a checkpoint.
 
-Command line: :mod:`armvision.cli` dispatches to ``register(subparsers)`` of ``armvision.train.cli``
-(pretrain, finetune, eval, ...), ``armvision.interop.cli`` (convert) and ``armvision.features_cli``
-(extract); each parses flags, calls the library functions named in its docstring and prints.
+Command line: the package :mod:`armvision.cli` -- a dispatcher, one guard (one-line errors, ``--debug``, exit
+codes) and one module per command group (``cli/train.py``, ``cli/interop.py``, ``cli/features.py``,
+``cli/analysis.py``); each parses flags, calls the library functions named in its docstring and prints.
 """
 
 from .models import ARMClassifier, ARMPretrain, create_model, list_models, save_model

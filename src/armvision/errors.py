@@ -2,17 +2,15 @@
 
 Everything a user can get wrong (a config key, a value, a dataset path, a checkpoint) raises a
 :class:`UserError` subclass whose message says what was wrong, what was expected and what to do.
-The command line prints that message and exits non-zero, without a Python traceback; anything
-else is a bug and keeps its traceback.
+The command line (:mod:`armvision.cli._guard`) prints that message as one line and exits 2, without a Python
+traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Iterable
 
-__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError",
-           "report"]
+__all__ = ["UserError", "ConfigError", "DataError", "CheckpointError", "TrainingDiverged", "Preempted", "SaveError"]
 
 
 class UserError(Exception):
@@ -60,8 +58,3 @@ class Preempted(Exception):
         self.checkpoint = checkpoint
         self.signal = signal
 
-
-def report(message: str) -> int:
-    """How every command reports a user error: one line on stderr; returns the exit status, 2."""
-    print(f"armvision: error: {message}", file=sys.stderr)
-    return 2

@@ -5,13 +5,16 @@
   weighted k-NN (DINO's) on cached features;
 * :mod:`.visualize` -- what a pretraining model predicts: one-step predictions and a fully
   autoregressive completion, drawn with matplotlib;
-* :mod:`.predict` -- top-k classes of image files from a fine-tuned classifier.
+* :mod:`.predict` -- top-k classes of image files from a fine-tuned classifier;
+* :mod:`.frozen` -- the whole frozen-feature evaluation of a model or checkpoint (splits -> features ->
+  linear probe / k-NN -> one result dict): :func:`probe_model`, :func:`probe_checkpoint`.
 
-Every function takes models and tensors; :mod:`.cli` adds ``armvision linprobe | knn | visualize | predict``.
+:mod:`armvision.cli.analysis` adds ``armvision linprobe | knn | visualize | predict`` on top.
 """
 
 from ._load import LoadedModel, load_for_analysis
 from .features import FeatureSet, data_setup, extract_dataset_features
+from .frozen import KnnSettings, LinearProbeSettings, probe_checkpoint, probe_model
 from .predict import predict_files, predict_images
 from .probe import KnnResult, LinearProbeResult, knn_classify, linear_probe
 from .visualize import autoregressive_completion, one_step_prediction, render_panels
@@ -26,6 +29,10 @@ __all__ = [
     "LinearProbeResult",
     "knn_classify",
     "KnnResult",
+    "LinearProbeSettings",
+    "KnnSettings",
+    "probe_model",
+    "probe_checkpoint",
     "one_step_prediction",
     "autoregressive_completion",
     "render_panels",

@@ -5,7 +5,7 @@
 - :mod:`.timm_models`: the ARM classifiers in timm's registry (``timm.create_model("arm_base_pz16")``),
   their pretrained cfgs and ``checkpoint_filter_fn``;
 - :mod:`.hub`: ``save_pretrained`` / ``from_pretrained`` (config.json + model.safetensors + model card);
-- :mod:`.convert`: what ``armvision convert`` does; :mod:`.cli` parses its flags.
+- :mod:`.convert`: what ``armvision convert`` does (:mod:`armvision.cli.interop` parses its flags).
 
 Mapping weights onto a model (pretraining -> classifier, classifier -> classifier) is not here but in
 :mod:`armvision.weights`, which every loader above calls. Importing this package registers the ARM

@@ -1,102 +1,29 @@
-"""``armvision pretrain | finetune | eval | demo``: the training subcommands.
+"""``armvision pretrain | finetune | eval | demo``: the training commands; the work is :mod:`armvision.train`.
 
 Config overrides are plain flags named after the config keys: ``--optim.lr 1e-3``,
 ``--model.args.embed_dim 128``, ``--data.pin_memory false`` (a boolean flag alone means true),
-``--output_dir runs/x`` (or ``--output-dir``). ``--help`` lists every key.
+``--output-dir runs/x`` (or ``--output_dir``: a key's dashes and underscores are the same). ``--help`` lists
+every key.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import textwrap
-from typing import Callable
+from typing import Sequence
 
 from ..argtypes import nonneg_int, positive_int
-from ..errors import UserError, report
+from ..errors import UserError
 
-__all__ = ["register", "run_guarded"]
+__all__ = ["register"]
 
 _logger = logging.getLogger("armvision")
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is at the time (it may be replaced, e.g. by a test harness)."""
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-def _setup_logging() -> None:
-    from .distributed import process_rank
-
-    rank = process_rank()
-    root = logging.getLogger("armvision")
-    if not any(isinstance(h, _StderrHandler) for h in root.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s" if rank == 0 else f"[rank {rank}] %(message)s"))
-        root.addHandler(handler)
-    # other ranks only speak when something is wrong
-    root.setLevel(logging.INFO if rank == 0 else logging.WARNING)
-    logging.getLogger("timm").setLevel(logging.WARNING)
-
-
-def _user_message(e: BaseException) -> str:
-    msg = str(e)
-    # an error raised inside a DataLoader worker arrives wrapped with the worker's traceback
-    marker = f"{type(e).__module__}.{type(e).__name__}: "
-    if "Original Traceback" in msg and marker in msg:
-        msg = msg.rsplit(marker, 1)[-1].strip()
-    return msg
-
-
-def run_guarded(fn: Callable[[], int | None]) -> int:
-    """Run a command: user errors print one message and exit 2 (with the traceback under ``--debug``); a stop
-    signal that ended a run with a checkpoint exits 75 (:data:`~armvision.train.preemption.EXIT_PREEMPTED`);
-    the process group is always left."""
-    from . import distributed
-
-    import os
-
-    from ..errors import Preempted
-    from .preemption import EXIT_PREEMPTED
-
-    _setup_logging()
-    try:
-        return int(fn() or 0)
-    except UserError as e:
-        if os.environ.get("ARMVISION_DEBUG"):
-            raise
-        return report(_user_message(e))
-    except Preempted as e:
-        if distributed.is_main_process():
-            print(f"armvision: {e}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    except KeyboardInterrupt:
-        print("armvision: interrupted; completed checkpoints are intact (resume with --resume auto)", file=sys.stderr)
-        return 130
-    finally:
-        distributed.teardown()
-
-
-_argv: list[str] = []
-
-
-def set_argv(argv: list[str]) -> None:
-    """The command line being parsed: ``--help`` with ``--config`` shows that preset's values."""
-    _argv[:] = list(argv)
-
-
-def _help_preset(task: str) -> str | None:
+def _help_preset(argv: Sequence[str]) -> str | None:
     """The --config of a ``TASK ... --help`` command line, if it has one."""
-    argv = _argv
-    if task not in argv or not ({"-h", "--help"} & set(argv)):
+    if not ({"-h", "--help"} & set(argv)):
         return None
     for i, a in enumerate(argv[:-1]):
         if a == "--config":
@@ -104,13 +31,13 @@ def _help_preset(task: str) -> str | None:
     return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
 
 
-def _keys_help(task: str, default_preset: str) -> str:
+def _keys_help(task: str, default_preset: str, argv: Sequence[str]) -> str:
     import yaml
 
     from ..configtree import to_dict
-    from .config import describe_keys, load_config
+    from ..train.config import describe_keys, load_config
 
-    preset, values = _help_preset(task), None
+    preset, values = _help_preset(argv), None
     if preset is not None:
         try:
             values = _flatten(to_dict(load_config(preset, task=task)))
@@ -147,7 +74,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def _add_train_parser(sub, task: str) -> None:
-    from .config import list_presets
+    from ..train.config import list_presets
 
     default_preset = {"pretrain": "arm_base_in1k_pretrain", "finetune": "arm_base_in1k_finetune"}[task]
     what = {"pretrain": "Autoregressive pretraining (next-cluster prediction, ARM's decoder and objective) of a "
@@ -158,37 +85,36 @@ def _add_train_parser(sub, task: str) -> None:
              "finetune": "fine-tune an ARM or Vim classifier (from a pretraining checkpoint or from scratch)"}[task]
     examples = {
         "pretrain": "  armvision pretrain --config arm_base_in1k_pretrain --data.root /data/imagenet \\\n"
-                    "      --output_dir runs/pre_b\n"
+                    "      --output-dir runs/pre_b\n"
                     "  torchrun --nproc_per_node 8 -m armvision pretrain --data.root /data/imagenet \\\n"
                     "      --optim.micro_batch 128\n"
-                    "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output_dir runs/fm_pre\n"
+                    "  armvision pretrain --config fmnist_pretrain --optim.epochs 2 --output-dir runs/fm_pre\n"
                     "  armvision pretrain --config vim_small_in1k_pretrain --data.root /data/imagenet \\\n"
-                    "      --output_dir runs/pre_vim_s",
+                    "      --output-dir runs/pre_vim_s",
         "finetune": "  armvision finetune --config arm_base_in1k_finetune --init runs/pre_b \\\n"
-                    "      --data.root /data/imagenet --output_dir runs/ft_b\n"
-                    "  armvision finetune --config fmnist_finetune --init runs/fm_pre --output_dir runs/fm_ft\n"
+                    "      --data.root /data/imagenet --output-dir runs/ft_b\n"
+                    "  armvision finetune --config fmnist_finetune --init runs/fm_pre --output-dir runs/fm_ft\n"
                     "  armvision finetune --config vim_small_in1k_finetune --init runs/pre_vim_s \\\n"
-                    "      --data.root /data/imagenet --output_dir runs/ft_vim_s\n"
+                    "      --data.root /data/imagenet --output-dir runs/ft_vim_s\n"
                     "  armvision finetune --config vim_tiny_in1k_scratch --data.root /data/imagenet   # hustvl/Vim's\n"
-                    "  armvision finetune --output_dir runs/fm_ft --resume auto     # with the run's config.yaml",
+                    "  armvision finetune --output-dir runs/fm_ft --resume auto     # with the run's config.yaml",
     }[task]
     p = sub.add_parser(
         task, help=short, description=what,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n"
-               f"{_keys_help(task, default_preset)}",
+        dynamic_epilog=lambda argv: f"examples:\n{examples}\n\npresets: {', '.join(list_presets())}\n\n"
+                                    f"{_keys_help(task, default_preset, argv)}",
     )
     p.add_argument("--config", metavar="PRESET_OR_YAML", default=None,
                    help=f"a preset name or a YAML file (default: {default_preset}; when resuming, the run's own "
                         "OUTPUT_DIR/config.yaml)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.set_defaults(func=lambda args: run_guarded(lambda: _train_command(args, task, default_preset)),
-                   config_overrides=True)
+    p.set_defaults(func=lambda args: _train_command(args, task, default_preset), config_overrides=True)
 
 
 def _train_command(args, task: str, default_preset: str) -> int:
-    from .config import config_to_yaml, load_config, parse_cli_overrides
-    from .trainer import train
+    from ..train.config import config_to_yaml, load_config, parse_cli_overrides
+    from ..train.trainer import train
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
     own = None if args.config else _own_config(overrides)
@@ -223,7 +149,7 @@ def _unreadable_line(report: dict, show: int = 5) -> str:
 
 
 def _print_summary(summary: dict) -> None:
-    from .distributed import is_main_process
+    from ..train.distributed import is_main_process
 
     if not is_main_process():
         return
@@ -278,12 +204,12 @@ def _add_eval_parser(sub) -> None:
     p.add_argument("--weights", default="both", choices=["raw", "ema", "both"],
                    help="raw weights, EMA weights, or both (default; EMA where the checkpoint has them)")
     p.add_argument("--output", default=None, help="also write the results to this JSON file")
-    p.set_defaults(func=lambda args: run_guarded(lambda: _eval_command(args)), config_overrides=True)
+    p.set_defaults(func=_eval_command, config_overrides=True)
 
 
 def _eval_command(args) -> int:
-    from .config import parse_cli_overrides
-    from .evaluate import evaluate_checkpoint
+    from ..train.config import parse_cli_overrides
+    from ..train.evaluate import evaluate_checkpoint
 
     overrides = parse_cli_overrides(getattr(args, "overrides", []) or [])
     if args.benchmark:
@@ -293,7 +219,7 @@ def _eval_command(args) -> int:
                         "--benchmark (a table with a row each); evaluate a split one checkpoint at a time")
     out = evaluate_checkpoint(args.checkpoint[0], overrides, split=args.split, batch_size=args.batch_size,
                               weights=args.weights, output=args.output)
-    from .distributed import is_main_process
+    from ..train.distributed import is_main_process
 
     if is_main_process():
         print(f"{out['checkpoint']} on {out['dataset']} split {out['split']!r}:")
@@ -310,8 +236,8 @@ def _eval_command(args) -> int:
 
 
 def _benchmark_command(args, overrides: dict) -> int:
-    from .distributed import is_main_process
-    from .evaluate import evaluate_benchmarks
+    from ..train.distributed import is_main_process
+    from ..train.evaluate import evaluate_benchmarks
 
     if args.split is not None:
         raise UserError("--split and --benchmark exclude each other: a benchmark is a folder of class folders")
@@ -335,7 +261,7 @@ def _benchmark_command(args, overrides: dict) -> int:
 
 
 def _add_demo_parser(sub) -> None:
-    from .demo import PROFILES
+    from ..train.demo import PROFILES
 
     p = sub.add_parser(
         "demo", help="pretrain + fine-tune + from-scratch baseline on Fashion-MNIST, with a result table",
@@ -355,11 +281,11 @@ def _add_demo_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of every stage (default 0)")
     p.add_argument("--workers", type=nonneg_int, default=None, help="data loader workers (default: the profile's)")
-    p.set_defaults(func=lambda args: run_guarded(lambda: _demo_command(args)))
+    p.set_defaults(func=_demo_command)
 
 
 def _demo_command(args) -> int:
-    from .demo import run_demo
+    from ..train.demo import run_demo
 
     result = run_demo(output_dir=args.output_dir, profile=args.profile, data_root=args.data_root,
                       device=args.device, seed=args.seed, workers=args.workers)

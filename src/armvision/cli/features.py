@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .argtypes import nonneg_int, positive_int
-from .errors import CheckpointError, DataError, UserError
-from .interop.cli import ema_choice, fail, trusted_globals
+from ..argtypes import nonneg_int, positive_int
+from ..errors import CheckpointError, DataError, UserError
+from .interop import ema_choice, trusted_globals
 
 __all__ = ["register"]
 
@@ -74,16 +74,16 @@ def _parse_kwargs(items: list[str]) -> dict[str, Any]:
 def run_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .features import check_output, extract_folder, load_feature_model, write_features
+    from ..features import check_output, extract_folder, load_feature_model, write_features
 
     out = Path(args.output)
+    check_output(out)
     try:
-        check_output(out)
         device = torch.device(args.device)
-    except (UserError, RuntimeError) as e:
-        return fail("extract", f"--device {args.device}: {e}" if isinstance(e, RuntimeError) else str(e))
+    except RuntimeError as e:
+        raise UserError(f"--device {args.device}: {e}") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        return fail("extract", f"--device {args.device} asked for, but no CUDA GPU is available; use --device cpu")
+        raise UserError(f"--device {args.device} asked for, but no CUDA GPU is available; use --device cpu")
 
     def warn(path: str, reason: str) -> None:
         tqdm.write(f"armvision extract: warning: skipping unreadable image {path}: {reason}", file=sys.stderr)
@@ -97,7 +97,7 @@ def run_extract(args: argparse.Namespace) -> int:
                                 progress=not args.quiet and sys.stderr.isatty(), on_skip=warn, name=str(args.model))
         written = write_features(result, out)
     except (CheckpointError, DataError, FileNotFoundError, RuntimeError, ValueError, TypeError, KeyError) as e:
-        return fail("extract", str(e))
+        raise UserError(str(e)) from e
     stem = out.with_suffix("")
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in result.tensors.items())
     print(f"wrote {', '.join(map(str, written))} ({shapes}) and {stem}.files.txt"

@@ -1,4 +1,5 @@
-"""``armvision linprobe | knn | visualize | predict``: frozen-feature evaluation, pictures, predictions.
+"""``armvision linprobe | knn | visualize | predict``: frozen-feature evaluation, pictures, predictions; the work
+is :mod:`armvision.analysis` (:func:`~armvision.analysis.frozen.probe_checkpoint` for linprobe and knn).
 
     armvision linprobe CHECKPOINT [--data.dataset fashion_mnist --data.root DIR] [--output probe.json]
     armvision knn CHECKPOINT [--k 20 --temperature 0.07]
@@ -19,7 +20,6 @@ import sys
 from pathlib import Path
 
 from ..argtypes import fraction, nonneg_float, nonneg_int, positive_float, positive_int
-from ..errors import ConfigError, UserError, report
 from ..outputs import check_output_dir, check_output_file
 
 __all__ = ["register"]
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lp.add_argument("--weight-decay", type=nonneg_float, default=0.0)
     lp.add_argument("--holdout", type=fraction, default=0.1,
                     help="fraction of the training features held out to choose the lr (0: choose on the test split)")
-    lp.set_defaults(func=_run_features, mode="linprobe")
+    lp.set_defaults(func=_features, mode="linprobe")
 
     kn = subparsers.add_parser(
         "knn", help="weighted k-NN on frozen pooled features (DINO's: cosine, exp(sim/T) votes)",
@@ -74,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _feature_args(kn)
     kn.add_argument("--k", type=positive_int, default=20, help="neighbours that vote (default 20)")
     kn.add_argument("--temperature", type=positive_float, default=0.07, help="T of the exp(sim/T) votes")
-    kn.set_defaults(func=_run_features, mode="knn")
+    kn.set_defaults(func=_features, mode="knn")
 
     vi = subparsers.add_parser(
         "visualize", help="PNGs of what a pretraining model predicts (one step and autoregressive completion)",
@@ -89,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="patch statistics of the completion: 'context' (mean/std of the clusters known so far; "
                          "nothing from the future) or 'gt' (the true patch's own; default context)")
     vi.add_argument("--max-grid", type=positive_int, default=16, help="images in grid.png at most")
-    vi.set_defaults(func=_run_visualize)
+    vi.set_defaults(func=_visualize)
 
     pr = subparsers.add_parser(
         "predict", help="top-5 classes of images from a fine-tuned classifier",
@@ -100,80 +100,46 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pr.add_argument("--topk", type=positive_int, default=5)
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pr.add_argument("--batch-size", type=positive_int, default=64)
-    pr.set_defaults(func=_run_predict)
-
-
-def _guard(fn) -> int:
-    try:
-        return fn() or 0
-    except UserError as e:
-        return report(str(e))
-
-
-def _run_features(args: argparse.Namespace) -> int:
-    return _guard(lambda: _features(args))
+    pr.set_defaults(func=_predict)
 
 
 def _features(args: argparse.Namespace) -> int:
+    from ..analysis.frozen import KnnSettings, LinearProbeSettings, probe_checkpoint
     from ..train.config import parse_cli_overrides
-    from . import _load
-    from .features import data_setup, default_test_split, extract_dataset_features, open_split
-    from .probe import knn_classify, linear_probe
 
     overrides = parse_cli_overrides(args.overrides)
-    bad = sorted(k for k in overrides if not k.startswith("data.") and k != "seed")
-    if bad:
-        raise ConfigError(f"{args.mode} takes only data keys as config overrides (--data.dataset, --data.root ...), "
-                          f"got {', '.join('--' + k for k in bad)}")
     if args.output:  # before the features are extracted, not after
         check_output_file(args.output, "--output", f"{args.mode}.json", "nothing was evaluated")
-    device = _device(args.device)
-    loaded = _load.load_for_analysis(args.checkpoint, device)
-    cfg = data_setup(loaded.training, overrides)
-    train_split = args.train_split or cfg.data.train_split
-    test_split = args.test_split or default_test_split(cfg)
-    train_ds = open_split(loaded.model, cfg, train_split, cfg.data.train_subset)
-    from ..data.datasets import class_names_to_map, dataset_classes
-
-    test_ds = open_split(loaded.model, cfg, test_split, cfg.data.val_subset,
-                         class_map=class_names_to_map(dataset_classes(train_ds)))
     bars = sys.stderr.isatty()  # progress bars on a terminal only, never into a log file
-    kw = dict(batch_size=args.batch_size, device=device, workers=args.workers, progress=bars)
-    tr = extract_dataset_features(loaded.model, train_ds, desc=f"features {train_split}", **kw)
-    te = extract_dataset_features(loaded.model, test_ds, desc=f"features {test_split}", **kw)
-    out = {"command": args.mode, "checkpoint": loaded.source, "architecture": type(loaded.model).__name__,
-           "dataset": cfg.data.dataset, "root": cfg.data.root, "train_split": train_split, "test_split": test_split,
-           "train_images": len(tr.labels), "test_images": len(te.labels), "feature_dim": tr.features.shape[1]}
-    from ..data.loader import unreadable_report
-
-    for split, fs in (("train", tr), ("test", te)):
-        report = unreadable_report(fs.unreadable)
-        out.update({f"{split}_{k}": v for k, v in report.items()})
-        if fs.unreadable:
-            shown = ", ".join(fs.unreadable[:5]) + (f" and {len(fs.unreadable) - 5} more" if len(fs.unreadable) > 5
-                                                     else "")
-            print(f"{split} split: {len(fs.unreadable)} unreadable file(s) left out: {shown}")
+    methods = ({"knn": KnnSettings(args.k, args.temperature)} if args.mode == "knn" else
+               {"linprobe": LinearProbeSettings(tuple(args.lrs), args.epochs, optimizer=args.optimizer,
+                                                weight_decay=args.weight_decay, holdout=args.holdout)})
+    out = {"command": args.mode,
+           **probe_checkpoint(args.checkpoint, overrides, device=_device(args.device), train_split=args.train_split,
+                              test_split=args.test_split, batch_size=args.batch_size, workers=args.workers,
+                              seed=args.seed, progress=bars, **methods)}
+    for split in ("train", "test"):
+        n, names = out[f"{split}_unreadable_files"], out[f"{split}_unreadable_file_names"]
+        if n:
+            shown = ", ".join(names[:5]) + (f" and {n - 5} more" if n > 5 else "")
+            print(f"{split} split: {n} unreadable file(s) left out: {shown}")
+    test_split = out["test_split"]
     if args.mode == "knn":
-        res = knn_classify(tr.features, tr.labels, te.features, te.labels, args.k, args.temperature, device=device)
-        out["knn"] = res.as_dict()
-        if res.k < args.k:
+        res = out["knn"]
+        if res["k"] < args.k:
             print(f"--k {args.k} is more than the {out['train_images']} training images: every one votes "
-                  f"(k={res.k})", file=sys.stderr)
-        print(f"k-NN (k={res.k}, T={args.temperature}) on {out['test_images']} {test_split} images: "
-              f"top-1 {res.top1:.2f}  top-5 {res.top5:.2f}")
+                  f"(k={res['k']})", file=sys.stderr)
+        print(f"k-NN (k={res['k']}, T={args.temperature}) on {out['test_images']} {test_split} images: "
+              f"top-1 {res['top1']:.2f}  top-5 {res['top5']:.2f}")
     else:
-        res = linear_probe(tr.features, tr.labels, te.features, te.labels, args.lrs, args.epochs,
-                           optimizer=args.optimizer, weight_decay=args.weight_decay, holdout=args.holdout,
-                           seed=args.seed, device=device, progress=bars)
-        out["linear_probe"] = res.as_dict()
-        out["settings"] = {"epochs": args.epochs, "optimizer": args.optimizer, "weight_decay": args.weight_decay,
-                           "holdout": args.holdout}
-        print(f"linear probe on {out['test_images']} {test_split} images (lr chosen on the {res.selection} split):")
-        for e in res.sweep:
+        res = out["linear_probe"]
+        print(f"linear probe on {out['test_images']} {test_split} images (lr chosen on the {res['selection']} split):")
+        for e in res["sweep"]:
             held = f"  held-out top-1 {e['heldout_top1']:6.2f}" if "heldout_top1" in e else ""
-            star = "  <- best" if e is res.best else ""
+            star = "  <- best" if e is res["best"] else ""
             print(f"  lr {e['lr']:<8g}{held}  test top-1 {e['test_top1']:6.2f}  top-5 {e['test_top5']:6.2f}{star}")
-        print(f"best: lr {res.best['lr']:g}  top-1 {res.best['test_top1']:.2f}  top-5 {res.best['test_top5']:.2f}")
+        best = res["best"]
+        print(f"best: lr {best['lr']:g}  top-1 {best['test_top1']:.2f}  top-5 {best['test_top5']:.2f}")
     if args.output:
         from ..models.io import atomic_write
 
@@ -186,8 +152,8 @@ def _images_and_model(args: argparse.Namespace, fits, need: str):
     saying what the command ``need``s when the model does not fit."""
     from ..errors import CheckpointError
     from ..models import ARMPretrain
-    from . import _load
-    from .predict import collect_images
+    from ..analysis import _load
+    from ..analysis.predict import collect_images
 
     files = collect_images(args.images)
     device = _device(args.device)
@@ -213,16 +179,12 @@ def _report_skipped(command: str, skipped: list, none_left: bool) -> None:
         print(f"armvision {command}: {len(skipped)} unreadable image(s) skipped", file=sys.stderr)
 
 
-def _run_visualize(args: argparse.Namespace) -> int:
-    return _guard(lambda: _visualize(args))
-
-
 def _visualize(args: argparse.Namespace) -> int:
     from ..data.transforms import normalization
     from ..models import ARMPretrain
-    from .features import data_setup, eval_transform_for
-    from .predict import load_images
-    from .visualize import render_panels
+    from ..analysis.features import data_setup, eval_transform_for
+    from ..analysis.predict import load_images
+    from ..analysis.visualize import render_panels
 
     check_output_dir(args.output, "--output")
     files, device, loaded = _images_and_model(args, lambda m: isinstance(m, ARMPretrain),
@@ -246,14 +208,10 @@ def _visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_predict(args: argparse.Namespace) -> int:
-    return _guard(lambda: _predict(args))
-
-
 def _predict(args: argparse.Namespace) -> int:
     from ..models import ARMClassifier
-    from .features import data_setup, eval_transform_for
-    from .predict import predict_files
+    from ..analysis.features import data_setup, eval_transform_for
+    from ..analysis.predict import predict_files
 
     files, device, loaded = _images_and_model(args, lambda m: isinstance(m, ARMClassifier) and m.num_classes,
                                               "predict needs a fine-tuned classifier with a classification head "

@@ -1,11 +1,13 @@
-"""``armvision convert``: parses the flags and prints; the work is :mod:`armvision.interop.convert`.
+"""``armvision convert | export``: parse the flags and print; the work is :mod:`armvision.interop.convert` and
+:func:`armvision.train.sharded.export_checkpoint`.
 
     armvision convert OFFICIAL.pth OUT_DIR                  official checkpoint -> armvision model directory
     armvision convert --to-official MODEL_DIR OUT.pth       armvision model -> official checkpoint layout
     armvision convert --as-classifier PRETRAIN.pth OUT_DIR  pretraining checkpoint -> classifier to fine-tune
+    armvision export RUN_OR_CKPT OUT_DIR                    any checkpoint (sharded or not) -> model directory
 
 The flag helpers here (``--ema``, ``--trust-global``) are shared with ``armvision extract``
-(:mod:`armvision.features_cli`).
+(:mod:`armvision.cli.features`).
 """
 
 from __future__ import annotations
@@ -17,15 +19,21 @@ from typing import Any
 from torch import nn
 
 from ..argtypes import positive_int
-from ..errors import CheckpointError, UserError, report
+from ..errors import CheckpointError, UserError
 from ..outputs import check_output_dir, check_output_file
-from .convert import convert_official, convert_to_official
-from .official import reference_kind
 
-__all__ = ["register", "ema_choice", "trusted_globals", "fail", "describe_model"]
+__all__ = ["register", "ema_choice", "trusted_globals", "describe_model"]
+
+# what the conversion library raises for a file that is not what the command needs
+_BAD_INPUT = (CheckpointError, FileNotFoundError, TypeError, ValueError, KeyError)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    _add_convert(subparsers)
+    _add_export(subparsers)
+
+
+def _add_convert(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert", help="convert an official ARM or Vim checkpoint to an armvision model directory, or back",
         description="Convert an official ARM checkpoint (OliverRensu/ARM .pth, pretraining or fine-tuning) or an "
@@ -78,10 +86,6 @@ def trusted_globals(names: list[str]) -> list[Any]:
     return out
 
 
-def fail(command: str, message: str) -> int:
-    return report(f"{command}: {message}")
-
-
 def describe_model(model: nn.Module) -> str:
     cfg = model.config
     n = sum(p.numel() for p in model.parameters())
@@ -94,14 +98,15 @@ def describe_model(model: nn.Module) -> str:
 
 
 def run_convert(args: argparse.Namespace) -> int:
+    from ..interop.convert import convert_official, convert_to_official
+    from ..interop.official import reference_kind
+
     src, dst = Path(args.source), Path(args.dest)
-    try:  # the destination is checked before any work: a file where a folder should be, a read-only place
-        if args.to_official:
-            check_output_file(dst, "DEST", "model.pth", "nothing was converted")
-        else:
-            check_output_dir(dst, "DEST")
-    except UserError as e:
-        return fail("convert", str(e))
+    # the destination is checked before any work: a file where a folder should be, a read-only place
+    if args.to_official:
+        check_output_file(dst, "DEST", "model.pth", "nothing was converted")
+    else:
+        check_output_dir(dst, "DEST")
     try:
         if args.to_official:
             model = convert_to_official(src, dst, strict=not args.no_strict)
@@ -112,13 +117,35 @@ def run_convert(args: argparse.Namespace) -> int:
                                           allow_globals=trusted_globals(args.trust_global),
                                           as_classifier=args.as_classifier, num_classes=args.num_classes,
                                           img_size=args.img_size)
-    except (CheckpointError, FileNotFoundError, TypeError, ValueError, KeyError) as e:
+    except _BAD_INPUT as e:
         # the library's hint names its keyword; here it is the flag
-        return fail("convert", str(e).strip("'\"").replace("pass strict=False", "pass --no-strict"))
+        raise UserError(str(e).strip("'\"").replace("pass strict=False", "pass --no-strict")) from e
     ckpt = weights.official
     details = [f"weights '{ckpt.state_dict_key}'" if ckpt.state_dict_key else "bare state dict"]
     if ckpt.epoch is not None:
         details.append(f"epoch {ckpt.epoch}")
     print(f"wrote {dst} from the official {reference_kind(ckpt.kind)} checkpoint {src} ({', '.join(details)}): "
           f"{describe_model(model)}")
+    return 0
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="write any checkpoint (sharded FSDP ones too) as a single model directory",
+        description="Write the model of a checkpoint -- a sharded one of a parallel fsdp run (torch.distributed."
+                    "checkpoint shards, read in this one process) or a plain one -- as the single model directory "
+                    "(config.json + model.safetensors) that load_model, eval, extract, finetune --init and the "
+                    "other commands read. A run directory gives its best checkpoint, else its latest.")
+    p.add_argument("source", metavar="RUN_OR_CKPT", help="a run directory, a checkpoint folder (run/checkpoints/"
+                                                         "step_*) or a model directory")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="the model directory to write")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ..train.sharded import export_checkpoint, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.source)
+    out = export_checkpoint(ckpt, args.out_dir)
+    print(f"exported {ckpt} -> {out} (config.json + model.safetensors)")
     return 0
