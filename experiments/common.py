@@ -320,7 +320,7 @@ class Context:
         labelled images (the fine-tuning column's yardstick) and on all training images (the linear probe's),
         and the same weighted k-NN as the probes on raw pixel vectors (28x28: upsampling adds nothing)."""
         from armvision.analysis import knn_classify
-        from armvision.train.baseline import fashion_mnist_pixels, pixel_linear_baseline
+        from armvision.analysis.baseline import fashion_mnist_pixels, pixel_linear_baseline
 
         s, root = self.scale, self.args.data_root
 

@@ -1,6 +1,6 @@
 """The demo's verdict line is computed from its numbers: above both baselines by more than the seed noise, or not."""
 
-from armvision.train.demo import demo_verdict, format_table
+from armvision.demo import demo_verdict, format_table
 
 
 def test_verdict_needs_a_margin_over_the_stronger_baseline():

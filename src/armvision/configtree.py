@@ -49,8 +49,11 @@ def read_yaml(text: str, source: str) -> dict:
     """The mapping a YAML text holds (empty text: {}); ``source`` names it in errors."""
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    except yaml.YAMLError as e:  # its text spans several lines; the message keeps the place and the problem
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{source} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

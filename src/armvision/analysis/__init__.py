@@ -7,7 +7,8 @@
   autoregressive completion, drawn with matplotlib;
 * :mod:`.predict` -- top-k classes of image files from a fine-tuned classifier;
 * :mod:`.frozen` -- the whole frozen-feature evaluation of a model or checkpoint (splits -> features ->
-  linear probe / k-NN -> one result dict): :func:`probe_model`, :func:`probe_checkpoint`.
+  linear probe / k-NN -> one result dict): :func:`probe_model`, :func:`probe_checkpoint`;
+* :mod:`.baseline` -- a reference without a network: a linear classifier on raw Fashion-MNIST pixels.
 
 :mod:`armvision.cli.analysis` adds ``armvision linprobe | knn | visualize | predict`` on top.
 """

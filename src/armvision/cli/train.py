@@ -261,7 +261,7 @@ def _benchmark_command(args, overrides: dict) -> int:
 
 
 def _add_demo_parser(sub) -> None:
-    from ..train.demo import PROFILES
+    from ..demo import PROFILES
 
     p = sub.add_parser(
         "demo", help="pretrain + fine-tune + from-scratch baseline on Fashion-MNIST, with a result table",
@@ -285,7 +285,7 @@ def _add_demo_parser(sub) -> None:
 
 
 def _demo_command(args) -> int:
-    from ..train.demo import run_demo
+    from ..demo import run_demo
 
     result = run_demo(output_dir=args.output_dir, profile=args.profile, data_root=args.data_root,
                       device=args.device, seed=args.seed, workers=args.workers)

@@ -1,4 +1,4 @@
-"""Training and evaluation: configs and presets, the training loop, checkpoints, evaluation, the demo.
+"""Training and evaluation: configs and presets, the training loop, checkpoints, evaluation.
 
 Python API (the command line calls the same functions)::
 
@@ -91,7 +91,7 @@ def finetune(cfg: RunConfig) -> dict[str, Any]:
 
 
 def run_demo(*args, **kwargs) -> dict[str, Any]:
-    """The Fashion-MNIST demo (see :func:`armvision.train.demo.run_demo`)."""
-    from .demo import run_demo as _run_demo
+    """The Fashion-MNIST demo (see :func:`armvision.demo.run_demo`)."""
+    from ..demo import run_demo as _run_demo
 
     return _run_demo(*args, **kwargs)

@@ -1,4 +1,5 @@
-"""A reference point for the demo: a linear classifier (multinomial logistic regression) on raw pixels."""
+"""A reference point without a network: a linear classifier (multinomial logistic regression) on the raw pixels
+of Fashion-MNIST, used by the demo (:mod:`armvision.demo`) and the studies in experiments/."""
 
 from __future__ import annotations
 

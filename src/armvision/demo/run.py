@@ -13,7 +13,7 @@ directory under the demo's output folder:
 Both classifiers are evaluated on the 10000 test images at the end of their run (raw and EMA
 weights; no model selection on the test set). A fourth row is a reference point a reader knows: a linear
 classifier (logistic regression) on the raw pixels of the same labelled images, evaluated on the same test
-images (:func:`armvision.train.baseline.pixel_linear_baseline`). The result table is printed and saved
+images (:func:`armvision.analysis.baseline.pixel_linear_baseline`). The result table is printed and saved
 (``demo_results.json``, ``demo_results.md``), with a verdict line computed from the numbers
 (:func:`demo_verdict`): ARM counts as better only when it is above both from scratch and the pixel classifier by
 more than the profile's measured seed noise.
@@ -26,50 +26,22 @@ import logging
 import platform
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..analysis.baseline import pixel_linear_baseline
 from ..errors import ConfigError
 from ..models.io import atomic_write
-from .baseline import pixel_linear_baseline
-from .config import config_to_dict, load_config
-from .trainer import train
+from ..train.config import config_to_dict, load_config
+from ..train.trainer import train
+from .profiles import PROFILES
 
-__all__ = ["DemoProfile", "PROFILES", "run_demo", "format_table", "demo_verdict"]
+__all__ = ["run_demo", "format_table", "demo_verdict"]
 
-_logger = logging.getLogger("armvision.train")
+_logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class DemoProfile:
-    """Budget of the demo: overrides applied to the fmnist_pretrain / fmnist_finetune presets."""
-
-    description: str
-    pretrain: dict[str, Any] = field(default_factory=dict)
-    finetune: dict[str, Any] = field(default_factory=dict)
-    seed_noise: float | None = None  # test top-1 points a difference must exceed (docs/analysis.md); None: unmeasured
-
-
-PROFILES: dict[str, DemoProfile] = {
-    "cpu": DemoProfile(
-        "the presets as they are: 9-12 minutes on a 2-core CPU (711 s measured inside the demo, fresh clone)",
-    ),
-    "gpu": DemoProfile(
-        "a longer schedule for a GPU: 8 pretraining epochs instead of 1, 10 fine-tuning epochs instead of 2 "
-        "(same 10000 labels); 5.5 minutes on an H100 with --workers 6",
-        pretrain={"optim.epochs": 8, "optim.warmup_epochs": 0.5, "data.workers": 2},
-        finetune={"optim.epochs": 10, "optim.warmup_epochs": 0.5, "data.workers": 2},
-    ),
-    "smoke": DemoProfile(
-        "a few steps of each stage on small subsets (10-30 seconds): checks an installation, measures nothing",
-        pretrain={"data.train_subset": 512, "optim.epochs": 1, "optim.warmup_epochs": 0.5, "optim.batch_size": 64},
-        finetune={"data.train_subset": 256, "data.val_subset": 256, "optim.epochs": 2, "optim.warmup_epochs": 0.5,
-                  "optim.batch_size": 64},
-    ),
-}
 
 _STAGES = ("pretrain", "finetune", "scratch")
 _MARKER = "demo_results.json"
