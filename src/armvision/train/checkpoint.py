@@ -47,17 +47,9 @@ from ..models import ARMClassifier
 from ..models.io import atomic_write, save_model
 from ..models.manifest import verify_dir, write_manifest
 from ..outputs import check_output_dir, describe_os_error  # noqa: F401 - re-exported (__all__)
-from ..weights import (
-    encoder_mismatch,
-    init_classifier,
-    is_model_dir,
-    is_pickle_file,
-    link_target,
-    pickle_message,
-    read_weights,
-    resolve_model_dir,
-    step_dirs,
-)
+from ..weights import encoder_mismatch, init_classifier, is_model_dir, is_pickle_file, read_weights, resolve_model_dir
+from ..weights.layout import (BEST, HEALTH_NAME, LATEST, STATE_NAME, find_checkpoint, is_training_checkpoint, link_target,
+                              step_dirs)
 
 __all__ = [
     "CheckpointManager",
@@ -73,21 +65,13 @@ __all__ = [
     "check_output_dir",
 ]
 
-STATE_NAME = "training_state.pt"
-HEALTH_NAME = "health.json"
-def _is_checkpoint(d: Path) -> bool:
-    """A complete checkpoint folder: a training state and the model (a model directory, or sharded)."""
-    from .sharded import is_sharded_checkpoint
-
-    return (d / STATE_NAME).is_file() and (is_model_dir(d) or is_sharded_checkpoint(d))
 
 
 def _checkpoint_link(link: Path) -> Path | None:
     """The checkpoint folder a ``latest`` / ``best`` link points at, if it does."""
-    target = link_target(link)
-    if target is None and link.is_symlink() and _is_checkpoint(link.resolve()):
-        target = link.resolve()
-    return target
+    if link.is_symlink() and is_training_checkpoint(link.resolve()):
+        return link.resolve()
+    return link_target(link)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -137,23 +121,9 @@ def _as_tuple(x):
 # finding model directories
 # ------------------------------------------------------------------------------------------------
 def resolve_resume_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint folder with a training state, from itself or from a run directory (its latest)."""
-    p = Path(path)
-    if _is_checkpoint(p):
-        return p
-    if is_pickle_file(p):
-        raise CheckpointError(f"cannot resume from {p}: " + pickle_message(p))
-    if not p.exists():
-        raise CheckpointError(f"cannot resume from {p}: it does not exist; pass a checkpoint folder "
-                              "(run/checkpoints/step_*), a run directory, or --resume auto")
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    latest = _checkpoint_link(ckpt_dir / "latest")
-    if latest is not None and (latest / STATE_NAME).is_file():
-        return latest
-    steps = [d for d in step_dirs(ckpt_dir) if _is_checkpoint(d)]
-    if steps:
-        return steps[-1]
-    raise CheckpointError(f"cannot resume from {p}: no checkpoint with a {STATE_NAME} in it")
+    """A checkpoint folder with a training state, from itself or from a run directory (its latest):
+    :func:`armvision.weights.find_checkpoint` with ``need="resume"``."""
+    return find_checkpoint(path, need="resume")
 
 
 def load_init_weights(classifier: ARMClassifier, path: str | os.PathLike) -> dict[str, Any]:
@@ -196,17 +166,13 @@ class CheckpointManager:
 
     # -- reading --------------------------------------------------------------------------------
     def steps(self) -> list[Path]:
-        return [d for d in step_dirs(self.dir) if _is_checkpoint(d)]
+        return [d for d in step_dirs(self.dir) if is_training_checkpoint(d)]
 
     def latest(self) -> Path | None:
-        target = _checkpoint_link(self.dir / "latest")
-        if target is not None and (target / STATE_NAME).is_file():
-            return target
-        steps = self.steps()
-        return steps[-1] if steps else None
+        return find_checkpoint(self.dir, need="resume", required=False)
 
     def best(self) -> Path | None:
-        return _checkpoint_link(self.dir / "best")
+        return _checkpoint_link(self.dir / BEST)
 
     @staticmethod
     def load_state(ckpt: Path) -> dict[str, Any]:
@@ -230,7 +196,7 @@ class CheckpointManager:
     def candidates(self) -> list[Path]:
         """Checkpoints to resume from, newest first (the ``latest`` link's target first)."""
         out = []
-        target = link_target(self.dir / "latest")
+        target = link_target(self.dir / LATEST)
         if target is not None and (target / STATE_NAME).is_file():
             out.append(target)
         out += [d for d in reversed(self.steps()) if not out or d.name != out[0].name]

@@ -37,23 +37,16 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
-from ..models.io import CONFIG_NAME, build_model, save_model
-from ..weights import is_model_dir, read_config, read_weights
+from ..models.io import build_model, save_model
+from ..outputs import check_output_dir
+from ..weights import read_config, read_weights
+from ..weights.layout import CONFIG_NAME, MARKER_NAME, SHARDED_DIR, STATE_NAME, find_checkpoint, is_sharded_checkpoint
 from . import distributed
 
 __all__ = ["SHARDED_DIR", "MARKER_NAME", "is_sharded_checkpoint", "save_sharded", "load_sharded", "load_full",
            "resolve_checkpoint", "export_checkpoint"]
 
-SHARDED_DIR = "sharded"
-MARKER_NAME = "sharded.json"
-_STATE_NAME = "training_state.pt"  # as armvision.train.checkpoint.STATE_NAME (which imports this module)
 _ARCHITECTURES = ("ARMPretrain", "ARMClassifier")
-
-
-def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
-    """``path`` is a complete sharded checkpoint folder (marker, config.json and the DCP metadata)."""
-    p = Path(path)
-    return (p / MARKER_NAME).is_file() and (p / CONFIG_NAME).is_file() and (p / SHARDED_DIR / ".metadata").is_file()
 
 
 def _no_dist() -> bool:
@@ -100,7 +93,7 @@ def save_sharded(manager, step: int, model: nn.Module, optimizer: torch.optim.Op
             (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
             if metrics:
                 (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            torch.save(state, tmp / _STATE_NAME)
+            torch.save(state, tmp / STATE_NAME)
             marker = {"format": "torch.distributed.checkpoint", "world_size": state.get("world_size", 1),
                       "contents": ["model", "optimizer"]}
             (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")  # last: the folder is complete
@@ -158,31 +151,11 @@ def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
-def _is_checkpoint(p: Path) -> bool:
-    return p.is_dir() and (is_sharded_checkpoint(p) or is_model_dir(p))
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint folder (sharded or not) or model directory, from itself or a run directory
-    (its ``best`` checkpoint, else its ``latest``, else its newest ``step_*``)."""
-    from ..weights import step_dirs
-
-    p = Path(path)
-    if _is_checkpoint(p):
-        return p
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; pass a run directory, a checkpoint folder (run/checkpoints/"
-                              "step_*) or a model directory")
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    for name in ("best", "latest"):
-        link = ckpt_dir / name
-        if link.is_symlink() and _is_checkpoint(link.resolve()):
-            return link.resolve()
-    steps = [d for d in step_dirs(ckpt_dir) if _is_checkpoint(d)]
-    if steps:
-        return steps[-1]
-    raise CheckpointError(f"{p} holds no checkpoint: expected a model directory (config.json + model.safetensors), "
-                          f"a sharded checkpoint ({MARKER_NAME} + {SHARDED_DIR}/) or a run directory")
+    (its ``best`` checkpoint, else its ``latest``, else its newest ``step_*``):
+    :func:`armvision.weights.find_checkpoint` with ``need="any"``."""
+    return find_checkpoint(path, need="any")
 
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -190,8 +163,6 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
     model directory ``out_dir`` (config.json + model.safetensors). Runs in one process, with or
     without a GPU; a sharded checkpoint is read shard by shard into the plain model (DCP, no process
     group). Returns ``out_dir``."""
-    from .checkpoint import check_output_dir
-
     ckpt = resolve_checkpoint(source)
     out = Path(out_dir)
     if out.resolve() == ckpt.resolve():
