@@ -32,13 +32,12 @@ from tqdm import tqdm
 from .. import __version__, ops
 from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_device, dataset_classes,
                     normalization, unreadable_report)
-from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, Preempted, TrainingDiverged
 from ..models import create_model
 from ..models.io import atomic_write
 from ..outputs import guarded_write
 from . import distributed
-from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
-                         set_rng_state)
+from .checkpoint import CheckpointManager, TrainingParts, check_output_dir, load_init_weights, resolve_resume_dir
 from .compiled import CompiledModule, compile_enabled, compile_mode
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
@@ -47,7 +46,6 @@ from .metrics import MetricsLogger, format_duration
 from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
-from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 from .preemption import EXIT_PREEMPTED, StopSignals
 from .runlock import RunLock
 
@@ -329,17 +327,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # checkpoints
     # ------------------------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
+    def _parts(self) -> TrainingParts:
+        """What the checkpoint manager saves and restores beside the loop state."""
+        return TrainingParts(self.model, self.optimizer, self.scheduler, self.ema,
+                             sharded=self.cfg.parallel == "fsdp", fsdp_model=self.par.sharded, device=self.device)
+
+    def _loop_state(self) -> dict[str, Any]:
+        """The loop's position and counters, as a checkpoint keeps them (the manager adds the optimizer, the
+        scheduler and the RNG states)."""
         return {
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "micro_batch": self.micro_batch,
             "world_size": self.dist.world_size,
-            "optimizer": self.optimizer.state_dict(),
             "no_decay": self.cfg.optim.no_decay,  # the parameter groups the optimizer state is laid out in
-            "scheduler": self.scheduler.state_dict(),
-            "rng": distributed.all_gather_object(rng_state()),
             "best_metric": self.best_metric,
             "skipped_images": self.skipped_images,
             "unreadable_files": self.unreadable_files,
@@ -364,28 +366,10 @@ class Trainer:
             self._diverged("weights or optimizer state", float("nan"), self.epoch, at_step=self.step)
         self._sync_skipped()
         self._gather_unreadable()
-        state = self._training_state()  # every rank joins the RNG gather
-        if self.cfg.parallel == "fsdp":  # every rank writes its shards (armvision.train.sharded)
-            state.pop("optimizer")
-            path = save_sharded(self.ckpt, self.step, self.model, self.optimizer, state, self._model_extra_config(),
-                                metrics=metrics or None, is_best=is_best)
-            if self.is_main:
-                _logger.info("saved sharded checkpoint %s", path)
-            self._pending_health = (path, self._baseline_loss())
-            return path
-        path, error = None, None
+        path = self.ckpt.save_training(self.step, self._parts(), self._loop_state(), self._model_extra_config(),
+                                       metrics=metrics or None, is_best=is_best)
         if self.is_main:
-            ema_sd = self.ema.module.state_dict() if self.ema is not None else None
-            try:
-                path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
-                                      metrics=metrics or None, is_best=is_best)
-                _logger.info("saved checkpoint %s", path)
-            except SaveError as e:
-                error = str(e)
-        error = next((e for e in distributed.all_gather_object(error) if e), None)
-        if error:
-            raise SaveError(error)
-        path = path or self.ckpt.dir / f"step_{self.step:08d}"
+            _logger.info("saved %scheckpoint %s", "sharded " if self.cfg.parallel == "fsdp" else "", path)
         self._pending_health = (path, self._baseline_loss())
         return path
 
@@ -469,8 +453,6 @@ class Trainer:
                                      f"{len(self.classes)} ({', '.join(self.classes[:3])}...) now")
 
     def _restore(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
         self._compare_classes(ckpt)
         state = self.ckpt.load_state(ckpt)
         self.resume_history = list(state.get("resume_history", []))
@@ -487,35 +469,7 @@ class Trainer:
                     f"{ckpt} was saved mid-epoch with micro_batch {state.get('micro_batch')} on "
                     f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch "
                     "checkpoint")
-        from torch.distributed.checkpoint.api import CheckpointException
-
-        try:
-            if is_sharded_checkpoint(ckpt):  # any number of processes wrote it; DCP reshards
-                load_sharded(ckpt, self.model, self.optimizer)
-                if self.ema is not None:
-                    self.ema.module.load_state_dict(self.model.state_dict())
-            elif self.par.sharded:  # a ddp checkpoint: each process takes its shards of the whole tensors
-                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-                load_full(self.model, self.optimizer, sd, state["optimizer"])
-            else:
-                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-                self.model.load_state_dict(sd)
-                if self.ema is not None:
-                    ema_dir = ckpt / "ema"
-                    ema_sd = load_file(str(ema_dir / "model.safetensors"), device=str(self.device)) \
-                        if (ema_dir / "model.safetensors").is_file() else sd
-                    self.ema.module.load_state_dict(ema_sd)
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except CheckpointError:
-            raise
-        except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
-            raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
-                                  "resume with the config the run was started with") from None
-        # the schedule follows this run's config (e.g. more epochs); the step count continues
-        if self.scheduler.last_step != int(state["step"]):
-            raise CheckpointError(f"{ckpt}: its schedule is at step {self.scheduler.last_step} but the run at step "
-                                  f"{state['step']}; the checkpoint is damaged")
+        self.ckpt.restore_training(ckpt, self._parts(), state, self.dist.rank, self.dist.world_size)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.best_metric = state.get("best_metric")
@@ -524,12 +478,6 @@ class Trainer:
         self.images_seen = int(state.get("images_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.loss_history = [(int(s), float(v)) for s, v in state.get("loss_history", [])]
-        rngs = state.get("rng") or []
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        elif self.is_main:
-            _logger.warning("checkpoint has RNG states of %d process(es), this run has %d: random streams restart",
-                            len(rngs), self.dist.world_size)
         if self.is_main:
             _logger.info("resumed from %s at step %d (epoch %d)", ckpt, self.step, self.epoch)
 
