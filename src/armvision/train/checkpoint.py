@@ -53,14 +53,14 @@ from torch import nn
 
 from ..errors import CheckpointError, SaveError
 from ..models import ARMClassifier
-from ..models.io import atomic_write, save_model
+from ..models.io import save_model
 from ..models.manifest import verify_dir, write_manifest
 from ..outputs import check_output_dir, describe_os_error  # noqa: F401 - re-exported (__all__)
 from ..weights import encoder_mismatch, init_classifier, is_model_dir, is_pickle_file, read_weights, resolve_model_dir
 from ..weights.layout import (BEST, CHECKPOINTS_DIR, EMA_DIR, HEALTH_NAME, LATEST, METRICS_NAME, STATE_NAME,
                               WEIGHTS_NAME, find_checkpoint, is_sharded_checkpoint, is_training_checkpoint,
-                              link_target, step_dirs, step_name)
-from . import distributed, sharded
+                              link_target, step_dirs, step_name, step_of)
+from . import distributed, health, sharded
 
 _logger = logging.getLogger("armvision.train")
 
@@ -232,29 +232,19 @@ class CheckpointManager:
         out += [d for d in reversed(self.steps()) if not out or d.name != out[0].name]
         return out
 
+    # -- health (the judgement is armvision.train.health) ----------------------------------------
     def health(self, ckpt: Path) -> dict[str, Any]:
-        try:
-            return json.loads((ckpt / HEALTH_NAME).read_text())
-        except (OSError, ValueError):
-            return {}
+        """The ``health.json`` of ``ckpt`` ({} when not judged yet)."""
+        return health.read_health(ckpt)
 
     def mark_health(self, ckpt: Path, good: bool, **info: Any) -> None:
-        """Record whether the weights of ``ckpt`` proved good (see the module docstring)."""
-        if self.is_main and ckpt.is_dir():
-            text = json.dumps({"good": bool(good), **info}) + "\n"
-            try:
-                atomic_write(ckpt / HEALTH_NAME, lambda p: Path(p).write_text(text))
-            except OSError:
-                pass  # a note, not the checkpoint: losing it only makes the checkpoint unconfirmed
+        """Record whether the weights of ``ckpt`` proved good (main process)."""
+        if self.is_main:
+            health.mark_health(ckpt, good, **info)
 
     def last_good(self, before_step: int | None = None) -> Path | None:
         """The newest checkpoint whose weights proved good (optionally: saved before ``before_step``)."""
-        for d in reversed(self.steps()):
-            if before_step is not None and int(d.name[5:]) >= before_step:
-                continue
-            if self.health(d).get("good"):
-                return d
-        return None
+        return health.last_good(self.steps(), before_step)
 
     def retire_after(self, good: Path | None) -> list[Path]:
         """After a divergence: rename the checkpoints newer than ``good`` to ``diverged-step_*`` (kept for a
@@ -262,9 +252,9 @@ class CheckpointManager:
         moved = []
         if not self.is_main:
             return moved
-        limit = int(good.name[5:]) if good is not None else -1
+        limit = step_of(good) if good is not None else -1
         for d in step_dirs(self.dir):
-            if int(d.name[5:]) > limit:
+            if step_of(d) > limit:
                 dest = self.dir / f"diverged-{d.name}"
                 shutil.rmtree(dest, ignore_errors=True)
                 os.replace(d, dest)

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from .. import __version__, ops
 from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_device, dataset_classes,
                     normalization, unreadable_report)
-from ..errors import CheckpointError, ConfigError, DataError, Preempted, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, Preempted
 from ..models import create_model
 from ..models.io import atomic_write
 from ..outputs import guarded_write
@@ -47,6 +47,7 @@ from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
 from .preemption import EXIT_PREEMPTED, StopSignals
+from .health import Health, read_health, state_finite
 from .runlock import RunLock
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything", "check_output_dir"]
@@ -178,12 +179,11 @@ class Trainer:
         self.loss_history: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}
         self.train_seconds = 0.0
-        # non-finite steps and unreadable images, counted on the device; read at log steps and saves
-        self._bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
-        self._bad_seen = 0  # the count at the last host read
-        self._first_bad = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)  # step, loss, grad norm
+        # non-finite steps, checkpoint health, divergence (armvision.train.health)
+        self.health = Health(self.ckpt, self.device, cfg.optim.skip_nonfinite, cfg.checkpoint.loss_rise_factor,
+                             self.is_main)
+        # unreadable images, counted on the device; read at log steps and saves
         self._skipped_dev = torch.zeros((), dtype=torch.long, device=self.device)
-        self._pending_health: tuple[Path, float | None] | None = None  # the checkpoint the next step judges
         self._signals: StopSignals | None = None
         self._stop = False
         self.logger = None
@@ -191,8 +191,8 @@ class Trainer:
         self.resume_history: list[dict[str, Any]] = []  # every resume of the run that changed its config
         if self.resume_from is not None:
             self._restore(self.resume_from)
-            if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
-                self._pending_health = (self.resume_from, self._baseline_loss())
+            if not read_health(self.resume_from):  # not judged yet: the first step will
+                self.health.expect(self.resume_from, self.loss_history)
         # records past the step the run continues from are dropped (they will be logged again); a new run
         # starts its records afresh
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
@@ -362,7 +362,7 @@ class Trainer:
         First the non-finite checks (the run stops as diverged rather than save bad weights); a failed
         save raises CheckpointError on every rank, the previous checkpoint staying the latest."""
         self._check_nonfinite(self.epoch)
-        if not self._state_finite():
+        if not self._state_finite():  # the run stops as diverged rather than save bad weights
             self._diverged("weights or optimizer state", float("nan"), self.epoch, at_step=self.step)
         self._sync_skipped()
         self._gather_unreadable()
@@ -370,7 +370,7 @@ class Trainer:
                                        metrics=metrics or None, is_best=is_best)
         if self.is_main:
             _logger.info("saved %scheckpoint %s", "sharded " if self.cfg.parallel == "fsdp" else "", path)
-        self._pending_health = (path, self._baseline_loss())
+        self.health.expect(path, self.loss_history)
         return path
 
     def _state_finite(self) -> bool:
@@ -380,38 +380,7 @@ class Trainer:
             tensors += [p for p in self.ema.module.parameters()]
         tensors += [t for st in self.optimizer.state.values() for t in st.values()
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if not tensors:
-            return True
-        # under FSDP2 parameters and AdamW moments are DTensors: each rank checks its own shards
-        tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
-        ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
-        return distributed.all_reduce_sum(1.0 - ok).item() == 0
-
-    def _baseline_loss(self) -> float | None:
-        """The baseline a checkpoint is judged against: the best (lowest) smoothed training loss so far, the
-        smoothing a mean over 5 logged losses. Not the recent average, which a blow-up inflates along with the
-        losses it should be compared with."""
-        finite = [v for _, v in self.loss_history if math.isfinite(v)]
-        if not finite:
-            return None
-        n = 5
-        sums = np.cumsum([0.0, *finite])
-        return float(min((sums[i] - sums[max(0, i - n)]) / (i - max(0, i - n)) for i in range(1, len(finite) + 1)))
-
-    def _judge_checkpoint(self, step_loss: torch.Tensor) -> None:
-        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the baseline
-        (:meth:`_baseline_loss`) marks the checkpoint good (one host read per checkpoint)."""
-        path, ref = self._pending_health
-        self._pending_health = None
-        loss = float(step_loss.item())
-        factor = self.cfg.checkpoint.loss_rise_factor
-        good = math.isfinite(loss) and (ref is None or loss <= factor * ref)
-        self.ckpt.mark_health(path, good, next_step_loss=loss if math.isfinite(loss) else str(loss),
-                              baseline_loss=ref, baseline="the best mean of 5 logged training losses so far",
-                              loss_rise_factor=factor)
-        if not good and self.is_main:
-            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, above %g x the best smoothed "
-                            "loss so far (%s)", path.name, loss, factor, ref)
+        return state_finite(tensors, self.device)
 
     def _compare_resume_config(self, ckpt: Path) -> list[dict[str, Any]]:
         """Compare the config a checkpoint was trained with to this run's. What makes it another run (task, model,
@@ -611,14 +580,12 @@ class Trainer:
             flags = torch.cat([bad.double().reshape(1), host])
             distributed.all_reduce_sum(flags)
             step_bad = flags[0] > 0
-            self._bad_steps += step_bad.long()
             self._skipped_dev += flags[1].long()
             step_loss = loss_sum.double() / self.accum_steps
             step_dev += 1
-            first = torch.stack([step_dev, step_loss, grad_norm.double().to(self.device)])
-            self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
-            if self._pending_health is not None:
-                self._judge_checkpoint(torch.where(step_bad, torch.nan, step_loss))
+            self.health.record_step(step_bad, step_dev, step_loss, grad_norm)
+            if self.health.pending is not None:
+                self.health.judge(torch.where(step_bad, torch.nan, step_loss))
             lr = self.current_lr
             if on_device:
                 self.optimizer.found_inf = step_bad.float()
@@ -681,18 +648,10 @@ class Trainer:
     def _check_nonfinite(self, epoch: int) -> None:
         """Read the count of non-finite steps (one host read): past optim.skip_nonfinite the run stops as
         diverged; below it, a warning. The skipped steps did not change the weights."""
-        bad = int(self._bad_steps.item())
-        if bad == self._bad_seen:
-            return
-        step, loss, grad = (float(v) for v in self._first_bad.tolist())
-        if bad > self.cfg.optim.skip_nonfinite:
-            what, value = ("training loss", loss) if not math.isfinite(loss) else ("gradient norm", grad)
-            self._diverged(what, value, epoch, at_step=int(step) - 1)
-        if self.is_main:
-            _logger.warning("skipped %d step(s) with a non-finite loss or gradient norm so far (the first at step "
-                            "%d); the run stops after %d (optim.skip_nonfinite)", bad, int(step),
-                            self.cfg.optim.skip_nonfinite)
-        self._bad_seen = bad
+        verdict = self.health.check_nonfinite()
+        if verdict is not None:
+            what, value, at_step = verdict
+            self._diverged(what, value, epoch, at_step=at_step)
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -716,32 +675,20 @@ class Trainer:
         self.logger.log("train", self.step, **record)
 
     def _diverged(self, what: str, value: float, epoch: int, at_step: int | None = None) -> None:
-        """Stop the run: name the newest checkpoint whose weights proved good (see CheckpointManager) and
-        make it the latest, so that ``--resume auto`` continues from it; newer ones become diverged-step_*."""
+        """Stop the run: the newest checkpoint whose weights proved good becomes the latest, so that ``--resume
+        auto`` continues from it; newer ones become diverged-step_* (:meth:`Health.diverged`)."""
         at_step = self.step if at_step is None else at_step
-        good = self.ckpt.last_good()
-        retired = self.ckpt.retire_after(good)
-        distributed.barrier()
-        where = (f"the last good checkpoint, {good}, is intact (its weights are finite and the loss after it was "
-                 "not rising)" if good else "no checkpoint with good weights had been saved")
-        if retired:
-            where += f"; the {len(retired)} newer one(s) were renamed diverged-step_* and will not be resumed from"
-        if self.logger is not None:
-            self.logger.log("diverged", at_step, **{"loss" if what == "training loss" else "grad_norm": value},
-                            epoch=epoch)
-            self.logger.close()
         advice = ["lower the learning rate (optim.blr / optim.lr)"]
         if not self.cfg.optim.clip_grad:
             advice.append("set optim.clip_grad")
         if not isinstance(autocast_for(self.device, self.cfg.precision), contextlib.nullcontext):  # bf16 now
             advice.append("use precision fp32")
-        happened = ("the weights were not updated" if what != "weights or optimizer state"
-                    else "its checkpoint was not saved")
-        then = "resume with --resume auto" if good else "start again"
-        raise TrainingDiverged(
-            f"the {what} became {value} at step {at_step + 1} (epoch {epoch + 1}); {happened}, "
-            f"the run stops and {where}. To go on: {', '.join(advice[:-1]) + ' or ' if len(advice) > 1 else ''}"
-            f"{advice[-1]}, then {then}")
+        error = self.health.diverged(what, value, at_step, epoch, advice)
+        if self.logger is not None:
+            self.logger.log("diverged", at_step, **{"loss" if what == "training loss" else "grad_norm": value},
+                            epoch=epoch)
+            self.logger.close()
+        raise error
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the raw (and EMA) weights on the validation split."""
