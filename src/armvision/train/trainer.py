@@ -21,6 +21,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,28 @@ class _Window:
         self.images = 0
         self.start = time.time()
 
+    def add(self, step: _Step, images: int) -> None:
+        self.loss += torch.where(step.bad, 0.0, step.loss)
+        self.good += (~step.bad).double()
+        self.steps += 1
+        self.images += images
+
     def reset(self):
         self.__init__(self.device)
+
+
+@dataclass
+class _Step:
+    """One optimizer step as the loop sees it; the tensors stay on the device. ``bad``: the loss or gradient norm
+    was non-finite on some rank (the update was skipped); ``loss``: the mean loss of its micro-batches;
+    ``flags``: the agreed [non-finite, unreadable images, stop signals]; ``stop_here``: this process's signal."""
+
+    bad: torch.Tensor
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    flags: torch.Tensor
+    stop_here: float
+    lr: float = float("nan")
 
 
 # resuming: keys that make a checkpoint another run's (an error), and keys whose change is warned about and recorded
@@ -527,113 +548,150 @@ class Trainer:
         return self._batches
 
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
-        cfg = self.cfg
-        start_micro = self.batch_in_epoch
-        if self.train_sampler is not None:
-            batches = self._spanning_batches(epoch, start_micro)
-        else:
-            if hasattr(self.train_set, "set_epoch"):
-                self.train_set.set_epoch(epoch)
-            if start_micro and self.is_main:
-                _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
-                                "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
-                                epoch + 1)
-            self._close_batches()
-            batches = self._batches = self._feeder(epoch, start_micro)
+        """Train ``epoch`` from where it stands to its end, ``stop_step`` or a stop signal: each step is
+        :meth:`_train_step`, then the window's log line, the progress bar, the signal check and the step-cadence
+        save."""
+        batches = self._epoch_batches(epoch)
         self.model.train()
         window = _Window(self.device)
-        lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
-        world_batch = self.micro_batch * self.dist.world_size
-        # fused AdamW skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and
-        # for-loop implementations cannot, so there the flag is read on the host each step
-        on_device = bool(self.optimizer.defaults.get("fused"))
-        # the step number on the device, for the record of the first non-finite step: made by a fill kernel and
-        # counted there, since a (blocking) copy from the host would wait for the GPU each step
-        step_dev = torch.full((), float(self.step), dtype=torch.float64, device=self.device)
-        for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
+        step_number = torch.full((), float(self.step), dtype=torch.float64, device=self.device)  # see _Step
+        last: _Step | None = None
+        for _ in range(self.batch_in_epoch // self.accum_steps, self.steps_per_epoch):
             if self.step >= stop_step:
                 break
-            t_step = time.time()
-            self.train_module.begin_step()
-            loss_sum = torch.zeros((), device=self.device)
-            skipped = 0  # skip events of this step's batches (their files go to a host-side set)
-            for k in range(self.accum_steps):
-                try:
-                    images, labels, files = next(batches)  # on the device (see _prepare_batch)
-                except StopIteration:  # a streaming split that ran short
-                    raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
-                                    f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
-                if files:
-                    skipped += len(files)
-                    self._unreadable_local.update(files)
-                with gradient_sync(self.par, k == self.accum_steps - 1):
-                    loss = self._forward_backward(images, labels)
-                loss_sum += loss.detach().float()
-                self.batch_in_epoch += 1
-            # the gradient norm (clipping, when on) before the check: a finite loss can still give
-            # non-finite gradients, which must not reach the weights either
-            grad_norm = clip_grad_norm(self.params, cfg.optim.clip_grad or float("inf"))
-            # one check per step, agreed by all ranks, before the weights change; it stays on the device
-            bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
-            stop_here = float(self._signals is not None and self._signals.received is not None)
-            host = copy_to_device(torch.tensor([float(skipped), stop_here], dtype=torch.float64), self.device)
-            flags = torch.cat([bad.double().reshape(1), host])
-            distributed.all_reduce_sum(flags)
-            step_bad = flags[0] > 0
-            self._skipped_dev += flags[1].long()
-            step_loss = loss_sum.double() / self.accum_steps
-            step_dev += 1
-            self.health.record_step(step_bad, step_dev, step_loss, grad_norm)
-            if self.health.pending is not None:
-                self.health.judge(torch.where(step_bad, torch.nan, step_loss))
-            lr = self.current_lr
-            if on_device:
-                self.optimizer.found_inf = step_bad.float()
-                self.optimizer.step()
-            else:
-                if step_bad.item():
-                    self._check_nonfinite(epoch)  # stops the run unless optim.skip_nonfinite allows a skip
-                else:
-                    self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.step)
-            self.images_seen += world_batch * self.accum_steps
-            self.train_seconds += time.time() - t_step
-            window.loss += torch.where(step_bad, 0.0, step_loss)
-            window.good += (~step_bad).double()
-            window.steps += 1
-            window.images += world_batch * self.accum_steps
-            log_now = self.step % cfg.log.every_steps == 0 or self.step == stop_step
-            if bar is not None:
-                rate = window.images / max(time.time() - window.start, 1e-9)
-                remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
-                if log_now:  # the loss is read on the host only at log steps
-                    last = self.loss_history[-1][1] if self.loss_history else float("nan")
-                    bar.set_postfix_str(f"loss {last:.4f} lr {lr:.2e} {rate:.0f} img/s "
-                                        f"eta {format_duration(remaining)}", refresh=False)
-                bar.update(1)
+            last = self._train_step(batches, epoch, step_number)
+            window.add(last, self.micro_batch * self.dist.world_size * self.accum_steps)
+            log_now = self._should_log(stop_step)
+            self._show_progress(bar, window, last.lr, stop_step, log_now)
             if log_now:
-                self._log_window(window, lr, grad_norm, epoch)
+                self._log_window(window, last.lr, last.grad_norm, epoch)
                 window.reset()
-            # a stop signal: every rank finishes this step, then all save (in fit) and exit
-            if self.dist.distributed:
-                self._stop = self._stop or bool(flags[2].item() > 0)
-            else:
-                self._stop = self._stop or stop_here > 0
-            if self._stop:
+            if self._signalled(last):  # every rank finishes this step, then all save (in fit) and exit
                 break
-            epoch_end = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
-            if self._step_checkpoint_due() and not epoch_end and self.step < stop_step:
+            if self._should_save(stop_step):
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
         if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
-            self._log_window(window, lr, grad_norm, epoch)
-        if self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps:
+            self._log_window(window, last.lr, last.grad_norm, epoch)
+        if self._epoch_done():
             self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
         self._check_nonfinite(epoch)
         self._sync_skipped()
+
+    def _epoch_batches(self, epoch: int):
+        """The iterator of ``epoch``'s training batches from the micro-batch the run is at."""
+        start_micro = self.batch_in_epoch
+        if self.train_sampler is not None:
+            return self._spanning_batches(epoch, start_micro)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        if start_micro and self.is_main:
+            _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
+                            "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
+                            epoch + 1)
+        self._close_batches()
+        self._batches = self._feeder(epoch, start_micro)
+        return self._batches
+
+    def _train_step(self, batches, epoch: int, step_number: torch.Tensor) -> _Step:
+        """One optimizer step: ``accum_steps`` micro-batches forward and backward, the gradient norm (clipped),
+        the flags all ranks agree on (non-finite, unreadable images, stop signal), the health records, then the
+        update (skipped when non-finite), the schedule and the EMA. ``step_number``: the step counted on the
+        device (a fill kernel and an add: a blocking copy from the host would wait for the GPU each step)."""
+        t_step = time.time()
+        self.train_module.begin_step()
+        loss_sum, skipped = self._accumulate(batches, epoch)
+        # the gradient norm (clipping, when on) before the check: a finite loss can still give
+        # non-finite gradients, which must not reach the weights either
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.clip_grad or float("inf"))
+        step = self._agree(loss_sum, grad_norm, skipped)
+        self._skipped_dev += step.flags[1].long()
+        step_number += 1
+        self.health.record_step(step.bad, step_number, step.loss, grad_norm)
+        if self.health.pending is not None:
+            self.health.judge(torch.where(step.bad, torch.nan, step.loss))
+        step.lr = self.current_lr
+        self._optimizer_step(step.bad, epoch)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        self.images_seen += self.micro_batch * self.dist.world_size * self.accum_steps
+        self.train_seconds += time.time() - t_step
+        return step
+
+    def _accumulate(self, batches, epoch: int) -> tuple[torch.Tensor, int]:
+        """Forward and backward of the step's micro-batches (gradients synchronised on the last); returns the sum
+        of their losses (on the device) and the number of unreadable images among them."""
+        loss_sum = torch.zeros((), device=self.device)
+        skipped = 0  # skip events of this step's batches (their files go to a host-side set)
+        for k in range(self.accum_steps):
+            try:
+                images, labels, files = next(batches)  # on the device (see _prepare_batch)
+            except StopIteration:  # a streaming split that ran short
+                raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
+                                f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+            if files:
+                skipped += len(files)
+                self._unreadable_local.update(files)
+            with gradient_sync(self.par, k == self.accum_steps - 1):
+                loss = self._forward_backward(images, labels)
+            loss_sum += loss.detach().float()
+            self.batch_in_epoch += 1
+        return loss_sum, skipped
+
+    def _agree(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor, skipped: int) -> _Step:
+        """The one all-reduce of a step, before the weights change; it stays on the device: whether the loss or
+        gradient norm is non-finite on any rank, the unreadable images, whether a stop signal arrived."""
+        bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
+        stop_here = float(self._signals is not None and self._signals.received is not None)
+        host = copy_to_device(torch.tensor([float(skipped), stop_here], dtype=torch.float64), self.device)
+        flags = torch.cat([bad.double().reshape(1), host])
+        distributed.all_reduce_sum(flags)
+        return _Step(bad=flags[0] > 0, loss=loss_sum.double() / self.accum_steps, grad_norm=grad_norm, flags=flags,
+                     stop_here=stop_here)
+
+    def _optimizer_step(self, step_bad: torch.Tensor, epoch: int) -> None:
+        """The update (none for a non-finite step), the gradients cleared, the schedule advanced. Fused AdamW
+        skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and for-loop
+        implementations cannot, so there the flag is read on the host."""
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = step_bad.float()
+            self.optimizer.step()
+        elif step_bad.item():
+            self._check_nonfinite(epoch)  # stops the run unless optim.skip_nonfinite allows a skip
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _should_log(self, stop_step: int) -> bool:
+        return self.step % self.cfg.log.every_steps == 0 or self.step == stop_step
+
+    def _should_save(self, stop_step: int) -> bool:
+        """A step-cadence save inside the epoch (the end of an epoch or of the run saves in fit)."""
+        return self._step_checkpoint_due() and not self._epoch_done() and self.step < stop_step
+
+    def _epoch_done(self) -> bool:
+        return self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+
+    def _signalled(self, step: _Step) -> bool:
+        """Whether a stop signal reached any rank by this step (the step's agreed flag; this process's alone
+        without a process group)."""
+        if self.dist.distributed:
+            self._stop = self._stop or bool(step.flags[2].item() > 0)
+        else:
+            self._stop = self._stop or step.stop_here > 0
+        return self._stop
+
+    def _show_progress(self, bar: tqdm | None, window: _Window, lr: float, stop_step: int, log_now: bool) -> None:
+        if bar is None:
+            return
+        rate = window.images / max(time.time() - window.start, 1e-9)
+        remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
+        if log_now:  # the loss is read on the host only at log steps
+            last = self.loss_history[-1][1] if self.loss_history else float("nan")
+            bar.set_postfix_str(f"loss {last:.4f} lr {lr:.2e} {rate:.0f} img/s eta {format_duration(remaining)}",
+                                refresh=False)
+        bar.update(1)
 
     def _sync_skipped(self) -> None:
         self.skipped_images += int(self._skipped_dev.item())
@@ -788,7 +846,7 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
-            epoch_done = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+            epoch_done = self._epoch_done()
             if epoch_done:
                 self.epoch, self.batch_in_epoch = epoch + 1, 0
             last = self.step >= stop_step
