@@ -220,3 +220,27 @@ def test_schedule_restores_through_its_step_count():
     assert longer.last_step == 5 and opt.param_groups[0]["lr"] == 1e-3 * f(5)
     with pytest.raises(ValueError, match="not a learning-rate schedule state"):
         longer.load_state_dict({"epoch": 3})
+
+
+def test_health_judges_checkpoints_against_the_best_smoothed_loss(tmp_path):
+    import json
+    import math
+
+    from armvision.train.health import Health, baseline_loss
+
+    rising = [(i, v) for i, v in enumerate([2.0, 1.5, 1.2, 1.0, 1.0, 1.0, 352.0, 4040.0, 13948.0])]
+    assert baseline_loss(rising) == pytest.approx(1.14)  # the best mean of five, not the blown-up tail
+    assert baseline_loss([(0, math.nan)]) is None
+    mgr = CheckpointManager(tmp_path / "run")
+    health = Health(mgr, torch.device("cpu"), skip_nonfinite=1, loss_rise_factor=3.0)
+    for step, loss, good in ((1, 3.4, True), (2, 3.5, False)):  # 3 x 1.14 = 3.42
+        ckpt = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        health.expect(ckpt, rising)
+        health.judge(torch.tensor(loss))
+        assert json.loads((ckpt / "health.json").read_text())["good"] is good and health.pending is None
+    one = torch.ones((), dtype=torch.float64)
+    health.record_step(torch.tensor(True), one, torch.tensor(math.nan, dtype=torch.float64), torch.tensor(2.0))
+    assert health.check_nonfinite() is None  # one skipped step is allowed
+    health.record_step(torch.tensor(True), 2 * one, torch.tensor(5.0, dtype=torch.float64), torch.tensor(math.inf))
+    assert health.check_nonfinite() == ("training loss", pytest.approx(math.nan, nan_ok=True), 0)

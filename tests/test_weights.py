@@ -101,3 +101,39 @@ def test_build_raises_checkpoint_error_when_weights_do_not_fit(tmp_path):
     w.config["args"]["depth"] = 0
     with pytest.raises(CheckpointError, match="cannot build the model its config describes"):
         w.build()
+
+
+def _touch(folder, *names):
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_find_checkpoint_resolves_a_run_for_each_need(tmp_path):
+    from armvision.weights import find_checkpoint
+
+    ckpts = tmp_path / "run" / "checkpoints"
+    s1 = _touch(ckpts / "step_00000001", "config.json", "model.safetensors", "training_state.pt")
+    s2 = _touch(ckpts / "step_00000002", "config.json", "model.safetensors", "training_state.pt")
+    s3 = _touch(ckpts / "step_00000003", "config.json", "sharded.json", "sharded/.metadata", "training_state.pt")
+    _touch(ckpts / "step_00000004", "config.json", "model.safetensors")  # weights only: no resuming from it
+    (ckpts / "best").symlink_to("step_00000001")
+    run = tmp_path / "run"
+    assert find_checkpoint(run, need="model") == s1.resolve()  # the best
+    assert find_checkpoint(run, need="model", prefer="latest").name == "step_00000001"  # no latest link: best
+    assert find_checkpoint(run, need="resume") == s3  # the newest one with a training state
+    assert find_checkpoint(run, need="any") == s1.resolve()
+    (ckpts / "latest").symlink_to("step_00000002")
+    assert find_checkpoint(run, need="model", prefer="latest") == s2.resolve()
+    assert find_checkpoint(ckpts, need="resume") == s2.resolve()  # the checkpoints folder works as well
+    assert find_checkpoint(s3, need="any") == s3 and find_checkpoint(s3, need="resume") == s3
+    with pytest.raises(CheckpointError, match="holds sharded checkpoints"):
+        find_checkpoint(s3, need="model")
+    assert find_checkpoint(tmp_path / "nowhere", need="resume", required=False) is None
+    with pytest.raises(CheckpointError, match="cannot resume from .*: it does not exist"):
+        find_checkpoint(tmp_path / "nowhere", need="resume")
+    with pytest.raises(CheckpointError, match="no checkpoint with a training_state.pt in it"):
+        find_checkpoint(_touch(tmp_path / "empty", "x"), need="resume")
+    with pytest.raises(ValueError, match="need must be one of"):
+        find_checkpoint(run, need="weights")

@@ -1,7 +1,7 @@
-"""Sharded checkpoints of FSDP runs, through torch.distributed.checkpoint (DCP), and ``export``.
+"""The sharded backend of the checkpoint manager: FSDP runs through torch.distributed.checkpoint (DCP); and ``export``.
 
-A sharded checkpoint is a ``checkpoints/step_00001234/`` folder like the others (see
-:mod:`armvision.train.checkpoint`), except that the weights are not one ``model.safetensors``:
+A sharded checkpoint is a ``checkpoints/step_00001234/`` folder like the others (names in
+:mod:`armvision.weights.layout`), except that the weights are not one ``model.safetensors``:
 
 - ``sharded/``: a DCP checkpoint of ``{"model": ..., "optimizer": ...}``, each process writing its own
   shards (no process gathers the model); the state dicts come from
@@ -11,8 +11,10 @@ A sharded checkpoint is a ``checkpoints/step_00001234/`` folder like the others 
   ``training_state.pt`` (step, epoch, position in the epoch, schedule, RNG states of every rank, ... --
   the optimizer is in ``sharded/``), ``metrics.json``.
 
-Every process writes into the same hidden temporary folder; rank 0 adds the small files and renames
-the folder into place after all shards are written, then moves ``latest``. An interrupted save leaves
+Every process writes into the same hidden temporary folder (:func:`write_shards`); rank 0 adds the small files
+(:func:`write_config`, :func:`write_marker`) and :class:`~armvision.train.checkpoint.CheckpointManager` renames
+the folder into place after all shards are written, then moves ``latest``. This module does not import the
+manager; the manager calls it. An interrupted save leaves
 a ``.tmp-*`` folder that is never taken for a checkpoint (and is removed when the run resumes).
 DCP reshards on load: a checkpoint written by N processes resumes on M, or in one process without
 a process group. :func:`export_checkpoint` turns any checkpoint, sharded or not, into the single
@@ -24,8 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,23 +37,15 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ..errors import CheckpointError
-from ..models.io import CONFIG_NAME, build_model, save_model
-from ..weights import is_model_dir, read_config, read_weights
-from . import distributed
+from ..models.io import build_model, save_model
+from ..outputs import check_output_dir
+from ..weights import read_config, read_weights
+from ..weights.layout import CONFIG_NAME, MARKER_NAME, SHARDED_DIR, find_checkpoint, is_sharded_checkpoint
 
-__all__ = ["SHARDED_DIR", "MARKER_NAME", "is_sharded_checkpoint", "save_sharded", "load_sharded", "load_full",
-           "resolve_checkpoint", "export_checkpoint"]
+__all__ = ["SHARDED_DIR", "MARKER_NAME", "is_sharded_checkpoint", "write_shards", "write_config", "write_marker",
+           "save_sharded", "load_sharded", "load_full", "resolve_checkpoint", "export_checkpoint"]
 
-SHARDED_DIR = "sharded"
-MARKER_NAME = "sharded.json"
-_STATE_NAME = "training_state.pt"  # as armvision.train.checkpoint.STATE_NAME (which imports this module)
 _ARCHITECTURES = ("ARMPretrain", "ARMClassifier")
-
-
-def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
-    """``path`` is a complete sharded checkpoint folder (marker, config.json and the DCP metadata)."""
-    p = Path(path)
-    return (p / MARKER_NAME).is_file() and (p / CONFIG_NAME).is_file() and (p / SHARDED_DIR / ".metadata").is_file()
 
 
 def _no_dist() -> bool:
@@ -77,44 +69,31 @@ def _model_config(model: nn.Module) -> dict[str, Any]:
     return {"architecture": arch, "model_name": getattr(model, "model_name", None), "args": args}
 
 
+def write_shards(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write this process's shards of the model and optimizer state into ``tmp/sharded`` (every process calls it;
+    no process gathers the model)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _quiet_single_process():
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED_DIR, no_dist=_no_dist())
+
+
+def write_config(tmp: Path, model: nn.Module, extra_config: dict[str, Any]) -> None:
+    """The ``config.json`` of a sharded checkpoint, as in every model directory (main process)."""
+    cfg = {**_model_config(model), **extra_config}
+    (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+
+
+def write_marker(tmp: Path, world_size: int) -> None:
+    """The marker that makes ``tmp`` a complete sharded checkpoint: written last (main process)."""
+    marker = {"format": "torch.distributed.checkpoint", "world_size": world_size, "contents": ["model", "optimizer"]}
+    (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")
+
+
 def save_sharded(manager, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
                  extra_config: dict[str, Any], metrics: dict[str, Any] | None = None, is_best: bool = False) -> Path:
-    """Write checkpoint ``step_{step}`` of ``manager`` (a CheckpointManager) as a sharded checkpoint.
-
-    Called by every process (collective). ``state``: the training state without the optimizer.
-    Returns the checkpoint folder.
-    """
-    final = manager.dir / f"step_{step:08d}"
-    token = distributed.all_gather_object(uuid.uuid4().hex[:8])[0]  # one temporary folder for all ranks
-    tmp = manager.dir / f".tmp-{final.name}-{token}"
-    main = manager.is_main
-    if main:
-        tmp.mkdir(parents=True)
-    distributed.barrier()
-    try:
-        model_sd, optim_sd = get_state_dict(model, optimizer)
-        with _quiet_single_process():
-            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=tmp / SHARDED_DIR, no_dist=_no_dist())
-        if main:
-            cfg = {**_model_config(model), **extra_config}
-            (tmp / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
-            if metrics:
-                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-            torch.save(state, tmp / _STATE_NAME)
-            marker = {"format": "torch.distributed.checkpoint", "world_size": state.get("world_size", 1),
-                      "contents": ["model", "optimizer"]}
-            (tmp / MARKER_NAME).write_text(json.dumps(marker, indent=2) + "\n")  # last: the folder is complete
-            manager.publish(tmp, final)
-            manager._link("latest", final)
-            if is_best:
-                manager._link("best", final)
-            manager._prune()
-    except BaseException:
-        if main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    distributed.barrier()
-    return final
+    """Write checkpoint ``step_{step}`` of ``manager`` (a :class:`~armvision.train.checkpoint.CheckpointManager`)
+    as a sharded checkpoint: :meth:`CheckpointManager.save_sharded`, which every process calls."""
+    return manager.save_sharded(step, model, optimizer, state, extra_config, metrics=metrics, is_best=is_best)
 
 
 def load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -158,31 +137,11 @@ def load_full(model: nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict
 # ------------------------------------------------------------------------------------------------
 # export
 # ------------------------------------------------------------------------------------------------
-def _is_checkpoint(p: Path) -> bool:
-    return p.is_dir() and (is_sharded_checkpoint(p) or is_model_dir(p))
-
-
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint folder (sharded or not) or model directory, from itself or a run directory
-    (its ``best`` checkpoint, else its ``latest``, else its newest ``step_*``)."""
-    from ..weights import step_dirs
-
-    p = Path(path)
-    if _is_checkpoint(p):
-        return p
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; pass a run directory, a checkpoint folder (run/checkpoints/"
-                              "step_*) or a model directory")
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    for name in ("best", "latest"):
-        link = ckpt_dir / name
-        if link.is_symlink() and _is_checkpoint(link.resolve()):
-            return link.resolve()
-    steps = [d for d in step_dirs(ckpt_dir) if _is_checkpoint(d)]
-    if steps:
-        return steps[-1]
-    raise CheckpointError(f"{p} holds no checkpoint: expected a model directory (config.json + model.safetensors), "
-                          f"a sharded checkpoint ({MARKER_NAME} + {SHARDED_DIR}/) or a run directory")
+    (its ``best`` checkpoint, else its ``latest``, else its newest ``step_*``):
+    :func:`armvision.weights.find_checkpoint` with ``need="any"``."""
+    return find_checkpoint(path, need="any")
 
 
 def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -190,8 +149,6 @@ def export_checkpoint(source: str | os.PathLike, out_dir: str | os.PathLike) -> 
     model directory ``out_dir`` (config.json + model.safetensors). Runs in one process, with or
     without a GPU; a sharded checkpoint is read shard by shard into the plain model (DCP, no process
     group). Returns ``out_dir``."""
-    from .checkpoint import check_output_dir
-
     ckpt = resolve_checkpoint(source)
     out = Path(out_dir)
     if out.resolve() == ckpt.resolve():

@@ -21,6 +21,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,12 @@ from tqdm import tqdm
 from .. import __version__, ops
 from ..data import (MAX_LISTED_FILES, DeviceFeeder, class_names_to_map, copy_to_device, dataset_classes,
                     normalization, unreadable_report)
-from ..errors import CheckpointError, ConfigError, DataError, Preempted, SaveError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, Preempted
 from ..models import create_model
 from ..models.io import atomic_write
 from ..outputs import guarded_write
 from . import distributed
-from .checkpoint import (CheckpointManager, check_output_dir, load_init_weights, resolve_resume_dir, rng_state,
-                         set_rng_state)
+from .checkpoint import CheckpointManager, TrainingParts, check_output_dir, load_init_weights, resolve_resume_dir
 from .compiled import CompiledModule, compile_enabled, compile_mode
 from .config import RunConfig, config_to_dict, config_to_yaml, validate_config
 from .data import build_pipeline
@@ -47,8 +47,8 @@ from .metrics import MetricsLogger, format_duration
 from .objective import build_objective
 from .optim import build_optimizer, build_scheduler, peak_lr
 from .parallel import clip_grad_norm, gathered, gradient_sync, parallelize
-from .sharded import is_sharded_checkpoint, load_full, load_sharded, save_sharded
 from .preemption import EXIT_PREEMPTED, StopSignals
+from .health import Health, read_health, state_finite
 from .runlock import RunLock
 
 __all__ = ["Trainer", "train", "build_model_from_config", "seed_everything", "check_output_dir"]
@@ -92,8 +92,28 @@ class _Window:
         self.images = 0
         self.start = time.time()
 
+    def add(self, step: _Step, images: int) -> None:
+        self.loss += torch.where(step.bad, 0.0, step.loss)
+        self.good += (~step.bad).double()
+        self.steps += 1
+        self.images += images
+
     def reset(self):
         self.__init__(self.device)
+
+
+@dataclass
+class _Step:
+    """One optimizer step as the loop sees it; the tensors stay on the device. ``bad``: the loss or gradient norm
+    was non-finite on some rank (the update was skipped); ``loss``: the mean loss of its micro-batches;
+    ``flags``: the agreed [non-finite, unreadable images, stop signals]; ``stop_here``: this process's signal."""
+
+    bad: torch.Tensor
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    flags: torch.Tensor
+    stop_here: float
+    lr: float = float("nan")
 
 
 # resuming: keys that make a checkpoint another run's (an error), and keys whose change is warned about and recorded
@@ -180,12 +200,11 @@ class Trainer:
         self.loss_history: list[tuple[int, float]] = []
         self.last_eval: dict[str, Any] = {}
         self.train_seconds = 0.0
-        # non-finite steps and unreadable images, counted on the device; read at log steps and saves
-        self._bad_steps = torch.zeros((), dtype=torch.long, device=self.device)
-        self._bad_seen = 0  # the count at the last host read
-        self._first_bad = torch.full((3,), -1.0, dtype=torch.float64, device=self.device)  # step, loss, grad norm
+        # non-finite steps, checkpoint health, divergence (armvision.train.health)
+        self.health = Health(self.ckpt, self.device, cfg.optim.skip_nonfinite, cfg.checkpoint.loss_rise_factor,
+                             self.is_main)
+        # unreadable images, counted on the device; read at log steps and saves
         self._skipped_dev = torch.zeros((), dtype=torch.long, device=self.device)
-        self._pending_health: tuple[Path, float | None] | None = None  # the checkpoint the next step judges
         self._signals: StopSignals | None = None
         self._stop = False
         self.logger = None
@@ -193,8 +212,8 @@ class Trainer:
         self.resume_history: list[dict[str, Any]] = []  # every resume of the run that changed its config
         if self.resume_from is not None:
             self._restore(self.resume_from)
-            if not self.ckpt.health(self.resume_from):  # not judged yet: the first step will
-                self._pending_health = (self.resume_from, self._baseline_loss())
+            if not read_health(self.resume_from):  # not judged yet: the first step will
+                self.health.expect(self.resume_from, self.loss_history)
         # records past the step the run continues from are dropped (they will be logged again); a new run
         # starts its records afresh
         self.logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.log.tensorboard,
@@ -329,17 +348,21 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     # checkpoints
     # ------------------------------------------------------------------------------------------
-    def _training_state(self) -> dict[str, Any]:
+    def _parts(self) -> TrainingParts:
+        """What the checkpoint manager saves and restores beside the loop state."""
+        return TrainingParts(self.model, self.optimizer, self.scheduler, self.ema,
+                             sharded=self.cfg.parallel == "fsdp", fsdp_model=self.par.sharded, device=self.device)
+
+    def _loop_state(self) -> dict[str, Any]:
+        """The loop's position and counters, as a checkpoint keeps them (the manager adds the optimizer, the
+        scheduler and the RNG states)."""
         return {
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "micro_batch": self.micro_batch,
             "world_size": self.dist.world_size,
-            "optimizer": self.optimizer.state_dict(),
             "no_decay": self.cfg.optim.no_decay,  # the parameter groups the optimizer state is laid out in
-            "scheduler": self.scheduler.state_dict(),
-            "rng": distributed.all_gather_object(rng_state()),
             "best_metric": self.best_metric,
             "skipped_images": self.skipped_images,
             "unreadable_files": self.unreadable_files,
@@ -360,33 +383,15 @@ class Trainer:
         First the non-finite checks (the run stops as diverged rather than save bad weights); a failed
         save raises CheckpointError on every rank, the previous checkpoint staying the latest."""
         self._check_nonfinite(self.epoch)
-        if not self._state_finite():
+        if not self._state_finite():  # the run stops as diverged rather than save bad weights
             self._diverged("weights or optimizer state", float("nan"), self.epoch, at_step=self.step)
         self._sync_skipped()
         self._gather_unreadable()
-        state = self._training_state()  # every rank joins the RNG gather
-        if self.cfg.parallel == "fsdp":  # every rank writes its shards (armvision.train.sharded)
-            state.pop("optimizer")
-            path = save_sharded(self.ckpt, self.step, self.model, self.optimizer, state, self._model_extra_config(),
-                                metrics=metrics or None, is_best=is_best)
-            if self.is_main:
-                _logger.info("saved sharded checkpoint %s", path)
-            self._pending_health = (path, self._baseline_loss())
-            return path
-        path, error = None, None
+        path = self.ckpt.save_training(self.step, self._parts(), self._loop_state(), self._model_extra_config(),
+                                       metrics=metrics or None, is_best=is_best)
         if self.is_main:
-            ema_sd = self.ema.module.state_dict() if self.ema is not None else None
-            try:
-                path = self.ckpt.save(self.step, self.model, state, self._model_extra_config(), ema_sd,
-                                      metrics=metrics or None, is_best=is_best)
-                _logger.info("saved checkpoint %s", path)
-            except SaveError as e:
-                error = str(e)
-        error = next((e for e in distributed.all_gather_object(error) if e), None)
-        if error:
-            raise SaveError(error)
-        path = path or self.ckpt.dir / f"step_{self.step:08d}"
-        self._pending_health = (path, self._baseline_loss())
+            _logger.info("saved %scheckpoint %s", "sharded " if self.cfg.parallel == "fsdp" else "", path)
+        self.health.expect(path, self.loss_history)
         return path
 
     def _state_finite(self) -> bool:
@@ -396,38 +401,7 @@ class Trainer:
             tensors += [p for p in self.ema.module.parameters()]
         tensors += [t for st in self.optimizer.state.values() for t in st.values()
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]
-        if not tensors:
-            return True
-        # under FSDP2 parameters and AdamW moments are DTensors: each rank checks its own shards
-        tensors = [t.to_local() if hasattr(t, "to_local") else t for t in tensors]
-        ok = torch.stack([torch.isfinite(t).all().to(self.device) for t in tensors]).all().double()
-        return distributed.all_reduce_sum(1.0 - ok).item() == 0
-
-    def _baseline_loss(self) -> float | None:
-        """The baseline a checkpoint is judged against: the best (lowest) smoothed training loss so far, the
-        smoothing a mean over 5 logged losses. Not the recent average, which a blow-up inflates along with the
-        losses it should be compared with."""
-        finite = [v for _, v in self.loss_history if math.isfinite(v)]
-        if not finite:
-            return None
-        n = 5
-        sums = np.cumsum([0.0, *finite])
-        return float(min((sums[i] - sums[max(0, i - n)]) / (i - max(0, i - n)) for i in range(1, len(finite) + 1)))
-
-    def _judge_checkpoint(self, step_loss: torch.Tensor) -> None:
-        """The step after a checkpoint used its weights: a finite loss not above loss_rise_factor x the baseline
-        (:meth:`_baseline_loss`) marks the checkpoint good (one host read per checkpoint)."""
-        path, ref = self._pending_health
-        self._pending_health = None
-        loss = float(step_loss.item())
-        factor = self.cfg.checkpoint.loss_rise_factor
-        good = math.isfinite(loss) and (ref is None or loss <= factor * ref)
-        self.ckpt.mark_health(path, good, next_step_loss=loss if math.isfinite(loss) else str(loss),
-                              baseline_loss=ref, baseline="the best mean of 5 logged training losses so far",
-                              loss_rise_factor=factor)
-        if not good and self.is_main:
-            _logger.warning("checkpoint %s is not a good one: the loss after it is %s, above %g x the best smoothed "
-                            "loss so far (%s)", path.name, loss, factor, ref)
+        return state_finite(tensors, self.device)
 
     def _compare_resume_config(self, ckpt: Path) -> list[dict[str, Any]]:
         """Compare the config a checkpoint was trained with to this run's. What makes it another run (task, model,
@@ -469,8 +443,6 @@ class Trainer:
                                      f"{len(self.classes)} ({', '.join(self.classes[:3])}...) now")
 
     def _restore(self, ckpt: Path) -> None:
-        from safetensors.torch import load_file
-
         self._compare_classes(ckpt)
         state = self.ckpt.load_state(ckpt)
         self.resume_history = list(state.get("resume_history", []))
@@ -487,35 +459,7 @@ class Trainer:
                     f"{ckpt} was saved mid-epoch with micro_batch {state.get('micro_batch')} on "
                     f"{state.get('world_size')} process(es); resume it with the same, or from an end-of-epoch "
                     "checkpoint")
-        from torch.distributed.checkpoint.api import CheckpointException
-
-        try:
-            if is_sharded_checkpoint(ckpt):  # any number of processes wrote it; DCP reshards
-                load_sharded(ckpt, self.model, self.optimizer)
-                if self.ema is not None:
-                    self.ema.module.load_state_dict(self.model.state_dict())
-            elif self.par.sharded:  # a ddp checkpoint: each process takes its shards of the whole tensors
-                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-                load_full(self.model, self.optimizer, sd, state["optimizer"])
-            else:
-                sd = load_file(str(ckpt / "model.safetensors"), device=str(self.device))
-                self.model.load_state_dict(sd)
-                if self.ema is not None:
-                    ema_dir = ckpt / "ema"
-                    ema_sd = load_file(str(ema_dir / "model.safetensors"), device=str(self.device)) \
-                        if (ema_dir / "model.safetensors").is_file() else sd
-                    self.ema.module.load_state_dict(ema_sd)
-                self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-        except CheckpointError:
-            raise
-        except (RuntimeError, ValueError, KeyError, CheckpointException) as e:
-            raise CheckpointError(f"cannot resume from {ckpt}: it does not fit this run's model/optimizer ({e}); "
-                                  "resume with the config the run was started with") from None
-        # the schedule follows this run's config (e.g. more epochs); the step count continues
-        if self.scheduler.last_step != int(state["step"]):
-            raise CheckpointError(f"{ckpt}: its schedule is at step {self.scheduler.last_step} but the run at step "
-                                  f"{state['step']}; the checkpoint is damaged")
+        self.ckpt.restore_training(ckpt, self._parts(), state, self.dist.rank, self.dist.world_size)
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
         self.best_metric = state.get("best_metric")
@@ -524,12 +468,6 @@ class Trainer:
         self.images_seen = int(state.get("images_seen", 0))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.loss_history = [(int(s), float(v)) for s, v in state.get("loss_history", [])]
-        rngs = state.get("rng") or []
-        if len(rngs) == self.dist.world_size:
-            set_rng_state(rngs[self.dist.rank])
-        elif self.is_main:
-            _logger.warning("checkpoint has RNG states of %d process(es), this run has %d: random streams restart",
-                            len(rngs), self.dist.world_size)
         if self.is_main:
             _logger.info("resumed from %s at step %d (epoch %d)", ckpt, self.step, self.epoch)
 
@@ -610,115 +548,150 @@ class Trainer:
         return self._batches
 
     def _train_epoch(self, epoch: int, stop_step: int, bar: tqdm | None) -> None:
-        cfg = self.cfg
-        start_micro = self.batch_in_epoch
-        if self.train_sampler is not None:
-            batches = self._spanning_batches(epoch, start_micro)
-        else:
-            if hasattr(self.train_set, "set_epoch"):
-                self.train_set.set_epoch(epoch)
-            if start_micro and self.is_main:
-                _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
-                                "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
-                                epoch + 1)
-            self._close_batches()
-            batches = self._batches = self._feeder(epoch, start_micro)
+        """Train ``epoch`` from where it stands to its end, ``stop_step`` or a stop signal: each step is
+        :meth:`_train_step`, then the window's log line, the progress bar, the signal check and the step-cadence
+        save."""
+        batches = self._epoch_batches(epoch)
         self.model.train()
         window = _Window(self.device)
-        lr, grad_norm = self.current_lr, torch.tensor(float("nan"))  # of the last step, for the window's record
-        world_batch = self.micro_batch * self.dist.world_size
-        # fused AdamW skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and
-        # for-loop implementations cannot, so there the flag is read on the host each step
-        on_device = bool(self.optimizer.defaults.get("fused"))
-        # the step number on the device, for the record of the first non-finite step: made by a fill kernel and
-        # counted there, since a (blocking) copy from the host would wait for the GPU each step
-        step_dev = torch.full((), float(self.step), dtype=torch.float64, device=self.device)
-        for _ in range(start_micro // self.accum_steps, self.steps_per_epoch):
+        step_number = torch.full((), float(self.step), dtype=torch.float64, device=self.device)  # see _Step
+        last: _Step | None = None
+        for _ in range(self.batch_in_epoch // self.accum_steps, self.steps_per_epoch):
             if self.step >= stop_step:
                 break
-            t_step = time.time()
-            self.train_module.begin_step()
-            loss_sum = torch.zeros((), device=self.device)
-            skipped = 0  # skip events of this step's batches (their files go to a host-side set)
-            for k in range(self.accum_steps):
-                try:
-                    images, labels, files = next(batches)  # on the device (see _prepare_batch)
-                except StopIteration:  # a streaming split that ran short
-                    raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
-                                    f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
-                if files:
-                    skipped += len(files)
-                    self._unreadable_local.update(files)
-                with gradient_sync(self.par, k == self.accum_steps - 1):
-                    loss = self._forward_backward(images, labels)
-                loss_sum += loss.detach().float()
-                self.batch_in_epoch += 1
-            # the gradient norm (clipping, when on) before the check: a finite loss can still give
-            # non-finite gradients, which must not reach the weights either
-            grad_norm = clip_grad_norm(self.params, cfg.optim.clip_grad or float("inf"))
-            # one check per step, agreed by all ranks, before the weights change; it stays on the device
-            bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
-            stop_here = float(self._signals is not None and self._signals.received is not None)
-            host = copy_to_device(torch.tensor([float(skipped), stop_here], dtype=torch.float64), self.device)
-            flags = torch.cat([bad.double().reshape(1), host])
-            distributed.all_reduce_sum(flags)
-            step_bad = flags[0] > 0
-            self._bad_steps += step_bad.long()
-            self._skipped_dev += flags[1].long()
-            step_loss = loss_sum.double() / self.accum_steps
-            step_dev += 1
-            first = torch.stack([step_dev, step_loss, grad_norm.double().to(self.device)])
-            self._first_bad.copy_(torch.where(step_bad & (self._first_bad[0] < 0), first, self._first_bad))
-            if self._pending_health is not None:
-                self._judge_checkpoint(torch.where(step_bad, torch.nan, step_loss))
-            lr = self.current_lr
-            if on_device:
-                self.optimizer.found_inf = step_bad.float()
-                self.optimizer.step()
-            else:
-                if step_bad.item():
-                    self._check_nonfinite(epoch)  # stops the run unless optim.skip_nonfinite allows a skip
-                else:
-                    self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            self.step += 1
-            if self.ema is not None:
-                self.ema.update(self.model, step=self.step)
-            self.images_seen += world_batch * self.accum_steps
-            self.train_seconds += time.time() - t_step
-            window.loss += torch.where(step_bad, 0.0, step_loss)
-            window.good += (~step_bad).double()
-            window.steps += 1
-            window.images += world_batch * self.accum_steps
-            log_now = self.step % cfg.log.every_steps == 0 or self.step == stop_step
-            if bar is not None:
-                rate = window.images / max(time.time() - window.start, 1e-9)
-                remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
-                if log_now:  # the loss is read on the host only at log steps
-                    last = self.loss_history[-1][1] if self.loss_history else float("nan")
-                    bar.set_postfix_str(f"loss {last:.4f} lr {lr:.2e} {rate:.0f} img/s "
-                                        f"eta {format_duration(remaining)}", refresh=False)
-                bar.update(1)
+            last = self._train_step(batches, epoch, step_number)
+            window.add(last, self.micro_batch * self.dist.world_size * self.accum_steps)
+            log_now = self._should_log(stop_step)
+            self._show_progress(bar, window, last.lr, stop_step, log_now)
             if log_now:
-                self._log_window(window, lr, grad_norm, epoch)
+                self._log_window(window, last.lr, last.grad_norm, epoch)
                 window.reset()
-            # a stop signal: every rank finishes this step, then all save (in fit) and exit
-            if self.dist.distributed:
-                self._stop = self._stop or bool(flags[2].item() > 0)
-            else:
-                self._stop = self._stop or stop_here > 0
-            if self._stop:
+            if self._signalled(last):  # every rank finishes this step, then all save (in fit) and exit
                 break
-            epoch_end = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
-            if self._step_checkpoint_due() and not epoch_end and self.step < stop_step:
+            if self._should_save(stop_step):
                 self.save_checkpoint()  # the end of an epoch or run saves in fit(), with its metrics
         if window.steps:  # the rest of the epoch's steps, with the lr and gradient norm of its last step
-            self._log_window(window, lr, grad_norm, epoch)
-        if self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps:
+            self._log_window(window, last.lr, last.grad_norm, epoch)
+        if self._epoch_done():
             self._batches_next = (epoch + 1, 0)  # the loader iterator goes on into the next epoch
         self._check_nonfinite(epoch)
         self._sync_skipped()
+
+    def _epoch_batches(self, epoch: int):
+        """The iterator of ``epoch``'s training batches from the micro-batch the run is at."""
+        start_micro = self.batch_in_epoch
+        if self.train_sampler is not None:
+            return self._spanning_batches(epoch, start_micro)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        if start_micro and self.is_main:
+            _logger.warning("resuming mid-epoch on a streaming dataset: it cannot skip what this epoch already "
+                            "saw, so epoch %d starts over from its first shard (steps still end on schedule)",
+                            epoch + 1)
+        self._close_batches()
+        self._batches = self._feeder(epoch, start_micro)
+        return self._batches
+
+    def _train_step(self, batches, epoch: int, step_number: torch.Tensor) -> _Step:
+        """One optimizer step: ``accum_steps`` micro-batches forward and backward, the gradient norm (clipped),
+        the flags all ranks agree on (non-finite, unreadable images, stop signal), the health records, then the
+        update (skipped when non-finite), the schedule and the EMA. ``step_number``: the step counted on the
+        device (a fill kernel and an add: a blocking copy from the host would wait for the GPU each step)."""
+        t_step = time.time()
+        self.train_module.begin_step()
+        loss_sum, skipped = self._accumulate(batches, epoch)
+        # the gradient norm (clipping, when on) before the check: a finite loss can still give
+        # non-finite gradients, which must not reach the weights either
+        grad_norm = clip_grad_norm(self.params, self.cfg.optim.clip_grad or float("inf"))
+        step = self._agree(loss_sum, grad_norm, skipped)
+        self._skipped_dev += step.flags[1].long()
+        step_number += 1
+        self.health.record_step(step.bad, step_number, step.loss, grad_norm)
+        if self.health.pending is not None:
+            self.health.judge(torch.where(step.bad, torch.nan, step.loss))
+        step.lr = self.current_lr
+        self._optimizer_step(step.bad, epoch)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
+        self.images_seen += self.micro_batch * self.dist.world_size * self.accum_steps
+        self.train_seconds += time.time() - t_step
+        return step
+
+    def _accumulate(self, batches, epoch: int) -> tuple[torch.Tensor, int]:
+        """Forward and backward of the step's micro-batches (gradients synchronised on the last); returns the sum
+        of their losses (on the device) and the number of unreadable images among them."""
+        loss_sum = torch.zeros((), device=self.device)
+        skipped = 0  # skip events of this step's batches (their files go to a host-side set)
+        for k in range(self.accum_steps):
+            try:
+                images, labels, files = next(batches)  # on the device (see _prepare_batch)
+            except StopIteration:  # a streaming split that ran short
+                raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
+                                f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+            if files:
+                skipped += len(files)
+                self._unreadable_local.update(files)
+            with gradient_sync(self.par, k == self.accum_steps - 1):
+                loss = self._forward_backward(images, labels)
+            loss_sum += loss.detach().float()
+            self.batch_in_epoch += 1
+        return loss_sum, skipped
+
+    def _agree(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor, skipped: int) -> _Step:
+        """The one all-reduce of a step, before the weights change; it stays on the device: whether the loss or
+        gradient norm is non-finite on any rank, the unreadable images, whether a stop signal arrived."""
+        bad = ~torch.isfinite(loss_sum) | ~torch.isfinite(grad_norm.to(self.device))
+        stop_here = float(self._signals is not None and self._signals.received is not None)
+        host = copy_to_device(torch.tensor([float(skipped), stop_here], dtype=torch.float64), self.device)
+        flags = torch.cat([bad.double().reshape(1), host])
+        distributed.all_reduce_sum(flags)
+        return _Step(bad=flags[0] > 0, loss=loss_sum.double() / self.accum_steps, grad_norm=grad_norm, flags=flags,
+                     stop_here=stop_here)
+
+    def _optimizer_step(self, step_bad: torch.Tensor, epoch: int) -> None:
+        """The update (none for a non-finite step), the gradients cleared, the schedule advanced. Fused AdamW
+        skips a flagged update on the device (found_inf, as GradScaler sets it); the foreach and for-loop
+        implementations cannot, so there the flag is read on the host."""
+        if self.optimizer.defaults.get("fused"):
+            self.optimizer.found_inf = step_bad.float()
+            self.optimizer.step()
+        elif step_bad.item():
+            self._check_nonfinite(epoch)  # stops the run unless optim.skip_nonfinite allows a skip
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _should_log(self, stop_step: int) -> bool:
+        return self.step % self.cfg.log.every_steps == 0 or self.step == stop_step
+
+    def _should_save(self, stop_step: int) -> bool:
+        """A step-cadence save inside the epoch (the end of an epoch or of the run saves in fit)."""
+        return self._step_checkpoint_due() and not self._epoch_done() and self.step < stop_step
+
+    def _epoch_done(self) -> bool:
+        return self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+
+    def _signalled(self, step: _Step) -> bool:
+        """Whether a stop signal reached any rank by this step (the step's agreed flag; this process's alone
+        without a process group)."""
+        if self.dist.distributed:
+            self._stop = self._stop or bool(step.flags[2].item() > 0)
+        else:
+            self._stop = self._stop or step.stop_here > 0
+        return self._stop
+
+    def _show_progress(self, bar: tqdm | None, window: _Window, lr: float, stop_step: int, log_now: bool) -> None:
+        if bar is None:
+            return
+        rate = window.images / max(time.time() - window.start, 1e-9)
+        remaining = (min(stop_step, self.total_steps) - self.step) * self.cfg.optim.batch_size / max(rate, 1e-9)
+        if log_now:  # the loss is read on the host only at log steps
+            last = self.loss_history[-1][1] if self.loss_history else float("nan")
+            bar.set_postfix_str(f"loss {last:.4f} lr {lr:.2e} {rate:.0f} img/s eta {format_duration(remaining)}",
+                                refresh=False)
+        bar.update(1)
 
     def _sync_skipped(self) -> None:
         self.skipped_images += int(self._skipped_dev.item())
@@ -733,18 +706,10 @@ class Trainer:
     def _check_nonfinite(self, epoch: int) -> None:
         """Read the count of non-finite steps (one host read): past optim.skip_nonfinite the run stops as
         diverged; below it, a warning. The skipped steps did not change the weights."""
-        bad = int(self._bad_steps.item())
-        if bad == self._bad_seen:
-            return
-        step, loss, grad = (float(v) for v in self._first_bad.tolist())
-        if bad > self.cfg.optim.skip_nonfinite:
-            what, value = ("training loss", loss) if not math.isfinite(loss) else ("gradient norm", grad)
-            self._diverged(what, value, epoch, at_step=int(step) - 1)
-        if self.is_main:
-            _logger.warning("skipped %d step(s) with a non-finite loss or gradient norm so far (the first at step "
-                            "%d); the run stops after %d (optim.skip_nonfinite)", bad, int(step),
-                            self.cfg.optim.skip_nonfinite)
-        self._bad_seen = bad
+        verdict = self.health.check_nonfinite()
+        if verdict is not None:
+            what, value, at_step = verdict
+            self._diverged(what, value, epoch, at_step=at_step)
 
     def _step_checkpoint_due(self) -> bool:
         every = self.cfg.checkpoint.every_steps
@@ -768,32 +733,20 @@ class Trainer:
         self.logger.log("train", self.step, **record)
 
     def _diverged(self, what: str, value: float, epoch: int, at_step: int | None = None) -> None:
-        """Stop the run: name the newest checkpoint whose weights proved good (see CheckpointManager) and
-        make it the latest, so that ``--resume auto`` continues from it; newer ones become diverged-step_*."""
+        """Stop the run: the newest checkpoint whose weights proved good becomes the latest, so that ``--resume
+        auto`` continues from it; newer ones become diverged-step_* (:meth:`Health.diverged`)."""
         at_step = self.step if at_step is None else at_step
-        good = self.ckpt.last_good()
-        retired = self.ckpt.retire_after(good)
-        distributed.barrier()
-        where = (f"the last good checkpoint, {good}, is intact (its weights are finite and the loss after it was "
-                 "not rising)" if good else "no checkpoint with good weights had been saved")
-        if retired:
-            where += f"; the {len(retired)} newer one(s) were renamed diverged-step_* and will not be resumed from"
-        if self.logger is not None:
-            self.logger.log("diverged", at_step, **{"loss" if what == "training loss" else "grad_norm": value},
-                            epoch=epoch)
-            self.logger.close()
         advice = ["lower the learning rate (optim.blr / optim.lr)"]
         if not self.cfg.optim.clip_grad:
             advice.append("set optim.clip_grad")
         if not isinstance(autocast_for(self.device, self.cfg.precision), contextlib.nullcontext):  # bf16 now
             advice.append("use precision fp32")
-        happened = ("the weights were not updated" if what != "weights or optimizer state"
-                    else "its checkpoint was not saved")
-        then = "resume with --resume auto" if good else "start again"
-        raise TrainingDiverged(
-            f"the {what} became {value} at step {at_step + 1} (epoch {epoch + 1}); {happened}, "
-            f"the run stops and {where}. To go on: {', '.join(advice[:-1]) + ' or ' if len(advice) > 1 else ''}"
-            f"{advice[-1]}, then {then}")
+        error = self.health.diverged(what, value, at_step, epoch, advice)
+        if self.logger is not None:
+            self.logger.log("diverged", at_step, **{"loss" if what == "training loss" else "grad_norm": value},
+                            epoch=epoch)
+            self.logger.close()
+        raise error
 
     def evaluate(self) -> dict[str, Any]:
         """Metrics of the raw (and EMA) weights on the validation split."""
@@ -893,7 +846,7 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
-            epoch_done = self.batch_in_epoch >= self.steps_per_epoch * self.accum_steps
+            epoch_done = self._epoch_done()
             if epoch_done:
                 self.epoch, self.batch_in_epoch = epoch + 1, 0
             last = self.step >= stop_step

@@ -8,7 +8,8 @@ Sources :func:`read_weights` accepts, all read into one :class:`Weights` (kind, 
 
 * an armvision model directory (``config.json`` + ``model.safetensors``: :func:`armvision.save_model`,
   ``save_pretrained``, every training checkpoint), a training checkpoint folder ``checkpoints/step_*``
-  or a run directory (its ``best`` checkpoint, else its latest): :func:`resolve_model_dir`;
+  or a run directory (its ``best`` checkpoint, else its latest): :func:`find_checkpoint`, which with the
+  names of a checkpoint's files is :mod:`.layout`, the one description of checkpoints on disk;
 * a ``.safetensors`` file (with a ``config.json`` beside it: that model directory; alone: bare weights);
 * a PyTorch pickle (``.pth``, ``.pt``, ...): an official ARM checkpoint, read without unpickling arbitrary
   objects and checked key by key (:mod:`.official`, :mod:`.official_vim`: :func:`read_official_checkpoint`);
@@ -32,7 +33,8 @@ ValueError. This package sits below :mod:`armvision.interop` (which writes the o
 the conversion commands) and never imports it.
 """
 
-from . import mapping, official, read
+from . import layout, mapping, official, read
+from .layout import find_checkpoint, is_sharded_checkpoint, is_training_checkpoint
 from .mapping import (
     ENCODER_KEYS,
     classifier_for,
@@ -66,4 +68,4 @@ from .read import (
 )
 
 __all__ = [*read.__all__, *mapping.__all__, "OfficialCheckpoint", "read_official_checkpoint", "load_official",
-           "reference_kind"]
+           "reference_kind", "find_checkpoint", "is_sharded_checkpoint", "is_training_checkpoint"]

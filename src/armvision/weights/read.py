@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -27,15 +26,16 @@ from .official import (
     registry_name,
     select_state_dict,
 )
-from ..models.io import CONFIG_NAME, WEIGHTS_NAME, build_model
+from ..models.io import build_model
 from ..models.manifest import verify_file
+from .layout import (CONFIG_NAME, WEIGHTS_NAME, find_checkpoint, is_model_dir, is_pickle_file, link_target,
+                     pickle_message, step_dirs)
 
 __all__ = ["PRETRAINING", "CLASSIFIER", "Weights", "read_weights", "read_config", "load_model", "resolve_model_dir",
            "is_model_dir", "is_pickle_file", "pickle_message", "step_dirs", "link_target"]
 
 _KIND_OF_ARCHITECTURE = {"ARMPretrain": PRETRAINING, "ARMClassifier": CLASSIFIER}
-_STEP_RE = re.compile(r"^step_(\d+)$")
-_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar", ".pkl")  # read_weights: a missing file of these types
 
 
 @dataclass
@@ -108,73 +108,15 @@ class Weights:
 
 
 # ---------------------------------------------------------------------------------------------
-# finding weights on disk
+# finding weights on disk (armvision.weights.layout)
 # ---------------------------------------------------------------------------------------------
-def is_model_dir(path: Path) -> bool:
-    """``path`` holds config.json and model.safetensors."""
-    path = Path(path)
-    return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
-
-
-def is_pickle_file(path: Path) -> bool:
-    """A PyTorch pickle such as an official ARM ``.pth`` checkpoint (by its name)."""
-    path = Path(path)
-    return path.is_file() and (path.suffix in _PICKLE_SUFFIXES or path.name.endswith(".pth.tar"))
-
-
-def pickle_message(path: Path) -> str:
-    return (f"{path} is a PyTorch pickle (such as an official ARM .pth checkpoint); here armvision reads only its "
-            f"own model directories (config.json + model.safetensors). Convert it first with "
-            f"`armvision convert {path} OUT_DIR` and pass OUT_DIR (`--init` takes the .pth directly)")
-
-
-def step_dirs(ckpt_dir: Path) -> list[Path]:
-    """The ``step_*`` folders of a checkpoints folder, oldest first."""
-    if not ckpt_dir.is_dir():
-        return []
-    dirs = [p for p in ckpt_dir.iterdir() if p.is_dir() and not p.is_symlink() and _STEP_RE.match(p.name)]
-    return sorted(dirs, key=lambda p: int(_STEP_RE.match(p.name).group(1)))
-
-
-def link_target(link: Path) -> Path | None:
-    """The model directory a ``latest`` / ``best`` link points at, if it does."""
-    if link.is_symlink():
-        target = link.resolve()
-        if target.is_dir() and is_model_dir(target):
-            return target
-    return None
-
-
 def resolve_model_dir(path: str | os.PathLike, prefer: str = "best") -> Path:
     """A model directory from a model directory, a checkpoint folder or a run directory.
 
-    A run directory gives its ``best`` checkpoint (``prefer="best"``), else its latest.
+    A run directory gives its ``best`` checkpoint (``prefer="best"``), else its latest:
+    :func:`armvision.weights.layout.find_checkpoint` with ``need="model"``.
     """
-    p = Path(path)
-    if p.is_file():
-        if is_pickle_file(p):
-            raise CheckpointError(pickle_message(p))
-        raise CheckpointError(f"{p} is a file; expected an armvision model directory (config.json + "
-                              "model.safetensors) or a run directory (with checkpoints/)")
-    if not p.exists():
-        raise CheckpointError(f"{p} does not exist; expected an armvision model directory (config.json + "
-                              "model.safetensors), a checkpoint folder or a run directory")
-    if is_model_dir(p):
-        return p
-    ckpt_dir = p / "checkpoints" if (p / "checkpoints").is_dir() else p
-    order = ("best", "latest") if prefer == "best" else ("latest", "best")
-    for name in order:
-        target = link_target(ckpt_dir / name)
-        if target is not None:
-            return target
-    steps = [d for d in step_dirs(ckpt_dir) if is_model_dir(d)]
-    if steps:
-        return steps[-1]
-    if (p / "sharded.json").is_file() or any((d / "sharded.json").is_file() for d in [*step_dirs(ckpt_dir)]):
-        raise CheckpointError(f"{p} holds sharded checkpoints (a parallel fsdp run); write one as a model directory "
-                              f"first: armvision export {p} MODEL_DIR")
-    raise CheckpointError(f"no model found in {p}: expected config.json + model.safetensors there, or a run "
-                          "directory with checkpoints/step_*/ (is the run finished or did it save anything?)")
+    return find_checkpoint(path, need="model", prefer=prefer)
 
 
 def _model_file(path: Path) -> Path:
