@@ -11,7 +11,7 @@ usage() {
 usage: scripts/demo.sh [--data-root DIR] [--no-install] [DEMO OPTIONS...]
 
 Sets up armvision and runs `armvision demo` (ARM pretraining -> fine-tuning vs from scratch on
-Fashion-MNIST, 10-12 minutes on a 2-core CPU).
+Fashion-MNIST, about 6 minutes on 2 idle CPU cores).
 
   --data-root DIR   folder with the four Fashion-MNIST idx files (default: Debian's
                     /usr/share/datasets/fashion-mnist, installed with apt-get if missing)

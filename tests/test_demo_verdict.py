@@ -11,6 +11,10 @@ def test_verdict_needs_a_margin_over_the_stronger_baseline():
     assert v.startswith("pretraining does NOT beat training from scratch") and "-2.00" in v
     assert demo_verdict(75.44, 71.42, 83.12, None, "cpu").startswith(
         "pretraining does NOT beat a linear classifier on the raw pixels")
+    v = demo_verdict(75.44, 71.48, 83.12, 2.4, "cpu")  # the CPU demo: above from scratch, below the pixels
+    assert v.startswith("pretraining beats training from scratch (+3.96 points") and "does NOT beat a linear" in v
+    v = demo_verdict(75.44, 74.0, 83.12, 2.4, "cpu")  # above from scratch only within the noise
+    assert v.startswith("pretraining does NOT beat a linear classifier on the raw pixels (-7.68 points; seed noise")
 
 
 def test_verdict_without_measured_noise_or_numbers():

@@ -239,7 +239,7 @@ def test_resuming_with_another_model_task_or_dataset_names_the_mismatch_in_one_l
     code, _, err = run_cli(flags + ["--resume", "auto"], capsys)
     assert code == 2 and err.count("\n") == 1 and len(err) < 600, err
     assert err.startswith(f"armvision {flags[0]}: error: cannot resume from {out / 'checkpoints'}/step_00000001: it belongs to "
-                          f"another run ({message}") and "start a new run in another --output_dir" in err, err
+                          f"another run ({message}") and "start a new run in another --output-dir" in err, err
 
 
 def test_resuming_with_another_lr_or_data_root_warns_and_is_recorded(data, tmp_path, capsys):
@@ -433,7 +433,7 @@ def test_an_output_dir_that_is_a_file_or_unwritable_gives_one_line(data, tmp_pat
     f = tmp_path / "afile"
     f.write_text("x")
     code, _, err = run_cli(pretrain_flags(data, f), capsys)
-    assert code == 2 and err == f"armvision pretrain: error: --output_dir {f} is an existing file; choose a directory\n"
+    assert code == 2 and err == f"armvision pretrain: error: --output-dir {f} is an existing file; choose a directory\n"
     real = Path.write_bytes
 
     def read_only(self, data):
@@ -462,7 +462,7 @@ def test_a_second_run_in_the_same_output_dir_is_refused_and_a_dead_runs_lock_doe
         assert code == 2 and err.count("\n") == 1, err
         assert err == (f"armvision pretrain: error: {out} is in use by another run (pid {holder.pid} on host "
                        f"{socket.gethostname()}, started " + err.split(", started ")[1])
-        assert "wait for it to end, or choose another --output_dir" in err
+        assert "wait for it to end, or choose another --output-dir" in err
         assert sorted(p.name for p in out.iterdir()) == [".armvision.lock"]
     finally:
         holder.kill()

@@ -43,7 +43,7 @@ def _nearest_existing(path: Path) -> Path:
     return where
 
 
-def check_output_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
+def check_output_dir(path: str | os.PathLike, flag: str = "--output-dir") -> None:
     """Make sure files can be written in the directory ``path`` (or, when it does not exist yet, in the nearest
     folder above it, where it will be created); a UserError naming the cause and ``flag`` (how the user gave
     the path) if not. Leaves nothing behind."""

@@ -267,7 +267,7 @@ def _add_demo_parser(sub) -> None:
         "demo", help="pretrain + fine-tune + from-scratch baseline on Fashion-MNIST, with a result table",
         description="The embedded demo: on Fashion-MNIST, pretrain a small ARM with the autoregressive objective, "
                     "fine-tune it, fine-tune the same architecture from scratch with the same budget, evaluate both "
-                    "on the test split and print a result table. About 7.5 minutes on a 2-core CPU; with a GPU it "
+                    "on the test split and print a result table. About 6 minutes on 2 idle CPU cores; with a GPU it "
                     "runs a longer schedule.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="profiles:\n" + "\n".join(f"  {k}: {v.description}" for k, v in PROFILES.items()),

@@ -145,6 +145,10 @@ def demo_verdict(arm_top1: float | None, scratch_top1: float | None, pixel_top1:
     if gap > 0:
         return (f"NOT shown: ARM is ahead of {best_name} by {gap:.2f} points, within the seed noise "
                 f"({seed_noise:.2f}): {numbers}")
+    over_scratch = arm_top1 - scratch_top1
+    if best_name != "training from scratch" and over_scratch > seed_noise:
+        return (f"pretraining beats training from scratch ({over_scratch:+.2f} points, more than the seed noise "
+                f"{seed_noise:.2f}) but does NOT beat {best_name} ({gap:+.2f} points): {numbers}")
     return f"pretraining does NOT beat {best_name} ({gap:+.2f} points; seed noise {seed_noise:.2f}): {numbers}"
 
 

@@ -57,10 +57,10 @@ class RunLock:
                 os.close(fd)
                 self._remove_created()
                 raise ConfigError(f"{self.path.parent} is in use by another run ({holder}); two runs in one "
-                                  "--output_dir would mix their records and checkpoints: wait for it to end, "
-                                  "or choose another --output_dir") from None
+                                  "--output-dir would mix their records and checkpoints: wait for it to end, "
+                                  "or choose another --output-dir") from None
             os.close(fd)  # ENOLCK, EOPNOTSUPP...: no locking on this file system
-            _logger.warning("cannot lock %s (%s): nothing stops a second run from using this --output_dir",
+            _logger.warning("cannot lock %s (%s): nothing stops a second run from using this --output-dir",
                             self.path, os.strerror(e.errno or 0))
             return True
         try:

@@ -125,7 +125,7 @@ _RESUME_IGNORED = {"data.workers", "data.pin_memory", "data.persistent_workers",
 
 def _another_run(ckpt: Path, what: str) -> CheckpointError:
     return CheckpointError(f"cannot resume from {ckpt}: it belongs to another run ({what}); resume with the config the "
-                           "run was started with (its config.yaml), or start a new run in another --output_dir "
+                           "run was started with (its config.yaml), or start a new run in another --output-dir "
                            "(--init takes the weights)")
 
 
@@ -247,7 +247,7 @@ class Trainer:
         if r is None:
             if existing is not None:
                 raise CheckpointError(f"{self.run_dir} already holds a run (checkpoint {existing.name}); pass "
-                                      "--resume auto to continue it, or choose another --output_dir")
+                                      "--resume auto to continue it, or choose another --output-dir")
             return None
         if r == "auto":
             if existing is None:
@@ -261,7 +261,7 @@ class Trainer:
                 if self.is_main:
                     _logger.warning("resume auto: skipping the damaged checkpoint %s: %s", ckpt, problem)
             raise CheckpointError(f"no intact checkpoint in {self.ckpt.dir} to resume from (each is damaged, see "
-                                  "the warnings above); start a new run in another --output_dir")
+                                  "the warnings above); start a new run in another --output-dir")
         ckpt = resolve_resume_dir(r)
         problem = self.ckpt.verify(ckpt)
         if problem is not None:
