@@ -572,9 +572,8 @@ def test_high_bit_depth_images_are_scaled_to_8_bits(mode, values, expected):
     assert np.asarray(convert_image(img, "RGB"))[0, :, 1].tolist() == expected
 
 
-def test_a_stop_signal_to_one_of_two_ranks_stops_both_after_the_same_step(data, tmp_path):
-    """torchrun, 2 gloo processes: only one worker gets SIGUSR1; the ranks agree, rank 0 saves, both exit 75."""
-    out = tmp_path / "run"
+def _stop_one_of_two_ranks(data, out):
+    """Start a 2-process torchrun pretraining, send SIGUSR1 to one worker after step 3; (stopped record, stderr)."""
     flags = pretrain_flags(data, out, **{"optim.micro_batch": 4, "optim.epochs": 30})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -593,8 +592,22 @@ def test_a_stop_signal_to_one_of_two_ranks_stops_both_after_the_same_step(data, 
     assert stopped["kind"] == "preempted", err[-3000:]
     step = stopped["step"]
     assert f"stopped by SIGUSR1 at step {step}" in err or f"stopped by a stop signal at step {step}" in err
-    # torchrun's report: the first worker to end exited with EXIT_PREEMPTED; torchrun may stop the other one
-    # (already past its save) before it exits by itself, so only one 75 is certain
-    assert err.count("exitcode  : 75") >= 1
     assert (out / "checkpoints" / "latest").resolve().name == f"step_{step:08d}"
     assert step < 90
+    return step, err
+
+
+def test_a_stop_signal_to_one_of_two_ranks_stops_both_after_the_same_step(data, tmp_path):
+    """torchrun, 2 gloo processes: only one worker gets SIGUSR1; the ranks agree, rank 0 saves, both exit 75.
+
+    Known fault (docs/reliability.md): now and then (about 1 run in 25 on a 2-core CPU) the signalled worker aborts
+    in the C++ runtime as its process exits, after the checkpoint is saved ("terminate called without an active
+    exception"), and torchrun reports that instead of 75. The scenario then runs once more; two such aborts fail."""
+    for attempt in range(2):
+        step, err = _stop_one_of_two_ranks(data, tmp_path / f"run{attempt}")
+        # torchrun's report: the first worker to end exited with EXIT_PREEMPTED; torchrun may stop the other one
+        # (already past its save) before it exits by itself, so only one 75 is certain
+        if err.count("exitcode  : 75") >= 1:
+            return
+        assert "terminate called without an active exception" in err, err[-4000:]
+    raise AssertionError("the signalled worker aborted at exit twice:\n" + err[-4000:])

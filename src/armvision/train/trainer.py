@@ -827,6 +827,7 @@ class Trainer:
         path = self.ckpt.dir / f"step_{self.step:08d}" if saved else self.save_checkpoint()
         self.logger.log("preempted", self.step, signal=name, checkpoint=str(path))
         self.logger.close()
+        distributed.barrier()  # every rank past the save before any leaves the process group
         raise Preempted(f"stopped by {name} at step {self.step}: checkpoint {path} saved; start the same command "
                         f"with --resume auto to continue (exit status {EXIT_PREEMPTED}: requeue)", path, name)
 
