@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import os
 import types
 import typing
 from dataclasses import field
@@ -32,7 +34,7 @@ import yaml
 
 from .errors import ConfigError
 
-__all__ = ["option", "read_yaml", "from_dict", "apply_overrides", "parse_overrides", "parse_value", "key_type",
+__all__ = ["env_json_object", "option", "read_yaml", "from_dict", "apply_overrides", "parse_overrides", "parse_value", "key_type",
            "to_dict", "to_yaml", "describe_keys"]
 
 T = TypeVar("T")
@@ -346,3 +348,18 @@ def describe_keys(cls, prefix: str = "", skip: Sequence[str] = ()) -> list[tuple
                                                           default_flow_style=True).strip().removesuffix("\n..."),
                         f.metadata.get("help", "")))
     return out
+
+
+def env_json_object(variable: str, what: str, environ: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+    """The JSON object in environment variable ``variable`` (None when it is unset or empty); anything else is a
+    :class:`ConfigError` (a ``ValueError`` too) saying it must be a JSON object of ``what``."""
+    text = (os.environ if environ is None else environ).get(variable, "").strip()
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{variable} must be a JSON object of {what}, got {text!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{variable} must be a JSON object of {what}, got {text!r}")
+    return value

@@ -40,9 +40,9 @@ a bad value stops the import with the same error as a bad ``scan_config`` argume
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 from typing import Any, Iterator
+
+from ..configtree import env_json_object
 
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
@@ -119,16 +119,8 @@ def conv_config(**updates) -> Iterator[dict[str, Any]]:
 
 def _from_environment(defaults: dict[str, Any], variable: str, what: str) -> dict[str, Any]:
     """``defaults`` updated from the JSON object in environment variable ``variable`` (unset or empty: unchanged)."""
-    text = os.environ.get(variable, "").strip()
-    if not text:
-        return defaults
-    try:
-        updates = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{variable} must be a JSON object of {what} launch parameters, got {text!r} ({e})") from None
-    if not isinstance(updates, dict):
-        raise ValueError(f"{variable} must be a JSON object of {what} launch parameters, got {text!r}")
-    return _checked(defaults, updates, what)
+    updates = env_json_object(variable, f"{what} launch parameters")
+    return defaults if updates is None else _checked(defaults, updates, what)
 
 
 SCAN_DEFAULTS = _from_environment(SCAN_DEFAULTS, "ARMVISION_SCAN_CONFIG", "scan")

@@ -18,14 +18,13 @@ last batch is partial, which would cost a second compile).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from typing import Any, Callable, TypeVar
 
 import torch
 from torch import nn
 
+from ..configtree import env_json_object
 from ..errors import UserError
 
 __all__ = ["compile_enabled", "compile_mode", "CompiledModule"]
@@ -50,15 +49,9 @@ def compile_mode(setting: str, device: torch.device, world_size: int) -> str:
 def inductor_options(mode: str, environ: dict | None = None) -> dict[str, Any] | None:
     """The inductor options for ``mode`` plus those of ``ARMVISION_INDUCTOR`` (a JSON object), or None when that
     variable is unset (torch.compile then takes ``mode`` itself). A bad value is a :class:`UserError`."""
-    text = (os.environ if environ is None else environ).get("ARMVISION_INDUCTOR", "").strip()
-    if not text:
+    extra = env_json_object("ARMVISION_INDUCTOR", "inductor options", environ)
+    if extra is None:
         return None
-    try:
-        extra = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"ARMVISION_INDUCTOR must be a JSON object of inductor options, got {text!r} ({e})") from None
-    if not isinstance(extra, dict):
-        raise UserError(f"ARMVISION_INDUCTOR must be a JSON object of inductor options, got {text!r}")
     from torch._inductor import list_mode_options
 
     return {**list_mode_options(mode), **extra}
