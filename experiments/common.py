@@ -148,6 +148,19 @@ def mean_std(values: list[float]) -> dict:
             "n": len(vals), "values": vals}
 
 
+def over_seeds(results: dict, prefix: str, metric: str, seeds) -> dict:
+    """:func:`mean_std` of ``metric`` in the jobs ``{prefix}{seed}`` of ``results`` that finished."""
+    return mean_std([results[f"{prefix}{s}"][metric] for s in seeds if f"{prefix}{s}" in results])
+
+
+def pixel_row(results: dict, seeds, prefix: str = "pixels") -> dict:
+    """The row a reader knows: the raw-pixel baselines (:meth:`Context.pixel_baselines` jobs) in the study metrics."""
+    return {"condition": "raw pixels, no network",
+            "ft_top1": over_seeds(results, prefix, "linear_ft_labels_top1", seeds),
+            "linprobe": over_seeds(results, prefix, "linear_all_top1", seeds),
+            "knn": over_seeds(results, prefix, "knn_top1", seeds)}
+
+
 class Context:
     """Jobs of one scale: pretrain / finetune / probe, each resumable and shared between studies."""
 

@@ -34,7 +34,7 @@ def main(argv=None) -> dict:
     r = ctx.run_tasks(tasks)
 
     def vals(prefix, metric):
-        return common.mean_std([r[f"{prefix}{s}"][metric] for s in seeds if f"{prefix}{s}" in r])
+        return common.over_seeds(r, prefix, metric, seeds)
 
     rows = []
     for rule, label in (("mamba", "Mamba-style wd"), ("reference", "reference wd")):
@@ -45,8 +45,7 @@ def main(argv=None) -> dict:
         rows.append({"condition": f"random init (scratch), {label}", "no_decay": rule,
                      "ft_top1": vals(f"scratch{common.wd_tag(rule)}", "top1"),
                      "linprobe": vals("random", "linprobe_top1"), "knn": vals("random", "knn_top1")})
-    rows.append({"condition": "raw pixels, no network", "ft_top1": vals("pixels", "linear_ft_labels_top1"),
-                 "linprobe": vals("pixels", "linear_all_top1"), "knn": vals("pixels", "knn_top1")})
+    rows.append(common.pixel_row(r, seeds))
     study = {"title": "Study 1: ARM pretraining vs from scratch (Fashion-MNIST test top-1, %)",
              "metrics": {"ft_top1": "fine-tune top-1", "linprobe": "linear probe top-1", "knn": "k-NN top-1"},
              "rows": rows, "seeds": list(seeds), "jobs": r}

@@ -39,7 +39,7 @@ def main(argv=None) -> dict:
     r = ctx.run_tasks(tasks)
 
     def vals(prefix, metric):
-        return common.mean_std([r[f"{prefix}{s}"][metric] for s in seeds if f"{prefix}{s}" in r])
+        return common.over_seeds(r, prefix, metric, seeds)
 
     rows = []
     for fam, label in (("vim", "Vim"), ("arm", "MambaMLP (study 1)")):
@@ -49,8 +49,7 @@ def main(argv=None) -> dict:
         rows.append({"condition": f"{label}: random init (scratch)", "family": fam, "no_decay": RULE,
                      "ft_top1": vals(f"{fam}-scratch", "top1"), "linprobe": vals(f"{fam}-random", "linprobe_top1"),
                      "knn": vals(f"{fam}-random", "knn_top1")})
-    rows.append({"condition": "raw pixels, no network", "ft_top1": vals("pixels", "linear_ft_labels_top1"),
-                 "linprobe": vals("pixels", "linear_all_top1"), "knn": vals("pixels", "knn_top1")})
+    rows.append(common.pixel_row(r, seeds))
     study = {"title": "Study 6: ARM pretraining of a Vim vs from scratch, beside MambaMLP (Fashion-MNIST test top-1, %)",
              "metrics": {"ft_top1": "fine-tune top-1", "linprobe": "linear probe top-1", "knn": "k-NN top-1"},
              "rows": rows, "seeds": list(seeds), "no_decay": RULE, "jobs": r}
