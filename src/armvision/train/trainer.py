@@ -944,11 +944,4 @@ class Trainer:
 
 def train(cfg: RunConfig) -> dict[str, Any]:
     """Run one training (pretraining or fine-tuning, by ``cfg.task``) and return its summary."""
-    trainer = Trainer(cfg)
-    try:
-        return trainer.fit()
-    finally:
-        try:
-            trainer.logger.close()
-        finally:
-            trainer.lock.release()
+    return Trainer(cfg).fit()  # fit closes the records and releases the folder's lock however it ends
