@@ -129,6 +129,16 @@ def official_state_dict(model: ARMPretrain | ARMClassifier) -> "OrderedDict[str,
     return sd
 
 
+def refuse_unrepresentable(never: list[str], reference: list[str], strict: bool, layout: str) -> None:
+    """CheckpointError when a model cannot be written in an official ``layout`` ("ARM", "Vim"): ``never`` lists
+    what no checkpoint of that layout can hold, ``reference`` what its reference code cannot run (only with
+    ``strict``)."""
+    problems = never + (reference if strict else [])
+    if problems:
+        hint = "" if never else " (pass strict=False to write the layout anyway)"
+        raise CheckpointError(f"this model has no official {layout} checkpoint: " + "; ".join(problems) + hint)
+
+
 def to_official(model: ARMPretrain | ARMClassifier, strict: bool = True,
                 args: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint the reference code would have saved for ``model``:
@@ -144,11 +154,7 @@ def to_official(model: ARMPretrain | ARMClassifier, strict: bool = True,
         from .official_vim import to_official_vim
 
         return to_official_vim(model, strict, args)
-    never, reference = _representation_problems(model)
-    problems = never + (reference if strict else [])
-    if problems:
-        hint = "" if never else " (pass strict=False to write the layout anyway)"
-        raise CheckpointError("this model has no official ARM checkpoint: " + "; ".join(problems) + hint)
+    refuse_unrepresentable(*_representation_problems(model), strict, "ARM")
     cfg = model.config
     name = getattr(model, "model_name", None) or "arm_base_pz16"
     ns = dict(model=name, input_size=cfg["img_size"][0])

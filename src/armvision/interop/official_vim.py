@@ -11,6 +11,7 @@ from ..errors import CheckpointError
 from ..models import ARMClassifier, ARMPretrain
 from ..models.vim import REFERENCE_NAMES, VIM_SIZES
 from ..weights.official_vim import infer_vim_model_args, read_vim_checkpoint
+from .official import refuse_unrepresentable
 
 __all__ = ["infer_vim_model_args", "read_vim_checkpoint", "to_official_vim"]
 
@@ -49,11 +50,7 @@ def to_official_vim(model: ARMClassifier, strict: bool = True, args: Mapping[str
                               "classifiers); save it as an armvision model directory")
     if not isinstance(model, ARMClassifier) or getattr(model, "block", None) != "vim":
         raise TypeError(f"not an armvision Vim classifier: {type(model).__name__}")
-    never, reference = _vim_problems(model)
-    problems = never + (reference if strict else [])
-    if problems:
-        hint = "" if never else " (pass strict=False to write the layout anyway)"
-        raise CheckpointError("this model has no official Vim checkpoint: " + "; ".join(problems) + hint)
+    refuse_unrepresentable(*_vim_problems(model), strict, "Vim")
     cfg = model.config
     name = next((REFERENCE_NAMES[n] for n, s in VIM_SIZES.items()
                  if (s["embed_dim"], s["depth"]) == (cfg["embed_dim"], cfg["depth"])), None)
