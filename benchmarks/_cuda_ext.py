@@ -11,6 +11,12 @@ The packages' Python code is then imported from the unpacked source without runn
 
 builds (the same call in two processes, ``--only`` each, builds both at once); ``SRC`` is an unpacked sdist or
 its ``.tar.gz`` (unpacked beside the build folder).
+
+A lent GPU machine starts bare, and these builds take about 290 s of a 10-minute call. So a build can be kept and
+carried to the next call: with ``ARMVISION_CUDA_EXT_SAVE=DIR`` each freshly built module is also written to DIR as
+``NAME-KEY.so.xz`` (KEY: torch version and GPU architecture, e.g. ``torch2.11.0_cu130-sm90``); with
+``ARMVISION_CUDA_EXT_PREBUILT=DIR`` a module whose ``NAME-KEY.so.xz`` (or ``.so``) is in DIR is loaded from there
+instead of compiled. A file for another torch or architecture is ignored, so a stale one costs a build, not a crash.
 """
 
 from __future__ import annotations
@@ -50,10 +56,68 @@ def package_version(src: Path) -> str:
     return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Version:")), "?")
 
 
+def prebuilt_key() -> str:
+    """What a built module depends on: the torch build and the GPU architecture (file-name safe)."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability()
+    return f"torch{torch.__version__}-sm{major}{minor}".replace("+", "_")
+
+
+def _load_prebuilt(name: str, build_dir: Path):
+    """The module from ``$ARMVISION_CUDA_EXT_PREBUILT`` if a file for this torch and GPU is there, else None."""
+    import importlib.machinery
+    import importlib.util
+    import lzma
+
+    folder = os.environ.get("ARMVISION_CUDA_EXT_PREBUILT")
+    if not folder:
+        return None
+    stem = f"{name}-{prebuilt_key()}"
+    packed, plain = Path(folder) / f"{stem}.so.xz", Path(folder) / f"{stem}.so"
+    if not packed.is_file() and not plain.is_file():
+        print(f"{name}: no prebuilt {stem}.so(.xz) in {folder}; building", flush=True)
+        return None
+    target = build_dir / f"{name}.so"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if packed.is_file():
+        with lzma.open(packed) as f_in:
+            target.write_bytes(f_in.read())
+    else:
+        target.write_bytes(plain.read_bytes())
+    loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+    spec = importlib.util.spec_from_file_location(name, str(target), loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    print(f"{name}: loaded prebuilt {packed if packed.is_file() else plain}", flush=True)
+    return module
+
+
+def _save_prebuilt(name: str, build_dir: Path) -> None:
+    import lzma
+
+    folder = os.environ.get("ARMVISION_CUDA_EXT_SAVE")
+    built = build_dir / f"{name}.so"
+    if not folder or not built.is_file():
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    out = Path(folder) / f"{name}-{prebuilt_key()}.so.xz"
+    if out.is_file():
+        return
+    tmp = out.with_name(out.name + ".tmp")
+    with lzma.open(tmp, "wb", preset=6) as f_out:
+        f_out.write(built.read_bytes())
+    tmp.replace(out)
+    print(f"{name}: saved {out} ({out.stat().st_size / 2**20:.1f} MiB)", flush=True)
+
+
 def _load(name: str, sources: list[Path], include: Path, build_dir: Path):
     import torch
     from torch.utils.cpp_extension import load
 
+    module = _load_prebuilt(name, build_dir)
+    if module is not None:
+        return module
     major, minor = torch.cuda.get_device_capability()
     os.environ["TORCH_CUDA_ARCH_LIST"] = f"{major}.{minor}"
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
@@ -63,6 +127,7 @@ def _load(name: str, sources: list[Path], include: Path, build_dir: Path):
                extra_include_paths=[str(include)], extra_cflags=["-O3", "-std=c++17"],
                extra_cuda_cflags=NVCC_FLAGS)
     print(f"{name} for sm_{major}{minor} ready in {time.time() - t0:.0f} s ({build_dir})", flush=True)
+    _save_prebuilt(name, build_dir)
     return ext
 
 

@@ -9,10 +9,14 @@
 # OliverRensu/ARM: the official code, never committed), mamba_ssm-2.3.2.post1.tar.gz and causal_conv1d-1.7.0.tar.gz:
 #   bash benchmarks/device_call.sh [.carry]
 # Extra arguments for compare.py go in COMPARE_ARGS (e.g. COMPARE_ARGS="--budget 480 --variants default before").
+# The two CUDA builds (about 290 s) are kept: each built module is written to $OUT as NAME-KEY.so.xz; put those
+# files in the carried folder's cuda_ext/ and the next call loads them instead of compiling (benchmarks/_cuda_ext.py).
 set -uo pipefail
 CARRY=${1:-.carry}
 : "${OUT:?set OUT to the folder for the results}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export ARMVISION_CUDA_EXT_SAVE="${ARMVISION_CUDA_EXT_SAVE:-$OUT}"
+if [ -d "$CARRY/cuda_ext" ]; then export ARMVISION_CUDA_EXT_PREBUILT="$(cd "$CARRY/cuda_ext" && pwd)"; fi
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
