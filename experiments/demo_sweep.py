@@ -47,10 +47,10 @@ sys.path.insert(0, str(REPO / "src"))
 
 from armvision.analysis import KnnSettings, LinearProbeSettings, knn_classify, probe_checkpoint  # noqa: E402
 from armvision.analysis.baseline import fashion_mnist_pixels, pixel_linear_baseline  # noqa: E402
-from armvision.demo import PROFILES  # noqa: E402
+from armvision.demo.run import stage_config  # noqa: E402
 from armvision.errors import ConfigError, Preempted  # noqa: E402
 from armvision.models.io import atomic_write  # noqa: E402
-from armvision.train import RunConfig, load_config, train  # noqa: E402
+from armvision.train import RunConfig, train  # noqa: E402
 from armvision.train.config import parse_cli_overrides  # noqa: E402
 from armvision.train.preemption import EXIT_PREEMPTED  # noqa: E402
 
@@ -108,25 +108,18 @@ def plan(pretrain_epochs: Sequence[int], finetune_epochs: Sequence[int]) -> list
 def build_configs(runs: Sequence[Run], runs_dir: Path, profile: str, seed: int, device: str,
                   data_root: str | None, workers: int, extra: dict[str, Any]) -> dict[str, RunConfig]:
     """The training configs of the sweep, all resolved (and checked) before anything runs: the demo's
-    (preset + profile overrides + seed, device, data root and workers, as :func:`armvision.demo.run_demo`
-    builds them), then ``extra`` (``--set``), then the run's own folder and ``optim.epochs``."""
-    prof = PROFILES[profile]
+    (:func:`armvision.demo.run.stage_config`, as :func:`armvision.demo.run_demo` builds them) with ``extra``
+    (``--set``), seed, device, data root and workers, then the run's own folder and ``optim.epochs``."""
     common = {"seed": seed, "device": device, "data.root": data_root, "data.workers": workers}
     cfgs = {}
     for run in runs:
-        out = str(runs_dir / run.name)
-        if run.stage == "pretrain":
-            cfgs[run.name] = load_config("fmnist_pretrain", {**prof.pretrain, **extra, **common, "output_dir": out,
-                                                             "optim.epochs": run.pretrain_epochs}, task="pretrain")
-        elif run.stage == "finetune":
-            cfgs[run.name] = load_config("fmnist_finetune", {
-                **prof.finetune, **extra, **common, "output_dir": out, "init": str(runs_dir / run.needs),
-                "optim.epochs": run.finetune_epochs}, task="finetune")
-        elif run.stage == "scratch":
-            # as the demo's baseline: layer decay protects pretrained layers, and from scratch there are none
-            cfgs[run.name] = load_config("fmnist_finetune", {
-                **prof.finetune, **extra, **common, "output_dir": out, "optim.layer_decay": None,
-                "optim.epochs": run.finetune_epochs}, task="finetune")
+        if run.stage not in ("pretrain", "finetune", "scratch"):
+            continue
+        values = {**extra, **common, "output_dir": str(runs_dir / run.name),
+                  "optim.epochs": run.pretrain_epochs if run.stage == "pretrain" else run.finetune_epochs}
+        if run.stage == "finetune":
+            values["init"] = str(runs_dir / run.needs)
+        cfgs[run.name] = stage_config(profile, run.stage, values)
     return cfgs
 
 

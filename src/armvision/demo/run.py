@@ -38,7 +38,7 @@ from ..train.config import config_to_dict, load_config
 from ..train.trainer import train
 from .profiles import PROFILES
 
-__all__ = ["run_demo", "format_table", "demo_verdict"]
+__all__ = ["run_demo", "stage_config", "format_table", "demo_verdict"]
 
 _logger = logging.getLogger(__name__)
 
@@ -152,6 +152,22 @@ def demo_verdict(arm_top1: float | None, scratch_top1: float | None, pixel_top1:
     return f"pretraining does NOT beat {best_name} ({gap:+.2f} points; seed noise {seed_noise:.2f}): {numbers}"
 
 
+_PRESETS = {"pretrain": ("fmnist_pretrain", "pretrain"), "finetune": ("fmnist_finetune", "finetune"),
+            "scratch": ("fmnist_finetune", "finetune")}
+
+
+def stage_config(profile: str, stage: str, overrides: dict[str, Any]):
+    """The resolved config of one demo stage (``pretrain``, ``finetune`` or ``scratch``): its preset, the profile's
+    overrides, then ``overrides``. From scratch runs without layer-wise lr decay: it protects pretrained layers, and
+    from scratch there are none (on the demo's budget it only slowed the early blocks)."""
+    preset, task = _PRESETS[stage]
+    prof = PROFILES[profile]
+    values = {**(prof.pretrain if task == "pretrain" else prof.finetune), **overrides}
+    if stage == "scratch":
+        values["optim.layer_decay"] = None
+    return load_config(preset, values, task=task)
+
+
 def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_root: str | None = None,
              device: str = "auto", seed: int = 0, workers: int | None = None) -> dict[str, Any]:
     """Run the demo; returns ``{"table", "runs", "paths", ...}`` (also written to output_dir)."""
@@ -167,14 +183,10 @@ def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_r
     if workers is not None:
         common["data.workers"] = workers
     # every config is resolved (and checked) before anything is written
-    pre_cfg = load_config("fmnist_pretrain", {**prof.pretrain, **common, "output_dir": str(out / "pretrain")},
-                          task="pretrain")
-    ft_over = {**prof.finetune, **common}
-    ft_cfg = load_config("fmnist_finetune", {**ft_over, "output_dir": str(out / "finetune"),
-                                             "init": str(out / "pretrain")}, task="finetune")
-    # layer decay protects pretrained layers; from scratch there are none, and it only slows the early blocks
-    sc_cfg = load_config("fmnist_finetune", {**ft_over, "output_dir": str(out / "scratch"), "optim.layer_decay": None},
-                         task="finetune")
+    pre_cfg = stage_config(profile, "pretrain", {**common, "output_dir": str(out / "pretrain")})
+    ft_cfg = stage_config(profile, "finetune", {**common, "output_dir": str(out / "finetune"),
+                                                "init": str(out / "pretrain")})
+    sc_cfg = stage_config(profile, "scratch", {**common, "output_dir": str(out / "scratch")})
     _prepare_output(out)
     if profile == "gpu":
         _logger.info("GPU present: running the longer 'gpu' profile (%s)", prof.description)
