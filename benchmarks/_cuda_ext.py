@@ -80,15 +80,21 @@ def _load_prebuilt(name: str, build_dir: Path):
         return None
     target = build_dir / f"{name}.so"
     build_dir.mkdir(parents=True, exist_ok=True)
-    if packed.is_file():
-        with lzma.open(packed) as f_in:
-            target.write_bytes(f_in.read())
-    else:
-        target.write_bytes(plain.read_bytes())
-    loader = importlib.machinery.ExtensionFileLoader(name, str(target))
-    spec = importlib.util.spec_from_file_location(name, str(target), loader=loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
+    try:
+        if packed.is_file():
+            with lzma.open(packed) as f_in:
+                target.write_bytes(f_in.read())
+        else:
+            target.write_bytes(plain.read_bytes())
+        loader = importlib.machinery.ExtensionFileLoader(name, str(target))
+        spec = importlib.util.spec_from_file_location(name, str(target), loader=loader)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except (lzma.LZMAError, EOFError, ImportError, OSError) as e:  # a damaged or foreign file: build instead
+        target.unlink(missing_ok=True)
+        print(f"{name}: the prebuilt file in {folder} cannot be loaded ({type(e).__name__}: {e}); building",
+              flush=True)
+        return None
     print(f"{name}: loaded prebuilt {packed if packed.is_file() else plain}", flush=True)
     return module
 

@@ -61,3 +61,13 @@ def test_nothing_saved_without_the_switch(cuda_ext, tmp_path, monkeypatch):
     monkeypatch.delenv("ARMVISION_CUDA_EXT_SAVE", raising=False)
     cuda_ext._save_prebuilt("_csv", build)
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["_csv.so", "build"]
+
+
+def test_damaged_prebuilt_file_means_a_build(cuda_ext, tmp_path, monkeypatch, capsys):
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "_csv-torchX-sm90.so.xz").write_bytes(b"\xfd7zXZ\x00 cut short")
+    monkeypatch.setenv("ARMVISION_CUDA_EXT_PREBUILT", str(keep))
+    assert cuda_ext._load_prebuilt("_csv", tmp_path / "build") is None
+    assert "cannot be loaded" in capsys.readouterr().out
+    assert not (tmp_path / "build" / "_csv.so").exists()
