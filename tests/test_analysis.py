@@ -133,6 +133,33 @@ def test_linprobe_and_knn_commands(setup, capsys, tmp_path):
     assert "linear probe lr sweep" not in err and "features " not in err and "\r" not in err  # no bars: not a tty
 
 
+def test_token_features_are_the_normed_token_map_flattened(setup, capsys, tmp_path):
+    """--features tokens: the last block's normed tokens, (patches x width) values per image, whose mean over the
+    patches is the pooled feature (for a pretraining model both come from the last memory norm)."""
+    from armvision.analysis import data_setup, extract_dataset_features, load_for_analysis
+    from armvision.analysis.features import open_split
+
+    loaded = load_for_analysis(setup["pre"])
+    cfg = data_setup(loaded.training)
+    ds = open_split(loaded.model, cfg, "test", 6)
+    pooled = extract_dataset_features(loaded.model, ds)
+    tokens = extract_dataset_features(loaded.model, ds, features="tokens")
+    patches = loaded.model.geometry.num_patches
+    assert tokens.features.shape == (6, patches * 16) and torch.equal(tokens.labels, pooled.labels)
+    assert torch.allclose(tokens.features.view(6, patches, 16).mean(1), pooled.features, atol=1e-5)
+    code, out, err = run_cli(["knn", setup["pre"], "--features", "tokens", "--k", "3", "--output",
+                              tmp_path / "k.json", "--device", "cpu"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "k.json").read_text())
+    assert res["features"] == "tokens" and res["feature_dim"] == patches * 16
+    code, out, err = run_cli(["linprobe", setup["ft"], "--features", "tokens", "--lrs", "0.1", "--epochs", "1",
+                              "--output", tmp_path / "lp.json"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "lp.json").read_text())["feature_dim"] == (16 // 4) ** 2 * 16
+    with pytest.raises(Exception, match="features 'cls': choose pooled or tokens"):
+        extract_dataset_features(loaded.model, ds, features="cls")
+
+
 @pytest.mark.parametrize("args,message", [
     (["linprobe", "{root}/missing"], "does not exist"),
     (["visualize", "{ft}", "{imgs}", "--output", "{root}/v"], "visualize needs a pretraining checkpoint"),
@@ -173,6 +200,7 @@ def test_knn_of_an_official_pretraining_checkpoint(setup, capsys, tmp_path):
     (["knn", "x", "--temperature", "-1"], "argument --temperature: must be greater than 0"),
     (["linprobe", "x", "--holdout", "1.5"], "argument --holdout: must be at least 0 and below 1"),
     (["linprobe", "x", "--lrs", "0.1", "zero"], "argument --lrs: expected a number"),
+    (["knn", "x", "--features", "cls"], "argument --features: invalid choice: 'cls'"),
 ])
 def test_bad_numbers_are_refused_before_any_work(capsys, args, message):
     with pytest.raises(SystemExit) as e:

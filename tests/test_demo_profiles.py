@@ -7,7 +7,7 @@ from importlib import resources
 
 import pytest
 
-from armvision.demo import PROFILES, DemoProfile, load_profiles
+from armvision.demo import PROFILES, DemoProfile, ProbeSettings, load_profiles
 from armvision.errors import ConfigError
 from armvision.train import load_config
 
@@ -15,7 +15,12 @@ from armvision.train import load_config
 def test_packaged_profiles_load_and_resolve_to_configs(tmp_path):
     assert set(PROFILES) == {"cpu", "gpu", "smoke"}  # run_demo's auto picks gpu or cpu
     assert load_profiles() == PROFILES
-    assert PROFILES["cpu"] == DemoProfile(PROFILES["cpu"].description, seed_noise=2.4)  # the presets as they are
+    cpu = PROFILES["cpu"]  # 2 pretraining epochs, then the frozen-feature probes only, on all training labels
+    assert cpu.pretrain == {"optim.epochs": 2} and cpu.evaluate == ("probe",) and cpu.finetune == {}
+    assert cpu.probe == ProbeSettings(features="tokens", train_subset=None, test_subset=None,
+                                      lrs=(0.003, 0.01, 0.03, 0.1), epochs=10)
+    assert set(cpu.seed_noise) == {"linear_probe", "knn"}  # measured over seeds (docs/analysis.md)
+    assert PROFILES["gpu"].evaluate == PROFILES["smoke"].evaluate == ("probe", "finetune")
     assert PROFILES["smoke"].pretrain["data.train_subset"] == 512
     assert PROFILES["gpu"].finetune["optim.epochs"] == 10
     for name, prof in PROFILES.items():
@@ -34,21 +39,39 @@ def test_profiles_file_ships_inside_the_package():
 
 def test_a_file_of_profiles_is_read_into_dataclasses(tmp_path):
     f = tmp_path / "p.yaml"
-    f.write_text("quick:\n  description: two steps\n  pretrain: {optim.epochs: 2}\n  seed_noise: 1\n")
-    assert load_profiles(f) == {"quick": DemoProfile("two steps", {"optim.epochs": 2}, {}, 1.0)}
+    f.write_text("quick:\n  description: two steps\n  pretrain: {optim.epochs: 2}\n  seed_noise: {finetune: 1}\n")
+    expected = DemoProfile("two steps", {"optim.epochs": 2}, {}, seed_noise={"finetune": 1.0})
+    assert load_profiles(f) == {"quick": expected}
+    f.write_text("p:\n  description: probes\n  evaluate: [probe]\n  probe: {features: pooled, train_subset: 100, "
+                 "lrs: [0.1, 1], epochs: 3, k: 5}\n  seed_noise: {linear_probe: 0.5, knn: 1}\n")
+    assert load_profiles(f)["p"] == DemoProfile("probes", evaluate=("probe",),
+                                                seed_noise={"linear_probe": 0.5, "knn": 1.0},
+                                                probe=ProbeSettings("pooled", 100, None, (0.1, 1.0), 3, 5))
 
 
 @pytest.mark.parametrize("text, message", [
     ("cpu: [1, 2\n", "is not valid YAML at line 2, column 1: expected ',' or ']', but got '<stream end>'"),
     ("- cpu\n", "must hold a mapping of config keys, got list"),
     ("", "holds no profile"),
-    ("cpu: 3\n", "profile 'cpu' must be a mapping with the keys description, pretrain, finetune, seed_noise, got 3"),
+    ("cpu: 3\n", "profile 'cpu' must be a mapping with the keys description, pretrain, finetune, evaluate, probe, "
+                "seed_noise, got 3"),
     ("cpu: {pretrain: {}}\n", "profile 'cpu' needs a description (one line of text), got None"),
     ("cpu: {description: x, extra: 1}\n", "profile 'cpu': unknown key 'extra'; allowed: description, pretrain"),
     ("cpu: {description: x, finetune: [1]}\n", "profile 'cpu': finetune must be a mapping of config keys"),
     ("cpu: {description: x, pretrain: {optim.epoch: 2}}\n", "unknown config key 'optim.epoch' in demo profiles"),
     ("cpu: {description: x, pretrain: {optim.epochs: two}}\n", "(pretrain): 'two'; expected an integer"),
-    ("cpu: {description: x, seed_noise: -1}\n", "seed_noise must be a number of top-1 points >= 0"),
+    ("cpu: {description: x, seed_noise: -1}\n", "seed_noise must be a mapping of linear_probe, knn, finetune"),
+    ("cpu: {description: x, seed_noise: {knn: -1}}\n", "seed_noise knn must be a number of top-1 points >= 0"),
+    ("cpu: {description: x, seed_noise: {probe: 1}}\n", "unknown seed_noise key 'probe'"),
+    ("cpu: {description: x, evaluate: probe}\n", "evaluate must be a list of probe and/or finetune (each once)"),
+    ("cpu: {description: x, evaluate: [probe, probe]}\n", "evaluate must be a list of probe and/or finetune"),
+    ("cpu: {description: x, evaluate: [lineval]}\n", "evaluate must be a list of probe and/or finetune"),
+    ("cpu: {description: x, probe: {features: cls}}\n", "probe features must be pooled or tokens, got 'cls'"),
+    ("cpu: {description: x, probe: {train_subset: 0}}\n", "probe train_subset must be a number of images > 0"),
+    ("cpu: {description: x, probe: {epochs: 1.5}}\n", "probe epochs must be an integer > 0, got 1.5"),
+    ("cpu: {description: x, probe: {lrs: [0.1, -1]}}\n", "probe lrs must be a list of learning rates > 0"),
+    ("cpu: {description: x, probe: {knn: 20}}\n", "unknown probe key 'knn'; allowed: epochs, features, k"),
+    ("cpu: {description: x, probe: [1]}\n", "probe must be a mapping (features, train_subset"),
     ("auto: {description: x}\n", "'auto' is not a profile name"),
 ])
 def test_a_broken_profiles_file_is_one_line(tmp_path, text, message):

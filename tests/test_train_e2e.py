@@ -282,6 +282,11 @@ def test_demo_smoke_profile_runs_end_to_end(tmp_path, capsys):
     base = results["baseline"]  # the linear classifier on the same labelled pixels, on the same test images
     assert base["labels"] == 256 and base["test_images"] == 256 and 0 <= base["top1"] <= 100
     assert "| linear classifier on raw pixels | 256 |" in out and "a linear classifier on the raw pixels" in out
+    probe = results["probe"]  # the frozen-feature probes: pretrained, random init and pixels on the same images
+    assert probe["train_images"] == 512 and probe["test_images"] == 256 and probe["features"] == "tokens"
+    assert [probe["rows"][k]["feature_dim"] for k in ("arm", "random_init", "pixels")] == [16 * 128, 16 * 128, 784]
+    assert "| ARM-pretrained encoder (frozen) | 2048 |" in out and "| raw pixels, no network | 784 |" in out
+    assert sum(line.startswith("verdict") for line in out.splitlines()) == 3  # linear probe, k-NN, fine-tuning
     assert (tmp_path / "demo" / "demo_results.md").read_text().strip() == results["table"]
     # running it again replaces the earlier demo; a folder with other files is refused
     (tmp_path / "other").mkdir()

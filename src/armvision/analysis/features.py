@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..train.config import RunConfig, training_config
 
-__all__ = ["FeatureSet", "data_setup", "eval_transform_for", "open_split", "extract_dataset_features"]
+__all__ = ["FeatureSet", "FEATURE_KINDS", "data_setup", "eval_transform_for", "open_split", "extract_dataset_features"]
 
 
 @dataclass
@@ -62,14 +62,21 @@ def open_split(model: nn.Module, cfg: RunConfig, split: str, subset: int | None 
                          subset_seed=d.subset_seed, seed=cfg.seed)
 
 
+FEATURE_KINDS = ("pooled", "tokens")
+
+
 @torch.no_grad()
 def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
-                             workers: int = 0, progress: bool = False, desc: str = "features") -> FeatureSet:
-    """Pooled features (:func:`armvision.extract_features`) of every sample of a labelled dataset.
+                             workers: int = 0, progress: bool = False, desc: str = "features",
+                             features: str = "pooled") -> FeatureSet:
+    """Features (:func:`armvision.extract_features`) of every sample of a labelled dataset.
 
-    Pretraining models: the mean of the causal encoder's final normed tokens over all clusters;
-    classifiers: the pooled feature the head sees. A sample standing in for an unreadable image is left out
-    (the file is named in ``FeatureSet.unreadable``).
+    ``features="pooled"`` (c values per image): pretraining models, the mean of the causal encoder's final normed
+    tokens over all clusters; classifiers, the pooled feature the head sees. ``features="tokens"`` (patches x c
+    values): the last block's token map through the same final norm, flattened in row-major grid order (a linear
+    probe on it can use where things are, as a probe on a convolutional network's spatial feature map does; only
+    for small grids: 16 tokens of 128 values give 2048 features). A sample standing in for an unreadable image is
+    left out (the file is named in ``FeatureSet.unreadable``).
     """
     from tqdm import tqdm
 
@@ -77,6 +84,8 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
     from ..data.loader import collate, drop_standins
     from ..features import extract_features
 
+    if features not in FEATURE_KINDS:
+        raise ConfigError(f"features {features!r}: choose {' or '.join(FEATURE_KINDS)}")
     device = torch.device(device)
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
@@ -86,7 +95,11 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
         images, target = drop_standins(*batch, unreadable)
         if not len(target):
             continue
-        feats.append(extract_features(model, images.to(device)).pooled.float().cpu())
+        if features == "tokens":
+            maps = extract_features(model, images.to(device), layers=-1, norm=True).maps
+            feats.append(next(iter(maps.values())).flatten(1).float().cpu())
+        else:
+            feats.append(extract_features(model, images.to(device)).pooled.float().cpu())
         labels.append(torch.as_tensor(target).long().cpu())
     if not feats:
         raise ConfigError("the dataset split is empty: no features to evaluate")

@@ -1,6 +1,6 @@
-"""Frozen-feature evaluation of a model or a checkpoint: open two splits, extract their pooled features once,
-then a linear probe and/or a weighted k-NN on them; one result dict (what ``armvision linprobe | knn`` print and
-write as JSON, and what the studies under experiments/ record).
+"""Frozen-feature evaluation of a model or a checkpoint: open two splits, extract their features once (pooled, or
+the flattened token map), then a linear probe and/or a weighted k-NN on them; one result dict (what ``armvision
+linprobe | knn`` print and write as JSON, and what the studies under experiments/ and the demo record).
 
     result = probe_checkpoint("runs/pre", linprobe=LinearProbeSettings(epochs=30), knn=KnnSettings(k=20))
     result["linear_probe"]["best"]["test_top1"], result["knn"]["top1"]
@@ -48,8 +48,10 @@ def probe_model(model: nn.Module, cfg: RunConfig, *, linprobe: LinearProbeSettin
                 knn: KnnSettings | None = None, train_split: str | None = None, test_split: str | None = None,
                 train_subset: int | None = _FROM_CONFIG, test_subset: int | None = _FROM_CONFIG,
                 batch_size: int = 256, workers: int = 0, device: str | torch.device = "cpu", seed: int = 0,
-                progress: bool = False) -> dict[str, Any]:
-    """Probe ``model``'s pooled features on the dataset of ``cfg.data``.
+                progress: bool = False, features: str = "pooled") -> dict[str, Any]:
+    """Probe ``model``'s frozen features on the dataset of ``cfg.data``: ``features`` ``"pooled"`` (one vector per
+    image) or ``"tokens"`` (the last block's normed token map, flattened;
+    :func:`~armvision.analysis.features.extract_dataset_features`).
 
     ``train_split`` defaults to ``cfg.data.train_split``, ``test_split`` to the split the run evaluates on
     (:func:`~armvision.analysis.features.default_test_split`); ``train_subset`` / ``test_subset`` (a fixed draw of
@@ -60,23 +62,25 @@ def probe_model(model: nn.Module, cfg: RunConfig, *, linprobe: LinearProbeSettin
     """
     from ..data.datasets import class_names_to_map, dataset_classes
     from ..data.loader import unreadable_report
-    from .features import default_test_split, extract_dataset_features, open_split
+    from .features import FEATURE_KINDS, default_test_split, extract_dataset_features, open_split
     from .probe import knn_classify, linear_probe
 
     if linprobe is None and knn is None:
         raise ConfigError("nothing to probe: pass linprobe and/or knn settings")
+    if features not in FEATURE_KINDS:
+        raise ConfigError(f"features {features!r}: choose {' or '.join(FEATURE_KINDS)}")
     train_split = train_split or cfg.data.train_split
     test_split = test_split or default_test_split(cfg)
     train_subset = cfg.data.train_subset if train_subset is _FROM_CONFIG else train_subset
     test_subset = cfg.data.val_subset if test_subset is _FROM_CONFIG else test_subset
     train_ds = open_split(model, cfg, train_split, train_subset)
     test_ds = open_split(model, cfg, test_split, test_subset, class_map=class_names_to_map(dataset_classes(train_ds)))
-    kw = dict(batch_size=batch_size, device=device, workers=workers, progress=progress)
+    kw = dict(batch_size=batch_size, device=device, workers=workers, progress=progress, features=features)
     tr = extract_dataset_features(model, train_ds, desc=f"features {train_split}", **kw)
     te = extract_dataset_features(model, test_ds, desc=f"features {test_split}", **kw)
     out: dict[str, Any] = {"dataset": cfg.data.dataset, "root": cfg.data.root, "train_split": train_split,
                            "test_split": test_split, "train_images": len(tr.labels), "test_images": len(te.labels),
-                           "feature_dim": tr.features.shape[1]}
+                           "features": features, "feature_dim": tr.features.shape[1]}
     for split, fs in (("train", tr), ("test", te)):
         out.update({f"{split}_{k}": v for k, v in unreadable_report(fs.unreadable).items()})
     if linprobe is not None:

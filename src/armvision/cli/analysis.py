@@ -47,17 +47,20 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=nonneg_int, default=0, help="data loading processes (default 0)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--features", choices=["pooled", "tokens"], default="pooled",
+                   help="pooled: one vector per image (default); tokens: the last block's normed token map, "
+                        "flattened (patches x width values: for small grids)")
     p.set_defaults(config_overrides=True)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     lp = subparsers.add_parser(
-        "linprobe", help="linear probe on frozen pooled features (BatchNorm + Linear, lr sweep)",
-        description="Extract pooled features of the train and test splits once, then train BatchNorm1d(affine=False) "
-                    "+ Linear on them for each learning rate of a sweep. The lr is chosen on a held-out part of the "
-                    "training features (--holdout); every lr's test top-1/top-5 is listed. Data keys of the training "
-                    "config (--data.dataset, --data.root, --data.train_subset, --data.val_subset ...) pick the data; "
-                    "default: the checkpoint's own training data.")
+        "linprobe", help="linear probe on frozen features (BatchNorm + Linear, lr sweep)",
+        description="Extract features (--features) of the train and test splits once, then train "
+                    "BatchNorm1d(affine=False) + Linear on them for each learning rate of a sweep. The lr is chosen on "
+                    "a held-out part of the training features (--holdout); every lr's test top-1/top-5 is listed. "
+                    "Data keys of the training config (--data.dataset, --data.root, --data.train_subset, "
+                    "--data.val_subset ...) pick the data; default: the checkpoint's own training data.")
     _feature_args(lp)
     lp.add_argument("--lrs", type=positive_float, nargs="+", default=[0.01, 0.03, 0.1, 0.3, 1.0], help="learning rates")
     lp.add_argument("--epochs", type=positive_int, default=30, help="epochs over the cached features per lr")
@@ -68,9 +71,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lp.set_defaults(func=_features, mode="linprobe")
 
     kn = subparsers.add_parser(
-        "knn", help="weighted k-NN on frozen pooled features (DINO's: cosine, exp(sim/T) votes)",
-        description="Extract pooled features of the train and test splits once and classify each test image by the "
-                    "weighted votes of its k nearest training features (cosine similarity, weight exp(sim/T)).")
+        "knn", help="weighted k-NN on frozen features (DINO's: cosine, exp(sim/T) votes)",
+        description="Extract features (--features) of the train and test splits once and classify each test "
+                    "image by the weighted votes of its k nearest training features (cosine similarity, weight "
+                    "exp(sim/T)).")
     _feature_args(kn)
     kn.add_argument("--k", type=positive_int, default=20, help="neighbours that vote (default 20)")
     kn.add_argument("--temperature", type=positive_float, default=0.07, help="T of the exp(sim/T) votes")
@@ -117,7 +121,7 @@ def _features(args: argparse.Namespace) -> int:
     out = {"command": args.mode,
            **probe_checkpoint(args.checkpoint, overrides, device=_device(args.device), train_split=args.train_split,
                               test_split=args.test_split, batch_size=args.batch_size, workers=args.workers,
-                              seed=args.seed, progress=bars, **methods)}
+                              seed=args.seed, progress=bars, features=args.features, **methods)}
     for split in ("train", "test"):
         n, names = out[f"{split}_unreadable_files"], out[f"{split}_unreadable_file_names"]
         if n:
