@@ -141,7 +141,8 @@ def test_bad_overrides_are_one_line_errors_before_anything_is_written(ds, fmnist
 
 def test_the_configs_are_the_demos_own(ds, fmnist, tmp_path, monkeypatch):
     """The sweep's (E=1, F=2) smoke runs get exactly the configs `armvision demo --profile smoke` trains with,
-    apart from their folders (captured from run_demo with the training and the pixel baseline stubbed out)."""
+    apart from their folders (captured from run_demo with the training, the probes and the pixel baseline stubbed
+    out)."""
     import armvision.demo.run as demo_run
 
     seen = {}
@@ -151,6 +152,7 @@ def test_the_configs_are_the_demos_own(ds, fmnist, tmp_path, monkeypatch):
         return {"steps": 0, "images_seen": 0, "wall_seconds": 0.0, "loss_first": None, "eval": {}, "device": "cpu"}
 
     monkeypatch.setattr(demo_run, "train", capture)
+    monkeypatch.setattr(demo_run, "_probe_stage", lambda *a, **k: None)  # nothing was pretrained to probe
     monkeypatch.setattr(demo_run, "pixel_linear_baseline",
                         lambda *a, **k: {"labels": 256, "seconds": 0.0, "top1": 10.0, "test_images": 256})
     demo_run.run_demo(tmp_path / "demo", profile="smoke", data_root=str(fmnist), device="cpu", workers=3)

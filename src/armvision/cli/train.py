@@ -269,7 +269,7 @@ def _add_demo_parser(sub) -> None:
                     "then (cpu profile) probe its frozen features with a linear probe and k-NN on all training "
                     "labels beside the same encoder at random init and the raw pixels; with a GPU (gpu profile) "
                     "also fine-tune it beside the same classifier trained from scratch with the same budget. Prints "
-                    "result tables with verdicts computed against the measured seed noise. About 10 minutes on 2 "
+                    "result tables with verdicts computed against the measured seed noise. About 9 minutes on 2 "
                     "idle CPU cores.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="profiles:\n" + "\n".join(f"  {k}: {v.description}" for k, v in PROFILES.items()),
