@@ -49,7 +49,10 @@ def test_probe_verdict_needs_a_margin_over_the_stronger_baseline():
     assert v.startswith("pretraining helps") and "2.60 > 1.00" in v and "the random-init encoder" in v
     v = probe_verdict("k-NN", 85.8, 84.1, 84.6, 1.5, "cpu")  # ahead of the pixels by 1.2, within the noise
     assert v.startswith("NOT shown") and "1.20 points" in v and "the raw pixels" in v and "(k-NN," in v
-    v = probe_verdict("k-NN", 82.7, 73.2, 84.6, 1.0, "cpu")
+    v = probe_verdict("k-NN", 82.7, 73.2, 84.6, 1.0, "cpu")  # the pooled features: above random init only
+    assert v.startswith("pretraining beats the random-init encoder (+9.50 points, more than the seed noise 1.00) "
+                        "but does NOT beat the raw pixels (-1.90 points)")
+    v = probe_verdict("k-NN", 82.7, 82.2, 84.6, 1.0, "cpu")
     assert v.startswith("pretraining does NOT beat the raw pixels (-1.90 points; seed noise 1.00)")
     assert "not shown to be real" in probe_verdict("k-NN", 85.8, 84.1, 84.6, None, "cpu")
     assert probe_verdict("k-NN", 85.8, 84.1, 84.6, 1.0, "smoke").startswith("no verdict")

@@ -162,6 +162,32 @@ def format_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _verdict(subject: str, arm: float, baselines: dict[str, float], numbers: str, seed_noise: float | None,
+             profile: str) -> str:
+    """The verdict sentence: ``subject`` ("ARM is", "the pretrained features are") against ``baselines`` ({name:
+    top-1}; the first is the same architecture without pretraining), by more than ``seed_noise`` or not."""
+    if profile == "smoke":
+        return f"no verdict: the smoke profile runs a few steps and measures nothing ({numbers})"
+    best_name, best = max(baselines.items(), key=lambda kv: kv[1])
+    gap = arm - best
+    if seed_noise is None:
+        if gap > 0:
+            return (f"{subject} ahead of {best_name} by {gap:.2f} points, but this profile's seed noise was not "
+                    f"measured, so the gap is not shown to be real: {numbers}")
+        return f"pretraining does NOT beat {best_name} ({gap:+.2f} points): {numbers}"
+    if gap > seed_noise:
+        return (f"pretraining helps: {subject} above both baselines by more than the seed noise "
+                f"({gap:.2f} > {seed_noise:.2f} points over the stronger one, {best_name}): {numbers}")
+    if gap > 0:
+        return (f"NOT shown: {subject} ahead of {best_name} by {gap:.2f} points, within the seed noise "
+                f"({seed_noise:.2f}): {numbers}")
+    same_name, same = next(iter(baselines.items()))
+    if best_name != same_name and arm - same > seed_noise:
+        return (f"pretraining beats {same_name} ({arm - same:+.2f} points, more than the seed noise "
+                f"{seed_noise:.2f}) but does NOT beat {best_name} ({gap:+.2f} points): {numbers}")
+    return f"pretraining does NOT beat {best_name} ({gap:+.2f} points; seed noise {seed_noise:.2f}): {numbers}"
+
+
 def probe_verdict(method: str, arm_top1: float | None, random_top1: float | None, pixel_top1: float | None,
                   seed_noise: float | None, profile: str) -> str:
     """One plain sentence computed from the numbers of one frozen-feature classifier (``method``: "linear probe" or
@@ -171,23 +197,9 @@ def probe_verdict(method: str, arm_top1: float | None, random_top1: float | None
         return "no verdict: a probe did not report its test accuracy"
     numbers = (f"ARM-pretrained {arm_top1:.2f}, random init {random_top1:.2f}, raw pixels {pixel_top1:.2f} "
                f"({method}, same labelled and test images)")
-    if profile == "smoke":
-        return f"no verdict: the smoke profile runs a few steps and measures nothing ({numbers})"
-    others = {"the random-init encoder": random_top1, "the raw pixels": pixel_top1}
-    best_name, best = max(others.items(), key=lambda kv: kv[1])
-    gap = arm_top1 - best
-    if seed_noise is None:
-        if gap > 0:
-            return (f"the pretrained features are ahead of {best_name} by {gap:.2f} points, but this profile's seed "
-                    f"noise was not measured, so the gap is not shown to be real: {numbers}")
-        return f"pretraining does NOT beat {best_name} ({gap:+.2f} points): {numbers}"
-    if gap > seed_noise:
-        return (f"pretraining helps: the pretrained features are above both baselines by more than the seed noise "
-                f"({gap:.2f} > {seed_noise:.2f} points over the stronger one, {best_name}): {numbers}")
-    if gap > 0:
-        return (f"NOT shown: the pretrained features are ahead of {best_name} by {gap:.2f} points, within the seed "
-                f"noise ({seed_noise:.2f}): {numbers}")
-    return f"pretraining does NOT beat {best_name} ({gap:+.2f} points; seed noise {seed_noise:.2f}): {numbers}"
+    return _verdict("the pretrained features are", arm_top1,
+                    {"the random-init encoder": random_top1, "the raw pixels": pixel_top1}, numbers, seed_noise,
+                    profile)
 
 
 def demo_verdict(arm_top1: float | None, scratch_top1: float | None, pixel_top1: float | None,
@@ -200,29 +212,11 @@ def demo_verdict(arm_top1: float | None, scratch_top1: float | None, pixel_top1:
     """
     if arm_top1 is None or scratch_top1 is None or pixel_top1 is None:
         return "no verdict: a run did not report its test accuracy"
-    others = {"training from scratch": scratch_top1, "a linear classifier on the raw pixels": pixel_top1}
-    best_name, best = max(others.items(), key=lambda kv: kv[1])
-    gap = arm_top1 - best
     numbers = (f"pretraining + fine-tuning {arm_top1:.2f}, from scratch {scratch_top1:.2f}, "
                f"a linear classifier on the raw pixels {pixel_top1:.2f} (same labelled images, same test images)")
-    if profile == "smoke":
-        return f"no verdict: the smoke profile runs a few steps and measures nothing ({numbers})"
-    if seed_noise is None:
-        if gap > 0:
-            return (f"pretraining + fine-tuning is ahead of {best_name} by {gap:.2f} points, but this profile's seed "
-                    f"noise was not measured, so the gap is not shown to be real: {numbers}")
-        return f"pretraining does NOT beat {best_name} ({gap:+.2f} points): {numbers}"
-    if gap > seed_noise:
-        return (f"pretraining helps: ARM is above both baselines by more than the seed noise "
-                f"({gap:.2f} > {seed_noise:.2f} points over the stronger one, {best_name}): {numbers}")
-    if gap > 0:
-        return (f"NOT shown: ARM is ahead of {best_name} by {gap:.2f} points, within the seed noise "
-                f"({seed_noise:.2f}): {numbers}")
-    over_scratch = arm_top1 - scratch_top1
-    if best_name != "training from scratch" and over_scratch > seed_noise:
-        return (f"pretraining beats training from scratch ({over_scratch:+.2f} points, more than the seed noise "
-                f"{seed_noise:.2f}) but does NOT beat {best_name} ({gap:+.2f} points): {numbers}")
-    return f"pretraining does NOT beat {best_name} ({gap:+.2f} points; seed noise {seed_noise:.2f}): {numbers}"
+    return _verdict("ARM is", arm_top1, {"training from scratch": scratch_top1,
+                                         "a linear classifier on the raw pixels": pixel_top1},
+                    numbers, seed_noise, profile)
 
 
 _PRESETS = {"pretrain": ("fmnist_pretrain", "pretrain"), "finetune": ("fmnist_finetune", "finetune"),
