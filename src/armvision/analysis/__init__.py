@@ -15,7 +15,7 @@
 
 from ._load import LoadedModel, load_for_analysis
 from .features import FeatureSet, data_setup, extract_dataset_features
-from .frozen import KnnSettings, LinearProbeSettings, probe_checkpoint, probe_model
+from .frozen import KnnSettings, LinearProbeSettings, probe_checkpoint, probe_features, probe_model
 from .predict import predict_files, predict_images
 from .probe import KnnResult, LinearProbeResult, knn_classify, linear_probe
 from .visualize import autoregressive_completion, one_step_prediction, render_panels
@@ -33,6 +33,7 @@ __all__ = [
     "LinearProbeSettings",
     "KnnSettings",
     "probe_model",
+    "probe_features",
     "probe_checkpoint",
     "one_step_prediction",
     "autoregressive_completion",

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..train.config import RunConfig
 
-__all__ = ["LinearProbeSettings", "KnnSettings", "probe_model", "probe_checkpoint"]
+__all__ = ["LinearProbeSettings", "KnnSettings", "probe_model", "probe_features", "probe_checkpoint"]
 
 _FROM_CONFIG: Any = "config"  # a subset taken from the run config's data section
 
@@ -63,7 +63,6 @@ def probe_model(model: nn.Module, cfg: RunConfig, *, linprobe: LinearProbeSettin
     from ..data.datasets import class_names_to_map, dataset_classes
     from ..data.loader import unreadable_report
     from .features import FEATURE_KINDS, default_test_split, extract_dataset_features, open_split
-    from .probe import knn_classify, linear_probe
 
     if linprobe is None and knn is None:
         raise ConfigError("nothing to probe: pass linprobe and/or knn settings")
@@ -83,16 +82,28 @@ def probe_model(model: nn.Module, cfg: RunConfig, *, linprobe: LinearProbeSettin
                            "features": features, "feature_dim": tr.features.shape[1]}
     for split, fs in (("train", tr), ("test", te)):
         out.update({f"{split}_{k}": v for k, v in unreadable_report(fs.unreadable).items()})
+    out.update(probe_features(tr.features, tr.labels, te.features, te.labels, linprobe=linprobe, knn=knn,
+                              device=device, seed=seed, progress=progress))
+    return out
+
+
+def probe_features(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
+                   linprobe: LinearProbeSettings | None = None, knn: KnnSettings | None = None,
+                   device: str | torch.device = "cpu", seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """The linear probe (with its ``settings``) and/or the k-NN on features in hand ((n, d) tensors and their
+    labels): what :func:`probe_model` runs on a model's features, and the demo on raw pixels."""
+    from .probe import knn_classify, linear_probe
+
+    out: dict[str, Any] = {}
     if linprobe is not None:
-        res = linear_probe(tr.features, tr.labels, te.features, te.labels, linprobe.lrs, linprobe.epochs,
+        res = linear_probe(train_x, train_y, test_x, test_y, linprobe.lrs, linprobe.epochs,
                            batch_size=linprobe.batch_size, optimizer=linprobe.optimizer,
                            weight_decay=linprobe.weight_decay, holdout=linprobe.holdout, seed=seed, device=device,
                            progress=progress)
         out["linear_probe"] = res.as_dict()
         out["settings"] = {k: v for k, v in asdict(linprobe).items() if k not in ("lrs", "batch_size")}
     if knn is not None:
-        out["knn"] = knn_classify(tr.features, tr.labels, te.features, te.labels, knn.k, knn.temperature,
-                                  device=device).as_dict()
+        out["knn"] = knn_classify(train_x, train_y, test_x, test_y, knn.k, knn.temperature, device=device).as_dict()
     return out
 
 

@@ -39,6 +39,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _feature_args(p: argparse.ArgumentParser) -> None:
+    from ..analysis.features import FEATURE_KINDS
+
     _common(p)
     p.add_argument("--train-split", default=None, help="split the classifier learns from (default: data.train_split)")
     p.add_argument("--test-split", default=None,
@@ -47,7 +49,7 @@ def _feature_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=nonneg_int, default=0, help="data loading processes (default 0)")
     p.add_argument("--output", default=None, help="write the results as JSON here")
     p.add_argument("--seed", type=nonneg_int, default=0)
-    p.add_argument("--features", choices=["pooled", "tokens"], default="pooled",
+    p.add_argument("--features", choices=FEATURE_KINDS, default="pooled",
                    help="pooled: one vector per image (default); tokens: the last block's normed token map, "
                         "flattened (patches x width values: for small grids)")
     p.set_defaults(config_overrides=True)

@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..analysis.features import FEATURE_KINDS
+from ..analysis.frozen import KnnSettings, LinearProbeSettings
 from ..configtree import read_yaml
 from ..errors import ConfigError
 
@@ -21,14 +23,16 @@ SEED_NOISE_KEYS = ("linear_probe", "knn", "finetune")
 @dataclass(frozen=True)
 class ProbeSettings:
     """The demo's frozen-feature evaluation (:func:`armvision.analysis.probe_model`): which features, how many
-    training (labelled) and test images (None: all), the linear probe's learning rates and epochs, the k-NN's k."""
+    training (labelled) and test images (None: all), the linear probe's learning rates and epochs, the k-NN's k
+    (defaults: those of :class:`~armvision.analysis.LinearProbeSettings` and
+    :class:`~armvision.analysis.KnnSettings`)."""
 
     features: str = "tokens"
     train_subset: int | None = None
     test_subset: int | None = None
-    lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
-    epochs: int = 30
-    k: int = 20
+    lrs: tuple[float, ...] = tuple(LinearProbeSettings.lrs)
+    epochs: int = LinearProbeSettings.epochs
+    k: int = KnnSettings.k
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,8 @@ def _probe_settings(data: Any, where: str) -> ProbeSettings:
     if unknown:
         raise ConfigError(f"{where}: unknown probe key {unknown[0]!r}; allowed: {', '.join(sorted(fields))}")
     values = dict(data)
-    if values.get("features", "tokens") not in ("pooled", "tokens"):
-        raise ConfigError(f"{where}: probe features must be pooled or tokens, got {values['features']!r}")
+    if values.get("features", "tokens") not in FEATURE_KINDS:
+        raise ConfigError(f"{where}: probe features must be {' or '.join(FEATURE_KINDS)}, got {values['features']!r}")
     for key in ("train_subset", "test_subset"):
         if not _count(values.get(key)):
             raise ConfigError(f"{where}: probe {key} must be a number of images > 0 (or null: all), "

@@ -239,10 +239,17 @@ _FEATURE_LABELS = {"tokens": "the last block's token map after the final norm, f
                    "pooled": "the mean of the last block's tokens after the final norm"}
 
 
+def _probe_row(res: dict[str, Any], t0: float) -> dict[str, Any]:
+    """One row of the probe table from a :func:`~armvision.analysis.probe_features` result."""
+    return {"feature_dim": res["feature_dim"], "linear_probe_top1": res["linear_probe"]["best"]["test_top1"],
+            "linear_probe_lr": res["linear_probe"]["best"]["lr"], "knn_top1": res["knn"]["top1"],
+            "seconds": round(time.time() - t0, 1)}
+
+
 def _probe_stage(pre_cfg, pretrained: Path, settings, data_root: str | None, device: str, seed: int) -> dict[str, Any]:
     """The frozen-feature evaluation: the pretrained encoder, the same architecture at random init (seeded as the
     pretraining run was), and the raw pixels of the same images, each under the same linear probe and k-NN."""
-    from ..analysis import KnnSettings, LinearProbeSettings, knn_classify, linear_probe, probe_model
+    from ..analysis import KnnSettings, LinearProbeSettings, probe_features, probe_model
     from ..analysis._load import load_for_analysis
     from ..analysis.baseline import fashion_mnist_pixels
     from ..analysis.features import data_setup
@@ -261,20 +268,14 @@ def _probe_stage(pre_cfg, pretrained: Path, settings, data_root: str | None, dev
         t0 = time.time()
         res = probe_model(model, cfg, linprobe=lin, knn=knn, train_subset=settings.train_subset,
                           test_subset=settings.test_subset, device=device, seed=seed, features=settings.features)
-        rows[key] = {"feature_dim": res["feature_dim"], "linear_probe_top1": res["linear_probe"]["best"]["test_top1"],
-                     "linear_probe_lr": res["linear_probe"]["best"]["lr"], "knn_top1": res["knn"]["top1"],
-                     "seconds": round(time.time() - t0, 1)}
+        rows[key] = _probe_row(res, t0)
         probe.update(train_images=res["train_images"], test_images=res["test_images"])
     _logger.info("demo probe: %s", dict(_PROBE_ROWS)["pixels"])
     t0 = time.time()
     x, y = fashion_mnist_pixels(cfg.data.root, "train", settings.train_subset, cfg.data.subset_seed)
     xt, yt = fashion_mnist_pixels(cfg.data.root, "test", settings.test_subset, cfg.data.subset_seed)
-    lp = linear_probe(x, y, xt, yt, lin.lrs, lin.epochs, batch_size=lin.batch_size, holdout=lin.holdout, seed=seed,
-                      device=device)
-    rows["pixels"] = {"feature_dim": x.shape[1], "linear_probe_top1": lp.best["test_top1"],
-                      "linear_probe_lr": lp.best["lr"],
-                      "knn_top1": knn_classify(x, y, xt, yt, knn.k, knn.temperature, device=device).top1,
-                      "seconds": round(time.time() - t0, 1)}
+    res = {"feature_dim": x.shape[1], **probe_features(x, y, xt, yt, linprobe=lin, knn=knn, device=device, seed=seed)}
+    rows["pixels"] = _probe_row(res, t0)
     if (len(y), len(yt)) != (probe["train_images"], probe["test_images"]):
         raise RuntimeError("the pixel baseline drew other images than the probes")  # a bug, not a user error
     return {**probe, "features": settings.features, "features_label": _FEATURE_LABELS[settings.features],
@@ -310,17 +311,18 @@ def run_demo(output_dir: str | Path = "runs/demo", profile: str = "auto", data_r
     ft_cfg = configs.get("finetune")
     labels = (ft_cfg.data.train_subset or 60000) if ft_cfg else 0
     runs: dict[str, Any] = {}
-    stages = [("pretrain", "ARM pretraining (no labels)", 0)]
-    if finetuning:
-        stages += [("finetune", "fine-tune from ARM", labels), ("scratch", "from scratch", labels)]
-    probe = baseline = None
-    for name, label, n_labels in stages:
+
+    def stage(name: str, label: str, n_labels: int) -> None:
         _logger.info("demo stage %s: %s", name, label)
-        summary = train(configs[name])
-        runs[name] = {**summary, "label": label, "labels": n_labels}
-        if name == "pretrain" and "probe" in prof.evaluate:
-            probe = _probe_stage(pre_cfg, out / "pretrain", prof.probe, data_root, summary["device"], seed)
+        runs[name] = {**train(configs[name]), "label": label, "labels": n_labels}
+
+    stage("pretrain", "ARM pretraining (no labels)", 0)
+    probe = baseline = None
+    if "probe" in prof.evaluate:
+        probe = _probe_stage(pre_cfg, out / "pretrain", prof.probe, data_root, runs["pretrain"]["device"], seed)
     if finetuning:
+        stage("finetune", "fine-tune from ARM", labels)
+        stage("scratch", "from scratch", labels)
         _logger.info("demo reference: a linear classifier on the raw pixels of the same %d labelled images", labels)
         baseline = pixel_linear_baseline(data_root, ft_cfg.data.train_subset, ft_cfg.data.subset_seed, seed,
                                          test_subset=ft_cfg.data.val_subset)
