@@ -21,7 +21,7 @@ from torch.profiler import ProfilerActivity, profile, schedule
 from armvision.train.config import load_config, parse_cli_overrides
 from armvision.train.trainer import Trainer
 
-TOP = 25
+TOP = 40
 
 # kinds of CUDA kernels, by name (first match wins); what matches none is "other ATen kernels"
 KINDS = (

@@ -46,6 +46,8 @@ VARIANTS = {
     "combo": {"ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
     "states16": {"ARMVISION_SCAN_CONFIG": '{"states_block": [16, 1, 1]}'},
     "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
+    "swiglu": {"ARMVISION_SWIGLU": "fused"},
+    "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (from the logs of 2026-12-01), for the budget
 ESTIMATE = {"train_step": 85, "scan": 45, "ref_pretrain": 45, "ref_finetune": 35, "pretrain_b": 60,
@@ -176,6 +178,15 @@ def table(res: dict) -> str:
             ips = r.get("images_per_s")
             lines.append(f"| {r.get('workload')} | {key.split(':', 1)[1]} | {_f(ips)} | {_f(r.get('ms'), '{:.1f}')} | "
                          f"{_f(r.get('peak_gib'), '{:.1f}')} | {_f(ips / base if ips and base else None, '{:.2f}')} |")
+    for key, r in variants.items():
+        p = r.get("profile")
+        if not p:
+            continue
+        lines += ["", f"where the step goes, {key} (torch.profiler, {p['step_ms']:.1f} ms per profiled step, kernels "
+                  f"busy {100 * p['busy_share']:.0f}%, {p['kernels_per_step']:.0f} kernels per step)", "",
+                  "| kind | ms per step | share | kernels per step |", "|---|---|---|---|"]
+        lines += [f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | {k['calls_per_step']:.0f} |"
+                  for k in p["kinds"]]
     if res.get("skipped"):
         lines += ["", "skipped (time budget): " + ", ".join(res["skipped"])]
     return "\n".join(lines)
@@ -196,6 +207,8 @@ def main():
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
+    ap.add_argument("--profile-steps", type=int, default=0, metavar="N",
+                    help="profile N steps of each workload's first variant (train_step.py --profile): kernels by kind")
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*", default=['states16={"states_block": [16, 1, 1]}'],
@@ -243,7 +256,7 @@ def main():
     print(f"[{run.elapsed():4.0f} s] 8192 JPEGs under {data_root} ({time.perf_counter() - t:.0f} s)", flush=True)
     res["train_step"] = {}
     for w in args.variant_workloads:
-        for v in args.variants:
+        for vi, v in enumerate(args.variants):
             what = f"train_step {w} {v}"
             if run.elapsed() + ESTIMATE["train_step"] > args.shadow_until:  # the measurements below come first
                 res["skipped"].append(what)
@@ -253,7 +266,9 @@ def main():
             out.unlink(missing_ok=True)
             run.call(f"train_step {w} {v}", [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only",
                                              "--compile-mode", "reduce-overhead", "--steps", "12", "--warmup", "4",
-                                             "--json", str(out)], timeout=240,
+                                             "--json", str(out),
+                                             *(["--profile", str(args.profile_steps)]
+                                               if args.profile_steps and vi == 0 else [])], timeout=240,
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -70,15 +69,39 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str = "recompute", mode: str = "default") -> dict:
+        states: str = "recompute", mode: str = "default", profile: int = 0) -> dict:
     """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed; ``mode``:
-    torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU)."""
+    torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU);
+    ``profile``: after the timed steps, that many more steps under torch.profiler (the result's ``profile``)."""
     with armvision.ops.scan_config(states=states):
-        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode)
+        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile)
+
+
+def profile_steps(step, active: int) -> dict:
+    """``active`` steps back to back under torch.profiler, after one warm-up step: where a step's time goes
+    (benchmarks/_profile_train.py's table: top kernels, kernels by kind, busy share; plus kernels per step)."""
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    from _profile_train import kernel_table
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
+                 schedule=schedule(wait=0, warmup=1, active=active)) as prof:
+        step()
+        prof.step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(active):
+            step()
+            prof.step()
+        torch.cuda.synchronize()
+        step_us = (time.perf_counter() - t0) / active * 1e6
+    res = kernel_table(prof, active, step_us, cuda=True)
+    res["kernels_per_step"] = sum(k["calls_per_step"] for k in res.get("kinds", []))
+    return res
 
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-         states: str, mode: str = "default") -> dict:
+         states: str, mode: str = "default", profile: int = 0) -> dict:
     name, pretraining, batch, size = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
@@ -115,13 +138,28 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     torch.cuda.synchronize()
     ms = statistics.median(start.elapsed_time(end) for start, end in events)
     ips = batch / ms * 1e3
+    prof = profile_steps(step, profile) if profile else None
     res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model,
                compile_mode=mode if compile_model else None, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name())
+    if prof is not None:
+        res["profile"] = prof
     del model, opt, images
     torch.cuda.empty_cache()
     return res
+
+
+def print_profile(p: dict) -> None:
+    print(f"profiled: {p['step_ms']:.1f} ms per step, kernels busy {p['busy_ms_per_step']:.1f} ms "
+          f"({100 * p['busy_share']:.0f}%), {p['kernels_per_step']:.0f} kernels per step")
+    print("| kind | ms per step | share | kernels per step |\n|---|---|---|---|")
+    for k in p["kinds"]:
+        print(f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | {k['calls_per_step']:.0f} |")
+    print("| kernel | ms per step | share | calls per step |\n|---|---|---|---|")
+    for k in p["top"]:
+        print(f"| `{k['name'][:90]}` | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | "
+              f"{k['calls_per_step']:.0f} |")
 
 
 def main():
@@ -139,6 +177,9 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="after each timed run, profile this many more steps: top kernels, kernels by kind, busy "
+                         "share and kernels per step, printed and in the JSON")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (it times training steps on one); on the CPU, benchmarks/train_cli.py --tiny "
@@ -153,7 +194,7 @@ def main():
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
                         r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states,
-                                args.compile_mode)
+                                args.compile_mode, args.profile)
                     except torch.cuda.OutOfMemoryError as ex:
                         print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
                         torch.cuda.empty_cache()
@@ -162,6 +203,8 @@ def main():
                     print(f"{w:>11} {backend:>7} states={states:>9} compile={str(comp):>5}: "
                           f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
                           f"peak {r['peak_gib']:5.1f} GiB", flush=True)
+                    if "profile" in r:
+                        print_profile(r["profile"])
     hdr = "| workload | backend | scan states | compile | batch | images/s | ms/step | MFU | peak GiB |"
     print("\n" + hdr + "\n|" + "---|" * 9)
     for r in rows:

@@ -7,6 +7,8 @@ Both take ``(x, layout)`` and return the residual stream after the block, so a m
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -24,7 +26,12 @@ def swiglu_hidden_dim(dim: int) -> int:
 
 
 class SwiGLU(nn.Module):
-    """w3(silu(w1 x) * w2 x), biases on (names as the reference: w1, w2, w3)."""
+    """w3(silu(w1 x) * w2 x), biases on (names as the reference: w1, w2, w3).
+
+    ``fused`` (attribute; default off, ``ARMVISION_SWIGLU=fused`` in the environment for A/B runs): w1 x and
+    w2 x as one matrix product with the two weights stacked, split into views. Same parameters, same values up
+    to the products' rounding.
+    """
 
     def __init__(self, dim: int, hidden: int | None = None):
         super().__init__()
@@ -32,8 +39,14 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden)
         self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
+        self.fused = os.environ.get("ARMVISION_SWIGLU", "split") == "fused"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused:
+            w = torch.cat([self.w1.weight, self.w2.weight])
+            b = torch.cat([self.w1.bias, self.w2.bias])
+            a, g = F.linear(x, w, b).chunk(2, dim=-1)
+            return self.w3(F.silu(a) * g)
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
 
 
