@@ -48,6 +48,7 @@ VARIANTS = {
     "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
     "swiglu": {"ARMVISION_SWIGLU": "fused"},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
+    "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (from the logs of 2026-12-01), for the budget
 ESTIMATE = {"train_step": 85, "scan": 45, "ref_pretrain": 45, "ref_finetune": 35, "pretrain_b": 60,
