@@ -122,6 +122,29 @@ def test_block_residual_structure(seed):
     assert blk.mlp.w1.out_features == 16 * 4 * 2 // 3
 
 
+def test_swiglu_one_product_matches_two(seed, monkeypatch):
+    """SwiGLU.fused (ARMVISION_SWIGLU=fused, for A/B runs): w1 x and w2 x as one product on the stacked weights give
+    the two products' values and gradients, with the same parameters."""
+    from armvision.layers.block import SwiGLU
+
+    monkeypatch.setenv("ARMVISION_SWIGLU", "fused")
+    m = SwiGLU(16).double()
+    assert m.fused and set(dict(m.named_parameters())) == {f"w{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")}
+    x = torch.randn(2, 5, 16, dtype=torch.float64, requires_grad=True)
+    got = {}
+    for fused in (True, False):
+        m.fused = fused
+        m.zero_grad()
+        y = m(x)
+        gx, = torch.autograd.grad(y.square().sum(), x, retain_graph=True)
+        y.square().sum().backward()
+        got[fused] = [y, gx] + [p.grad.clone() for p in m.parameters()]
+    for a, b in zip(got[True], got[False]):
+        assert torch.allclose(a, b, atol=1e-12, rtol=1e-10)
+    monkeypatch.delenv("ARMVISION_SWIGLU")
+    assert not SwiGLU(16).fused
+
+
 def test_mamba_init(seed):
     m = Mamba(64, d_state=16, directions=4)
     assert m.dt_rank == 4 and m.d_inner == 64
