@@ -62,3 +62,24 @@ def test_refuses_without_a_gpu(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "compare.py"), "--out", str(tmp_path), "--arm-src", "x",
                            "--mamba-ssm-src", "y", "--causal-conv1d-src", "z"], capture_output=True, text=True)
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_profiled_variant_adds_where_the_step_goes(capsys):
+    """--profile-steps: the first variant's train_step.py --profile result becomes a kernels-by-kind table."""
+    import train_step
+
+    prof = {"step_ms": 76.0, "busy_ms_per_step": 70.0, "busy_share": 70 / 76, "kernels_per_step": 1400.0,
+            "kinds": [{"kind": "matrix products (cuBLAS, cuDNN, CUTLASS)", "us_per_step": 31000.0,
+                       "share": 31 / 76, "calls_per_step": 300.0},
+                      {"kind": "selective scan (armvision Triton)", "us_per_step": 21000.0, "share": 21 / 76,
+                       "calls_per_step": 36.0}],
+            "top": [{"name": "_scan_bwd_kernel", "us_per_step": 12000.0, "share": 12 / 76, "calls_per_step": 12.0}]}
+    res = dict(RES, train_step={"pretrain_b:default": dict(RES["train_step"]["pretrain_b:default"], profile=prof)})
+    text = compare.table(res)
+    assert ("where the step goes, pretrain_b:default (torch.profiler, 76.0 ms per profiled step, kernels busy 92%, "
+            "1400 kernels per step)") in text
+    assert "| selective scan (armvision Triton) | 21.00 | 27.6% | 36 |" in text
+    assert "where the step goes" not in compare.table(RES)  # no profile, no section
+    train_step.print_profile(prof)
+    out = capsys.readouterr().out
+    assert "1400 kernels per step" in out and "| `_scan_bwd_kernel` | 12.00 | 15.8% | 12 |" in out
