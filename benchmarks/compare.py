@@ -47,6 +47,7 @@ VARIANTS = {
     "states16": {"ARMVISION_SCAN_CONFIG": '{"states_block": [16, 1, 1]}'},
     "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
     "swiglu": {"ARMVISION_SWIGLU": "fused"},
+    "cpt2": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
@@ -186,8 +187,8 @@ def table(res: dict) -> str:
         lines += ["", f"where the step goes, {key} (torch.profiler, {p['step_ms']:.1f} ms per profiled step, kernels "
                   f"busy {100 * p['busy_share']:.0f}%, {p['kernels_per_step']:.0f} kernels per step)", "",
                   "| kind | ms per step | share | kernels per step |", "|---|---|---|---|"]
-        lines += [f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | {k['calls_per_step']:.0f} |"
-                  for k in p["kinds"]]
+        lines += [f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | "
+                  f"{k['calls_per_step']:.0f} |" for k in p["kinds"]]
     if res.get("skipped"):
         lines += ["", "skipped (time budget): " + ", ".join(res["skipped"])]
     return "\n".join(lines)
@@ -204,7 +205,7 @@ def main():
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--variants", nargs="*", default=["default", "before", "combo"], choices=list(VARIANTS),
+    ap.add_argument("--variants", nargs="*", default=["default", "cpt2", "save", "combo"], choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
@@ -212,7 +213,8 @@ def main():
                     help="profile N steps of each workload's first variant (train_step.py --profile): kernels by kind")
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
-    ap.add_argument("--scan-variants", nargs="*", default=['states16={"states_block": [16, 1, 1]}'],
+    ap.add_argument("--scan-variants", nargs="*",
+                    default=['cpt2={"bwd_cpt": 2}', 'states16={"states_block": [16, 1, 1]}'],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

@@ -91,6 +91,33 @@ def test_scan_two_step_chunks(seed, shape, ordered, seg):
         check_scan(scan_inputs(*shape, torch.float32), index=index)
 
 
+@pytest.mark.parametrize("shape,ordered,variant", [((2, 9, 6, 16), False, "all"), ((1, 7, 5, 4), True, "all"),
+                                                   ((2, 5, 3, 4), False, "no_z"), ((1, 6, 4, 3), True, "no_D_no_bias"),
+                                                   ((2, 8, 10, 8), False, "bf16")])
+def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, autograd_path):
+    """bwd_cpt=2 (the backward's (2, BT, N, BE / 2) tiles, a launch candidate): the reference's values and gradients,
+    with channels that do not fill the last block (e = 3, 5, 6, 10 against BE 4), token orders, no z, no D and
+    bias, N below its power of two, bf16 inputs; both autograd paths; states saved and recomputed."""
+    index = torch.randperm(shape[1], device=DEV).int() if ordered else None
+    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    tol = dict(tol_out=1e-2, tol_grad=2e-2) if variant == "bf16" else {}
+    for states in ("recompute", "save"):
+        inp = scan_inputs(*shape, dtype, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",
+                          with_bias=variant != "no_D_no_bias")
+        with ops.scan_config(BT=2, bwd=(4, 1, 1), bwd_cpt=2, states=states):
+            check_scan(inp, index=index, **tol)
+
+
+def test_two_channels_per_thread_needs_seg_1_and_an_even_block(seed):
+    inp = scan_inputs(1, 5, 4, 4, torch.float32)
+    for cfg, message in ((dict(seg=2), "needs seg 1"), (dict(bwd=(3, 1, 1)), "an even block")):
+        with ops.scan_config(BT=2, bwd_cpt=2, **cfg), pytest.raises(ValueError, match=message):
+            ops.selective_scan(*(inp[k] for k in ARGS), backend="triton").sum().backward()
+    with pytest.raises(ValueError, match="bwd_cpt .* must be 1 or 2"):
+        with ops.scan_config(bwd_cpt=4):
+            pass
+
+
 @pytest.mark.parametrize("variant", ["no_z", "no_D_no_bias", "no_softplus"])
 def test_scan_variants(seed, variant):
     inp = scan_inputs(2, 7, 5, 4, torch.float32, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",

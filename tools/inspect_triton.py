@@ -1,6 +1,7 @@
 """Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG] [...]   (e.g. 2,32,1 2,16,1: the default forward and backward)
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT]] [...]   (e.g. 2,32,1 2,16,1: the default forward and
+       backward; 2,16,1,1,2: the backward with two channels per thread, launch key bwd_cpt)
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the
@@ -100,12 +101,15 @@ if __name__ == "__main__":
         if arg.startswith("conv:"):
             conv_report(*map(int, arg[5:].split(",")))
             continue
-        BT, BE, W, SEG = (list(map(int, arg.split(","))) + [1])[:4]
+        BT, BE, W, SEG, CPT = (list(map(int, arg.split(","))) + [1, 1])[:5]
         # fwd: the forward saving its states; states: the backward's recomputation (no output written)
-        for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), ("bwd", st._scan_bwd_kernel)):
+        bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)
+        for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
                           SEG=SEG)
-            if which != "bwd":
+            if which == "bwd cpt=2":
+                del consts["SEG"]
+            if not which.startswith("bwd"):
                 consts["SAVE"] = True
                 consts["WRITE_OUT"] = which == "fwd"
             try:

@@ -79,6 +79,15 @@ def test_scan_matches_reference(shape, dtype):
     run_and_compare(make(*shape, dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(3, 7, 384), (256, 128, 768), (128, 197, 768), (2, 4096, 1536)],
+                         ids=lambda s: "x".join(map(str, s)))
+def test_scan_backward_two_channels_per_thread(shape, dtype):
+    """The launch candidate bwd_cpt=2 (compiled for the GPU, not the interpreter) against the reference."""
+    with ops.scan_config(bwd_cpt=2):
+        run_and_compare(make(*shape, dtype))
+
+
 @pytest.mark.parametrize("direction", ["backward", "column", "column_backward"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_scan_directions(direction, dtype):

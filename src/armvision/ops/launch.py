@@ -17,10 +17,11 @@ re-run of the forward that rebuilds the chunk states (None, the default: ``fwd``
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
-long sequences, same values). Conv keys: ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where
-one program walks a time chunk of at most BT steps (t is cut into equal chunks) for BE channels of
-one batch element; each chunk re-reads a 3-step halo, and in the backward writes one (1 + width, e)
-fp32 block of dw/db partial sums.
+long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (1, the default; 2: a
+candidate layout with half the cross-lane sums, docs/kernels.md; needs seg 1 and an even bwd BE). Conv keys:
+``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
+(t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
+backward writes one (1 + width, e) fp32 block of dw/db partial sums.
 
 Both ops also take ``sums``: where the backward's partial sums (the scan's dA, dB, dC, dD, d(delta_bias); the
 conv's dw, db) are added up: ``"graph"`` (default) in the autograd formula, as torch ops that ``torch.compile``
@@ -47,7 +48,7 @@ from ..configtree import env_json_object
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
-                                 "sums": "graph", "states_block": None}
+                                 "sums": "graph", "states_block": None, "bwd_cpt": 1}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -77,6 +78,9 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         elif key == "sums":
             if value not in ("graph", "op"):
                 raise ValueError(f"sums must be 'graph' or 'op', got {value!r}")
+        elif key == "bwd_cpt":
+            if value not in (1, 2) or isinstance(value, bool):
+                raise ValueError(f"bwd_cpt (channels per thread in the backward) must be 1 or 2, got {value!r}")
         elif key == "states_block" and value is None:
             pass
         elif key == "states_block":

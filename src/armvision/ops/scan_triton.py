@@ -321,6 +321,157 @@ def _scan_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# the backward with two channels per thread (launch key bwd_cpt=2)
+# ---------------------------------------------------------------------------------------------
+# Tiles are (2, BT, N, H) for a block of BE = 2H channels, channel pe * BE + k * H + j at (k, ., ., j): Triton's
+# default layout puts the lanes on the last axes (H lanes on channels, 32 / H on states) and keeps the leading
+# pair of channels in each thread, so the dB/dC sums over channels first add the thread's two channels, then
+# reduce over H lanes: half the values of the (BT, N, BE) tiles' butterflies over BE lanes. The sums over states
+# (y, sum_n g B, sum_n W A) cross 32 / H lanes instead of 2. Same arithmetic otherwise.
+@triton.jit
+def _load3(ptr, pb, s_b, s_t, row, e2, m3):
+    """(2, BT, H) fp32 tile of a (b, t, e) tensor at rows ``row`` and channels ``e2`` (2, H)."""
+    return tl.load(ptr + pb * s_b + row[None, :, None] * s_t + e2[:, None, :], mask=m3, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e2, me2,
+                     n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
+                     HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr):
+    """:func:`_load_bwd_chunk` (SEG 1) in the two-channels-per-thread tiles."""
+    row, ms = _rows(idx_ptr, c * BT + tl.arange(0, BT), T, HAS_IDX)
+    m3 = ms[None, :, None] & me2[:, None, :]
+    u = _load3(u_ptr, pb, s_ub, s_ut, row, e2, m3)
+    dl = _load3(dl_ptr, pb, s_db, s_dt, row, e2, m3)
+    mbn = ms[:, None] & mn[None, :]
+    Bm = tl.load(B_ptr + pb * s_Bb + row[:, None] * s_Bt + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+    Cm = tl.load(C_ptr + pb * s_Cb + row[:, None] * s_Ct + n[None, :], mask=mbn, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = _load3(z_ptr, pb, s_zb, s_zt, row, e2, m3)
+    else:
+        zz = u
+    row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
+    dl1 = _load3(dl_ptr, pb, s_db, s_dt, row1, e2, ms1[None, :, None] & me2[:, None, :])
+    go = _load3(go_ptr, pb, s_gb, s_gt, row, e2, m3)
+    h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[None, :, None]) * E + e2[:, None, :],
+                 mask=mn[None, :, None] & me2[:, None, :] & (c >= 0), other=0.0).to(tl.float32)
+    return row, ms, ms1, u, dl, dl1, Bm[None, :, :, None], Cm[None, :, :, None], zz, go, h0
+
+
+@triton.jit
+def _scan_bwd_kernel2(
+    u_ptr, dl_ptr, At_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, st_ptr, go_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    T, E, N,
+    s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+):
+    H: tl.constexpr = BE // 2
+    pe = tl.program_id(0)
+    pb = tl.program_id(1).to(tl.int64)
+    n_eb = tl.num_programs(0)
+    e2 = pe * BE + tl.arange(0, 2)[:, None] * H + tl.arange(0, H)[None, :]  # (2, H)
+    me2 = e2 < E
+    n = tl.arange(0, NP)
+    mn = n < N
+    mne = mn[None, :, None] & me2[:, None, :]  # (2, NP, H)
+    A = tl.load(At_ptr + n[None, :, None] * E + e2[:, None, :], mask=mne, other=0.0)  # (2, NP, H)
+    A2 = A * 1.4426950408889634
+    if HAS_D:
+        Dv = tl.load(D_ptr + e2, mask=me2, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + e2, mask=me2, other=0.0)
+    else:
+        bias = tl.zeros((2, H), tl.float32)
+    first = (tl.arange(0, BT) == 0)[None, :, None, None]
+    g_next = tl.zeros((2, NP, H), tl.float32)
+    dA_acc = tl.zeros((2, NP, H), tl.float32)
+    dD_acc = tl.zeros((2, H), tl.float32)
+    dD_cmp = tl.zeros((2, H), tl.float32)
+    db_acc = tl.zeros((2, H), tl.float32)
+    db_cmp = tl.zeros((2, H), tl.float32)
+    nchunks = tl.cdiv(T, BT)
+    nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
+                           N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
+                           s_gt, HAS_Z, HAS_IDX, BT)
+    for cc in range(0, nchunks):
+        c = nchunks - 1 - cc
+        row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
+        nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
+                               N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
+                               s_gb, s_gt, HAS_Z, HAS_IDX, BT)
+        m3 = ms[None, :, None] & me2[:, None, :]
+        m31 = ms1[None, :, None] & me2[:, None, :]
+        dl, dt = _delta_dt3(dl, bias, m3, HAS_BIAS, SOFTPLUS)
+        dl1, dt1 = _delta_dt3(dl1, bias, m31, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        dA = tl.exp2(dt[:, :, None, :] * A2[:, None, :, :])  # (2, BT, NP, H)
+        x = Bm * dtu[:, :, None, :]
+        ac, hl = tl.associative_scan((dA, x), axis=1, combine_fn=_combine)
+        hs = hl + ac * h0[:, None, :, :]
+        if HAS_Z:
+            sz = tl.sigmoid(zz)
+            y = tl.sum(hs * Cm, axis=2)
+            if HAS_D:
+                y += Dv[:, None, :] * u
+            dy = go * zz * sz
+            dzv = go * y * sz * (1.0 + zz * (1.0 - sz))
+            tl.store(dz_ptr + pb * s_ob + row[None, :, None] * s_ot + e2[:, None, :], dzv.to(dz_ptr.dtype.element_ty),
+                     mask=m3)
+        else:
+            dy = go
+        dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
+        ag, gl = tl.associative_scan((tl.flip(dA1, 1), tl.flip(Cm * dy[:, :, None, :], 1)), axis=1,
+                                     combine_fn=_combine)
+        ag = tl.flip(ag, 1)
+        gl = tl.flip(gl, 1)
+        gs = gl + ag * g_next[:, None, :, :]
+        g_next = tl.sum(tl.where(first, gs, 0.0), axis=1)
+        gB = tl.sum(gs * Bm, axis=2)  # (2, BT, H)
+        duv = gB * dt
+        if HAS_D:
+            duv += Dv[:, None, :] * dy
+        W = gs * (hs - x)
+        ddt = gB * u + tl.sum(W * A[:, None, :, :], axis=2)
+        if SOFTPLUS:
+            ddl = ddt * tl.sigmoid(dl)
+        else:
+            ddl = ddt
+        ddl = tl.where(m3, ddl, 0.0)
+        tl.store(du_ptr + pb * s_ob + row[None, :, None] * s_ot + e2[:, None, :], duv.to(du_ptr.dtype.element_ty),
+                 mask=m3)
+        tl.store(ddl_ptr + pb * s_ob + row[None, :, None] * s_ot + e2[:, None, :], ddl.to(ddl_ptr.dtype.element_ty),
+                 mask=m3)
+        # per-block partial sums over this program's channels: the thread's pair first, then across lanes
+        part = (pb * n_eb + pe) * T * N
+        mbn = ms[:, None] & mn[None, :]
+        tl.store(dB_ptr + part + row[:, None] * N + n[None, :], tl.sum(tl.sum(gs * dtu[:, :, None, :], axis=0), axis=2),
+                 mask=mbn)
+        tl.store(dC_ptr + part + row[:, None] * N + n[None, :], tl.sum(tl.sum(hs * dy[:, :, None, :], axis=0), axis=2),
+                 mask=mbn)
+        dA_acc += tl.sum(W * dt[:, :, None, :], axis=1)
+        dD_acc, dD_cmp = _kahan_add(dD_acc, dD_cmp, tl.sum(dy * u, axis=1))
+        db_acc, db_cmp = _kahan_add(db_acc, db_cmp, tl.sum(ddl, axis=1))
+    tl.store(dA_ptr + (pb * N + n[None, :, None]) * E + e2[:, None, :], dA_acc, mask=mne)
+    tl.store(dD_ptr + pb * E + e2, dD_acc, mask=me2)
+    tl.store(dbias_ptr + pb * E + e2, db_acc, mask=me2)
+
+
+@triton.jit
+def _delta_dt3(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """:func:`_delta_dt` for (2, BT, H) tiles, ``bias`` (2, H)."""
+    if HAS_BIAS:
+        dl += bias[:, None, :]
+    if SOFTPLUS:
+        dt = _softplus(dl)
+    else:
+        dt = dl
+    return dl, tl.where(mask, dt, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
 # launchers
 # ---------------------------------------------------------------------------------------------
 # Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
@@ -330,7 +481,13 @@ def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
-            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block)]
+            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1))]
+
+
+def _bwd_block(launch: Sequence[int]) -> list[int]:
+    """(BE, warps, stages, channels per thread) of the backward kernel; 1 channel per thread for the shorter launch
+    lists of before."""
+    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1]
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -407,7 +564,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
              block: Sequence[int] | None = None, seg: int = 1, reduce: bool = True):
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
-    ``block`` = (BE, num_warps, num_stages) (None: the active :func:`~armvision.ops.scan_config`).
+    ``block`` = (BE, num_warps, num_stages[, channels per thread]) (None: the active
+    :func:`~armvision.ops.scan_config`); 2 channels per thread runs :func:`_scan_bwd_kernel2` (seg 1, even BE).
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
@@ -418,7 +576,14 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     """
     b, t, e = u.shape
     n = A.shape[1]
-    BE, warps, stages = block or current_scan_config()["bwd"]
+    if block is None:
+        cfg = current_scan_config()
+        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1))
+    BE, warps, stages = block[:3]
+    cpt = int(block[3]) if len(block) > 3 else 1
+    if cpt == 2 and (seg != 1 or BE % 2):
+        raise ValueError(f"the two-channels-per-thread backward (bwd_cpt=2) needs seg 1 and an even block, got seg "
+                         f"{seg} and BE {BE}")
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -433,6 +598,21 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     np2 = triton.next_power_of_2(n)
     scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32, device=u.device)
     zs = z if z is not None else u
+    if cpt == 2:
+        _scan_bwd_kernel2[(n_eb, b)](
+            u, delta, A.t().contiguous(), B, C,
+            D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
+            index if index is not None else du, states, dout,
+            du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
+            t, e, n,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+            C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
+            du.stride(0), du.stride(1),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
+            SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps, num_stages=stages,
+        )
+        parts = (du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part)
+        return finish_scan_grads(parts, A, B, C, D, delta_bias) if reduce else parts
     _scan_bwd_kernel[(n_eb, b)](
         u, delta, A.t().contiguous(), B, C,
         D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
@@ -542,7 +722,7 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch = inputs
     launch = list(launch or _launch_list())
     ctx.softplus = softplus
-    ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], launch[4:7], _seg(launch)
+    ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], _bwd_block(launch), _seg(launch)
     ctx.states_block = _states_block(launch)
     ctx.sums_in_graph = _sums_in_graph(launch)
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
@@ -582,7 +762,7 @@ class _ScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch):
         out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
                                       chunk=launch[0], block=launch[1:4], seg=_seg(launch))
-        ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], launch[4:7]
+        ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], _bwd_block(launch)
         ctx.states_block = _states_block(launch)
         ctx.seg = _seg(launch)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
