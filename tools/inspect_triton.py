@@ -33,12 +33,12 @@ ALIGNED_INTS = {"E", "s_ub", "s_ut", "s_db", "s_dt", "s_zb", "s_zt", "s_ob", "s_
                 "s_xb", "s_xt"}
 
 
-def compile_kernel(fn, consts, warps):
+def compile_kernel(fn, consts, warps, **options):
     sig = {nm: "constexpr" if nm in consts else PTRS.get(nm, "i32") for nm in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, nm in enumerate(fn.arg_names)
              if nm in PTRS or nm in ALIGNED_INTS}
     return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs),
-                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1))
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1, **options))
 
 
 def report(k):
@@ -113,8 +113,11 @@ if __name__ == "__main__":
                 consts["SAVE"] = True
                 consts["WRITE_OUT"] = which == "fwd"
             try:
-                k = compile_kernel(fn, consts, W)
-                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}")
+                # the two-channels-per-thread backward launches with a register cap (scan_triton.CPT2_MAXNREG)
+                extra = dict(maxnreg=st.CPT2_MAXNREG) if which == "bwd cpt=2" else {}
+                k = compile_kernel(fn, consts, W, **extra)
+                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, "
+                      f"loop {loop_body_size(k)} instructions")
                 print("     ", sass_mix(k, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")

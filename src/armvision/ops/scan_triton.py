@@ -41,6 +41,9 @@ def _empty(shape, dtype, device) -> Tensor:
 __all__ = ["selective_scan_triton", "scan_launch_config"]
 
 LOG2E = 1.4426950408889634
+# registers per thread of the two-channels-per-thread backward (bwd_cpt=2): the one-channel kernel's count, so both
+# keep 12 warps per SM; ptxas (sm_90, BT 2, BE 16) fits it without spills, where it would otherwise take 190
+CPT2_MAXNREG = 168
 
 
 @triton.jit
@@ -610,6 +613,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
             du.stride(0), du.stride(1),
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
             SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps, num_stages=stages,
+            maxnreg=CPT2_MAXNREG,
         )
         parts = (du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part)
         return finish_scan_grads(parts, A, B, C, D, delta_bias) if reduce else parts
