@@ -598,38 +598,23 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     dA_part = _empty((b, n, e), *f32)
     dD_part = _empty((b, e), *f32)
     dbias_part = _empty((b, e), *f32)
-    np2 = triton.next_power_of_2(n)
-    scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32, device=u.device)
     zs = z if z is not None else u
+    pointers = (u, delta, A.t().contiguous(), B, C, D if D is not None else du, zs,
+                delta_bias if delta_bias is not None else du, index if index is not None else du, states, dout,
+                du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part)
+    sizes = (t, e, n, u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
+             C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
+             du.stride(0), du.stride(1))
+    np2 = triton.next_power_of_2(n)
+    flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                 HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps,
+                 num_stages=stages)
     if cpt == 2:
-        _scan_bwd_kernel2[(n_eb, b)](
-            u, delta, A.t().contiguous(), B, C,
-            D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
-            index if index is not None else du, states, dout,
-            du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part,
-            t, e, n,
-            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-            C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
-            du.stride(0), du.stride(1),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-            SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps, num_stages=stages,
-            maxnreg=CPT2_MAXNREG,
-        )
-        parts = (du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part)
-        return finish_scan_grads(parts, A, B, C, D, delta_bias) if reduce else parts
-    _scan_bwd_kernel[(n_eb, b)](
-        u, delta, A.t().contiguous(), B, C,
-        D if D is not None else du, zs, delta_bias if delta_bias is not None else du,
-        index if index is not None else du, states, dout,
-        du, ddelta, dz if dz is not None else du, dB_part, dC_part, dA_part, dD_part, dbias_part, scratch,
-        t, e, n,
-        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), B.stride(0), B.stride(1),
-        C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), dout.stride(0), dout.stride(1),
-        du.stride(0), du.stride(1),
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
-        SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, SEG=seg, num_warps=warps,
-        num_stages=stages,
-    )
+        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, maxnreg=CPT2_MAXNREG)
+    else:
+        scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32,
+                              device=u.device)
+        _scan_bwd_kernel[(n_eb, b)](*pointers, scratch, *sizes, **flags, SEG=seg)
     parts = (du, ddelta, dA_part, dB_part, dC_part, dD_part, dz, dbias_part)
     return finish_scan_grads(parts, A, B, C, D, delta_bias) if reduce else parts
 
