@@ -48,6 +48,7 @@ VARIANTS = {
     "save": {"ARMVISION_SCAN_CONFIG": '{"states": "save"}'},
     "swiglu": {"ARMVISION_SWIGLU": "fused"},
     "cpt2": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2}'},
+    "cpt2_r168": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_maxnreg": 168}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
@@ -214,7 +215,8 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=['cpt2={"bwd_cpt": 2}', 'states16={"states_block": [16, 1, 1]}'],
+                    default=['cpt2={"bwd_cpt": 2}', 'cpt2_r168={"bwd_cpt": 2, "bwd_maxnreg": 168}',
+                             'states16={"states_block": [16, 1, 1]}'],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

@@ -113,9 +113,34 @@ def test_two_channels_per_thread_needs_seg_1_and_an_even_block(seed):
     for cfg, message in ((dict(seg=2), "needs seg 1"), (dict(bwd=(3, 1, 1)), "an even block")):
         with ops.scan_config(BT=2, bwd_cpt=2, **cfg), pytest.raises(ValueError, match=message):
             ops.selective_scan(*(inp[k] for k in ARGS), backend="triton").sum().backward()
-    with pytest.raises(ValueError, match="bwd_cpt .* must be 1 or 2"):
-        with ops.scan_config(bwd_cpt=4):
-            pass
+    for bad, message in ((dict(bwd_cpt=4), "bwd_cpt .* must be 1 or 2"), (dict(bwd_maxnreg=300), "bwd_maxnreg must"),
+                         (dict(bwd_maxnreg=True), "bwd_maxnreg must")):
+        with pytest.raises(ValueError, match=message):
+            with ops.scan_config(**bad):
+                pass
+
+
+@pytest.mark.parametrize("cfg, kernel, maxnreg", [({}, "_scan_bwd_kernel", None),
+                                                  ({"bwd_cpt": 2}, "_scan_bwd_kernel2", scan_triton.CPT2_MAXNREG),
+                                                  ({"bwd_cpt": 2, "bwd_maxnreg": 168}, "_scan_bwd_kernel2", 168),
+                                                  ({"bwd_maxnreg": 200}, "_scan_bwd_kernel", 200)])
+def test_backward_register_cap_reaches_the_launch(seed, autograd_path, monkeypatch, cfg, kernel, maxnreg):
+    """bwd_maxnreg (None: the kernel's own cap, scan_triton.CPT2_MAXNREG for two channels per thread) is the
+    launch's maxnreg, through both autograd paths."""
+    launches = []
+    real = getattr(scan_triton, kernel)
+
+    class Recording:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(kw.get("maxnreg"))
+                return real[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(scan_triton, kernel, Recording())
+    with ops.scan_config(BT=2, bwd=(4, 1, 1), **cfg):
+        check_scan(scan_inputs(1, 5, 6, 4, torch.float32))
+    assert launches == [maxnreg]
 
 
 @pytest.mark.parametrize("variant", ["no_z", "no_D_no_bias", "no_softplus"])

@@ -18,7 +18,9 @@ a time) or "save" (the forward keeps them: no recompute, but every layer's state
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
 long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (1, the default; 2: a
-candidate layout with half the cross-lane sums, docs/kernels.md; needs seg 1 and an even bwd BE). Conv keys:
+candidate layout with half the cross-lane sums, docs/kernels.md; needs seg 1 and an even bwd BE);
+``bwd_maxnreg``: a cap on the backward kernel's registers per thread (None: the kernel's own, which is no cap for
+one channel per thread and 152 for two, ``scan_triton.CPT2_MAXNREG``). Conv keys:
 ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
 (t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
 backward writes one (1 + width, e) fp32 block of dw/db partial sums.
@@ -48,7 +50,8 @@ from ..configtree import env_json_object
 __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
 
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
-                                 "sums": "graph", "states_block": None, "bwd_cpt": 1}
+                                 "sums": "graph", "states_block": None, "bwd_cpt": 1,
+                                 "bwd_maxnreg": None}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -81,6 +84,9 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         elif key == "bwd_cpt":
             if value not in (1, 2) or isinstance(value, bool):
                 raise ValueError(f"bwd_cpt (channels per thread in the backward) must be 1 or 2, got {value!r}")
+        elif key == "bwd_maxnreg":
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 24 <= value <= 255):
+                raise ValueError(f"bwd_maxnreg must be None or registers per thread in 24..255, got {value!r}")
         elif key == "states_block" and value is None:
             pass
         elif key == "states_block":

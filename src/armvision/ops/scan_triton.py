@@ -41,9 +41,10 @@ def _empty(shape, dtype, device) -> Tensor:
 __all__ = ["selective_scan_triton", "scan_launch_config"]
 
 LOG2E = 1.4426950408889634
-# registers per thread of the two-channels-per-thread backward (bwd_cpt=2): the one-channel kernel's count, so both
-# keep 12 warps per SM; ptxas (sm_90, BT 2, BE 16) fits it without spills, where it would otherwise take 190
-CPT2_MAXNREG = 168
+# registers per thread of the two-channels-per-thread backward (bwd_cpt=2) unless bwd_maxnreg says otherwise: ptxas
+# (sm_90, BT 2, BE 16) fits it in 152 without spills (13 warps per SM; the one-channel kernel takes 168, 12 warps),
+# where it would otherwise take 190 (10 warps)
+CPT2_MAXNREG = 152
 
 
 @triton.jit
@@ -484,13 +485,14 @@ def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
-            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1))]
+            int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1)),
+            int(cfg.get("bwd_maxnreg") or 0)]
 
 
 def _bwd_block(launch: Sequence[int]) -> list[int]:
-    """(BE, warps, stages, channels per thread) of the backward kernel; 1 channel per thread for the shorter launch
-    lists of before."""
-    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1]
+    """(BE, warps, stages, channels per thread, register cap or 0) of the backward kernel; 1 channel per thread and
+    no cap for the shorter launch lists of before."""
+    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1, int(launch[13]) if len(launch) > 13 else 0]
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -567,8 +569,8 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
              block: Sequence[int] | None = None, seg: int = 1, reduce: bool = True):
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
-    ``block`` = (BE, num_warps, num_stages[, channels per thread]) (None: the active
-    :func:`~armvision.ops.scan_config`); 2 channels per thread runs :func:`_scan_bwd_kernel2` (seg 1, even BE).
+    ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap, 0: the kernel's own]]) (None: the
+    active :func:`~armvision.ops.scan_config`); 2 channels per thread runs :func:`_scan_bwd_kernel2` (seg 1, even BE).
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
@@ -581,9 +583,10 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     n = A.shape[1]
     if block is None:
         cfg = current_scan_config()
-        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1))
+        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1), cfg.get("bwd_maxnreg") or 0)
     BE, warps, stages = block[:3]
     cpt = int(block[3]) if len(block) > 3 else 1
+    maxnreg = (int(block[4]) if len(block) > 4 else 0) or (CPT2_MAXNREG if cpt == 2 else None)
     if cpt == 2 and (seg != 1 or BE % 2):
         raise ValueError(f"the two-channels-per-thread backward (bwd_cpt=2) needs seg 1 and an even block, got seg "
                          f"{seg} and BE {BE}")
@@ -608,9 +611,9 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     np2 = triton.next_power_of_2(n)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                  HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps,
-                 num_stages=stages)
+                 num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
-        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, maxnreg=CPT2_MAXNREG)
+        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags)
     else:
         scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32,
                               device=u.device)
