@@ -210,7 +210,7 @@ def main():
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--profile-steps", type=int, default=0, metavar="N",
+    ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
                     help="profile N steps of each workload's first variant (train_step.py --profile): kernels by kind")
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
