@@ -132,6 +132,25 @@ def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr,
 
 
 @triton.jit
+def _channel_params(At_ptr, D_ptr, bias_ptr, a_off, a_mask, c_off, c_mask, HAS_D: tl.constexpr,
+                    HAS_BIAS: tl.constexpr):
+    """A program's per-channel parameters in its tiles' own layout: A from At (A transposed, (N, E)) at offsets
+    ``a_off``, D and the dt bias at channel offsets ``c_off`` (zeros of that shape when absent, then never read).
+    Reading A (E, N) in place instead put the load in another layout than the tile's, and Triton's conversion
+    through shared memory took the backward from 168 to 226 registers."""
+    A = tl.load(At_ptr + a_off, mask=a_mask, other=0.0)
+    if HAS_D:
+        Dv = tl.load(D_ptr + c_off, mask=c_mask, other=0.0)
+    else:
+        Dv = tl.zeros(c_off.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + c_off, mask=c_mask, other=0.0)
+    else:
+        bias = tl.zeros(c_off.shape, tl.float32)
+    return A, Dv, bias
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, dl_ptr, At_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, idx_ptr, out_ptr, st_ptr,
     T, E, N,
@@ -150,15 +169,8 @@ def _scan_fwd_kernel(
     n = tl.arange(0, NP)
     mn = n < N
     mne = mn[:, None] & me[None, :]
-    # At is A transposed, (N, E): read along channels, in the tile's own layout (reading A (E, N) in place made
-    # Triton convert layouts through shared memory and took the backward from 168 to 226 registers)
-    A2 = tl.load(At_ptr + n[:, None] * E + e[None, :], mask=mne, other=0.0) * 1.4426950408889634  # (N, BE)
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=me, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=me, other=0.0)
-    else:
-        bias = tl.zeros((BE,), tl.float32)  # not read (HAS_BIAS is a constexpr)
+    A, Dv, bias = _channel_params(At_ptr, D_ptr, bias_ptr, n[:, None] * E + e[None, :], mne, e, me, HAS_D, HAS_BIAS)
+    A2 = A * 1.4426950408889634  # (N, BE)
     last = (tl.arange(0, BT) == BT - 1)[:, None, None]
     h = tl.zeros((NP, BE), tl.float32)
     nchunks = tl.cdiv(T, BT)
@@ -232,14 +244,8 @@ def _scan_bwd_kernel(
     n = tl.arange(0, NP)
     mn = n < N
     mne = mn[:, None] & me[None, :]
-    A = tl.load(At_ptr + n[:, None] * E + e[None, :], mask=mne, other=0.0)  # (N, BE)
-    A2 = A * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + e, mask=me, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e, mask=me, other=0.0)
-    else:
-        bias = tl.zeros((BE,), tl.float32)
+    A, Dv, bias = _channel_params(At_ptr, D_ptr, bias_ptr, n[:, None] * E + e[None, :], mne, e, me, HAS_D, HAS_BIAS)
+    A2 = A * 1.4426950408889634  # (N, BE)
     first = (tl.arange(0, BT) == 0)[:, None, None]
     g_next = tl.zeros((NP, BE), tl.float32)  # g at the first step of the chunk after this one
     # dD and d(delta_bias) sum one term per chunk over up to T / BT chunks: Kahan-compensated, so that a long
@@ -381,14 +387,9 @@ def _scan_bwd_kernel2(
     n = tl.arange(0, NP)
     mn = n < N
     mne = mn[None, :, None] & me2[:, None, :]  # (2, NP, H)
-    A = tl.load(At_ptr + n[None, :, None] * E + e2[:, None, :], mask=mne, other=0.0)  # (2, NP, H)
-    A2 = A * 1.4426950408889634
-    if HAS_D:
-        Dv = tl.load(D_ptr + e2, mask=me2, other=0.0)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + e2, mask=me2, other=0.0)
-    else:
-        bias = tl.zeros((2, H), tl.float32)
+    A, Dv, bias = _channel_params(At_ptr, D_ptr, bias_ptr, n[None, :, None] * E + e2[:, None, :], mne, e2, me2, HAS_D,
+                                  HAS_BIAS)
+    A2 = A * 1.4426950408889634  # (2, NP, H)
     first = (tl.arange(0, BT) == 0)[None, :, None, None]
     g_next = tl.zeros((2, NP, H), tl.float32)
     dA_acc = tl.zeros((2, NP, H), tl.float32)
