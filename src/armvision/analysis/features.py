@@ -65,6 +65,12 @@ def open_split(model: nn.Module, cfg: RunConfig, split: str, subset: int | None 
 FEATURE_KINDS = ("pooled", "tokens")
 
 
+def check_feature_kind(features: str) -> None:
+    """A one-line :class:`ConfigError` unless ``features`` is one of :data:`FEATURE_KINDS`."""
+    if features not in FEATURE_KINDS:
+        raise ConfigError(f"features {features!r}: choose {' or '.join(FEATURE_KINDS)}")
+
+
 @torch.no_grad()
 def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, device: str | torch.device = "cpu",
                              workers: int = 0, progress: bool = False, desc: str = "features",
@@ -84,8 +90,7 @@ def extract_dataset_features(model: nn.Module, dataset, batch_size: int = 256, d
     from ..data.loader import collate, drop_standins
     from ..features import extract_features
 
-    if features not in FEATURE_KINDS:
-        raise ConfigError(f"features {features!r}: choose {' or '.join(FEATURE_KINDS)}")
+    check_feature_kind(features)
     device = torch.device(device)
     model = model.to(device).eval()
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,

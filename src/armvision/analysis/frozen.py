@@ -62,12 +62,11 @@ def probe_model(model: nn.Module, cfg: RunConfig, *, linprobe: LinearProbeSettin
     """
     from ..data.datasets import class_names_to_map, dataset_classes
     from ..data.loader import unreadable_report
-    from .features import FEATURE_KINDS, default_test_split, extract_dataset_features, open_split
+    from .features import check_feature_kind, default_test_split, extract_dataset_features, open_split
 
     if linprobe is None and knn is None:
         raise ConfigError("nothing to probe: pass linprobe and/or knn settings")
-    if features not in FEATURE_KINDS:
-        raise ConfigError(f"features {features!r}: choose {' or '.join(FEATURE_KINDS)}")
+    check_feature_kind(features)  # before the splits are opened
     train_split = train_split or cfg.data.train_split
     test_split = test_split or default_test_split(cfg)
     train_subset = cfg.data.train_subset if train_subset is _FROM_CONFIG else train_subset
