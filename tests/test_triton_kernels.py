@@ -455,8 +455,8 @@ def test_partial_sum_ops_pass_opcheck(seed):
 
 
 def test_launch_defaults_from_environment():
-    """ARMVISION_SCAN_CONFIG / ARMVISION_CONV_CONFIG (JSON) replace defaults at import, for A/B runs of the
-    commands; a bad value is the same error as a bad scan_config argument."""
+    """ARMVISION_SCAN_CONFIG / ARMVISION_CONV_CONFIG (JSON) replace defaults on first use, for A/B runs of the
+    commands; a bad value is the same message as a bad scan_config argument, and one line from the command."""
     import subprocess
     import sys
 
@@ -468,6 +468,13 @@ def test_launch_defaults_from_environment():
     env["ARMVISION_SCAN_CONFIG"] = '{"sums": "kernel"}'
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert res.returncode != 0 and "sums must be 'graph' or 'op'" in res.stderr
+    # through the command: one line naming the variable, before any work, no traceback
+    env["ARMVISION_SCAN_CONFIG"] = '{"bwd_cpt": 3}'
+    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "--checkpoint", "nowhere"], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip() == ("armvision knn: error: ARMVISION_SCAN_CONFIG: bwd_cpt (channels per thread in the "
+                                  "backward) must be 1 or 2, got 3"), res.stderr
 
 
 def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):

@@ -60,4 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return guarded(args.command, lambda: args.func(args), debug=bool(args.debug))
+    return guarded(args.command, lambda: _run(args), debug=bool(args.debug))
+
+
+def _run(args):
+    from ..ops.launch import check_environment
+
+    check_environment()  # a bad ARMVISION_SCAN_CONFIG / ARMVISION_CONV_CONFIG: one line, before any work
+    return args.func(args)

@@ -36,8 +36,9 @@ and to the torch.library custom ops as arguments, so a ``torch.compile`` trace r
 graph (a scope active while tracing is baked into that compiled graph).
 
 For A/B measurements through the command line, the environment variables ``ARMVISION_SCAN_CONFIG`` and
-``ARMVISION_CONV_CONFIG`` (JSON objects, e.g. ``{"sums": "op"}``) replace defaults when this module is imported;
-a bad value stops the import with the same error as a bad ``scan_config`` argument.
+``ARMVISION_CONV_CONFIG`` (JSON objects, e.g. ``{"sums": "op"}``) replace defaults; they are read once, at the
+first use of the defaults (or by :func:`check_environment`, which the ``armvision`` command calls before its work),
+and a bad value is a one-line :class:`~armvision.errors.ConfigError` naming the variable and the key.
 """
 
 from __future__ import annotations
@@ -46,9 +47,11 @@ import contextlib
 from typing import Any, Iterator
 
 from ..configtree import env_json_object
+from ..errors import ConfigError
 
-__all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config"]
+__all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config", "check_environment"]
 
+# the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
                                  "sums": "graph", "states_block": None, "bwd_cpt": 1,
                                  "bwd_maxnreg": None}
@@ -61,12 +64,12 @@ _CONV_SCOPES: list[dict[str, Any]] = []
 
 def current_scan_config() -> dict[str, Any]:
     """The scan's launch parameters in effect here (a copy)."""
-    return dict(_SCAN_SCOPES[-1] if _SCAN_SCOPES else SCAN_DEFAULTS)
+    return dict(_SCAN_SCOPES[-1] if _SCAN_SCOPES else _defaults("scan"))
 
 
 def current_conv_config() -> dict[str, Any]:
     """The causal conv's launch parameters in effect here (a copy)."""
-    return dict(_CONV_SCOPES[-1] if _CONV_SCOPES else CONV_DEFAULTS)
+    return dict(_CONV_SCOPES[-1] if _CONV_SCOPES else _defaults("conv"))
 
 
 def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dict[str, Any]:
@@ -128,10 +131,30 @@ def conv_config(**updates) -> Iterator[dict[str, Any]]:
 
 
 def _from_environment(defaults: dict[str, Any], variable: str, what: str) -> dict[str, Any]:
-    """``defaults`` updated from the JSON object in environment variable ``variable`` (unset or empty: unchanged)."""
+    """``defaults`` updated from the JSON object in environment variable ``variable`` (unset or empty: unchanged);
+    a bad key or value is a :class:`ConfigError` naming the variable."""
     updates = env_json_object(variable, f"{what} launch parameters")
-    return defaults if updates is None else _checked(defaults, updates, what)
+    if updates is None:
+        return defaults
+    try:
+        return _checked(defaults, updates, what)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"{variable}: {e.args[0] if e.args else e}") from None
 
 
-SCAN_DEFAULTS = _from_environment(SCAN_DEFAULTS, "ARMVISION_SCAN_CONFIG", "scan")
-CONV_DEFAULTS = _from_environment(CONV_DEFAULTS, "ARMVISION_CONV_CONFIG", "conv")
+_ENVIRONMENT = {"scan": (SCAN_DEFAULTS, "ARMVISION_SCAN_CONFIG"), "conv": (CONV_DEFAULTS, "ARMVISION_CONV_CONFIG")}
+_DEFAULTS: dict[str, dict[str, Any]] = {}  # "scan" / "conv": the defaults in effect, read once
+
+
+def _defaults(what: str) -> dict[str, Any]:
+    if what not in _DEFAULTS:
+        builtin, variable = _ENVIRONMENT[what]
+        _DEFAULTS[what] = _from_environment(builtin, variable, what)
+    return _DEFAULTS[what]
+
+
+def check_environment() -> None:
+    """Read ``ARMVISION_SCAN_CONFIG`` and ``ARMVISION_CONV_CONFIG`` now: a bad value is a one-line
+    :class:`ConfigError` here rather than at the first kernel launch."""
+    _defaults("scan")
+    _defaults("conv")
