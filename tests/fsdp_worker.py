@@ -31,6 +31,8 @@ def main() -> None:
     trainer = Trainer(load_config("fmnist_pretrain", overrides, task="pretrain"))
     summary = trainer.fit()
     sd = get_model_state_dict(trainer.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # whether the steps ran compiled (a compiler failure falls back to eager with a warning)
+    summary["ran_compiled"] = trainer.train_module.is_compiled and trainer.train_module.verified
     if trainer.is_main:
         save_file({k: v.contiguous() for k, v in sd.items()}, out / "model.safetensors")
         (out / "summary.json").write_text(json.dumps(summary))

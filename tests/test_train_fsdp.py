@@ -204,3 +204,18 @@ def test_ema_with_fsdp_is_a_config_error():
         load_config("fmnist_finetune", {"parallel": "fsdp", "ema.decay": 0.99}, task="finetune")
     with pytest.raises(ConfigError, match="parallel"):
         load_config("fmnist_pretrain", {"parallel": "zero3"}, task="pretrain")
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_compiled_training_on_two_processes_matches_the_eager_run(fsdp_run, ref_run, tmp_path, parallel):
+    """torch.compile under torchrun (compile_mode auto: torch's default mode with several processes): DDP's
+    graph split at its buckets (dynamo's DDPOptimizer) and FSDP2's per-block hooks train as the eager model does.
+    The aot_eager backend traces and partitions the graphs as inductor does, without inductor's C++ build."""
+    over = _overrides(fsdp_run["data"], tmp_path / "run", parallel=parallel, compile=True,
+                      compile_backend="aot_eager")
+    res = _worker(over, tmp_path / "out", 2)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert s["processes"] == 2 and s["steps"] == 6 and s["ran_compiled"]  # no fallback to eager
+    assert _losses(s) == pytest.approx(_losses(ref_run["summary"]), rel=1e-5, abs=1e-6)
+    _close(load_file(tmp_path / "out" / "model.safetensors"), ref_run["weights"], 1e-4)
