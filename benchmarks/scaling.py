@@ -12,7 +12,10 @@ process, plus its peak CUDA memory), on synthetic JPEGs (benchmarks/data_pipelin
    the memory per image, the largest batch predicted to fit is then run under the cap (and 80% of it if
    that runs out of memory); its images/s;
 3. ARM-B pretraining (arm_base_in1k_pretrain) at --b-micro per GPU on 2 GPUs: fsdp vs ddp images/s;
-4. resuming: ARM-B, global batch 128, 2 epochs of 8 steps. A: fsdp on 2 GPUs, 16 steps; B: resumes A's
+4. compile modes with several processes: ARM-B at --b-micro per GPU on 1 GPU (compile_mode auto = CUDA graphs:
+   the per-GPU baseline) and on 2 GPUs under DDP and FSDP2, each with torch's default mode (what compile_mode auto
+   picks for several processes) and with CUDA graphs (reduce-overhead); images/s per GPU against the 1-GPU run;
+5. resuming: ARM-B, global batch 128, 2 epochs of 8 steps. A: fsdp on 2 GPUs, 16 steps; B: resumes A's
    end-of-epoch checkpoint (step 8, sharded) on 1 GPU. C: fsdp on 1 GPU, 16 steps; D: resumes C's step 8
    on 2 GPUs. The loss curves side by side: deterministic crops (the whole image), so every step sees the same
    images whatever the number of GPUs and the curves should agree up to rounding (bf16 parameters under
@@ -170,6 +173,15 @@ def ac_search(b: Bench, config: str, cap: float) -> dict:
     return out
 
 
+def compile_modes(b: Bench, config: str) -> None:
+    """ARM-B: 1 GPU with CUDA graphs, then 2 GPUs under DDP and FSDP2 in torch's default mode and with CUDA graphs."""
+    a = b.args
+    throughput(b, f"m_1gpu_graphs_{a.b_micro}", 1, config, a.b_micro, {"compile_mode": "reduce-overhead"})
+    for par in ("ddp", "fsdp"):
+        for mode, tag in (("default", "default"), ("reduce-overhead", "graphs")):
+            throughput(b, f"m_{par}_{tag}_{a.b_micro}", 2, config, a.b_micro, {"parallel": par, "compile_mode": mode})
+
+
 def resume_runs(b: Bench, config: str) -> list[dict]:
     """A: 16 steps on 2 GPUs; then, at the same time on one GPU each, B: resumes A's step-8 checkpoint and
     C: 16 steps; then D: resumes C's step-8 checkpoint on 2 GPUs."""
@@ -203,11 +215,24 @@ def tables(res: dict) -> str:
     lines = ["| run | GPUs | parallel | act. ckpt | per-GPU batch | cap GiB | images/s | peak GiB/GPU | exit |",
              "|" + "---|" * 9]
     for r in res["runs"]:
-        if r["name"].startswith(("resume", "h_", "b_")) and "micro_batch" in r:
+        if r["name"].startswith(("h_", "b_")) and "micro_batch" in r:
             par = "fsdp" if "fsdp" in r["name"] else "ddp"
             lines.append(f"| {r['name']} | {r['nproc']} | {par} | {'yes' if '_ac_' in r['name'] else 'no'} | "
                          f"{r['micro_batch']} | {_f(r['cap_gib'])} | {_f(r.get('images_per_s'))} | "
                          f"{_f(r['peak_gib'], '{:.1f}')} | {'OOM' if r['oom'] else r['exit_code']} |")
+    modes = [r for r in res["runs"] if r["name"].startswith("m_") and "micro_batch" in r]
+    if modes:
+        one = next((r.get("images_per_s") for r in modes if r["nproc"] == 1), None)
+        lines += ["", "| compile mode run | GPUs | parallel | mode | images/s | per GPU | of the 1-GPU run | peak GiB/GPU "
+                  "| exit |", "|" + "---|" * 9]
+        for r in modes:
+            ips = r.get("images_per_s")
+            per = ips / r["nproc"] if ips else None
+            eff = per / one if per and one else None
+            par = "-" if r["nproc"] == 1 else ("fsdp" if "_fsdp_" in r["name"] else "ddp")
+            lines.append(f"| {r['name']} | {r['nproc']} | {par} | {'CUDA graphs' if '_graphs_' in r['name'] else 'default'}"
+                         f" | {_f(ips)} | {_f(per)} | {_f(eff, '{:.2f}')} | {_f(r['peak_gib'], '{:.1f}')} | "
+                         f"{'OOM' if r['oom'] else r['exit_code']} |")
     s = res.get("ac_search") or {}
     if s:
         lines.append("")
@@ -243,7 +268,7 @@ def main():
     ap.add_argument("--timeout", type=float, default=240, help="seconds per launch at most")
     ap.add_argument("--budget", type=float, default=540, help="seconds for everything: launches that would start "
                     "later are skipped (and shown as skipped), so the program ends within the device's 10 minutes")
-    ap.add_argument("--skip", nargs="*", default=[], choices=["huge", "search", "base", "resume"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["huge", "search", "base", "modes", "resume"])
     ap.add_argument("--tiny", action="store_true", help="CPU smoke run (gloo): tiny model, tiny JPEGs, few steps")
     args = ap.parse_args()
     cuda = torch.cuda.is_available()
@@ -268,6 +293,8 @@ def main():
     if "base" not in args.skip:
         throughput(b, f"b_fsdp_{args.b_micro}", 2, base, args.b_micro, {"parallel": "fsdp"})
         throughput(b, f"b_ddp_{args.b_micro}", 2, base, args.b_micro, {"parallel": "ddp"})
+    if "modes" not in args.skip:
+        compile_modes(b, base)
     if "resume" not in args.skip:
         res["resume"] = resume_runs(b, base)
     res["runs"] = b.records
