@@ -49,6 +49,8 @@ VARIANTS = {
     "swiglu": {"ARMVISION_SWIGLU": "fused"},
     "cpt2": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2}'},
     "cpt2_r168": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_maxnreg": 168}'},
+    "carry": {"ARMVISION_SCAN_CONFIG": '{"bwd_decay": "carry"}'},
+    "cpt2c": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_decay": "carry"}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
@@ -206,7 +208,8 @@ def main():
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--variants", nargs="*", default=["default", "cpt2", "save", "combo"], choices=list(VARIANTS),
+    ap.add_argument("--variants", nargs="*", default=["default", "cpt2c", "carry", "save", "combo"],
+                    choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
@@ -215,8 +218,8 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=['cpt2={"bwd_cpt": 2}', 'cpt2_r168={"bwd_cpt": 2, "bwd_maxnreg": 168}',
-                             'states16={"states_block": [16, 1, 1]}'],
+                    default=['cpt2={"bwd_cpt": 2}', 'cpt2c={"bwd_cpt": 2, "bwd_decay": "carry"}',
+                             'carry={"bwd_decay": "carry"}', 'cpt2_r168={"bwd_cpt": 2, "bwd_maxnreg": 168}'],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

@@ -108,25 +108,64 @@ def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, au
             check_scan(inp, index=index, **tol)
 
 
+@pytest.mark.parametrize("cpt,BT,shape,ordered,seg,variant", [
+    (1, 2, (2, 9, 6, 16), False, 1, "all"), (1, 2, (1, 7, 5, 4), True, 1, "all"), (1, 4, (2, 11, 6, 4), False, 1, "all"),
+    (1, 2, (2, 11, 6, 4), True, 2, "all"), (1, 8, (1, 10, 5, 4), False, 1, "no_z"), (1, 2, (1, 1, 3, 4), False, 1, "all"),
+    (2, 2, (2, 9, 6, 16), True, 1, "all"), (2, 4, (1, 13, 10, 8), False, 1, "no_D_no_bias"),
+    (2, 2, (2, 8, 10, 8), False, 1, "bf16")])
+def test_scan_backward_with_carried_decays(seed, cpt, BT, shape, ordered, seg, variant, autograd_path):
+    """bwd_decay="carry" (a launch candidate: the adjoint's dA_{t+1} taken from this chunk's own decays one step on,
+    and from the next chunk's first at the chunk's last step, instead of an exp2 of the next step's delta): the
+    reference's values and gradients for both backward kernels, chunks of 2, 4 and 8 steps (odd lengths end in a
+    part-chunk, t = 1 is a single part-chunk), token orders, segment checkpoints, no z, no D and bias, bf16; both
+    autograd paths, states saved and recomputed."""
+    index = torch.randperm(shape[1], device=DEV).int() if ordered else None
+    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
+    tol = dict(tol_out=1e-2, tol_grad=2e-2) if variant == "bf16" else {}
+    for states in ("recompute", "save"):
+        inp = scan_inputs(*shape, dtype, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",
+                          with_bias=variant != "no_D_no_bias")
+        with ops.scan_config(BT=BT, bwd=(4, 1, 1), bwd_cpt=cpt, seg=seg, states=states, bwd_decay="carry"):
+            check_scan(inp, index=index, **tol)
+
+
+def test_carried_decays_equal_recomputed_ones(seed):
+    """The two ways of getting dA_{t+1} compute the same products from the same values: the gradients agree to
+    rounding (fp32), for both backward kernels."""
+    inp = scan_inputs(2, 9, 8, 16, torch.float32)
+    keys = [k for k in ARGS if inp[k] is not None]
+    grads = {}
+    for cpt in (1, 2):
+        for decay in ("recompute", "carry"):
+            with ops.scan_config(BT=2, bwd=(4, 1, 1), bwd_cpt=cpt, bwd_decay=decay):
+                out = ops.selective_scan(*(inp[k] for k in ARGS), backend="triton")
+                grads[cpt, decay] = torch.autograd.grad(out, [inp[k] for k in keys], torch.ones_like(out))
+        for k, a, b in zip(keys, grads[cpt, "recompute"], grads[cpt, "carry"]):
+            assert rel_err(b, a) < 1e-6, (cpt, k)
+
+
 def test_two_channels_per_thread_needs_seg_1_and_an_even_block(seed):
     inp = scan_inputs(1, 5, 4, 4, torch.float32)
     for cfg, message in ((dict(seg=2), "needs seg 1"), (dict(bwd=(3, 1, 1)), "an even block")):
         with ops.scan_config(BT=2, bwd_cpt=2, **cfg), pytest.raises(ValueError, match=message):
             ops.selective_scan(*(inp[k] for k in ARGS), backend="triton").sum().backward()
     for bad, message in ((dict(bwd_cpt=4), "bwd_cpt .* must be 1 or 2"), (dict(bwd_maxnreg=300), "bwd_maxnreg must"),
-                         (dict(bwd_maxnreg=True), "bwd_maxnreg must")):
+                         (dict(bwd_maxnreg=True), "bwd_maxnreg must"), (dict(bwd_decay="exp"), "bwd_decay must"),
+                         (dict(BT=3), "must be a power of two")):
         with pytest.raises(ValueError, match=message):
             with ops.scan_config(**bad):
                 pass
 
 
-@pytest.mark.parametrize("cfg, kernel, maxnreg", [({}, "_scan_bwd_kernel", None),
-                                                  ({"bwd_cpt": 2}, "_scan_bwd_kernel2", scan_triton.CPT2_MAXNREG),
-                                                  ({"bwd_cpt": 2, "bwd_maxnreg": 168}, "_scan_bwd_kernel2", 168),
-                                                  ({"bwd_maxnreg": 200}, "_scan_bwd_kernel", 200)])
+@pytest.mark.parametrize("cfg, kernel, maxnreg", [
+    ({}, "_scan_bwd_kernel", None), ({"bwd_cpt": 2}, "_scan_bwd_kernel2", 152),
+    ({"bwd_cpt": 2, "bwd_maxnreg": 168}, "_scan_bwd_kernel2", 168), ({"bwd_maxnreg": 200}, "_scan_bwd_kernel", 200),
+    ({"bwd_decay": "carry"}, "_scan_bwd_kernel", 184), ({"bwd_cpt": 2, "bwd_decay": "carry"}, "_scan_bwd_kernel2", 168),
+    ({"bwd_decay": "carry", "bwd_maxnreg": 200}, "_scan_bwd_kernel", 200)])
 def test_backward_register_cap_reaches_the_launch(seed, autograd_path, monkeypatch, cfg, kernel, maxnreg):
-    """bwd_maxnreg (None: the kernel's own cap, scan_triton.CPT2_MAXNREG for two channels per thread) is the
-    launch's maxnreg, through both autograd paths."""
+    """bwd_maxnreg (None: the kernel's own cap, scan_triton.default_bwd_maxnreg: none for one channel per thread with
+    recomputed decays, 152 for two, 184 / 168 with carried decays) is the launch's maxnreg, through both autograd
+    paths."""
     launches = []
     real = getattr(scan_triton, kernel)
 

@@ -1,7 +1,9 @@
 """Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT]] [...]   (e.g. 2,32,1 2,16,1: the default forward and
-       backward; 2,16,1,1,2: the backward with two channels per thread, launch key bwd_cpt)
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY]]]] [...]   (e.g. 2,32,1 2,16,1: the
+       default forward and backward; 2,16,1,1,2: the backward with two channels per thread, launch key bwd_cpt;
+       MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's own; CARRY 1: the backward
+       with carried decays, launch key bwd_decay "carry")
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the
@@ -101,7 +103,8 @@ if __name__ == "__main__":
         if arg.startswith("conv:"):
             conv_report(*map(int, arg[5:].split(",")))
             continue
-        BT, BE, W, SEG, CPT = (list(map(int, arg.split(","))) + [1, 1])[:5]
+        given = list(map(int, arg.split(",")))
+        BT, BE, W, SEG, CPT, CAP, CARRY = (given + [1, 1, 0, 0][max(0, len(given) - 3):])[:7]
         # fwd: the forward saving its states; states: the backward's recomputation (no output written)
         bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)
         for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
@@ -109,12 +112,15 @@ if __name__ == "__main__":
                           SEG=SEG)
             if which == "bwd cpt=2":
                 del consts["SEG"]
+            if which.startswith("bwd"):
+                consts["CARRY_DA"] = bool(CARRY)
             if not which.startswith("bwd"):
                 consts["SAVE"] = True
                 consts["WRITE_OUT"] = which == "fwd"
             try:
-                # the two-channels-per-thread backward launches with a register cap (scan_triton.CPT2_MAXNREG)
-                extra = dict(maxnreg=st.CPT2_MAXNREG) if which == "bwd cpt=2" else {}
+                # the backward's default register cap (scan_triton.default_bwd_maxnreg) unless MAXNREG is given
+                cap = CAP or (st.default_bwd_maxnreg(CPT, bool(CARRY)) or 0)
+                extra = dict(maxnreg=cap) if cap and which.startswith("bwd") else {}
                 k = compile_kernel(fn, consts, W, **extra)
                 print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, "
                       f"loop {loop_body_size(k)} instructions")

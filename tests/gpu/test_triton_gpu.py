@@ -82,9 +82,20 @@ def test_scan_matches_reference(shape, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(3, 7, 384), (256, 128, 768), (128, 197, 768), (2, 4096, 1536)],
                          ids=lambda s: "x".join(map(str, s)))
-def test_scan_backward_two_channels_per_thread(shape, dtype):
-    """The launch candidate bwd_cpt=2 (compiled for the GPU, not the interpreter) against the reference."""
-    with ops.scan_config(bwd_cpt=2):
+@pytest.mark.parametrize("decay", ["recompute", "carry"])
+def test_scan_backward_two_channels_per_thread(shape, dtype, decay):
+    """The launch candidate bwd_cpt=2 (compiled for the GPU, not the interpreter, at its register cap) against the
+    reference, with the adjoint's decays recomputed and carried."""
+    with ops.scan_config(bwd_cpt=2, bwd_decay=decay):
+        run_and_compare(make(*shape, dtype))
+
+
+@pytest.mark.parametrize("shape", [(256, 128, 768), (64, 197, 768), (2, 1023, 192)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_scan_backward_carried_decays(shape, dtype):
+    """The launch candidate bwd_decay="carry" of the one-channel backward, compiled at its register cap, against the
+    reference (197 and 1023 tokens end in a part-chunk)."""
+    with ops.scan_config(bwd_decay="carry"):
         run_and_compare(make(*shape, dtype))
 
 

@@ -19,8 +19,12 @@ its backward); ``seg``: chunks per saved state (1: every chunk's entering state 
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
 long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (1, the default; 2: a
 candidate layout with half the cross-lane sums, docs/kernels.md; needs seg 1 and an even bwd BE);
-``bwd_maxnreg``: a cap on the backward kernel's registers per thread (None: the kernel's own, which is no cap for
-one channel per thread and 152 for two, ``scan_triton.CPT2_MAXNREG``). Conv keys:
+``bwd_decay``: how the backward gets the next step's decay dA_{t+1} of its adjoint: "recompute" (default: one more
+exp2 per state element, from the next step's delta) or "carry" (a candidate: this chunk's own decays one step on,
+and the next chunk's first carried over from the previous iteration; same values, half the exp2 and no second read
+of delta, more registers); ``bwd_maxnreg``: a cap on the backward kernel's registers per thread (None: the
+kernel's own, ``scan_triton.default_bwd_maxnreg``: no cap for one channel per thread with recomputed decays, else
+the cap ptxas fits without spilling). Conv keys:
 ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
 (t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
 backward writes one (1 + width, e) fp32 block of dw/db partial sums.
@@ -54,7 +58,7 @@ __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_co
 # the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
                                  "sums": "graph", "states_block": None, "bwd_cpt": 1,
-                                 "bwd_maxnreg": None}
+                                 "bwd_maxnreg": None, "bwd_decay": "recompute"}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -81,6 +85,9 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         if key == "states":
             if value not in ("save", "recompute"):
                 raise ValueError(f"states must be 'save' or 'recompute', got {value!r}")
+        elif key == "bwd_decay":
+            if value not in ("recompute", "carry"):
+                raise ValueError(f"bwd_decay must be 'recompute' or 'carry', got {value!r}")
         elif key == "sums":
             if value not in ("graph", "op"):
                 raise ValueError(f"sums must be 'graph' or 'op', got {value!r}")
@@ -99,6 +106,8 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         elif key in ("BT", "seg"):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value!r}")
+            if key == "BT" and value & (value - 1):
+                raise ValueError(f"BT (the chunk length, a tile axis) must be a power of two, got {value!r}")
         else:
             value = tuple(value)
             if len(value) != len(current[key]) or not all(isinstance(v, int) and v >= 1 for v in value):

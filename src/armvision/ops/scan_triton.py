@@ -41,10 +41,17 @@ def _empty(shape, dtype, device) -> Tensor:
 __all__ = ["selective_scan_triton", "scan_launch_config"]
 
 LOG2E = 1.4426950408889634
-# registers per thread of the two-channels-per-thread backward (bwd_cpt=2) unless bwd_maxnreg says otherwise: ptxas
-# (sm_90, BT 2, BE 16) fits it in 152 without spills (13 warps per SM; the one-channel kernel takes 168, 12 warps),
-# where it would otherwise take 190 (10 warps)
-CPT2_MAXNREG = 152
+# registers per thread of the backward unless bwd_maxnreg says otherwise, by (channels per thread, decays carried):
+# ptxas (sm_90, BT 2, BE 16, Triton 3.8; python tools/inspect_triton.py 2,16,1,1,CPT,CAP) fits each in these without
+# spills. Uncapped, the one-channel kernel takes 168 with recomputed decays (12 warps per SM) and 224 with carried
+# ones (9; 184 -> 11), the two-channel kernel 190 (152 -> 13) and, carried, 200+ (168 -> 12)
+BWD_MAXNREG = {(1, False): None, (1, True): 184, (2, False): 152, (2, True): 168}
+CPT2_MAXNREG = BWD_MAXNREG[(2, False)]
+
+
+def default_bwd_maxnreg(cpt: int, carry: bool) -> int | None:
+    """The backward's register cap for ``cpt`` channels per thread and carried (or recomputed) decays."""
+    return BWD_MAXNREG[(int(cpt), bool(carry))]
 
 
 @triton.jit
@@ -64,6 +71,24 @@ def _delta_dt(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     else:
         dt = dl
     return dl, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _next_step(x, x_after, t, AXIS: tl.constexpr, BT: tl.constexpr):
+    """x one step on along its time axis AXIS (held in each thread): out[t] = x[t + 1], and out[BT - 1] = x_after
+    (x's first step in the next chunk, with a size-1 axis at AXIS). ``t`` is tl.arange(0, BT) shaped to broadcast
+    along AXIS. The selections are over an in-thread axis with constant indices and the sums add -0.0 (which x + -0.0
+    leaves exact, so the compiler drops them): register moves, no arithmetic."""
+    out = tl.where(t == BT - 1, x_after, 0.0)
+    for k in tl.static_range(1, BT):  # step k of x goes to step k - 1
+        out = tl.where(t == k - 1, tl.sum(tl.where(t == k, x, -0.0), axis=AXIS, keep_dims=True), out)
+    return out
+
+
+@triton.jit
+def _first_step(x, first, AXIS: tl.constexpr):
+    """x at step 0 of its time axis AXIS (the axis removed); exact, as in :func:`_next_step`."""
+    return tl.sum(tl.where(first, x, -0.0), axis=AXIS)
 
 
 @triton.jit
@@ -112,16 +137,20 @@ def _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me
 @triton.jit
 def _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e, me,
                     n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
-                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, SEG: tl.constexpr):
-    """What the backward reads for chunk c (c < 0: nothing): the forward inputs, delta of the next
-    steps, dout, and (SEG == 1) the state saved at the chunk's start."""
+                    HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, SEG: tl.constexpr,
+                    CARRY_DA: tl.constexpr):
+    """What the backward reads for chunk c (c < 0: nothing): the forward inputs, delta of the next steps (unless
+    CARRY_DA: (ms1, dl1) are then unused stand-ins), dout, and (SEG == 1) the state saved at the chunk's start."""
     row, ms, u, dl, Bm, Cm, zz = _load_fwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, c, T, pb, e, me, n,
                                                  mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
                                                  HAS_Z, HAS_IDX, BT)
-    row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
     m2 = ms[:, None] & me[None, :]
-    dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=ms1[:, None] & me[None, :],
-                  other=0.0).to(tl.float32)
+    if CARRY_DA:
+        ms1, dl1 = ms, dl
+    else:
+        row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
+        dl1 = tl.load(dl_ptr + pb * s_db + row1[:, None] * s_dt + e[None, :], mask=ms1[:, None] & me[None, :],
+                      other=0.0).to(tl.float32)
     go = tl.load(go_ptr + pb * s_gb + row[:, None] * s_gt + e[None, :], mask=m2, other=0.0).to(tl.float32)
     if SEG == 1:
         h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[:, None]) * E + e[None, :],
@@ -234,7 +263,7 @@ def _scan_bwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr, CARRY_DA: tl.constexpr,
 ):
     pe = tl.program_id(0)
     pb = tl.program_id(1).to(tl.int64)
@@ -246,8 +275,11 @@ def _scan_bwd_kernel(
     mne = mn[:, None] & me[None, :]
     A, Dv, bias = _channel_params(At_ptr, D_ptr, bias_ptr, n[:, None] * E + e[None, :], mne, e, me, HAS_D, HAS_BIAS)
     A2 = A * 1.4426950408889634  # (N, BE)
-    first = (tl.arange(0, BT) == 0)[:, None, None]
+    t_ax = tl.arange(0, BT)
+    first = (t_ax == 0)[:, None, None]
     g_next = tl.zeros((NP, BE), tl.float32)  # g at the first step of the chunk after this one
+    # dA at the first step of the chunk after this one (after the last chunk it meets g_next = 0: any finite value)
+    dA_next = tl.full((NP, BE), 1.0, tl.float32)
     # dD and d(delta_bias) sum one term per chunk over up to T / BT chunks: Kahan-compensated, so that a long
     # sequence's sum is as accurate as a pairwise one (plain accumulation of dD was 1.6x the fp32 baseline's error
     # at t = 4096, e = 4). dA (NP x BE per program) stays plain: its error was within 0.85x there, and compensating
@@ -262,13 +294,13 @@ def _scan_bwd_kernel(
     scr = scr_ptr + (pb * n_eb + pe) * (SEG * NP * BE)  # this program's scratch (SEG > 1)
     nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
                           N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                          s_gt, HAS_Z, HAS_IDX, BT, SEG)
+                          s_gt, HAS_Z, HAS_IDX, BT, SEG, CARRY_DA)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
         row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
         nxt = _load_bwd_chunk(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
                               N, pb, e, me, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                              s_gt, HAS_Z, HAS_IDX, BT, SEG)
+                              s_gt, HAS_Z, HAS_IDX, BT, SEG, CARRY_DA)
         if SEG > 1:
             if (c == nchunks - 1) | (c % SEG == SEG - 1):  # entering a segment from its end: rebuild its states
                 _segment_states(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, scr, c // SEG, nseg, T, E, N, pb,
@@ -277,9 +309,9 @@ def _scan_bwd_kernel(
                 tl.debug_barrier()  # the scratch is read back below, maybe by other threads
             h0 = tl.load(scr + ((c % SEG) * NP + n[:, None]) * BE + tl.arange(0, BE)[None, :])
         m2 = ms[:, None] & me[None, :]
-        m21 = ms1[:, None] & me[None, :]
         dl, dt = _delta_dt(dl, bias, m2, HAS_BIAS, SOFTPLUS)
-        dl1, dt1 = _delta_dt(dl1, bias, m21, HAS_BIAS, SOFTPLUS)
+        if not CARRY_DA:
+            dl1, dt1 = _delta_dt(dl1, bias, ms1[:, None] & me[None, :], HAS_BIAS, SOFTPLUS)
         # recompute this chunk's states
         dtu = dt * u
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
@@ -296,8 +328,14 @@ def _scan_bwd_kernel(
             tl.store(dz_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], dzv.to(dz_ptr.dtype.element_ty), mask=m2)
         else:
             dy = go
-        # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g
-        dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
+        # adjoint: g_t = C_t dy_t + dA_{t+1} g_{t+1}, entering from the next chunk's first g. dA_{t+1}: CARRY_DA,
+        # this chunk's dA one step on and, at its last step, the next chunk's first (the previous iteration's);
+        # else recomputed from the next steps' delta
+        if CARRY_DA:
+            dA1 = _next_step(dA, dA_next[None, :, :], t_ax[:, None, None], 0, BT)
+            dA_next = _first_step(dA, first, 0)
+        else:
+            dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
         # reverse scan as flip -> forward scan -> flip: associative_scan(reverse=True) reverses the
         # lane order with shuffles even when the time axis is held in-thread (Triton 3.6-3.8)
         ag, gl = tl.associative_scan((tl.flip(dA1, 0), tl.flip(Cm * dy[:, None, :], 0)), axis=0, combine_fn=_combine)
@@ -347,7 +385,7 @@ def _load3(ptr, pb, s_b, s_t, row, e2, m3):
 @triton.jit
 def _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e2, me2,
                      n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
-                     HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr):
+                     HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, CARRY_DA: tl.constexpr):
     """:func:`_load_bwd_chunk` (SEG 1) in the two-channels-per-thread tiles."""
     row, ms = _rows(idx_ptr, c * BT + tl.arange(0, BT), T, HAS_IDX)
     m3 = ms[None, :, None] & me2[:, None, :]
@@ -360,8 +398,11 @@ def _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr
         zz = _load3(z_ptr, pb, s_zb, s_zt, row, e2, m3)
     else:
         zz = u
-    row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
-    dl1 = _load3(dl_ptr, pb, s_db, s_dt, row1, e2, ms1[None, :, None] & me2[:, None, :])
+    if CARRY_DA:
+        ms1, dl1 = ms, dl
+    else:
+        row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
+        dl1 = _load3(dl_ptr, pb, s_db, s_dt, row1, e2, ms1[None, :, None] & me2[:, None, :])
     go = _load3(go_ptr, pb, s_gb, s_gt, row, e2, m3)
     h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[None, :, None]) * E + e2[:, None, :],
                  mask=mn[None, :, None] & me2[:, None, :] & (c >= 0), other=0.0).to(tl.float32)
@@ -376,7 +417,7 @@ def _scan_bwd_kernel2(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, CARRY_DA: tl.constexpr,
 ):
     H: tl.constexpr = BE // 2
     pe = tl.program_id(0)
@@ -390,8 +431,10 @@ def _scan_bwd_kernel2(
     A, Dv, bias = _channel_params(At_ptr, D_ptr, bias_ptr, n[None, :, None] * E + e2[:, None, :], mne, e2, me2, HAS_D,
                                   HAS_BIAS)
     A2 = A * 1.4426950408889634  # (2, NP, H)
-    first = (tl.arange(0, BT) == 0)[None, :, None, None]
+    t_ax = tl.arange(0, BT)
+    first = (t_ax == 0)[None, :, None, None]
     g_next = tl.zeros((2, NP, H), tl.float32)
+    dA_next = tl.full((2, NP, H), 1.0, tl.float32)
     dA_acc = tl.zeros((2, NP, H), tl.float32)
     dD_acc = tl.zeros((2, H), tl.float32)
     dD_cmp = tl.zeros((2, H), tl.float32)
@@ -400,17 +443,17 @@ def _scan_bwd_kernel2(
     nchunks = tl.cdiv(T, BT)
     nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
                            N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                           s_gt, HAS_Z, HAS_IDX, BT)
+                           s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
         row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
         nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
                                N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
-                               s_gb, s_gt, HAS_Z, HAS_IDX, BT)
+                               s_gb, s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA)
         m3 = ms[None, :, None] & me2[:, None, :]
-        m31 = ms1[None, :, None] & me2[:, None, :]
         dl, dt = _delta_dt3(dl, bias, m3, HAS_BIAS, SOFTPLUS)
-        dl1, dt1 = _delta_dt3(dl1, bias, m31, HAS_BIAS, SOFTPLUS)
+        if not CARRY_DA:
+            dl1, dt1 = _delta_dt3(dl1, bias, ms1[None, :, None] & me2[:, None, :], HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         dA = tl.exp2(dt[:, :, None, :] * A2[:, None, :, :])  # (2, BT, NP, H)
         x = Bm * dtu[:, :, None, :]
@@ -427,7 +470,11 @@ def _scan_bwd_kernel2(
                      mask=m3)
         else:
             dy = go
-        dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
+        if CARRY_DA:
+            dA1 = _next_step(dA, dA_next[:, None, :, :], t_ax[None, :, None, None], 1, BT)
+            dA_next = _first_step(dA, first, 1)
+        else:
+            dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
         ag, gl = tl.associative_scan((tl.flip(dA1, 1), tl.flip(Cm * dy[:, :, None, :], 1)), axis=1,
                                      combine_fn=_combine)
         ag = tl.flip(ag, 1)
@@ -481,19 +528,21 @@ def _delta_dt3(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 # ---------------------------------------------------------------------------------------------
 # Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
 # scope), read once per call in selective_scan_triton and passed down as arguments: ``launch`` =
-# [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg].
+# [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg, sums in the graph, states BE, states
+# warps, states stages, bwd channels per thread, bwd register cap (0: the kernel's own), bwd decays carried].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
             int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1)),
-            int(cfg.get("bwd_maxnreg") or 0)]
+            int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry")]
 
 
 def _bwd_block(launch: Sequence[int]) -> list[int]:
-    """(BE, warps, stages, channels per thread, register cap or 0) of the backward kernel; 1 channel per thread and
-    no cap for the shorter launch lists of before."""
-    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1, int(launch[13]) if len(launch) > 13 else 0]
+    """(BE, warps, stages, channels per thread, register cap or 0, decays carried) of the backward kernel; 1 channel
+    per thread, the kernel's own cap and recomputed decays for the shorter launch lists of before."""
+    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1, int(launch[13]) if len(launch) > 13 else 0,
+            int(launch[14]) if len(launch) > 14 else 0]
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -570,8 +619,9 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
 def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus: bool, chunk: int,
              block: Sequence[int] | None = None, seg: int = 1, reduce: bool = True):
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
-    ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap, 0: the kernel's own]]) (None: the
-    active :func:`~armvision.ops.scan_config`); 2 channels per thread runs :func:`_scan_bwd_kernel2` (seg 1, even BE).
+    ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap (0: :func:`default_bwd_maxnreg`)[,
+    decays carried]]]) (None: the active :func:`~armvision.ops.scan_config`); 2 channels per thread runs
+    :func:`_scan_bwd_kernel2` (seg 1, even BE).
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
@@ -584,10 +634,12 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     n = A.shape[1]
     if block is None:
         cfg = current_scan_config()
-        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1), cfg.get("bwd_maxnreg") or 0)
+        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1), cfg.get("bwd_maxnreg") or 0,
+                 int(cfg.get("bwd_decay", "recompute") == "carry"))
     BE, warps, stages = block[:3]
     cpt = int(block[3]) if len(block) > 3 else 1
-    maxnreg = (int(block[4]) if len(block) > 4 else 0) or (CPT2_MAXNREG if cpt == 2 else None)
+    carry = bool(block[5]) if len(block) > 5 else False
+    maxnreg = (int(block[4]) if len(block) > 4 else 0) or default_bwd_maxnreg(cpt, carry)
     if cpt == 2 and (seg != 1 or BE % 2):
         raise ValueError(f"the two-channels-per-thread backward (bwd_cpt=2) needs seg 1 and an even block, got seg "
                          f"{seg} and BE {BE}")
@@ -611,7 +663,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
              du.stride(0), du.stride(1))
     np2 = triton.next_power_of_2(n)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, num_warps=warps,
+                 HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry, num_warps=warps,
                  num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
         _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags)
