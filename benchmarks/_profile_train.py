@@ -85,7 +85,8 @@ def main(argv: list[str]) -> int:
     stamps: list[float] = []
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     done = [0]
-    with profile(activities=acts, schedule=schedule(wait=wait, warmup=1, active=active)) as prof:
+    # repeat=1: a single cycle (repeating cycles clear the recorded one when the next starts: an empty table)
+    with profile(activities=acts, schedule=schedule(wait=wait, warmup=1, active=active, repeat=1)) as prof:
         def after_step(*_):
             done[0] += 1
             # the span of the active steps, from the end of the warm-up step to the end of the last active one:

@@ -77,25 +77,29 @@ def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: in
         return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile)
 
 
-def profile_steps(step, active: int) -> dict:
+def profile_steps(step, active: int, cuda: bool = True) -> dict:
     """``active`` steps back to back under torch.profiler, after one warm-up step: where a step's time goes
-    (benchmarks/_profile_train.py's table: top kernels, kernels by kind, busy share; plus kernels per step)."""
+    (benchmarks/_profile_train.py's table: top kernels, kernels by kind, busy share; plus kernels per step).
+    ``cuda=False``: CPU operators only (tests)."""
     from torch.profiler import ProfilerActivity, profile, schedule
 
     from _profile_train import kernel_table
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA],
-                 schedule=schedule(wait=0, warmup=1, active=active)) as prof:
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    # repeat=1: one cycle. With the default (cycles repeating) the profiler starts a new cycle at the last step and
+    # clears the recorded one, so the table came out empty (torch 2.11: 0 kernels per step, 2026-12-07)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
+                 schedule=schedule(wait=0, warmup=1, active=active, repeat=1)) as prof:
         step()
         prof.step()
-        torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         for _ in range(active):
             step()
             prof.step()
-        torch.cuda.synchronize()
+        sync()
         step_us = (time.perf_counter() - t0) / active * 1e6
-    res = kernel_table(prof, active, step_us, cuda=True)
+    res = kernel_table(prof, active, step_us, cuda=cuda)
     res["kernels_per_step"] = sum(k["calls_per_step"] for k in res.get("kinds", []))
     return res
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import compare  # noqa: E402
@@ -83,3 +85,14 @@ def test_a_profiled_variant_adds_where_the_step_goes(capsys):
     train_step.print_profile(prof)
     out = capsys.readouterr().out
     assert "1400 kernels per step" in out and "| `_scan_bwd_kernel` | 12.00 | 15.8% | 12 |" in out
+
+
+def test_profile_steps_records_the_active_steps():
+    """train_step.profile_steps keeps the events of its active steps (a repeating profiler schedule cleared them at
+    the last step: the device run of 2026-12-07 printed 0 kernels per step)."""
+    import train_step
+
+    x = torch.randn(32, 32)
+    res = train_step.profile_steps(lambda: (x @ x).sum(), 3, cuda=False)
+    mm = [r for r in res["top"] if r["name"] == "aten::mm"]
+    assert mm and mm[0]["calls_per_step"] == 1

@@ -144,11 +144,33 @@ def test_carried_decays_equal_recomputed_ones(seed):
             assert rel_err(b, a) < 1e-6, (cpt, k)
 
 
-def test_two_channels_per_thread_needs_seg_1_and_an_even_block(seed):
-    inp = scan_inputs(1, 5, 4, 4, torch.float32)
-    for cfg, message in ((dict(seg=2), "needs seg 1"), (dict(bwd=(3, 1, 1)), "an even block")):
-        with ops.scan_config(BT=2, bwd_cpt=2, **cfg), pytest.raises(ValueError, match=message):
-            ops.selective_scan(*(inp[k] for k in ARGS), backend="triton").sum().backward()
+def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, monkeypatch):
+    """bwd_cpt=2 (the default) with segment checkpoints or a one-channel block runs the one-channel kernel, decays
+    recomputed, and gets the reference's gradients; with seg 1 and an even block the two-channel kernel runs."""
+    launched = []
+    for name in ("_scan_bwd_kernel", "_scan_bwd_kernel2"):
+        real = getattr(scan_triton, name)
+
+        class Recording:
+            def __init__(self, name, real):
+                self.name, self.real = name, real
+
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    launched.append((self.name, kw["CARRY_DA"]))
+                    return self.real[grid](*args, **kw)
+                return launch
+
+        monkeypatch.setattr(scan_triton, name, Recording(name, real))
+    for cfg, expect in ((dict(seg=2), ("_scan_bwd_kernel", False)), (dict(bwd=(1, 1, 1)), ("_scan_bwd_kernel", False)),
+                        ({}, ("_scan_bwd_kernel2", True))):
+        launched.clear()
+        with ops.scan_config(BT=2, bwd_cpt=2, bwd_decay="carry", **cfg):
+            check_scan(scan_inputs(1, 5, 4, 4, torch.float32))
+        assert launched == [expect], cfg
+
+
+def test_bad_scan_launch_values_are_refused():
     for bad, message in ((dict(bwd_cpt=4), "bwd_cpt .* must be 1 or 2"), (dict(bwd_maxnreg=300), "bwd_maxnreg must"),
                          (dict(bwd_maxnreg=True), "bwd_maxnreg must"), (dict(bwd_decay="exp"), "bwd_decay must"),
                          (dict(BT=3), "must be a power of two")):
@@ -158,14 +180,13 @@ def test_two_channels_per_thread_needs_seg_1_and_an_even_block(seed):
 
 
 @pytest.mark.parametrize("cfg, kernel, maxnreg", [
-    ({}, "_scan_bwd_kernel", None), ({"bwd_cpt": 2}, "_scan_bwd_kernel2", 152),
-    ({"bwd_cpt": 2, "bwd_maxnreg": 168}, "_scan_bwd_kernel2", 168), ({"bwd_maxnreg": 200}, "_scan_bwd_kernel", 200),
-    ({"bwd_decay": "carry"}, "_scan_bwd_kernel", 184), ({"bwd_cpt": 2, "bwd_decay": "carry"}, "_scan_bwd_kernel2", 168),
-    ({"bwd_decay": "carry", "bwd_maxnreg": 200}, "_scan_bwd_kernel", 200)])
+    ({}, "_scan_bwd_kernel2", 168), ({"bwd_decay": "recompute"}, "_scan_bwd_kernel2", 152),
+    ({"bwd_maxnreg": 176}, "_scan_bwd_kernel2", 176), ({"bwd_cpt": 1, "bwd_decay": "recompute"}, "_scan_bwd_kernel", None),
+    ({"bwd_cpt": 1}, "_scan_bwd_kernel", 184), ({"bwd_cpt": 1, "bwd_maxnreg": 200}, "_scan_bwd_kernel", 200)])
 def test_backward_register_cap_reaches_the_launch(seed, autograd_path, monkeypatch, cfg, kernel, maxnreg):
-    """bwd_maxnreg (None: the kernel's own cap, scan_triton.default_bwd_maxnreg: none for one channel per thread with
-    recomputed decays, 152 for two, 184 / 168 with carried decays) is the launch's maxnreg, through both autograd
-    paths."""
+    """bwd_maxnreg (None: the kernel's own cap, scan_triton.default_bwd_maxnreg: 168 for the default two channels per
+    thread with carried decays, 152 recomputed; one channel: none recomputed, 184 carried) is the launch's maxnreg,
+    through both autograd paths."""
     launches = []
     real = getattr(scan_triton, kernel)
 
@@ -225,8 +246,9 @@ def test_scan_segment_checkpoints_equal_per_chunk_states(seed, ordered):
     out1, st1, chunk = scan_triton.scan_fwd(*a, index, True, True)
     out2, st2, _ = scan_triton.scan_fwd(*a, index, True, True, seg=2)
     assert torch.equal(out1, out2) and st2.shape == (2, 2, 4, 6) and torch.equal(st2, st1[:, ::2])
-    g1 = scan_triton.scan_bwd(*a, index, st1, dout, True, chunk)
-    g2 = scan_triton.scan_bwd(*a, index, st2, dout, True, chunk, seg=2)
+    with ops.scan_config(bwd_cpt=1, bwd_decay="recompute"):  # the kernel that seg > 1 runs, for both
+        g1 = scan_triton.scan_bwd(*a, index, st1, dout, True, chunk)
+        g2 = scan_triton.scan_bwd(*a, index, st2, dout, True, chunk, seg=2)
     for k, x, y in zip(ARGS, g1, g2):
         assert torch.equal(x, y), k
 
@@ -249,7 +271,8 @@ def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch):
     results = []
     for seg in (1, 2):
         leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
-        with ops.scan_config(states=states, seg=seg):
+        # the one-channel backward with recomputed decays: the kernel that seg > 1 runs, so seg 1 is its same arithmetic
+        with ops.scan_config(states=states, seg=seg, bwd_cpt=1, bwd_decay="recompute"):
             out = scan_triton.selective_scan_triton(*(leaves[k] for k in ARGS), index=index)
         (out * dout).sum().backward()
         results.append([out] + [leaves[k].grad for k in ARGS])

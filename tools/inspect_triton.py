@@ -1,9 +1,9 @@
 """Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY]]]] [...]   (e.g. 2,32,1 2,16,1: the
-       default forward and backward; 2,16,1,1,2: the backward with two channels per thread, launch key bwd_cpt;
-       MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's own; CARRY 1: the backward
-       with carried decays, launch key bwd_decay "carry")
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY]]]] [...]   (e.g. 2,32,1 2,16,1,1,2,0,1:
+       the default forward and backward (two channels per thread, launch key bwd_cpt=2, with carried decays,
+       bwd_decay "carry"); 2,16,1: the backward with one channel per thread and recomputed decays (the default
+       before 2026-12-07); MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's own)
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the

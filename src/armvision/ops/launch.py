@@ -1,7 +1,8 @@
 """Launch configuration of the Triton kernels, set for a block of code, never process-wide.
 
-The scan's defaults were chosen with benchmarks/scan.py on an H100; the conv's with ``benchmarks/conv.py
---sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was best or tied at three of its four ARM
+The scan's defaults were chosen with benchmarks/scan.py on an H100 (the backward's two channels per thread with
+carried decays by benchmarks/compare.py on an H100, 2026-12-07: ARM-B pretraining 74.4 against 76.3 ms per
+step); the conv's with ``benchmarks/conv.py --sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was best or tied at three of its four ARM
 shapes, 0.152 vs 0.167 ms at 256 x 144 x 1536; the forward's (64, 128, 1) within 3% of the best at all
 four; benchmarks/results/2026-12-01_h200/conv_sweep.json). A ``with``
 block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
@@ -17,13 +18,13 @@ re-run of the forward that rebuilds the chunk states (None, the default: ``fwd``
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
 recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
-long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (1, the default; 2: a
-candidate layout with half the cross-lane sums, docs/kernels.md; needs seg 1 and an even bwd BE);
-``bwd_decay``: how the backward gets the next step's decay dA_{t+1} of its adjoint: "recompute" (default: one more
-exp2 per state element, from the next step's delta) or "carry" (a candidate: this chunk's own decays one step on,
-and the next chunk's first carried over from the previous iteration; same values, half the exp2 and no second read
-of delta, more registers); ``bwd_maxnreg``: a cap on the backward kernel's registers per thread (None: the
-kernel's own, ``scan_triton.default_bwd_maxnreg``: no cap for one channel per thread with recomputed decays, else
+long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (2, the default since
+2026-12-07: half the cross-lane sums, docs/kernels.md; it runs where seg is 1 and the bwd BE even, elsewhere the
+one-channel kernel with recomputed decays; 1: one channel per thread, the default before); ``bwd_decay``: how the
+backward gets the next step's decay dA_{t+1} of its adjoint: "carry" (the default: this chunk's own decays one step
+on, and the next chunk's first carried over from the previous iteration) or "recompute" (an exp2 per state element
+more, from a second read of the next steps' delta; the default before; same values); ``bwd_maxnreg``: a cap on the
+backward kernel's registers per thread (None: ``scan_triton.default_bwd_maxnreg``, for each kernel and decay choice
 the cap ptxas fits without spilling). Conv keys:
 ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
 (t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
@@ -57,8 +58,8 @@ __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_co
 
 # the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
-                                 "sums": "graph", "states_block": None, "bwd_cpt": 1,
-                                 "bwd_maxnreg": None, "bwd_decay": "recompute"}
+                                 "sums": "graph", "states_block": None, "bwd_cpt": 2,
+                                 "bwd_maxnreg": None, "bwd_decay": "carry"}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block

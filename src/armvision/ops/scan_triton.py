@@ -42,9 +42,11 @@ __all__ = ["selective_scan_triton", "scan_launch_config"]
 
 LOG2E = 1.4426950408889634
 # registers per thread of the backward unless bwd_maxnreg says otherwise, by (channels per thread, decays carried):
-# ptxas (sm_90, BT 2, BE 16, Triton 3.8; python tools/inspect_triton.py 2,16,1,1,CPT,CAP) fits each in these without
-# spills. Uncapped, the one-channel kernel takes 168 with recomputed decays (12 warps per SM) and 224 with carried
-# ones (9; 184 -> 11), the two-channel kernel 190 (152 -> 13) and, carried, 200+ (168 -> 12)
+# ptxas (sm_90, BT 2, BE 16, Triton 3.8; python tools/inspect_triton.py 2,16,1,1,CPT,CAP,CARRY) fits each in these
+# without spills. Uncapped, the one-channel kernel takes 168 with recomputed decays (12 warps per SM) and 224 with
+# carried ones (9; 184 -> 11), the two-channel kernel 190 (152 -> 13) and, carried, 200+ (168 -> 12: the default
+# launch since 2026-12-07, 0.53-0.75 of the CUDA kernel's time against 0.58-0.81 for the one-channel kernel with
+# recomputed decays in the same H100 run, benchmarks/README.md)
 BWD_MAXNREG = {(1, False): None, (1, True): 184, (2, False): 152, (2, True): 168}
 CPT2_MAXNREG = BWD_MAXNREG[(2, False)]
 
@@ -621,7 +623,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
     ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap (0: :func:`default_bwd_maxnreg`)[,
     decays carried]]]) (None: the active :func:`~armvision.ops.scan_config`); 2 channels per thread runs
-    :func:`_scan_bwd_kernel2` (seg 1, even BE).
+    :func:`_scan_bwd_kernel2` where it can (seg 1, even BE), elsewhere the one-channel kernel with recomputed decays.
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
@@ -639,10 +641,11 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     BE, warps, stages = block[:3]
     cpt = int(block[3]) if len(block) > 3 else 1
     carry = bool(block[5]) if len(block) > 5 else False
-    maxnreg = (int(block[4]) if len(block) > 4 else 0) or default_bwd_maxnreg(cpt, carry)
     if cpt == 2 and (seg != 1 or BE % 2):
-        raise ValueError(f"the two-channels-per-thread backward (bwd_cpt=2) needs seg 1 and an even block, got seg "
-                         f"{seg} and BE {BE}")
+        # the two-channel kernel has no segment checkpoints and splits the block in halves: elsewhere the one-channel
+        # kernel runs, in its measured-best form (decays recomputed)
+        cpt, carry = 1, False
+    maxnreg = (int(block[4]) if len(block) > 4 else 0) or default_bwd_maxnreg(cpt, carry)
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
