@@ -65,6 +65,15 @@ CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
 
 
+def _kill_group(proc: subprocess.Popen) -> None:
+    """Stop ``proc`` and every process of its session (it was started with ``start_new_session``)."""
+    try:
+        os.killpg(proc.pid, 9)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 class Run:
     """Subprocesses with their output appended to details.log, results kept in compare.json, and the time left."""
 
@@ -103,10 +112,14 @@ class Run:
         with open(self.details, "a") as log:
             log.write(f"\n===== {what} ({time.strftime('%H:%M:%S')}): {' '.join(cmd)}\n")
             log.flush()
+            # a session of its own, so that a timeout stops what it started too (torchrun's workers, pytest's
+            # subprocesses), which would otherwise keep the GPU busy for the steps after it
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env), cwd=ROOT,
+                                    start_new_session=True)
             try:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env), cwd=ROOT,
-                                    timeout=timeout).returncode
+                rc = proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                _kill_group(proc)
                 rc = -9
                 log.write(f"\n===== {what}: stopped after {timeout:.0f} s\n")
         secs = time.perf_counter() - t
@@ -118,13 +131,14 @@ class Run:
     def start(self, what: str, cmd: list[str]) -> subprocess.Popen:
         print(f"[{self.elapsed():4.0f} s] started {what}", flush=True)
         log = open(self.work / f"{what}.log", "w")
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT)
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT,
+                                start_new_session=True)
 
     def finish(self, what: str, proc: subprocess.Popen, timeout: float) -> int:
         try:
             rc = proc.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _kill_group(proc)
             rc = -9
         with open(self.details, "a") as log:
             log.write(f"\n===== {what}\n" + (self.work / f"{what}.log").read_text())
@@ -226,8 +240,8 @@ def main():
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
-                    default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_ddp_cudagraphs_gpu.py",
-                             "tests/gpu/test_train_compiled_gpu.py", "tests/gpu/test_data_gpu_decode.py"],
+                    default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
+                             "tests/gpu/test_data_gpu_decode.py", "tests/gpu/test_ddp_cudagraphs_gpu.py"],
                     help="GPU test files run after the measurements, while time is left")
     ap.add_argument("--numerics", default="bfloat16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
                                                       "against the built kernel ('' to skip)")
