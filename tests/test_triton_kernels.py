@@ -91,21 +91,28 @@ def test_scan_two_step_chunks(seed, shape, ordered, seg):
         check_scan(scan_inputs(*shape, torch.float32), index=index)
 
 
-@pytest.mark.parametrize("shape,ordered,variant", [((2, 9, 6, 16), False, "all"), ((1, 7, 5, 4), True, "all"),
-                                                   ((2, 5, 3, 4), False, "no_z"), ((1, 6, 4, 3), True, "no_D_no_bias"),
-                                                   ((2, 8, 10, 8), False, "bf16")])
-def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, autograd_path):
-    """bwd_cpt=2 (the backward's (2, BT, N, BE / 2) tiles, a launch candidate): the reference's values and gradients,
-    with channels that do not fill the last block (e = 3, 5, 6, 10 against BE 4), token orders, no z, no D and
-    bias, N below its power of two, bf16 inputs; both autograd paths; states saved and recomputed."""
+def check_backward_variant(shape, ordered: bool, variant: str, **cfg) -> None:
+    """The scan under ops.scan_config(bwd=(4, 1, 1), **cfg) against the reference, states recomputed and saved:
+    ``variant`` "all", "no_z", "no_D_no_bias" or "bf16" (inputs in bf16)."""
     index = torch.randperm(shape[1], device=DEV).int() if ordered else None
     dtype = torch.bfloat16 if variant == "bf16" else torch.float32
     tol = dict(tol_out=1e-2, tol_grad=2e-2) if variant == "bf16" else {}
     for states in ("recompute", "save"):
         inp = scan_inputs(*shape, dtype, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",
                           with_bias=variant != "no_D_no_bias")
-        with ops.scan_config(BT=2, bwd=(4, 1, 1), bwd_cpt=2, states=states):
+        with ops.scan_config(bwd=(4, 1, 1), states=states, **cfg):
             check_scan(inp, index=index, **tol)
+
+
+@pytest.mark.parametrize("shape,ordered,variant", [((2, 9, 6, 16), False, "all"), ((1, 7, 5, 4), True, "all"),
+                                                   ((2, 5, 3, 4), False, "no_z"), ((1, 6, 4, 3), True, "no_D_no_bias"),
+                                                   ((2, 8, 10, 8), False, "bf16")])
+def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, autograd_path):
+    """bwd_cpt=2 (the backward's (2, BT, N, BE / 2) tiles), here with recomputed decays (the carried ones, the default
+    pair, below): the reference's values and gradients, with channels that do not fill the last block (e = 3, 5, 6, 10
+    against BE 4), token orders, no z, no D and bias, N below its power of two, bf16 inputs; both autograd paths;
+    states saved and recomputed."""
+    check_backward_variant(shape, ordered, variant, BT=2, bwd_cpt=2, bwd_decay="recompute")
 
 
 @pytest.mark.parametrize("cpt,BT,shape,ordered,seg,variant", [
@@ -114,19 +121,12 @@ def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, au
     (2, 2, (2, 9, 6, 16), True, 1, "all"), (2, 4, (1, 13, 10, 8), False, 1, "no_D_no_bias"),
     (2, 2, (2, 8, 10, 8), False, 1, "bf16")])
 def test_scan_backward_with_carried_decays(seed, cpt, BT, shape, ordered, seg, variant, autograd_path):
-    """bwd_decay="carry" (a launch candidate: the adjoint's dA_{t+1} taken from this chunk's own decays one step on,
-    and from the next chunk's first at the chunk's last step, instead of an exp2 of the next step's delta): the
-    reference's values and gradients for both backward kernels, chunks of 2, 4 and 8 steps (odd lengths end in a
+    """bwd_decay="carry" (the default with bwd_cpt=2: the adjoint's dA_{t+1} taken from this chunk's own decays one
+    step on, and from the next chunk's first at the chunk's last step, instead of an exp2 of the next step's delta):
+    the reference's values and gradients for both backward kernels, chunks of 2, 4 and 8 steps (odd lengths end in a
     part-chunk, t = 1 is a single part-chunk), token orders, segment checkpoints, no z, no D and bias, bf16; both
     autograd paths, states saved and recomputed."""
-    index = torch.randperm(shape[1], device=DEV).int() if ordered else None
-    dtype = torch.bfloat16 if variant == "bf16" else torch.float32
-    tol = dict(tol_out=1e-2, tol_grad=2e-2) if variant == "bf16" else {}
-    for states in ("recompute", "save"):
-        inp = scan_inputs(*shape, dtype, with_z=variant != "no_z", with_D=variant != "no_D_no_bias",
-                          with_bias=variant != "no_D_no_bias")
-        with ops.scan_config(BT=BT, bwd=(4, 1, 1), bwd_cpt=cpt, seg=seg, states=states, bwd_decay="carry"):
-            check_scan(inp, index=index, **tol)
+    check_backward_variant(shape, ordered, variant, BT=BT, bwd_cpt=cpt, seg=seg, bwd_decay="carry")
 
 
 def test_carried_decays_equal_recomputed_ones(seed):
