@@ -54,6 +54,10 @@ VARIANTS = {
     "cpt2": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_decay": "recompute"}'},
     "cpt2c": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_decay": "carry"}'},
     "cpt2_r168": {"ARMVISION_SCAN_CONFIG": '{"bwd_cpt": 2, "bwd_decay": "recompute", "bwd_maxnreg": 168}'},
+    # the chunk states every second chunk: half the states written and read; the two-channel backward rebuilds an odd
+    # chunk's entering state in registers from the chunk before
+    "seg2": {"ARMVISION_SCAN_CONFIG": '{"seg": 2}'},
+    "save_seg2": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "seg": 2}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
@@ -226,7 +230,7 @@ def main():
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--variants", nargs="*", default=["default", "rec1", "save", "combo"],
+    ap.add_argument("--variants", nargs="*", default=["default", "seg2", "save_seg2", "combo"],
                     choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
@@ -236,7 +240,7 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=['rec1={"bwd_cpt": 1, "bwd_decay": "recompute"}'],
+                    default=['seg2={"seg": 2}', 'rec1={"bwd_cpt": 1, "bwd_decay": "recompute"}'],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

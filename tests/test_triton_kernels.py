@@ -119,13 +119,15 @@ def test_scan_backward_two_channels_per_thread(seed, shape, ordered, variant, au
     (1, 2, (2, 9, 6, 16), False, 1, "all"), (1, 2, (1, 7, 5, 4), True, 1, "all"), (1, 4, (2, 11, 6, 4), False, 1, "all"),
     (1, 2, (2, 11, 6, 4), True, 2, "all"), (1, 8, (1, 10, 5, 4), False, 1, "no_z"), (1, 2, (1, 1, 3, 4), False, 1, "all"),
     (2, 2, (2, 9, 6, 16), True, 1, "all"), (2, 4, (1, 13, 10, 8), False, 1, "no_D_no_bias"),
-    (2, 2, (2, 8, 10, 8), False, 1, "bf16")])
+    (2, 2, (2, 8, 10, 8), False, 1, "bf16"), (2, 2, (2, 9, 6, 16), True, 2, "all"), (2, 2, (1, 8, 6, 4), False, 2, "no_z"),
+    (2, 4, (2, 13, 10, 8), False, 2, "all"), (2, 2, (1, 1, 4, 4), False, 2, "all"), (2, 2, (2, 12, 6, 4), True, 2, "bf16")])
 def test_scan_backward_with_carried_decays(seed, cpt, BT, shape, ordered, seg, variant, autograd_path):
     """bwd_decay="carry" (the default with bwd_cpt=2: the adjoint's dA_{t+1} taken from this chunk's own decays one
     step on, and from the next chunk's first at the chunk's last step, instead of an exp2 of the next step's delta):
     the reference's values and gradients for both backward kernels, chunks of 2, 4 and 8 steps (odd lengths end in a
-    part-chunk, t = 1 is a single part-chunk), token orders, segment checkpoints, no z, no D and bias, bf16; both
-    autograd paths, states saved and recomputed."""
+    part-chunk, t = 1 is a single part-chunk), token orders, segment checkpoints (seg 2 with two channels per thread:
+    an odd chunk's entering state rebuilt in registers from the chunk before, 1-7 chunks), no z, no D and bias, bf16;
+    both autograd paths, states saved and recomputed."""
     check_backward_variant(shape, ordered, variant, BT=BT, bwd_cpt=cpt, seg=seg, bwd_decay="carry")
 
 
@@ -145,8 +147,9 @@ def test_carried_decays_equal_recomputed_ones(seed):
 
 
 def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, monkeypatch):
-    """bwd_cpt=2 (the default) with segment checkpoints or a one-channel block runs the one-channel kernel, decays
-    recomputed, and gets the reference's gradients; with seg 1 and an even block the two-channel kernel runs."""
+    """bwd_cpt=2 (the default) with segment checkpoints of more than 2 chunks or a one-channel block runs the
+    one-channel kernel, decays recomputed, and gets the reference's gradients; with seg 1 or 2 and an even block the
+    two-channel kernel runs."""
     launched = []
     for name in ("_scan_bwd_kernel", "_scan_bwd_kernel2"):
         real = getattr(scan_triton, name)
@@ -162,8 +165,8 @@ def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, mon
                 return launch
 
         monkeypatch.setattr(scan_triton, name, Recording(name, real))
-    for cfg, expect in ((dict(seg=2), ("_scan_bwd_kernel", False)), (dict(bwd=(1, 1, 1)), ("_scan_bwd_kernel", False)),
-                        ({}, ("_scan_bwd_kernel2", True))):
+    for cfg, expect in ((dict(seg=3), ("_scan_bwd_kernel", False)), (dict(bwd=(1, 1, 1)), ("_scan_bwd_kernel", False)),
+                        ({}, ("_scan_bwd_kernel2", True)), (dict(seg=2), ("_scan_bwd_kernel2", True))):
         launched.clear()
         with ops.scan_config(BT=2, bwd_cpt=2, bwd_decay="carry", **cfg):
             check_scan(scan_inputs(1, 5, 4, 4, torch.float32))
@@ -253,10 +256,13 @@ def test_scan_segment_checkpoints_equal_per_chunk_states(seed, ordered):
         assert torch.equal(x, y), k
 
 
+@pytest.mark.parametrize("kernel", [dict(bwd_cpt=1, bwd_decay="recompute"), dict(bwd_cpt=2, bwd_decay="carry")],
+                         ids=["one_channel", "two_channels"])
 @pytest.mark.parametrize("states", ["recompute", "save"])
-def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch):
+def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch, kernel):
     """ops.scan_config(seg=2) reaches the kernels through both autograd paths (the custom ops that
-    torch.compile traces, and the eager Function): values and gradients equal seg=1 bit for bit."""
+    torch.compile traces, and the eager Function): values and gradients equal seg=1 bit for bit, for the one-channel
+    backward (segments rebuilt through a scratch) and the two-channel one (odd chunks' states rebuilt in registers)."""
     seen = []
     bwd = scan_triton.scan_bwd
 
@@ -271,8 +277,7 @@ def test_scan_config_seg_equals_seg_1(seed, states, autograd_path, monkeypatch):
     results = []
     for seg in (1, 2):
         leaves = {k: None if v is None else v.detach().clone().requires_grad_() for k, v in inp.items()}
-        # the one-channel backward with recomputed decays: the kernel that seg > 1 runs, so seg 1 is its same arithmetic
-        with ops.scan_config(states=states, seg=seg, bwd_cpt=1, bwd_decay="recompute"):
+        with ops.scan_config(states=states, seg=seg, **kernel):
             out = scan_triton.selective_scan_triton(*(leaves[k] for k in ARGS), index=index)
         (out * dout).sum().backward()
         results.append([out] + [leaves[k].grad for k in ARGS])

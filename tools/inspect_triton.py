@@ -110,8 +110,6 @@ if __name__ == "__main__":
         for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
                           SEG=SEG)
-            if which == "bwd cpt=2":
-                del consts["SEG"]
             if which.startswith("bwd"):
                 consts["CARRY_DA"] = bool(CARRY)
             if not which.startswith("bwd"):

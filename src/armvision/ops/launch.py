@@ -17,10 +17,11 @@ re-run of the forward that rebuilds the chunk states (None, the default: ``fwd``
 (default: the backward re-runs the forward scan to rebuild the chunk states, so only one call's states exist at
 a time) or "save" (the forward keeps them: no recompute, but every layer's states stay alive until
 its backward); ``seg``: chunks per saved state (1: every chunk's entering state is kept or
-recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory for
-long sequences, same values); ``bwd_cpt``: channels per thread in the backward kernel (2, the default since
-2026-12-07: half the cross-lane sums, docs/kernels.md; it runs where seg is 1 and the bwd BE even, elsewhere the
-one-channel kernel with recomputed decays; 1: one channel per thread, the default before); ``bwd_decay``: how the
+recomputed; k > 1: only every k-th, the backward rebuilds the others per segment -- less memory and traffic,
+same values; with two channels per thread and k = 2 the odd chunks' states are rebuilt in registers, otherwise
+through a per-program scratch); ``bwd_cpt``: channels per thread in the backward kernel (2, the default since
+2026-12-07: half the cross-lane sums, docs/kernels.md; it runs where seg is 1 or 2 and the bwd BE even, elsewhere
+the one-channel kernel with recomputed decays; 1: one channel per thread, the default before); ``bwd_decay``: how the
 backward gets the next step's decay dA_{t+1} of its adjoint: "carry" (the default: this chunk's own decays one step
 on, and the next chunk's first carried over from the previous iteration) or "recompute" (an exp2 per state element
 more, from a second read of the next steps' delta; the default before; same values); ``bwd_maxnreg``: a cap on the

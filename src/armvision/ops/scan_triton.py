@@ -88,9 +88,10 @@ def _next_step(x, x_after, t, AXIS: tl.constexpr, BT: tl.constexpr):
 
 
 @triton.jit
-def _first_step(x, first, AXIS: tl.constexpr):
-    """x at step 0 of its time axis AXIS (the axis removed); exact, as in :func:`_next_step`."""
-    return tl.sum(tl.where(first, x, -0.0), axis=AXIS)
+def _step_at(x, at, AXIS: tl.constexpr):
+    """x at the one step of its time axis AXIS where the mask ``at`` holds (the axis removed); exact, as in
+    :func:`_next_step`."""
+    return tl.sum(tl.where(at, x, -0.0), axis=AXIS)
 
 
 @triton.jit
@@ -335,7 +336,7 @@ def _scan_bwd_kernel(
         # else recomputed from the next steps' delta
         if CARRY_DA:
             dA1 = _next_step(dA, dA_next[None, :, :], t_ax[:, None, None], 0, BT)
-            dA_next = _first_step(dA, first, 0)
+            dA_next = _step_at(dA, first, 0)
         else:
             dA1 = tl.exp2(dt1[:, None, :] * A2[None, :, :])
         # reverse scan as flip -> forward scan -> flip: associative_scan(reverse=True) reverses the
@@ -387,8 +388,10 @@ def _load3(ptr, pb, s_b, s_t, row, e2, m3):
 @triton.jit
 def _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c, nchunks, T, E, N, pb, e2, me2,
                      n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt,
-                     HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, CARRY_DA: tl.constexpr):
-    """:func:`_load_bwd_chunk` (SEG 1) in the two-channels-per-thread tiles."""
+                     HAS_Z: tl.constexpr, HAS_IDX: tl.constexpr, BT: tl.constexpr, CARRY_DA: tl.constexpr,
+                     SEG: tl.constexpr):
+    """:func:`_load_bwd_chunk` in the two-channels-per-thread tiles; h0 is the saved state entering chunk
+    SEG * (c // SEG) (SEG 1 or 2: with 2, an odd chunk's entering state is rebuilt by the kernel)."""
     row, ms = _rows(idx_ptr, c * BT + tl.arange(0, BT), T, HAS_IDX)
     m3 = ms[None, :, None] & me2[:, None, :]
     u = _load3(u_ptr, pb, s_ub, s_ut, row, e2, m3)
@@ -406,7 +409,7 @@ def _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr
         row1, ms1 = _rows(idx_ptr, c * BT + 1 + tl.arange(0, BT), T, HAS_IDX)
         dl1 = _load3(dl_ptr, pb, s_db, s_dt, row1, e2, ms1[None, :, None] & me2[:, None, :])
     go = _load3(go_ptr, pb, s_gb, s_gt, row, e2, m3)
-    h0 = tl.load(st_ptr + ((pb * nchunks + c) * N + n[None, :, None]) * E + e2[:, None, :],
+    h0 = tl.load(st_ptr + ((pb * tl.cdiv(nchunks, SEG) + c // SEG) * N + n[None, :, None]) * E + e2[:, None, :],
                  mask=mn[None, :, None] & me2[:, None, :] & (c >= 0), other=0.0).to(tl.float32)
     return row, ms, ms1, u, dl, dl1, Bm[None, :, :, None], Cm[None, :, :, None], zz, go, h0
 
@@ -419,7 +422,7 @@ def _scan_bwd_kernel2(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb, s_gt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, CARRY_DA: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, CARRY_DA: tl.constexpr, SEG: tl.constexpr,
 ):
     H: tl.constexpr = BE // 2
     pe = tl.program_id(0)
@@ -435,6 +438,7 @@ def _scan_bwd_kernel2(
     A2 = A * 1.4426950408889634  # (2, NP, H)
     t_ax = tl.arange(0, BT)
     first = (t_ax == 0)[None, :, None, None]
+    last = (t_ax == BT - 1)[None, :, None, None]
     g_next = tl.zeros((2, NP, H), tl.float32)
     dA_next = tl.full((2, NP, H), 1.0, tl.float32)
     dA_acc = tl.zeros((2, NP, H), tl.float32)
@@ -445,13 +449,22 @@ def _scan_bwd_kernel2(
     nchunks = tl.cdiv(T, BT)
     nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, nchunks - 1, nchunks, T, E,
                            N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_gb,
-                           s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA)
+                           s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA, SEG)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
         row, ms, ms1, u, dl, dl1, Bm, Cm, zz, go, h0 = nxt
         nxt = _load_bwd_chunk2(u_ptr, dl_ptr, B_ptr, C_ptr, z_ptr, idx_ptr, st_ptr, go_ptr, c - 1, nchunks, T, E,
                                N, pb, e2, me2, n, mn, s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt,
-                               s_gb, s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA)
+                               s_gb, s_gt, HAS_Z, HAS_IDX, BT, CARRY_DA, SEG)
+        if SEG == 2:
+            if c % 2 == 1:
+                # only even chunks' entering states are saved: run the chunk before this one (its inputs are the
+                # prefetched nxt) forward from its saved state, h0, to this chunk's entering state
+                pms, pu, pdl, pB = nxt[1], nxt[3], nxt[4], nxt[6]
+                pdl, pdt = _delta_dt3(pdl, bias, pms[None, :, None] & me2[:, None, :], HAS_BIAS, SOFTPLUS)
+                pac, phl = tl.associative_scan((tl.exp2(pdt[:, :, None, :] * A2[:, None, :, :]),
+                                                pB * (pdt * pu)[:, :, None, :]), axis=1, combine_fn=_combine)
+                h0 = _step_at(phl + pac * h0[:, None, :, :], last, 1)
         m3 = ms[None, :, None] & me2[:, None, :]
         dl, dt = _delta_dt3(dl, bias, m3, HAS_BIAS, SOFTPLUS)
         if not CARRY_DA:
@@ -474,7 +487,7 @@ def _scan_bwd_kernel2(
             dy = go
         if CARRY_DA:
             dA1 = _next_step(dA, dA_next[:, None, :, :], t_ax[None, :, None, None], 1, BT)
-            dA_next = _first_step(dA, first, 1)
+            dA_next = _step_at(dA, first, 1)
         else:
             dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
         ag, gl = tl.associative_scan((tl.flip(dA1, 1), tl.flip(Cm * dy[:, :, None, :], 1)), axis=1,
@@ -623,7 +636,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
     ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap (0: :func:`default_bwd_maxnreg`)[,
     decays carried]]]) (None: the active :func:`~armvision.ops.scan_config`); 2 channels per thread runs
-    :func:`_scan_bwd_kernel2` where it can (seg 1, even BE), elsewhere the one-channel kernel with recomputed decays.
+    :func:`_scan_bwd_kernel2` where it can (seg 1 or 2, even BE), elsewhere the one-channel kernel with recomputed
+    decays.
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
@@ -641,9 +655,9 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     BE, warps, stages = block[:3]
     cpt = int(block[3]) if len(block) > 3 else 1
     carry = bool(block[5]) if len(block) > 5 else False
-    if cpt == 2 and (seg != 1 or BE % 2):
-        # the two-channel kernel has no segment checkpoints and splits the block in halves: elsewhere the one-channel
-        # kernel runs, in its measured-best form (decays recomputed)
+    if cpt == 2 and (seg > 2 or BE % 2):
+        # the two-channel kernel rebuilds at most one chunk's entering state and splits the block in halves: elsewhere
+        # the one-channel kernel runs, in its measured-best form (decays recomputed)
         cpt, carry = 1, False
     maxnreg = (int(block[4]) if len(block) > 4 else 0) or default_bwd_maxnreg(cpt, carry)
     dout = _contiguous_last(dout)
@@ -669,7 +683,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
                  HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry, num_warps=warps,
                  num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
-        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags)
+        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg)
     else:
         scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32,
                               device=u.device)
