@@ -93,9 +93,19 @@ def test_scan_backward_two_channels_per_thread(shape, dtype, decay):
 @pytest.mark.parametrize("shape", [(256, 128, 768), (64, 197, 768), (2, 1023, 192)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_scan_backward_carried_decays(shape, dtype):
-    """The launch candidate bwd_decay="carry" of the one-channel backward, compiled at its register cap, against the
-    reference (197 and 1023 tokens end in a part-chunk)."""
-    with ops.scan_config(bwd_decay="carry"):
+    """Carried decays with the one-channel backward (bwd_cpt=1, a launch variant), compiled at its register cap,
+    against the reference (197 and 1023 tokens end in a part-chunk)."""
+    with ops.scan_config(bwd_cpt=1, bwd_decay="carry"):
+        run_and_compare(make(*shape, dtype))
+
+
+@pytest.mark.parametrize("shape", [(256, 128, 768), (64, 197, 768), (2, 1023, 192)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("states", ["recompute", "save"])
+def test_scan_two_chunk_segments(shape, dtype, states):
+    """seg=2 with the default two-channel backward (odd chunks' entering states rebuilt in registers), compiled,
+    against the reference."""
+    with ops.scan_config(seg=2, states=states):
         run_and_compare(make(*shape, dtype))
 
 
