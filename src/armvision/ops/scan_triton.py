@@ -79,8 +79,8 @@ def _delta_dt(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 def _next_step(x, x_after, t, AXIS: tl.constexpr, BT: tl.constexpr):
     """x one step on along its time axis AXIS (held in each thread): out[t] = x[t + 1], and out[BT - 1] = x_after
     (x's first step in the next chunk, with a size-1 axis at AXIS). ``t`` is tl.arange(0, BT) shaped to broadcast
-    along AXIS. The selections are over an in-thread axis with constant indices and the sums add -0.0 (which x + -0.0
-    leaves exact, so the compiler drops them): register moves, no arithmetic."""
+    along AXIS. The selections are over an in-thread axis with constant indices: no shuffles, and the values are exact
+    (the masked-out terms are -0.0, which x + -0.0 leaves unchanged); ptxas still emits some of those adds."""
     out = tl.where(t == BT - 1, x_after, 0.0)
     for k in tl.static_range(1, BT):  # step k of x goes to step k - 1
         out = tl.where(t == k - 1, tl.sum(tl.where(t == k, x, -0.0), axis=AXIS, keep_dims=True), out)
@@ -89,8 +89,8 @@ def _next_step(x, x_after, t, AXIS: tl.constexpr, BT: tl.constexpr):
 
 @triton.jit
 def _step_at(x, at, AXIS: tl.constexpr):
-    """x at the one step of its time axis AXIS where the mask ``at`` holds (the axis removed); exact, as in
-    :func:`_next_step`."""
+    """x at the one step of its time axis AXIS where the mask ``at`` holds (the axis removed); exact and in-thread, as
+    in :func:`_next_step`."""
     return tl.sum(tl.where(at, x, -0.0), axis=AXIS)
 
 
