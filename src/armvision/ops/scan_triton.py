@@ -48,7 +48,6 @@ LOG2E = 1.4426950408889634
 # launch since 2026-12-07, 0.53-0.75 of the CUDA kernel's time against 0.58-0.81 for the one-channel kernel with
 # recomputed decays in the same H100 run, benchmarks/README.md)
 BWD_MAXNREG = {(1, False): None, (1, True): 184, (2, False): 152, (2, True): 168}
-CPT2_MAXNREG = BWD_MAXNREG[(2, False)]
 
 
 def default_bwd_maxnreg(cpt: int, carry: bool) -> int | None:
