@@ -146,25 +146,32 @@ def test_carried_decays_equal_recomputed_ones(seed):
             assert rel_err(b, a) < 1e-6, (cpt, k)
 
 
+def record_launches(monkeypatch, names, record) -> list:
+    """Wrap the scan_triton kernels ``names`` so that each launch appends ``record(name, launch keywords)`` to the
+    returned list, then launches the real kernel."""
+    launched = []
+
+    class Recording:
+        def __init__(self, name):
+            self.name, self.real = name, getattr(scan_triton, name)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launched.append(record(self.name, kw))
+                return self.real[grid](*args, **kw)
+            return launch
+
+    for name in names:
+        monkeypatch.setattr(scan_triton, name, Recording(name))
+    return launched
+
+
 def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, monkeypatch):
     """bwd_cpt=2 (the default) with segment checkpoints of more than 2 chunks or a one-channel block runs the
     one-channel kernel, decays recomputed, and gets the reference's gradients; with seg 1 or 2 and an even block the
     two-channel kernel runs."""
-    launched = []
-    for name in ("_scan_bwd_kernel", "_scan_bwd_kernel2"):
-        real = getattr(scan_triton, name)
-
-        class Recording:
-            def __init__(self, name, real):
-                self.name, self.real = name, real
-
-            def __getitem__(self, grid):
-                def launch(*args, **kw):
-                    launched.append((self.name, kw["CARRY_DA"]))
-                    return self.real[grid](*args, **kw)
-                return launch
-
-        monkeypatch.setattr(scan_triton, name, Recording(name, real))
+    launched = record_launches(monkeypatch, ("_scan_bwd_kernel", "_scan_bwd_kernel2"),
+                               lambda name, kw: (name, kw["CARRY_DA"]))
     for cfg, expect in ((dict(seg=3), ("_scan_bwd_kernel", False)), (dict(bwd=(1, 1, 1)), ("_scan_bwd_kernel", False)),
                         ({}, ("_scan_bwd_kernel2", True)), (dict(seg=2), ("_scan_bwd_kernel2", True))):
         launched.clear()
@@ -190,17 +197,7 @@ def test_backward_register_cap_reaches_the_launch(seed, autograd_path, monkeypat
     """bwd_maxnreg (None: the kernel's own cap, scan_triton.default_bwd_maxnreg: 168 for the default two channels per
     thread with carried decays, 152 recomputed; one channel: none recomputed, 184 carried) is the launch's maxnreg,
     through both autograd paths."""
-    launches = []
-    real = getattr(scan_triton, kernel)
-
-    class Recording:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                launches.append(kw.get("maxnreg"))
-                return real[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(scan_triton, kernel, Recording())
+    launches = record_launches(monkeypatch, (kernel,), lambda name, kw: kw.get("maxnreg"))
     with ops.scan_config(BT=2, bwd=(4, 1, 1), **cfg):
         check_scan(scan_inputs(1, 5, 6, 4, torch.float32))
     assert launches == [maxnreg]

@@ -648,9 +648,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     b, t, e = u.shape
     n = A.shape[1]
     if block is None:
-        cfg = current_scan_config()
-        block = (*cfg["bwd"], cfg.get("bwd_cpt", 1), cfg.get("bwd_maxnreg") or 0,
-                 int(cfg.get("bwd_decay", "recompute") == "carry"))
+        block = _bwd_block(_launch_list())
     BE, warps, stages = block[:3]
     cpt = int(block[3]) if len(block) > 3 else 1
     carry = bool(block[5]) if len(block) > 5 else False
