@@ -1,6 +1,7 @@
 """Run by test_train_distributed.py under torchrun: one tiny fine-tuning run per process (gloo on
 CPU), then each rank writes the weights it ends with, so the test can compare the ranks."""
 
+import faulthandler
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from armvision.train import Trainer, distributed, load_config
 
 
 def main() -> None:
+    faulthandler.enable(all_threads=True)  # a fatal signal (SIGABRT, SIGSEGV) prints every thread's stack
     overrides, out = json.loads(sys.argv[1]), Path(sys.argv[2])
     trainer = Trainer(load_config("fmnist_finetune", overrides, task="finetune"))
     summary = trainer.fit()

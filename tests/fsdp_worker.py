@@ -4,6 +4,7 @@ overrides); rank 0 then writes the whole model's weights and the summary, so the
 ``crash_at_save=N`` (third argument): every process exits hard (os._exit) in the middle of its N-th
 sharded save, after the shards are written and before the checkpoint is complete."""
 
+import faulthandler
 import json
 import os
 import sys
@@ -16,6 +17,7 @@ from armvision.train import Trainer, distributed, load_config, sharded
 
 
 def main() -> None:
+    faulthandler.enable(all_threads=True)  # a fatal signal (SIGABRT, SIGSEGV) prints every thread's stack
     overrides, out = json.loads(sys.argv[1]), Path(sys.argv[2])
     crash_at = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     if crash_at:
@@ -41,3 +43,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # Leave without the interpreter's finalization: FSDP2's device mesh keeps the gloo process group and its
+    # threads alive past destroy_process_group (torch 2.14), and destroying it while Python shuts down can
+    # abort the process (SIGABRT, "terminate called without an active exception"; seen once in CI) after
+    # the run's outputs were written. Everything this worker writes is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
