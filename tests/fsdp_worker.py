@@ -43,10 +43,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-    # Leave without the interpreter's finalization: FSDP2's device mesh keeps the gloo process group and its
-    # threads alive past destroy_process_group (torch 2.14), and destroying it while Python shuts down can
-    # abort the process (SIGABRT, "terminate called without an active exception": once in CI, most likely this) after
-    # the run's outputs were written. Everything this worker writes is closed by now.
+    # Leave without the interpreter's finalization: after fully_shard, the gloo process group and its threads
+    # outlive destroy_process_group (torch 2.14; a device mesh alone does not), and their destruction while Python
+    # shuts down can abort the process after the run's outputs were written (SIGABRT, "terminate called without
+    # an active exception": once in CI, most likely this). Everything this worker writes is closed by now.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
