@@ -98,12 +98,27 @@ def conv_report(BE, W):
         print("     ", sass_mix(k, 14))
 
 
+def _ints(text: str, arg: str, most: int) -> list[int]:
+    try:
+        given = [int(v) for v in text.split(",")]
+    except ValueError:
+        given = []
+    if not 2 <= len(given) <= most:
+        sys.exit(f"inspect_triton: error: {arg!r} is not a launch (see --help)")
+    return given
+
+
 if __name__ == "__main__":
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):
+        print(__doc__)
+        sys.exit(0)
     for arg in sys.argv[1:] or ["16,32,1"]:
         if arg.startswith("conv:"):
-            conv_report(*map(int, arg[5:].split(",")))
+            conv_report(*_ints(arg[5:], arg, 2))
             continue
-        given = list(map(int, arg.split(",")))
+        given = _ints(arg, arg, 7)
+        if len(given) < 3:
+            sys.exit(f"inspect_triton: error: {arg!r} is not a launch: BT,BE,WARPS at least (see --help)")
         BT, BE, W, SEG, CPT, CAP, CARRY = (given + [1, 1, 0, 0][max(0, len(given) - 3):])[:7]
         # fwd: the forward saving its states; states: the backward's recomputation (no output written)
         bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)

@@ -1,0 +1,54 @@
+"""tools/inspect_triton.py: the scan kernels compiled for sm_90 without a GPU (Triton's bundled ptxas).
+
+The launch defaults promise that the backward's register cap (``scan_triton.default_bwd_maxnreg``) is one ptxas
+fits without spilling; a spill in the default kernels would cost time on every GPU, so it fails here first.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+from armvision.ops.launch import SCAN_DEFAULTS  # noqa: E402
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "inspect_triton.py"
+PTXAS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+# the tool compiles real sm_90 code: not under the interpreter that conftest turns on
+ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def _tool(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True, env=ENV, timeout=600)
+
+
+def test_help_and_a_malformed_launch_are_one_message_each():
+    res = _tool("--help")
+    assert res.returncode == 0 and "Usage:" in res.stdout
+    for bad in ("2,x", "2,16", "conv:1,2,3"):
+        res = _tool(bad)
+        assert res.returncode != 0 and "Traceback" not in res.stderr
+        assert res.stderr.strip() == f"inspect_triton: error: {bad!r} is not a launch" + (
+            ": BT,BE,WARPS at least (see --help)" if bad == "2,16" else " (see --help)")
+
+
+@pytest.mark.skipif(not PTXAS.is_file(), reason="this Triton build has no bundled ptxas")
+def test_the_default_scan_kernels_compile_for_sm90_without_spills():
+    # the default launch, as the tool spells it: BT, the backward's BE and warps, seg, channels per thread, the
+    # launch's own register cap, carried decays
+    d = SCAN_DEFAULTS
+    assert (d["BT"], d["bwd"][:2], d["seg"], d["bwd_cpt"], d["bwd_maxnreg"], d["bwd_decay"]) == \
+        (2, (16, 1), 1, 2, None, "carry"), "the defaults changed: update the launch below"
+    res = _tool("2,16,1,1,2,0,1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = [ln for ln in res.stdout.splitlines() if "registers" in ln]
+    kernels = [ln.split(" BT=")[0] for ln in lines]
+    assert kernels == ["fwd", "states", "bwd cpt=2"], res.stdout
+    for ln in lines:
+        assert "0 bytes spill stores, 0 bytes spill loads" in ln, ln
+    regs = int(re.search(r"Used (\d+) registers", lines[-1]).group(1))
+    assert regs <= 168  # scan_triton.BWD_MAXNREG[(2, True)]: 12 warps per SM with one-warp programs
