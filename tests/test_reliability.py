@@ -578,7 +578,17 @@ def _stop_one_of_two_ranks(data, out):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                              "-m", "armvision", *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
+    try:
+        return _stop_one_rank(proc, out)
+    finally:
+        if proc.poll() is None:  # a failed check or a timeout: torchrun's workers must not outlive the test
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _stop_one_rank(proc: subprocess.Popen, out):
+    """SIGUSR1 to the second worker of the running launch once step 3 is logged; (stopped step, stderr)."""
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").is_file() and any(s >= 3 for s in step_records(out)):

@@ -2,13 +2,14 @@
 
 import json
 import os
-import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
-from trainhelpers import make_imagefolder, tiny_overrides
+from trainhelpers import make_imagefolder, run_group, tiny_overrides
 
 import armvision
 
@@ -28,7 +29,7 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(HERE)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "dist_worker.py"), json.dumps(over), str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = run_group(cmd, env, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     for name in ("rank", "ema"):
         a, b = load_file(out / f"{name}0.safetensors"), load_file(out / f"{name}1.safetensors")
@@ -51,3 +52,27 @@ def test_two_gloo_processes_end_with_identical_weights(tmp_path):
     held = load_file(out / "rank0.safetensors")
     assert saved.keys() == held.keys() and all(torch.equal(saved[k], held[k]) for k in saved)  # what both hold
     assert not list((tmp_path / "run").glob("rank*"))  # only rank 0 writes into the run directory
+
+
+def test_a_launch_past_its_timeout_fails_at_once_with_its_workers_killed(tmp_path):
+    """The torchrun tests' runner: a launcher whose worker keeps the output pipe open (as torchrun's do) fails the
+    test when its time is up, instead of waiting for the worker, and the worker is gone."""
+    pid_file = tmp_path / "worker.pid"
+    script = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; "
+              f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(w.pid)); print('started', flush=True); "
+              "time.sleep(120)")
+    t0 = time.monotonic()
+    with pytest.raises(AssertionError, match="ran past 3 s; its processes were killed") as info:
+        run_group([sys.executable, "-c", script], dict(os.environ), timeout=3)
+    assert time.monotonic() - t0 < 30
+    assert "started" in str(info.value)
+    worker = int(pid_file.read_text())
+    for _ in range(50):  # SIGKILL is immediate; the orphan's zombie is reaped by init shortly after
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        with open(f"/proc/{worker}/stat") as f:
+            assert f.read().split()[2] == "Z", "the worker is still running"

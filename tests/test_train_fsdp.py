@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainhelpers import make_imagefolder, tiny_overrides
+from trainhelpers import make_imagefolder, run_group, tiny_overrides
 
 import armvision
 from armvision.cli import main as cli_main
@@ -44,7 +44,7 @@ def _worker(over: dict, out: Path, nproc: int, *extra: str) -> subprocess.Comple
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] \
         if nproc > 1 else [sys.executable]
     cmd = [*launch, str(HERE / "fsdp_worker.py"), json.dumps(over), str(out), *extra]
-    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    return run_group(cmd, ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")

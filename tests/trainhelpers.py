@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +117,25 @@ def as_flags(overrides: dict) -> list[str]:
         else:
             flags.append(str(v))
     return flags
+
+
+def run_group(cmd: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` in a session of its own, killed as a whole on timeout.
+
+    For torchrun: ``subprocess.run``'s timeout kills only the launcher, and its workers, still holding the output
+    pipes, would keep the test waiting for ever. Here every process of the session gets SIGKILL and the test fails
+    at once, with what they printed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{cmd[:6]} ran past {timeout} s; its processes were killed\n"
+                             + out[-3000:] + err[-3000:]) from None
+    finally:
+        if proc.poll() is None:  # an exception in this process (Ctrl-C): leave nothing running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)

@@ -5,7 +5,6 @@ gradients stay alive). The check that CUDA graphs under DDP are correct; their s
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from trainhelpers import make_imagefolder, tiny_overrides  # noqa: E402
+from trainhelpers import make_imagefolder, run_group, tiny_overrides  # noqa: E402
 
 import armvision  # noqa: E402
 
@@ -33,7 +32,7 @@ def _run(data: Path, tmp: Path, name: str, mode: str) -> tuple[dict, dict]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([SRC, str(HERE.parent)]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "ddp_one_gpu_worker.py"), json.dumps(over), str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    res = run_group(cmd, env, timeout=540)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return json.loads((out / "summary.json").read_text()), load_file(out / "model.safetensors")
 
