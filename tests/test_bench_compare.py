@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import torch
+from trainhelpers import assert_process_gone, pipe_holder_script
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -103,19 +104,6 @@ def test_a_step_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
     the GPU busy for the next steps."""
     run = compare.Run(tmp_path / "out", budget=100, work=tmp_path / "work")
     pid_file = tmp_path / "child.pid"
-    script = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
-              f"time.sleep(60)']); open({str(pid_file)!r}, 'w').write(str(c.pid)); time.sleep(60)")
-    assert run.call("hangs", [sys.executable, "-c", script], timeout=3) == -9
-    child = int(pid_file.read_text())
-    import os
-    import time
-    for _ in range(50):  # the kill is delivered at once; the zombie is reaped by init shortly after
-        try:
-            os.kill(child, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        with open(f"/proc/{child}/stat") as f:
-            assert f.read().split()[2] == "Z", "the step's child is still running"
+    assert run.call("hangs", [sys.executable, "-c", pipe_holder_script(pid_file, 60)], timeout=3) == -9
+    assert_process_gone(int(pid_file.read_text()))
     assert "stopped after 3 s" in (tmp_path / "out" / "details.log").read_text()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from trainhelpers import make_imagefolder, run_group, tiny_overrides
+from trainhelpers import assert_process_gone, make_imagefolder, pipe_holder_script, run_group, tiny_overrides
 
 import armvision
 
@@ -58,21 +58,9 @@ def test_a_launch_past_its_timeout_fails_at_once_with_its_workers_killed(tmp_pat
     """The torchrun tests' runner: a launcher whose worker keeps the output pipe open (as torchrun's do) fails the
     test when its time is up, instead of waiting for the worker, and the worker is gone."""
     pid_file = tmp_path / "worker.pid"
-    script = ("import subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; "
-              f"time.sleep(120)']); open({str(pid_file)!r}, 'w').write(str(w.pid)); print('started', flush=True); "
-              "time.sleep(120)")
     t0 = time.monotonic()
     with pytest.raises(AssertionError, match="ran past 3 s; its processes were killed") as info:
-        run_group([sys.executable, "-c", script], dict(os.environ), timeout=3)
+        run_group([sys.executable, "-c", pipe_holder_script(pid_file, 120)], dict(os.environ), timeout=3)
     assert time.monotonic() - t0 < 30
     assert "started" in str(info.value)
-    worker = int(pid_file.read_text())
-    for _ in range(50):  # SIGKILL is immediate; the orphan's zombie is reaped by init shortly after
-        try:
-            os.kill(worker, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        with open(f"/proc/{worker}/stat") as f:
-            assert f.read().split()[2] == "Z", "the worker is still running"
+    assert_process_gone(int(pid_file.read_text()))

@@ -6,6 +6,7 @@ import gzip
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,23 @@ def run_group(cmd: list[str], env: dict, timeout: float) -> subprocess.Completed
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def pipe_holder_script(pid_file: Path, seconds: int) -> str:
+    """Python source of a process that starts a child sleeping ``seconds`` with the inherited output pipes (as
+    torchrun's workers), writes the child's pid to ``pid_file``, says "started" and sleeps as long itself."""
+    return ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; "
+            f"time.sleep({seconds})']); open({str(pid_file)!r}, 'w').write(str(c.pid)); print('started', flush=True); "
+            f"time.sleep({seconds})")
+
+
+def assert_process_gone(pid: int) -> None:
+    """``pid`` has ended (killed: the signal is delivered at once; a zombie left for init to reap counts as ended)."""
+    for _ in range(50):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().split()[2] == "Z", f"process {pid} is still running"
