@@ -145,6 +145,25 @@ def test_swiglu_one_product_matches_two(seed, monkeypatch):
     assert not SwiGLU(16).fused
 
 
+def test_layer_switches_refuse_unknown_values(monkeypatch):
+    """ARMVISION_IN_PROJ / ARMVISION_SWIGLU: "split" (also unset or empty) or "fused"; a typo is an error naming the
+    variable and the choices when the layer is built (and before any work from the command, tests/test_triton_kernels)
+    instead of silently measuring the default."""
+    from armvision.errors import ConfigError
+    from armvision.layers.block import SwiGLU
+
+    for variable, build, attr in (("ARMVISION_SWIGLU", lambda: SwiGLU(8), "fused"),
+                                  ("ARMVISION_IN_PROJ", lambda: Mamba(8, d_state=4), "in_proj_split")):
+        for value, expected in (("", attr == "in_proj_split"), ("split", attr == "in_proj_split"),
+                                (" fused ", attr == "fused")):
+            monkeypatch.setenv(variable, value)
+            assert getattr(build(), attr) is expected
+        monkeypatch.setenv(variable, "fuse")
+        with pytest.raises(ConfigError, match=rf"^{variable}='fuse': expected one of 'split', 'fused' \(or unset\)$"):
+            build()
+        monkeypatch.delenv(variable)
+
+
 def test_mamba_init(seed):
     m = Mamba(64, d_state=16, directions=4)
     assert m.dt_rank == 4 and m.d_inner == 64

@@ -520,7 +520,8 @@ def test_partial_sum_ops_pass_opcheck(seed):
 
 def test_launch_defaults_from_environment():
     """ARMVISION_SCAN_CONFIG / ARMVISION_CONV_CONFIG (JSON) replace defaults on first use, for A/B runs of the
-    commands; a bad value is the same message as a bad scan_config argument, and one line from the command."""
+    commands; a bad value is the same message as a bad scan_config argument, and one line from the command (as is
+    a bad layer switch, ARMVISION_SWIGLU / ARMVISION_IN_PROJ)."""
     import subprocess
     import sys
 
@@ -539,6 +540,12 @@ def test_launch_defaults_from_environment():
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip() == ("armvision knn: error: ARMVISION_SCAN_CONFIG: bwd_cpt (channels per thread in the "
                                   "backward) must be 1 or 2, got 3"), res.stderr
+    env.pop("ARMVISION_SCAN_CONFIG")
+    env["ARMVISION_SWIGLU"] = "fuse"
+    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "--checkpoint", "nowhere"], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == 2 and res.stderr.strip() == ("armvision knn: error: ARMVISION_SWIGLU='fuse': expected one "
+                                                          "of 'split', 'fused' (or unset)"), res.stderr
 
 
 def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):

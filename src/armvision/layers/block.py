@@ -7,14 +7,13 @@ Both take ``(x, layout)`` and return the residual stream after the block, so a m
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath
 from torch import Tensor
 
+from ..ops.launch import layer_switch
 from .mamba import Mamba, TokenLayout
 
 __all__ = ["SwiGLU", "MambaMLPBlock", "VimBlock", "ENCODER_BLOCKS", "DEFAULT_EXPAND", "swiglu_hidden_dim"]
@@ -39,7 +38,7 @@ class SwiGLU(nn.Module):
         self.w1 = nn.Linear(dim, hidden)
         self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
-        self.fused = os.environ.get("ARMVISION_SWIGLU", "split") == "fused"
+        self.fused = layer_switch("ARMVISION_SWIGLU") == "fused"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fused:

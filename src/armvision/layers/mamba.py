@@ -19,7 +19,6 @@ sequence as given: Vim's "bimamba v2" with its divide-out by 2); they need no to
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import ops
+from ..ops.launch import layer_switch
 
 __all__ = ["Mamba", "TokenLayout", "DIRECTIONS", "direction_index"]
 
@@ -143,7 +143,7 @@ class Mamba(nn.Module):
         self.dt_min, self.dt_max, self.dt_init_floor = dt_min, dt_max, dt_init_floor
         self.num_directions = directions
         self.backend = backend
-        self.in_proj_split = os.environ.get("ARMVISION_IN_PROJ", "split") != "fused"
+        self.in_proj_split = layer_switch("ARMVISION_IN_PROJ") == "split"
         e = self.d_inner
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         for _, s in DIRECTIONS[:directions]:

@@ -45,17 +45,21 @@ For A/B measurements through the command line, the environment variables ``ARMVI
 ``ARMVISION_CONV_CONFIG`` (JSON objects, e.g. ``{"sums": "op"}``) replace defaults; they are read once, at the
 first use of the defaults (or by :func:`check_environment`, which the ``armvision`` command calls before its work),
 and a bad value is a one-line :class:`~armvision.errors.ConfigError` naming the variable and the key.
+``ARMVISION_IN_PROJ`` and ``ARMVISION_SWIGLU`` ("split", the default, or "fused") choose how the layers form their
+input products (:func:`layer_switch`); any other value is such an error too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any, Iterator
 
 from ..configtree import env_json_object
 from ..errors import ConfigError
 
-__all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config", "check_environment"]
+__all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_config", "check_environment",
+           "layer_switch"]
 
 # the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
@@ -165,7 +169,23 @@ def _defaults(what: str) -> dict[str, Any]:
 
 
 def check_environment() -> None:
-    """Read ``ARMVISION_SCAN_CONFIG`` and ``ARMVISION_CONV_CONFIG`` now: a bad value is a one-line
-    :class:`ConfigError` here rather than at the first kernel launch."""
+    """Read ``ARMVISION_SCAN_CONFIG``, ``ARMVISION_CONV_CONFIG`` and the layer switches now: a bad value is a
+    one-line :class:`ConfigError` here rather than at the first kernel launch or model build."""
     _defaults("scan")
     _defaults("conv")
+    for variable in _LAYER_SWITCHES:
+        layer_switch(variable)
+
+
+# A/B switches of the layers' input products (Mamba's in_proj, the SwiGLU's w1/w2): the first choice is the default
+_LAYER_SWITCHES = {"ARMVISION_IN_PROJ": ("split", "fused"), "ARMVISION_SWIGLU": ("split", "fused")}
+
+
+def layer_switch(variable: str) -> str:
+    """The value of layer switch ``variable`` in the environment (unset or empty: its default, "split"); a value
+    outside its choices is a :class:`ConfigError` naming the variable and the choices."""
+    choices = _LAYER_SWITCHES[variable]
+    value = os.environ.get(variable, "").strip() or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{variable}={value!r}: expected one of {', '.join(map(repr, choices))} (or unset)")
+    return value
