@@ -72,6 +72,33 @@ def test_flags_of_a_command_without_config_keys_are_refused_in_one_line(capsys):
     assert capsys.readouterr().err.splitlines()[-1] == "armvision convert: error: unrecognized arguments: --optim.lr 1"
 
 
+@pytest.mark.parametrize("argv", [
+    ["eval", "--checkpoint", "runs/x"],  # eval takes config overrides: --checkpoint would be an empty override
+    ["eval", "runs/x", "--checkpoint"],
+    ["knn", "--checkpoint=runs/x"],  # nothing left for the positional: argparse's complaint would be the symptom
+    ["predict", "--checkpoint", "model_dir", "a.jpg"],  # no overrides: an unknown flag
+    ["extract", "--model", "m", "imgs", "out.npy"],
+])
+def test_a_positional_argument_given_as_a_flag_is_named(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    flag = next(a for a in argv[1:] if a.startswith("--")).partition("=")[0]
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"armvision {argv[0]}: error: {flag}: the {flag[2:]} is a positional argument here, given without a flag "
+        "(see the usage above)")
+
+
+def test_a_config_section_given_as_one_flag_says_to_set_its_keys(capsys):
+    """``--checkpoint`` alone in a training command is the checkpoint section of the config, not a value."""
+    for argv in (["pretrain", "--checkpoint"], ["pretrain", "--optim", "3"], ["finetune", "checkpoint=x"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        section = "optim" if "--optim" in argv else "checkpoint"
+        assert err.startswith(f"armvision {argv[0]}: error: '{section}' is a section; set its keys (") and \
+            "<class" not in err, err
+
+
 def _sample(action: argparse.Action) -> list[str]:
     """A value for ``action`` that is not its default."""
     if action.nargs == 0:

@@ -248,13 +248,18 @@ def apply_overrides(obj: T, overrides: Mapping[str, Any], source: str = "overrid
                 break
             if dataclasses.is_dataclass(tp):
                 if not isinstance(value, Mapping):
-                    raise ConfigError(f"{key!r} is a section; set its keys ({', '.join(_fields(tp))}) one by one, "
-                                      f"e.g. {key}.{next(iter(_fields(tp)))}=...")
+                    raise _section_error(key, tp)
                 _assign(attr, value, f"{key}.", source)
             else:
                 setattr(obj, part, _coerce(value, tp, key, source))
             break
     return cfg
+
+
+def _section_error(key: str, tp: Any) -> ConfigError:
+    """A whole section given one value (``--optim 3``, ``--checkpoint`` alone): its keys are set one by one."""
+    return ConfigError(f"{key!r} is a section; set its keys ({', '.join(_fields(tp))}) one by one, "
+                       f"e.g. {key}.{next(iter(_fields(tp)))}=...")
 
 
 def parse_value(text: str, tp: Any) -> Any:
@@ -304,6 +309,8 @@ def parse_overrides(cls, tokens: Sequence[str], source: str = "the command line"
                 out[key] = True
                 i += 1
                 continue
+            if dataclasses.is_dataclass(tp):
+                raise _section_error(key, tp)
             if not has_value:
                 raise ConfigError(f"--{key} needs a value ({_type_name(tp)})")
             value = tokens[i + 1]

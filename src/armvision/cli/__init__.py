@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    _refuse_flagged_positionals(parser.command_parsers.get(args.command), extra)
     if extra and not getattr(args, "config_overrides", False):
         parser.command_parsers.get(args.command, parser).error(f"unrecognized arguments: {' '.join(extra)}")
     args.overrides = extra
@@ -61,6 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return guarded(args.command, lambda: _run(args), debug=bool(args.debug))
+
+
+def _refuse_flagged_positionals(command_parser: ArmvisionParser | None, extra: list[str]) -> None:
+    """``armvision eval --checkpoint X``: the checkpoint is a positional argument of the command, so argparse took X
+    as the checkpoint and left ``--checkpoint`` over (an unknown flag, or an empty config override). Say that
+    instead (exit 2, after the usage)."""
+    if command_parser is not None:
+        message = command_parser.flagged_positional(extra)
+        if message:
+            command_parser.error(message)
 
 
 def _run(args):

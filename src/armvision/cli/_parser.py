@@ -42,6 +42,20 @@ class ArmvisionParser(argparse.ArgumentParser):
         self._arguments = list(sys.argv[1:] if args is None else args)
         return super().parse_known_args(args, namespace)
 
+    def flagged_positional(self, tokens: Sequence[str]) -> str | None:
+        """The message for a positional argument given as a flag (``eval --checkpoint X``), if ``tokens`` hold one."""
+        positional = {a.dest for a in self._actions if not a.option_strings}
+        for tok in tokens:
+            flag = str(tok).partition("=")[0]
+            if flag.startswith("--") and flag[2:].replace("-", "_") in positional:
+                return (f"{flag}: the {flag[2:]} is a positional argument here, given without a flag "
+                        "(see the usage above)")
+        return None
+
+    def error(self, message: str):
+        # argparse's own complaint (a missing positional, an unknown flag) is the consequence; say the cause
+        super().error(self.flagged_positional(self._arguments) or message)
+
     def format_help(self) -> str:
         if self.dynamic_epilog is not None:
             self.epilog = self.dynamic_epilog(self._arguments)
