@@ -535,14 +535,14 @@ def test_launch_defaults_from_environment():
     assert res.returncode != 0 and "sums must be 'graph' or 'op'" in res.stderr
     # through the command: one line naming the variable, before any work, no traceback
     env["ARMVISION_SCAN_CONFIG"] = '{"bwd_cpt": 3}'
-    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "--checkpoint", "nowhere"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "nowhere"], capture_output=True,
                          text=True, env=env)
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip() == ("armvision knn: error: ARMVISION_SCAN_CONFIG: bwd_cpt (channels per thread in the "
                                   "backward) must be 1 or 2, got 3"), res.stderr
     env.pop("ARMVISION_SCAN_CONFIG")
     env["ARMVISION_SWIGLU"] = "fuse"
-    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "--checkpoint", "nowhere"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "armvision", "knn", "nowhere"], capture_output=True,
                          text=True, env=env)
     assert res.returncode == 2 and res.stderr.strip() == ("armvision knn: error: ARMVISION_SWIGLU='fuse': expected one "
                                                           "of 'split', 'fused' (or unset)"), res.stderr
