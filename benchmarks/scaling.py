@@ -223,14 +223,15 @@ def tables(res: dict) -> str:
     modes = [r for r in res["runs"] if r["name"].startswith("m_") and "micro_batch" in r]
     if modes:
         one = next((r.get("images_per_s") for r in modes if r["nproc"] == 1), None)
-        lines += ["", "| compile mode run | GPUs | parallel | mode | images/s | per GPU | of the 1-GPU run | peak GiB/GPU "
-                  "| exit |", "|" + "---|" * 9]
+        lines += ["", "| compile mode run | GPUs | parallel | mode | images/s | per GPU | of the 1-GPU run "
+                  "| peak GiB/GPU | exit |", "|" + "---|" * 9]
         for r in modes:
             ips = r.get("images_per_s")
             per = ips / r["nproc"] if ips else None
             eff = per / one if per and one else None
             par = "-" if r["nproc"] == 1 else ("fsdp" if "_fsdp_" in r["name"] else "ddp")
-            lines.append(f"| {r['name']} | {r['nproc']} | {par} | {'CUDA graphs' if '_graphs_' in r['name'] else 'default'}"
+            mode = "CUDA graphs" if "_graphs_" in r["name"] else "default"
+            lines.append(f"| {r['name']} | {r['nproc']} | {par} | {mode}"
                          f" | {_f(ips)} | {_f(per)} | {_f(eff, '{:.2f}')} | {_f(r['peak_gib'], '{:.1f}')} | "
                          f"{'OOM' if r['oom'] else r['exit_code']} |")
     s = res.get("ac_search") or {}

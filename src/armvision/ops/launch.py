@@ -2,9 +2,9 @@
 
 The scan's defaults were chosen with benchmarks/scan.py on an H100 (the backward's two channels per thread with
 carried decays by benchmarks/compare.py on an H100, 2026-12-07: ARM-B pretraining 74.4 against 76.3 ms per
-step); the conv's with ``benchmarks/conv.py --sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was best or tied at three of its four ARM
-shapes, 0.152 vs 0.167 ms at 256 x 144 x 1536; the forward's (64, 128, 1) within 3% of the best at all
-four; benchmarks/results/2026-12-01_h200/conv_sweep.json). A ``with``
+step); the conv's with ``benchmarks/conv.py --sweep`` on an H200 (2026-12-01: the backward's (256, 256, 2) was
+best or tied at three of its four ARM shapes, 0.152 vs 0.167 ms at 256 x 144 x 1536; the forward's (64, 128, 1)
+within 3% of the best at all four; benchmarks/results/2026-12-01_h200/conv_sweep.json). A ``with``
 block changes them for the calls made inside it (scopes nest; the innermost wins) and the defaults are
 back when it ends::
 

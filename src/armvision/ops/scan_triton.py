@@ -552,11 +552,15 @@ def _launch_list(cfg: dict | None = None) -> list[int]:
             int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry")]
 
 
+def _full_bwd_block(block: Sequence[int]) -> list[int]:
+    """(BE, warps, stages, channels per thread, register cap or 0, decays carried) from a block that may stop after
+    any of its first three: 1 channel per thread, the kernel's own cap and recomputed decays where it stops."""
+    return [int(v) for v in (*block, *(1, 0, 0)[len(block) - 3:])]
+
+
 def _bwd_block(launch: Sequence[int]) -> list[int]:
-    """(BE, warps, stages, channels per thread, register cap or 0, decays carried) of the backward kernel; 1 channel
-    per thread, the kernel's own cap and recomputed decays for the shorter launch lists of before."""
-    return [*launch[4:7], int(launch[12]) if len(launch) > 12 else 1, int(launch[13]) if len(launch) > 13 else 0,
-            int(launch[14]) if len(launch) > 14 else 0]
+    """The backward kernel's block (see :func:`_full_bwd_block`) from a launch list, the shorter ones of before too."""
+    return _full_bwd_block([*launch[4:7], *launch[12:15]])
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -649,14 +653,13 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     n = A.shape[1]
     if block is None:
         block = _bwd_block(_launch_list())
-    BE, warps, stages = block[:3]
-    cpt = int(block[3]) if len(block) > 3 else 1
-    carry = bool(block[5]) if len(block) > 5 else False
+    BE, warps, stages, cpt, cap, carry = _full_bwd_block(block)
+    carry = bool(carry)
     if cpt == 2 and (seg > 2 or BE % 2):
         # the two-channel kernel rebuilds at most one chunk's entering state and splits the block in halves: elsewhere
         # the one-channel kernel runs, in its measured-best form (decays recomputed)
         cpt, carry = 1, False
-    maxnreg = (int(block[4]) if len(block) > 4 else 0) or default_bwd_maxnreg(cpt, carry)
+    maxnreg = cap or default_bwd_maxnreg(cpt, carry)
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -677,8 +680,8 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
              du.stride(0), du.stride(1))
     np2 = triton.next_power_of_2(n)
     flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                 HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry, num_warps=warps,
-                 num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
+                 HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry,
+                 num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
         _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg)
     else:
