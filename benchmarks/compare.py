@@ -58,6 +58,9 @@ VARIANTS = {
     # chunk's entering state in registers from the chunk before
     "seg2": {"ARMVISION_SCAN_CONFIG": '{"seg": 2}'},
     "save_seg2": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "seg": 2}'},
+    "seg2_combo": {"ARMVISION_SCAN_CONFIG": '{"seg": 2}', "ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
+    "save_seg2_combo": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "seg": 2}',
+                        "ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
@@ -159,6 +162,24 @@ def _read(path: Path):
         return None
 
 
+def cli_variants(wanted: list[str], measured: dict, variant_workloads: list[str]) -> list[str]:
+    """The switch sets the commands run under: ``wanted`` in order, each once, with ``best`` replaced by the fastest
+    model-only variant (``measured``: train_step.py's rows by ``workload:variant``) of the first variant workload,
+    or dropped when that is ``default`` or nothing was measured."""
+    names = []
+    for v in wanted:
+        if v == "best":
+            w = variant_workloads[0] if variant_workloads else None
+            timed = {k.split(":", 1)[1]: r["images_per_s"] for k, r in measured.items()
+                     if w and k.startswith(w + ":") and r.get("images_per_s")}
+            v = max(timed, key=timed.get) if timed else "default"
+            if v == "default" and "default" not in wanted:
+                continue
+        if v not in names:
+            names.append(v)
+    return names
+
+
 def _f(v, spec="{:.0f}"):
     return "-" if v is None else spec.format(v)
 
@@ -172,7 +193,8 @@ def table(res: dict) -> str:
              "`armvision` command on JPEGs, images/s (slowest window), peak GiB | ratio (slowest) | target |",
              "|---|---|---|---|---|"]
     for name, r in res.get("cli", {}).items():
-        rr = ref.get(name, {})
+        rr = ref.get(name.split(":", 1)[0], {})
+        name = name.replace(":", " under ")  # a switch set of VARIANTS
         ips, low = r.get("images_per_s"), r.get("min_window_images_per_s")
         base = rr.get("images_per_s")
         ratio = f"{ips / base:.2f} ({low / base:.2f})" if ips and low and base else "-"
@@ -233,6 +255,9 @@ def main():
     ap.add_argument("--variants", nargs="*", default=["default", "seg2", "save_seg2", "combo"],
                     choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
+    ap.add_argument("--cli-variants", nargs="+", default=["default"], choices=["best", *VARIANTS],
+                    help="run the commands under these switches too; 'best': the fastest model-only variant of the "
+                         "first --variant-workloads entry (once, when it is not 'default')")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
@@ -331,17 +356,20 @@ def main():
     # the product path: the commands on the JPEGs, compiled as a user's run is
     res["cli"] = {}
     for w in args.workloads:
-        if not run.fits(f"armvision {w}", ESTIMATE[w]):
-            continue
-        out = args.workdir / f"cli_{w}.json"
-        out.unlink(missing_ok=True)
-        steps, every = CLI_STEPS[w]
-        run.call(f"armvision {w}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
-                                    "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
-                                    str(args.workers), "--workdir", str(args.workdir), "--out", str(out)], timeout=300)
-        got = _read(out) or {}
-        res["cli"][w] = (got.get("cli") or [{}])[0]
-        run.save()
+        for v in cli_variants(args.cli_variants, res["train_step"], args.variant_workloads):
+            key = w if v == "default" else f"{w}:{v}"
+            if not run.fits(f"armvision {key}", ESTIMATE[w]):
+                continue
+            out = args.workdir / f"cli_{w}_{v}.json"
+            out.unlink(missing_ok=True)
+            steps, every = CLI_STEPS[w]
+            run.call(f"armvision {key}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
+                                          "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
+                                          str(args.workers), "--workdir", str(args.workdir), "--out", str(out)],
+                     timeout=300, extra_env=VARIANTS[v])
+            got = _read(out) or {}
+            res["cli"][key] = dict((got.get("cli") or [{}])[0], variant=v, env=VARIANTS[v])
+            run.save()
 
     # GPU tests of the changed kernels and paths, and the scan's numerics against the built kernel
     for path in args.tests:

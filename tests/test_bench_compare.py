@@ -47,6 +47,21 @@ def test_table_names_the_card_and_takes_every_ratio_from_this_run():
     assert "| pretrain_b | - (-) | 4100 (3900), 15.2 | - | >= 2x |" in compare.table(res)
 
 
+def test_cli_variants_best_is_the_fastest_model_only_run():
+    ts = RES["train_step"]
+    assert compare.cli_variants(["default"], ts, ["pretrain_b"]) == ["default"]
+    assert compare.cli_variants(["default", "best"], ts, ["pretrain_b"]) == ["default"]  # default is the fastest
+    faster = dict(ts, **{"pretrain_b:seg2": {"workload": "pretrain_b", "images_per_s": 4600.0}})
+    assert compare.cli_variants(["default", "best"], faster, ["pretrain_b"]) == ["default", "seg2"]
+    assert compare.cli_variants(["best"], faster, ["pretrain_b"]) == ["seg2"]
+    assert compare.cli_variants(["best"], ts, ["pretrain_b"]) == []  # only default measured best: nothing extra
+    assert compare.cli_variants(["default", "best"], {}, ["pretrain_b"]) == ["default"]  # nothing measured
+    assert compare.cli_variants(["best", "combo", "combo"], faster, ["finetune_b"]) == ["combo"]
+    res = dict(RES, cli=dict(RES["cli"], **{"pretrain_b:seg2": {"images_per_s": 4300.0,
+                                                                 "min_window_images_per_s": 4200.0, "peak_gib": 15.1}}))
+    assert "| pretrain_b under seg2 | 2000 (17.8) | 4300 (4200), 15.1 | 2.15 (2.10) | >= 2x |" in compare.table(res)
+
+
 def test_runner_logs_subprocesses_and_keeps_to_its_budget(tmp_path):
     run = compare.Run(tmp_path / "out", budget=100, work=tmp_path / "work")
     assert run.call("hello", [sys.executable, "-c", "print('hi from a step')"], timeout=60) == 0
