@@ -69,10 +69,14 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str = "recompute", mode: str = "default", profile: int = 0) -> dict:
-    """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed; ``mode``:
+        states: str | None = None, mode: str = "default", profile: int = 0) -> dict:
+    """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed (None: as the
+    launch defaults in effect say: ``ARMVISION_SCAN_CONFIG``'s, as compare.py's variants set it, or the built-in
+    ``recompute``); ``mode``:
     torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU);
     ``profile``: after the timed steps, that many more steps under torch.profiler (the result's ``profile``)."""
+    if states is None:
+        states = armvision.ops.current_scan_config()["states"]
     with armvision.ops.scan_config(states=states):
         return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile)
 
@@ -176,8 +180,9 @@ def main():
                     choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode of the compiled runs (reduce-overhead: CUDA graphs, as armvision's "
                          "trainer on one GPU)")
-    ap.add_argument("--states", nargs="+", default=["recompute"], choices=["save", "recompute"],
-                    help="Triton scan: keep the chunk states for the backward, or recompute them there")
+    ap.add_argument("--states", nargs="+", choices=["save", "recompute"],
+                    help="Triton scan: keep the chunk states for the backward, or recompute them there (default: "
+                         "as ARMVISION_SCAN_CONFIG says, else recompute)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
@@ -194,7 +199,7 @@ def main():
     for w in args.workloads:
         for backend in args.backends:
             for comp in ([True] if args.compiled_only else [False, True] if args.compile else [False]):
-                for states in (args.states if backend != "torch" else ["save"]):
+                for states in ((args.states or [None]) if backend != "torch" else ["save"]):
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
                         r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states,
@@ -204,7 +209,7 @@ def main():
                         torch.cuda.empty_cache()
                         continue
                     rows.append(r)
-                    print(f"{w:>11} {backend:>7} states={states:>9} compile={str(comp):>5}: "
+                    print(f"{w:>11} {backend:>7} states={r['states']:>9} compile={str(comp):>5}: "
                           f"{r['images_per_s']:8.0f} img/s  {r['ms']:8.1f} ms  MFU {100 * r['mfu']:4.1f}%  "
                           f"peak {r['peak_gib']:5.1f} GiB", flush=True)
                     if "profile" in r:

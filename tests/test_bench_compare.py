@@ -114,6 +114,23 @@ def test_profile_steps_records_the_active_steps():
     assert mm and mm[0]["calls_per_step"] == 1
 
 
+def test_train_step_keeps_the_variants_scan_states(monkeypatch):
+    """train_step.run times the scan config in effect (compare.py's variants set it through ARMVISION_SCAN_CONFIG):
+    it used to force states='recompute', so the 'save' variants of 2026-12-06/07 timed recompute."""
+    import armvision.ops
+    import train_step
+
+    seen = []
+    monkeypatch.setattr(train_step, "_run", lambda *a, **k: seen.append((armvision.ops.current_scan_config(), a[6])))
+    with armvision.ops.scan_config(states="save", seg=2):
+        train_step.run("pretrain_b", "triton", True, 1, 1, 1.0)
+        train_step.run("pretrain_b", "triton", True, 1, 1, 1.0, states="recompute")
+    with armvision.ops.scan_config(states="recompute"):
+        train_step.run("pretrain_b", "triton", True, 1, 1, 1.0)
+    assert [(c["states"], c["seg"], label) for c, label in seen] == [("save", 2, "save"), ("recompute", 2, "recompute"),
+                                                                     ("recompute", 1, "recompute")]
+
+
 def test_a_step_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
     """A timed-out step's own subprocesses (torchrun's workers, pytest's children) stop with it, so they cannot keep
     the GPU busy for the next steps."""
