@@ -252,10 +252,10 @@ def main():
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--variants", nargs="*", default=["default", "seg2", "save_seg2", "combo"],
+    ap.add_argument("--variants", nargs="*", default=["default", "save"],
                     choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
-    ap.add_argument("--cli-variants", nargs="+", default=["default"], choices=["best", *VARIANTS],
+    ap.add_argument("--cli-variants", nargs="+", default=["default", "best"], choices=["best", *VARIANTS],
                     help="run the commands under these switches too; 'best': the fastest model-only variant of the "
                          "first --variant-workloads entry (once, when it is not 'default')")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
