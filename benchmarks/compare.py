@@ -66,8 +66,8 @@ VARIANTS = {
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (the longest in the logs of 2026-12-06/07), for the
 # budget
-ESTIMATE = {"train_step": 95, "scan": 50, "ref_pretrain": 20, "ref_finetune": 20, "pretrain_b": 170,
-            "finetune_b": 200, "pretrain_l": 110, "tests": 90, "numerics": 60}
+ESTIMATE = {"train_step": 95, "scan": 50, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
+            "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
 
