@@ -69,6 +69,7 @@ VARIANTS = {
 ESTIMATE = {"train_step": 95, "scan": 50, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
+BEST_MARGIN = 1.01  # --cli-variants best: a variant at least 1 % faster than default, model alone
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
 
 
@@ -164,8 +165,9 @@ def _read(path: Path):
 
 def cli_variants(wanted: list[str], measured: dict, variant_workloads: list[str]) -> list[str]:
     """The switch sets the commands run under: ``wanted`` in order, each once, with ``best`` replaced by the fastest
-    model-only variant (``measured``: train_step.py's rows by ``workload:variant``) of the first variant workload,
-    or dropped when that is ``default`` or nothing was measured."""
+    model-only variant (``measured``: train_step.py's rows by ``workload:variant``) of the first variant workload
+    when it beats ``default`` by at least ``BEST_MARGIN`` (a command run costs minutes: not for a tie within the
+    noise), else by ``default``; dropped when that is already run or not wanted."""
     names = []
     for v in wanted:
         if v == "best":
@@ -173,6 +175,8 @@ def cli_variants(wanted: list[str], measured: dict, variant_workloads: list[str]
             timed = {k.split(":", 1)[1]: r["images_per_s"] for k, r in measured.items()
                      if w and k.startswith(w + ":") and r.get("images_per_s")}
             v = max(timed, key=timed.get) if timed else "default"
+            if v != "default" and timed[v] < BEST_MARGIN * timed.get("default", 0.0):
+                v = "default"
             if v == "default" and "default" not in wanted:
                 continue
         if v not in names:
