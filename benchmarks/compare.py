@@ -62,6 +62,7 @@ VARIANTS = {
     "save_seg2_combo": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "seg": 2}',
                         "ARMVISION_INDUCTOR": '{"combo_kernels": true}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
+    "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (the longest in the logs of 2026-12-06/07), for the
