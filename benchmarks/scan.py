@@ -23,10 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
-import time
-import types
 from pathlib import Path
 
 import torch
