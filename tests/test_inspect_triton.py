@@ -43,12 +43,15 @@ def test_the_default_scan_kernels_compile_for_sm90_without_spills():
     d = SCAN_DEFAULTS
     assert (d["BT"], d["bwd"][:2], d["seg"], d["bwd_cpt"], d["bwd_maxnreg"], d["bwd_decay"]) == \
         (2, (16, 1), 1, 2, None, "carry"), "the defaults changed: update the launch below"
-    res = _tool("2,16,1,1,2,0,1")
+    assert d["dbc_group"] == 1
+    # and the candidate with dB / dC partial sums added atomically per 4 channel blocks (dbc_group 4)
+    res = _tool("2,16,1,1,2,0,1", "2,16,1,1,2,0,1,4")
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [ln for ln in res.stdout.splitlines() if "registers" in ln]
     kernels = [ln.split(" BT=")[0] for ln in lines]
-    assert kernels == ["fwd", "states", "bwd cpt=2"], res.stdout
+    assert kernels == ["fwd", "states", "bwd cpt=2"] * 2, res.stdout
     for ln in lines:
         assert "0 bytes spill stores, 0 bytes spill loads" in ln, ln
-    regs = int(re.search(r"Used (\d+) registers", lines[-1]).group(1))
-    assert regs <= 168  # scan_triton.BWD_MAXNREG[(2, True)]: 12 warps per SM with one-warp programs
+    for ln in (lines[2], lines[5]):
+        regs = int(re.search(r"Used (\d+) registers", ln).group(1))
+        assert regs <= 168  # scan_triton.BWD_MAXNREG[(2, True)]: 12 warps per SM with one-warp programs

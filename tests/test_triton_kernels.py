@@ -131,6 +131,41 @@ def test_scan_backward_with_carried_decays(seed, cpt, BT, shape, ordered, seg, v
     check_backward_variant(shape, ordered, variant, BT=BT, bwd_cpt=cpt, seg=seg, bwd_decay="carry")
 
 
+@pytest.mark.parametrize("shape,ordered,variant,group", [
+    ((2, 9, 10, 16), False, "all", 2), ((1, 7, 12, 4), True, "all", 3), ((2, 8, 10, 8), False, "bf16", 99),
+    ((1, 6, 8, 3), True, "no_D_no_bias", 2), ((2, 5, 6, 4), False, "no_z", 4)])
+def test_scan_backward_dbc_groups(seed, shape, ordered, variant, group, autograd_path):
+    """dbc_group > 1: groups of channel blocks add their dB / dC partial sums atomically into one (b, t, N) block
+    (e = 10, 12, 8, 6 against BE 4: 3, 3, 2, 2 channel blocks, so groups that do not divide them, one that holds all
+    (99), one larger than the blocks (4)): the reference's values and gradients, token orders, bf16, no D and bias, no
+    z; both autograd paths, states saved and recomputed."""
+    check_backward_variant(shape, ordered, variant, BT=2, bwd_cpt=2, bwd_decay="carry", dbc_group=group)
+
+
+def test_dbc_group_partial_blocks_and_fallbacks(seed, monkeypatch):
+    """scan_bwd's dB / dC partials have one block per dbc_group of channel blocks (the last group may be short) and
+    add up to the same sums as one block per channel block; the one-channel kernel (bwd_cpt 1, or seg > 2) keeps one
+    per channel block whatever dbc_group says. The atomic blocks start from zeros, not from the poisoned _empty."""
+    b, t, e, n = 2, 9, 20, 4  # 5 channel blocks of 4
+    u, dl = torch.randn(b, t, e, device=DEV), torch.randn(b, t, e, device=DEV) * 0.5 - 1
+    A = -torch.exp(torch.randn(e, n, device=DEV))
+    B, C = torch.randn(b, t, n, device=DEV), torch.randn(b, t, n, device=DEV)
+    dout = torch.randn(b, t, e, device=DEV)
+    want = None
+    cases = (((4, 1, 1, 2, 0, 1, 1), 1, 5), ((4, 1, 1, 2, 0, 1, 2), 1, 3), ((4, 1, 1, 2, 0, 1, 5), 1, 1),
+             ((4, 1, 1, 2, 0, 1, 64), 2, 1), ((4, 1, 1, 1, 0, 0, 2), 1, 5), ((4, 1, 1, 2, 0, 1, 2), 3, 5))
+    for block, seg, blocks in cases:  # (block with dbc_group last, seg, dB/dC partial blocks)
+        _, states, chunk = scan_triton.scan_fwd(u, dl, A, B, C, None, None, None, None, True, True, chunk=2,
+                                                block=(4, 1, 1), seg=seg)
+        parts = scan_triton.scan_bwd(u, dl, A, B, C, None, None, None, None, states, dout, True, chunk, block, seg,
+                                     reduce=False)
+        assert parts[3].shape == parts[4].shape == (b, blocks, t, n), (block, seg)
+        got = (parts[3].sum(1), parts[4].sum(1))
+        want = want or got
+        for g, w in zip(got, want):
+            assert torch.isfinite(g).all() and torch.allclose(g, w, rtol=1e-5, atol=1e-5), (block, seg)
+
+
 def test_carried_decays_equal_recomputed_ones(seed):
     """The two ways of getting dA_{t+1} compute the same products from the same values: the gradients agree to
     rounding (fp32), for both backward kernels."""
@@ -183,7 +218,8 @@ def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, mon
 def test_bad_scan_launch_values_are_refused():
     for bad, message in ((dict(bwd_cpt=4), "bwd_cpt .* must be 1 or 2"), (dict(bwd_maxnreg=300), "bwd_maxnreg must"),
                          (dict(bwd_maxnreg=True), "bwd_maxnreg must"), (dict(bwd_decay="exp"), "bwd_decay must"),
-                         (dict(BT=3), "must be a power of two")):
+                         (dict(BT=3), "must be a power of two"), (dict(dbc_group=0), "dbc_group must be a positive"),
+                         (dict(dbc_group=2.0), "dbc_group must be a positive")):
         with pytest.raises(ValueError, match=message):
             with ops.scan_config(**bad):
                 pass
@@ -510,8 +546,9 @@ def test_partial_sum_ops_pass_opcheck(seed):
     index = torch.randperm(5, device=DEV).int()
     cfg = ops.current_scan_config()
     out, states = torch.ops.armvision.selective_scan_fwd(*args, index, True, True)
-    torch.library.opcheck(torch.ops.armvision.selective_scan_bwd_parts.default,
-                          (*args, index, states, torch.randn_like(out), True, cfg["BT"], list(cfg["bwd"])))
+    for block in (list(cfg["bwd"]), [4, 1, 1, 2, 0, 1, 2], [4, 1, 1, 2, 0, 1, 99]):  # dbc groups: 3, 2, 1 blocks
+        torch.library.opcheck(torch.ops.armvision.selective_scan_bwd_parts.default,
+                              (*args, index, states, torch.randn_like(out), True, cfg["BT"], block))
     x = torch.randn(2, 6, 4, device=DEV)
     w, b = torch.randn(4, 4, device=DEV), torch.randn(4, device=DEV)
     torch.library.opcheck(torch.ops.armvision.causal_conv1d_bwd_parts.default,

@@ -1,9 +1,11 @@
 """Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY]]]] [...]   (e.g. 2,32,1 2,16,1,1,2,0,1:
-       the default forward and backward (two channels per thread, launch key bwd_cpt=2, with carried decays,
-       bwd_decay "carry"); 2,16,1: the backward with one channel per thread and recomputed decays (the default
-       before 2026-12-07); MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's own)
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GROUP]]]]] [...]   (e.g. 2,32,1
+       2,16,1,1,2,0,1: the default forward and backward (two channels per thread, launch key bwd_cpt=2, with carried
+       decays, bwd_decay "carry"); 2,16,1: the backward with one channel per thread and recomputed decays (the
+       default before 2026-12-07); MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's
+       own; GROUP: the two-channel backward's dB/dC partial sums added atomically per GROUP channel blocks, launch
+       key dbc_group, 1 (default) for a store per block)
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
 forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the
@@ -116,10 +118,10 @@ if __name__ == "__main__":
         if arg.startswith("conv:"):
             conv_report(*_ints(arg[5:], arg, 2))
             continue
-        given = _ints(arg, arg, 7)
+        given = _ints(arg, arg, 8)
         if len(given) < 3:
             sys.exit(f"inspect_triton: error: {arg!r} is not a launch: BT,BE,WARPS at least (see --help)")
-        BT, BE, W, SEG, CPT, CAP, CARRY = (given + [1, 1, 0, 0][max(0, len(given) - 3):])[:7]
+        BT, BE, W, SEG, CPT, CAP, CARRY, GROUP = (given + [1, 1, 0, 0, 1][max(0, len(given) - 3):])[:8]
         # fwd: the forward saving its states; states: the backward's recomputation (no output written)
         bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)
         for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
@@ -127,6 +129,8 @@ if __name__ == "__main__":
                           SEG=SEG)
             if which.startswith("bwd"):
                 consts["CARRY_DA"] = bool(CARRY)
+            if which == "bwd cpt=2":
+                consts["GROUP"] = max(1, GROUP)
             if not which.startswith("bwd"):
                 consts["SAVE"] = True
                 consts["WRITE_OUT"] = which == "fwd"

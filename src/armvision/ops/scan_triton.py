@@ -422,6 +422,7 @@ def _scan_bwd_kernel2(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, CARRY_DA: tl.constexpr, SEG: tl.constexpr,
+    GROUP: tl.constexpr = 1,
 ):
     H: tl.constexpr = BE // 2
     pe = tl.program_id(0)
@@ -510,13 +511,18 @@ def _scan_bwd_kernel2(
                  mask=m3)
         tl.store(ddl_ptr + pb * s_ob + row[None, :, None] * s_ot + e2[:, None, :], ddl.to(ddl_ptr.dtype.element_ty),
                  mask=m3)
-        # per-block partial sums over this program's channels: the thread's pair first, then across lanes
-        part = (pb * n_eb + pe) * T * N
+        # per-block partial sums over this program's channels: the thread's pair first, then across lanes; GROUP > 1:
+        # added atomically into the partial block of GROUP channel blocks (zeroed by the launcher)
+        part = (pb * tl.cdiv(n_eb, GROUP) + pe // GROUP) * T * N
         mbn = ms[:, None] & mn[None, :]
-        tl.store(dB_ptr + part + row[:, None] * N + n[None, :], tl.sum(tl.sum(gs * dtu[:, :, None, :], axis=0), axis=2),
-                 mask=mbn)
-        tl.store(dC_ptr + part + row[:, None] * N + n[None, :], tl.sum(tl.sum(hs * dy[:, :, None, :], axis=0), axis=2),
-                 mask=mbn)
+        pB = tl.sum(tl.sum(gs * dtu[:, :, None, :], axis=0), axis=2)
+        pC = tl.sum(tl.sum(hs * dy[:, :, None, :], axis=0), axis=2)
+        if GROUP == 1:
+            tl.store(dB_ptr + part + row[:, None] * N + n[None, :], pB, mask=mbn)
+            tl.store(dC_ptr + part + row[:, None] * N + n[None, :], pC, mask=mbn)
+        else:
+            tl.atomic_add(dB_ptr + part + row[:, None] * N + n[None, :], pB, mask=mbn, sem="relaxed")
+            tl.atomic_add(dC_ptr + part + row[:, None] * N + n[None, :], pC, mask=mbn, sem="relaxed")
         dA_acc += tl.sum(W * dt[:, :, None, :], axis=1)
         dD_acc, dD_cmp = _kahan_add(dD_acc, dD_cmp, tl.sum(dy * u, axis=1))
         db_acc, db_cmp = _kahan_add(db_acc, db_cmp, tl.sum(ddl, axis=1))
@@ -549,18 +555,35 @@ def _launch_list(cfg: dict | None = None) -> list[int]:
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
             int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1)),
-            int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry")]
+            int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry"),
+            int(cfg.get("dbc_group", 1))]
 
 
 def _full_bwd_block(block: Sequence[int]) -> list[int]:
-    """(BE, warps, stages, channels per thread, register cap or 0, decays carried) from a block that may stop after
-    any of its first three: 1 channel per thread, the kernel's own cap and recomputed decays where it stops."""
-    return [int(v) for v in (*block, *(1, 0, 0)[len(block) - 3:])]
+    """(BE, warps, stages, channels per thread, register cap or 0, decays carried, dbc_group) from a block that may
+    stop after any of its first three: 1 channel per thread, the kernel's own cap, recomputed decays and a dB/dC
+    partial sum per channel block where it stops."""
+    return [int(v) for v in (*block, *(1, 0, 0, 1)[len(block) - 3:])]
 
 
 def _bwd_block(launch: Sequence[int]) -> list[int]:
     """The backward kernel's block (see :func:`_full_bwd_block`) from a launch list, the shorter ones of before too."""
-    return _full_bwd_block([*launch[4:7], *launch[12:15]])
+    return _full_bwd_block([*launch[4:7], *launch[12:16]])
+
+
+def _bwd_plan(e: int, block: Sequence[int], seg: int) -> tuple[int, int, int, bool, int, int, int, int]:
+    """How :func:`scan_bwd` launches for ``e`` channels: (BE, warps, stages, decays carried, channels per thread,
+    channel blocks, channel blocks per dB/dC partial block, dB/dC partial blocks). Two channels per thread need seg 1
+    or 2 and an even BE: elsewhere the one-channel kernel runs, in its measured-best form (decays recomputed), with a
+    partial sum per channel block; the two-channel kernel adds ``dbc_group`` channel blocks into one partial block
+    (at most all of them)."""
+    BE, warps, stages, cpt, _, carry, group = _full_bwd_block(block)
+    carry = bool(carry)
+    if cpt == 2 and (seg > 2 or BE % 2):
+        cpt, carry, group = 1, False, 1
+    n_eb = triton.cdiv(e, BE)
+    group = min(max(group, 1), n_eb) if cpt == 2 else 1
+    return BE, warps, stages, carry, cpt, n_eb, group, triton.cdiv(n_eb, group)
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -638,36 +661,36 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
              block: Sequence[int] | None = None, seg: int = 1, reduce: bool = True):
     """Launch the backward kernel; ``states`` and ``chunk`` come from :func:`scan_fwd` (with ``seg``);
     ``block`` = (BE, num_warps, num_stages[, channels per thread[, register cap (0: :func:`default_bwd_maxnreg`)[,
-    decays carried]]]) (None: the active :func:`~armvision.ops.scan_config`); 2 channels per thread runs
+    decays carried[, dbc_group]]]]) (None: the active :func:`~armvision.ops.scan_config`); 2 channels per thread runs
     :func:`_scan_bwd_kernel2` where it can (seg 1 or 2, even BE), elsewhere the one-channel kernel with recomputed
-    decays.
+    decays (:func:`_bwd_plan`).
 
     seg > 1 (for long sequences): ``states`` holds one checkpoint per seg chunks and the kernel
     rebuilds the other chunk states per segment in a small per-program scratch.
 
     Returns the gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias) in the inputs' dtypes; with
     ``reduce=False`` dA, dB, dC, dD and ddelta_bias are the kernel's fp32 partial sums instead
-    ((b, n, e), (b, blocks, t, n) twice, (b, e) twice), which :func:`finish_scan_grads` adds up.
+    ((b, n, e), (b, blocks, t, n) twice (blocks: the channel blocks, or their dbc_groups), (b, e) twice), which
+    :func:`finish_scan_grads` adds up.
     """
     b, t, e = u.shape
     n = A.shape[1]
     if block is None:
         block = _bwd_block(_launch_list())
-    BE, warps, stages, cpt, cap, carry = _full_bwd_block(block)
-    carry = bool(carry)
-    if cpt == 2 and (seg > 2 or BE % 2):
-        # the two-channel kernel rebuilds at most one chunk's entering state and splits the block in halves: elsewhere
-        # the one-channel kernel runs, in its measured-best form (decays recomputed)
-        cpt, carry = 1, False
+    cap = _full_bwd_block(block)[4]
+    # the two-channel kernel rebuilds at most one chunk's entering state and splits the block in halves: elsewhere
+    # the one-channel kernel runs (_bwd_plan)
+    BE, warps, stages, carry, cpt, n_eb, group, n_pb = _bwd_plan(e, block, seg)
     maxnreg = cap or default_bwd_maxnreg(cpt, carry)
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
     dz = _empty((b, t, e), z.dtype, u.device) if z is not None else None
-    n_eb = triton.cdiv(e, BE)
     f32 = (torch.float32, u.device)
-    dB_part = _empty((b, n_eb, t, n), *f32)
-    dC_part = _empty((b, n_eb, t, n), *f32)
+    # dB, dC: one partial block per channel block, or per dbc_group of them added atomically (zeroed first)
+    partial = _empty if group == 1 else (lambda shape, dtype, device: torch.zeros(shape, dtype=dtype, device=device))
+    dB_part = partial((b, n_pb, t, n), *f32)
+    dC_part = partial((b, n_pb, t, n), *f32)
     dA_part = _empty((b, n, e), *f32)
     dD_part = _empty((b, e), *f32)
     dbias_part = _empty((b, e), *f32)
@@ -683,7 +706,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
                  HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry,
                  num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
-        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg)
+        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg, GROUP=group)
     else:
         scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32,
                               device=u.device)
@@ -773,7 +796,7 @@ def _scan_bwd_parts_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None, seg=1):
     b, t, e = u.shape
     n = A.shape[1]
-    blocks = triton.cdiv(e, (block or current_scan_config()["bwd"])[0])
+    blocks = _bwd_plan(e, block or _bwd_block(_launch_list()), seg)[7]
     f32 = dict(dtype=torch.float32)
     return [u.new_empty(u.shape), delta.new_empty(delta.shape), u.new_empty((b, n, e), **f32),
             u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, e), **f32),
