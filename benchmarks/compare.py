@@ -65,6 +65,7 @@ VARIANTS = {
     # 256 x 768 x 128: 200 MB of partials written and read again per call, 48 blocks of 16 channels)
     "dbc4": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 4}'},
     "dbc_all": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1024}'},
+    "save_dbc4": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "dbc_group": 4}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
