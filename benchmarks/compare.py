@@ -278,7 +278,7 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=['dbc4={"dbc_group": 4}', 'dbc_all={"dbc_group": 1024}', 'save={"states": "save"}'],
+                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc4", "dbc_all", "save")],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

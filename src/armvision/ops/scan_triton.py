@@ -23,7 +23,7 @@ Design (see docs/kernels.md):
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 import triton
@@ -571,19 +571,34 @@ def _bwd_block(launch: Sequence[int]) -> list[int]:
     return _full_bwd_block([*launch[4:7], *launch[12:16]])
 
 
-def _bwd_plan(e: int, block: Sequence[int], seg: int) -> tuple[int, int, int, bool, int, int, int, int]:
-    """How :func:`scan_bwd` launches for ``e`` channels: (BE, warps, stages, decays carried, channels per thread,
-    channel blocks, channel blocks per dB/dC partial block, dB/dC partial blocks). Two channels per thread need seg 1
-    or 2 and an even BE: elsewhere the one-channel kernel runs, in its measured-best form (decays recomputed), with a
+class _BwdPlan(NamedTuple):
+    """How :func:`scan_bwd` launches for a number of channels (:func:`_bwd_plan`)."""
+
+    BE: int
+    warps: int
+    stages: int
+    cpt: int  # channels per thread: 2 runs _scan_bwd_kernel2
+    carry: bool  # decays carried
+    maxnreg: int  # the register cap (0: none)
+    blocks: int  # channel blocks (programs per batch element)
+    group: int  # channel blocks per dB/dC partial block (dbc_group)
+    partial_blocks: int  # dB/dC partial blocks
+
+
+def _bwd_plan(e: int, block: Sequence[int], seg: int) -> _BwdPlan:
+    """The backward's launch for ``e`` channels from ``block`` (see :func:`_full_bwd_block`). Two channels per thread
+    need seg 1 or 2 and an even BE (the two-channel kernel rebuilds at most one chunk's entering state and splits
+    the block in halves): elsewhere the one-channel kernel runs, in its measured-best form (decays recomputed), with a
     partial sum per channel block; the two-channel kernel adds ``dbc_group`` channel blocks into one partial block
-    (at most all of them)."""
-    BE, warps, stages, cpt, _, carry, group = _full_bwd_block(block)
+    (at most all of them). The register cap is the block's, else the kernel's own (:func:`default_bwd_maxnreg`)."""
+    BE, warps, stages, cpt, cap, carry, group = _full_bwd_block(block)
     carry = bool(carry)
     if cpt == 2 and (seg > 2 or BE % 2):
         cpt, carry, group = 1, False, 1
     n_eb = triton.cdiv(e, BE)
     group = min(max(group, 1), n_eb) if cpt == 2 else 1
-    return BE, warps, stages, carry, cpt, n_eb, group, triton.cdiv(n_eb, group)
+    return _BwdPlan(BE, warps, stages, cpt, carry, cap or default_bwd_maxnreg(cpt, carry) or 0, n_eb, group,
+                    triton.cdiv(n_eb, group))
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
@@ -677,11 +692,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     n = A.shape[1]
     if block is None:
         block = _bwd_block(_launch_list())
-    cap = _full_bwd_block(block)[4]
-    # the two-channel kernel rebuilds at most one chunk's entering state and splits the block in halves: elsewhere
-    # the one-channel kernel runs (_bwd_plan)
-    BE, warps, stages, carry, cpt, n_eb, group, n_pb = _bwd_plan(e, block, seg)
-    maxnreg = cap or default_bwd_maxnreg(cpt, carry)
+    BE, warps, stages, cpt, carry, maxnreg, n_eb, group, n_pb = _bwd_plan(e, block, seg)
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -796,7 +807,7 @@ def _scan_bwd_parts_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 def _(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus, chunk, block=None, seg=1):
     b, t, e = u.shape
     n = A.shape[1]
-    blocks = _bwd_plan(e, block or _bwd_block(_launch_list()), seg)[7]
+    blocks = _bwd_plan(e, block or _bwd_block(_launch_list()), seg).partial_blocks
     f32 = dict(dtype=torch.float32)
     return [u.new_empty(u.shape), delta.new_empty(delta.shape), u.new_empty((b, n, e), **f32),
             u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, blocks, t, n), **f32), u.new_empty((b, e), **f32),
