@@ -64,6 +64,7 @@ VARIANTS = {
     # the backward's dB / dC partial sums added atomically per 4 channel blocks, or all of them into one block (at
     # 256 x 768 x 128: 200 MB of partials written and read again per call, 48 blocks of 16 channels)
     "dbc4": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 4}'},
+    "dbc1": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1}'},  # a dB/dC partial block per channel block (the default before)
     "dbc_all": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1024}'},
     "save_dbc4": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "dbc_group": 4}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
@@ -265,7 +266,7 @@ def main():
     ap.add_argument("--budget", type=float, default=530, help="seconds; steps that no longer fit are skipped")
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l", "finetune_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
-    ap.add_argument("--variants", nargs="*", default=["default", "save", "dbc4"],
+    ap.add_argument("--variants", nargs="*", default=["default", "save", "dbc1"],
                     choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
     ap.add_argument("--cli-variants", nargs="+", default=["default", "best"], choices=["best", *VARIANTS],
@@ -278,7 +279,7 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc4", "dbc_all", "save")],
+                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "dbc_all", "save")],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",

@@ -43,8 +43,8 @@ def test_the_default_scan_kernels_compile_for_sm90_without_spills():
     d = SCAN_DEFAULTS
     assert (d["BT"], d["bwd"][:2], d["seg"], d["bwd_cpt"], d["bwd_maxnreg"], d["bwd_decay"]) == \
         (2, (16, 1), 1, 2, None, "carry"), "the defaults changed: update the launch below"
-    assert d["dbc_group"] == 1
-    # and the candidate with dB / dC partial sums added atomically per 4 channel blocks (dbc_group 4)
+    assert d["dbc_group"] == 4
+    # with dB / dC partial sums stored per channel block (dbc_group 1), and added atomically per 4 (the default)
     res = _tool("2,16,1,1,2,0,1", "2,16,1,1,2,0,1,4")
     assert res.returncode == 0, res.stderr[-2000:]
     lines = [ln for ln in res.stdout.splitlines() if "registers" in ln]

@@ -215,6 +215,20 @@ def test_two_channels_per_thread_falls_back_to_one_where_it_cannot_run(seed, mon
         assert launched == [expect], cfg
 
 
+def test_deterministic_algorithms_turn_the_atomic_dbc_sums_off(seed, monkeypatch):
+    """The default adds dB / dC partial sums atomically per 4 channel blocks (dbc_group 4: the last bits may vary
+    from run to run); under torch.use_deterministic_algorithms(True) the scan launches one partial block per channel
+    block (GROUP 1), whose sums have a fixed order, and gets the reference's gradients either way."""
+    assert ops.current_scan_config()["dbc_group"] == 4
+    launched = record_launches(monkeypatch, ("_scan_bwd_kernel2",), lambda name, kw: kw["GROUP"])
+    for deterministic, group in ((False, 4), (True, 1)):
+        launched.clear()
+        monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda d=deterministic: d)
+        with ops.scan_config(BT=2, bwd=(4, 1, 1)):  # e = 20: 5 channel blocks
+            check_scan(scan_inputs(1, 5, 20, 4, torch.float32))
+        assert launched == [group], deterministic
+
+
 def test_bad_scan_launch_values_are_refused():
     for bad, message in ((dict(bwd_cpt=4), "bwd_cpt .* must be 1 or 2"), (dict(bwd_maxnreg=300), "bwd_maxnreg must"),
                          (dict(bwd_maxnreg=True), "bwd_maxnreg must"), (dict(bwd_decay="exp"), "bwd_decay must"),

@@ -27,10 +27,11 @@ on, and the next chunk's first carried over from the previous iteration) or "rec
 more, from a second read of the next steps' delta; the default before; same values); ``bwd_maxnreg``: a cap on the
 backward kernel's registers per thread (None: ``scan_triton.default_bwd_maxnreg``, for each kernel and decay choice
 the cap ptxas fits without spilling); ``dbc_group``: how many of the backward's channel blocks add their dB and dC
-partial sums into one shared (b, t, N) fp32 block with atomic adds (1, the default: every block stores its own and
-the sum over blocks is a separate reduction, deterministic; k > 1: a k-th of the partial-sum traffic, the order of
-the additions no longer fixed, so dB and dC may differ from run to run in their last bits; two channels per thread
-only, a candidate for A/B runs, docs/kernels.md). Conv keys:
+partial sums into one shared (b, t, N) fp32 block with atomic adds (4, the default since 2026-12-07: a quarter of
+the partial-sum traffic, but the order of the additions is no longer fixed, so dB and dC may differ from run to run
+in their last bits, as with mamba-ssm's CUDA kernel; 1: every block stores its own and the sum over blocks is a
+separate reduction, deterministic, and what runs while ``torch.use_deterministic_algorithms(True)`` is on; two
+channels per thread only, docs/kernels.md). Conv keys:
 ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
 (t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
 backward writes one (1 + width, e) fp32 block of dw/db partial sums.
@@ -68,7 +69,7 @@ __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_co
 # the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
                                  "sums": "graph", "states_block": None, "bwd_cpt": 2,
-                                 "bwd_maxnreg": None, "bwd_decay": "carry", "dbc_group": 1}
+                                 "bwd_maxnreg": None, "bwd_decay": "carry", "dbc_group": 4}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block

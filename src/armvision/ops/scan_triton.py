@@ -549,14 +549,20 @@ def _delta_dt3(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 # Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
 # scope), read once per call in selective_scan_triton and passed down as arguments: ``launch`` =
 # [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg, sums in the graph, states BE, states
-# warps, states stages, bwd channels per thread, bwd register cap (0: the kernel's own), bwd decays carried].
+# warps, states stages, bwd channels per thread, bwd register cap (0: the kernel's own), bwd decays carried, dbc_group].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
             int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1)),
             int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry"),
-            int(cfg.get("dbc_group", 1))]
+            _dbc_group(cfg)]
+
+
+def _dbc_group(cfg: dict) -> int:
+    """The configured dbc_group, or 1 (a partial block per channel block, no atomic adds: the same bits on every
+    run) while ``torch.use_deterministic_algorithms(True)`` is on."""
+    return 1 if torch.are_deterministic_algorithms_enabled() else int(cfg.get("dbc_group", 1))
 
 
 def _full_bwd_block(block: Sequence[int]) -> list[int]:
