@@ -64,7 +64,7 @@ VARIANTS = {
     # the backward's dB / dC partial sums added atomically per 4 channel blocks, or all of them into one block (at
     # 256 x 768 x 128: 200 MB of partials written and read again per call, 48 blocks of 16 channels)
     "dbc4": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 4}'},
-    "dbc1": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1}'},  # a dB/dC partial block per channel block (the default before)
+    "dbc1": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1}'},  # a dB/dC partial block per channel block (as before)
     "dbc_all": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1024}'},
     "save_dbc4": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "dbc_group": 4}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
