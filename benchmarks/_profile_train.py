@@ -22,6 +22,7 @@ from armvision.train.config import load_config, parse_cli_overrides
 from armvision.train.trainer import Trainer
 
 TOP = 40
+MOST_LAUNCHED = 20  # the kernels launched most often per step: where the launch gaps come from
 
 # kinds of CUDA kernels, by name (first match wins); what matches none is "other ATen kernels"
 KINDS = (
@@ -63,6 +64,11 @@ def kernel_table(prof, active: int, step_us: float, cuda: bool) -> dict:
            for name, t, n in rows[:TOP]]
     res = {"step_ms": step_us / 1e3, "busy_ms_per_step": busy / 1e3, "busy_share": busy / step_us,
            "what": "CUDA kernels" if cuda else "CPU operators (self time)", "top": top}
+    # the most launched: each launch leaves a gap of a few microseconds even in a CUDA graph, so many small kernels
+    # (fills, casts, split-K reductions) cost more than their own time; the time column says how small they are
+    res["most_launched"] = [{"name": name, "us_per_step": t / active, "calls_per_step": n / active,
+                             "us_per_call": t / n} for name, t, n in
+                            sorted(rows, key=lambda r: (-r[2], -r[1]))[:MOST_LAUNCHED]]
     if cuda:
         kinds: dict[str, list[float]] = {}
         for name, t, n in rows:

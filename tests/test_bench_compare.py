@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from trainhelpers import assert_process_gone, pipe_holder_script
 
@@ -103,6 +104,10 @@ def test_a_profiled_variant_adds_where_the_step_goes(capsys):
     train_step.print_profile(prof)
     out = capsys.readouterr().out
     assert "1400 kernels per step" in out and "| `_scan_bwd_kernel` | 12.00 | 15.8% | 12 |" in out
+    prof["most_launched"] = [{"name": "triton_poi_fused_fill_0", "us_per_step": 340.0, "calls_per_step": 170.0,
+                              "us_per_call": 2.0}]
+    train_step.print_profile(prof)
+    assert "| `triton_poi_fused_fill_0` | 170 | 0.34 | 2.0 |" in capsys.readouterr().out
 
 
 def test_profile_steps_records_the_active_steps():
@@ -111,9 +116,14 @@ def test_profile_steps_records_the_active_steps():
     import train_step
 
     x = torch.randn(32, 32)
-    res = train_step.profile_steps(lambda: (x @ x).sum(), 3, cuda=False)
+    res = train_step.profile_steps(lambda: (x @ x).sum() + (x @ x).sum(), 3, cuda=False)
     mm = [r for r in res["top"] if r["name"] == "aten::mm"]
-    assert mm and mm[0]["calls_per_step"] == 1
+    assert mm and mm[0]["calls_per_step"] == 2
+    # the most launched first, with their time per call
+    counts = [r["calls_per_step"] for r in res["most_launched"]]
+    assert counts == sorted(counts, reverse=True) and counts[0] >= 2
+    mm = [r for r in res["most_launched"] if r["name"] == "aten::mm"][0]
+    assert mm["calls_per_step"] == 2 and mm["us_per_call"] == pytest.approx(mm["us_per_step"] / 2)
 
 
 def test_train_step_keeps_the_variants_scan_states(monkeypatch):

@@ -38,3 +38,4 @@ def test_tiny_mode_end_to_end(tmp_path):
     prof = res["profile"]  # --profile: the pretraining trainer's top operators (kernels on a GPU) per step
     assert prof["active"] == 2 and prof["step_ms"] > 0 and not prof["compiled"] and len(prof["top"]) >= 5
     assert all(0 < r["share"] for r in prof["top"]) and "ms per step" in proc.stdout
+    assert prof["most_launched"] and "| most launched | calls per step |" in proc.stdout
