@@ -79,6 +79,19 @@ def kernel_table(prof, active: int, step_us: float, cuda: bool) -> dict:
     return res
 
 
+def most_launched_table(p: dict, top: int | None = None) -> list[str]:
+    """Markdown lines of ``p["most_launched"]`` (from :func:`kernel_table`; none for an older result): the kernels
+    launched most often per step, with their time per call."""
+    if not p.get("most_launched"):
+        return []
+    lines = ["| most launched | calls per step | ms per step | us per call |", "|---|---|---|---|"]
+    for r in p["most_launched"][:top]:
+        name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
+        lines.append(f"| `{name}` | {r['calls_per_step']:.0f} | {r['us_per_step'] / 1e3:.2f} | "
+                     f"{r['us_per_call']:.1f} |")
+    return lines
+
+
 def main(argv: list[str]) -> int:
     out, wait, active, task, rest = Path(argv[0]), int(argv[1]), int(argv[2]), argv[3], argv[4:]
     config = None

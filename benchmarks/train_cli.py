@@ -162,11 +162,9 @@ def profile_table(p: dict, top: int = 15) -> str:
         lines.append(f"| step minus the kernels' sum (GPU idle: host, launches, waits) | {idle:.2f} | "
                      f"{100 * idle / p['step_ms']:.1f}% | |")
     if p.get("most_launched"):  # many small kernels: each launch costs a gap beside its own time
-        lines += ["", "| most launched | calls per step | ms per step | us per call |", "|---|---|---|---|"]
-        for r in p["most_launched"][:top]:
-            name = r["name"] if len(r["name"]) <= 90 else r["name"][:87] + "..."
-            lines.append(f"| `{name}` | {r['calls_per_step']:.0f} | {r['us_per_step'] / 1e3:.2f} | "
-                         f"{r['us_per_call']:.1f} |")
+        from _profile_train import most_launched_table
+
+        lines += ["", *most_launched_table(p, top)]
     return "\n".join(lines)
 
 

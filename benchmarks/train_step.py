@@ -169,10 +169,9 @@ def print_profile(p: dict) -> None:
         print(f"| `{k['name'][:90]}` | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | "
               f"{k['calls_per_step']:.0f} |")
     if p.get("most_launched"):
-        print("| most launched kernel | calls per step | ms per step | us per call |\n|---|---|---|---|")
-        for k in p["most_launched"]:
-            print(f"| `{k['name'][:90]}` | {k['calls_per_step']:.0f} | {k['us_per_step'] / 1e3:.2f} | "
-                  f"{k['us_per_call']:.1f} |")
+        from _profile_train import most_launched_table
+
+        print("\n".join(most_launched_table(p)))
 
 
 def main():
