@@ -70,14 +70,17 @@ VARIANTS = {
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
+    # inductor times Triton templates against cuBLAS for the matrix products only (no pointwise autotuning)
+    "autotune_gemm": {"ARMVISION_INDUCTOR": '{"max_autotune_gemm": true}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (the longest in the logs of 2026-12-06/07), for the
 # budget
 ESTIMATE = {"train_step": 95, "scan": 50, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
-# model-only variants that take longer than ESTIMATE["train_step"]: max_autotune benchmarks GEMM and fusion choices
-# while it compiles (not yet measured on the device: a guess, so that it gets a call of its own rather than a cut)
-VARIANT_ESTIMATE = {"autotune": 420}
+# model-only variants that take longer than ESTIMATE["train_step"]: max_autotune times every matrix product's
+# candidate kernels while it compiles: ARM-B pretraining on an H100 (2026-12-07) spent 368 s on the first 29 products
+# and was stopped at 480 s. The timings are kept (_autotune_cache.py), so a later call goes on from there.
+VARIANT_ESTIMATE = {"autotune": 420, "autotune_gemm": 420}
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
 BEST_MARGIN = 1.01  # --cli-variants best: a variant at least 1 % faster than default, model alone
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
@@ -281,6 +284,9 @@ def main():
     ap.add_argument("--scan-variants", nargs="*",
                     default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "dbc_all", "save")],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
+    ap.add_argument("--autotune-seed", type=Path, default=HERE / "autotune", metavar="DIR",
+                    help="inductor's GEMM timings (inductor_autotune-*.json from an earlier call's --out) merged into "
+                         "this machine's cache before the runs; new timings are written to --out (_autotune_cache.py)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
                     default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
@@ -300,10 +306,16 @@ def main():
             ap.error(f"{p} not found")
     import triton
 
+    import _autotune_cache
     import _cuda_ext
 
     run = Run(args.out, args.budget, args.workdir)
     res = run.res
+    tuned = _autotune_cache.local_cache_folder()  # sets TORCHINDUCTOR_CACHE_DIR: the subprocesses share it
+    seeded = _autotune_cache.seed(args.autotune_seed, tuned)
+    res["autotune_seed"] = seeded
+    if seeded:
+        print(f"inductor GEMM timings from {args.autotune_seed} (products per system): {seeded}", flush=True)
     res.update(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(),
                software=f"torch {torch.__version__}, Triton {triton.__version__}", workers=args.workers)
     print(f"device: {res['device']}, {res['software']}, {res['cores']} cores", flush=True)
@@ -342,6 +354,7 @@ def main():
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
+            res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
             run.save()
     for k, proc in builds.items():
         run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
@@ -396,6 +409,10 @@ def main():
                               args.numerics], timeout=run.budget - run.elapsed(),
                  extra_env={"ARMVISION_MAMBA_SSM_SRC": str(srcs["mamba_ssm"]),
                             "ARMVISION_MAMBA_SSM_BUILD": str(build)})
+    res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
+    if res.get("autotune_out"):
+        print(f"inductor GEMM timings written to {args.out} (products per system): {res['autotune_out']}; copy the "
+              "inductor_autotune-*.json files into benchmarks/autotune/ for the next call", flush=True)
     text = table(res)
     res["table"] = text
     run.save()

@@ -11,6 +11,8 @@
 # Extra arguments for compare.py go in COMPARE_ARGS (e.g. COMPARE_ARGS="--budget 480 --variants default before").
 # The two CUDA builds (about 290 s) are kept: each built module is written to $OUT as NAME-KEY.so.xz; put those
 # files in the carried folder's cuda_ext/ and the next call loads them instead of compiling (benchmarks/_cuda_ext.py).
+# Inductor's matrix-product timings of a max_autotune variant come back as inductor_autotune-HASH.json: commit them
+# into benchmarks/autotune/ and the next call does not time those products again (benchmarks/_autotune_cache.py).
 set -uo pipefail
 CARRY=${1:-.carry}
 : "${OUT:?set OUT to the folder for the results}"
