@@ -350,7 +350,8 @@ def main():
                                              "--json", str(out),
                                              *(["--profile", str(args.profile_steps)]
                                                if args.profile_steps and vi == 0 else [])],
-                     timeout=max(240, estimate + 60),
+                     # a long variant (max_autotune) may use the rest of the shadow: its timings are kept if stopped
+                     timeout=max(240, estimate + 60, args.shadow_until - run.elapsed() if v in VARIANT_ESTIMATE else 0),
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])

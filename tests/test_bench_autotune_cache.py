@@ -96,3 +96,67 @@ def test_torch_reads_seeded_timings_instead_of_timing_again(tmp_path, monkeypatc
         assert ac.export(folder, tmp_path / "out", {key: 1}) == {key: 2}
     finally:
         codecache.CacheBase.get_local_cache_path.cache_clear()
+
+
+def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tmp_path, monkeypatch, capsys):
+    """compare.main end to end with its subprocesses stubbed (no GPU here): the seed reaches the machine's cache
+    before the variants run, a max_autotune variant gets the rest of the build's shadow as its timeout, and the
+    products it timed before it was stopped come back in --out beside the seeded ones."""
+    import compare
+    import data_pipeline
+    import torch
+    import _cuda_ext
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(_cuda_ext, "unpacked", lambda p, d: p)
+    monkeypatch.setattr(_cuda_ext, "package_version", lambda p: "0")
+    monkeypatch.setattr(data_pipeline, "make_synthetic_jpegs", lambda root, n: None)
+
+    class _Proc:
+        pid = 0
+
+    monkeypatch.setattr(compare.Run, "start", lambda self, what, cmd: _Proc())
+    monkeypatch.setattr(compare.Run, "finish", lambda self, what, proc, timeout: 0)
+    calls = []
+
+    def call(self, what, cmd, timeout, extra_env=None):
+        calls.append((what, timeout, dict(extra_env or {})))
+        if what == "train_step pretrain_b autotune_gemm":  # inductor timed one product, then the timeout came
+            cache = tmp_path / "inductor" / "cache" / "sys1"
+            data = json.loads(cache.read_text())
+            data["cache"]["mm"]["new_shape"] = {"highest": {"c": 0.3}}
+            cache.write_text(json.dumps(data))
+            return -9
+        return 0
+
+    monkeypatch.setattr(compare.Run, "call", call)
+    arm = tmp_path / "ARM"
+    (arm / "Finetuning").mkdir(parents=True)
+    (arm / "models_pretrain.py").write_text("")
+    (arm / "Finetuning" / "models_mamba.py").write_text("")
+    for name in ("m.tar.gz", "c.tar.gz"):
+        (tmp_path / name).write_text("")
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    (seed_dir / f"{ac.PREFIX}sys1.json").write_text(json.dumps(_file({"mm": {"old_shape": {"highest": {"a": 0.1}}}})))
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", [
+        "compare.py", "--out", str(out), "--arm-src", str(arm), "--mamba-ssm-src", str(tmp_path / "m.tar.gz"),
+        "--causal-conv1d-src", str(tmp_path / "c.tar.gz"), "--workdir", str(tmp_path / "work"), "--budget", "5000",
+        "--shadow-until", "3000", "--variants", "default", "autotune_gemm", "--profile-steps", "0",
+        "--workloads", "pretrain_b", "--cli-variants", "default", "--tests", "--numerics", "",
+        "--autotune-seed", str(seed_dir)])
+    compare.main()
+
+    timeouts = {what: t for what, t, _ in calls}
+    assert timeouts["train_step pretrain_b default"] == 240
+    assert timeouts["train_step pretrain_b autotune_gemm"] > 2900  # the rest of the shadow, not 480 s
+    env = {what: e for what, _, e in calls}["train_step pretrain_b autotune_gemm"]
+    assert json.loads(env["ARMVISION_INDUCTOR"]) == {"max_autotune_gemm": True}
+    back = json.loads((out / f"{ac.PREFIX}sys1.json").read_text())
+    assert set(back["cache"]["mm"]) == {"old_shape", "new_shape"}
+    res = json.loads((out / "compare.json").read_text())
+    assert res["autotune_seed"] == {"sys1": 1} and res["autotune_out"] == {"sys1": 2}
+    assert "benchmarks/autotune/" in capsys.readouterr().out
