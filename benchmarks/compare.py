@@ -77,10 +77,12 @@ VARIANTS = {
 # budget
 ESTIMATE = {"train_step": 95, "scan": 50, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
-# model-only variants that take longer than ESTIMATE["train_step"]: max_autotune times every matrix product's
-# candidate kernels while it compiles: ARM-B pretraining on an H100 (2026-12-07) spent 368 s on the first 29 products
-# and was stopped at 480 s. The timings are kept (_autotune_cache.py), so a later call goes on from there.
-VARIANT_ESTIMATE = {"autotune": 420, "autotune_gemm": 420}
+# model-only variants longer than one call may give them: max_autotune times every matrix product's candidate kernels
+# while it compiles (ARM-B pretraining on an H100, 2026-12-07: 368 s for the first 29 products, stopped at 480 s).
+# Such a variant runs until --shadow-until if at least LONG_VARIANT_MIN s of it are left; the timings it took are kept
+# (_autotune_cache.py), so a later call goes on from there.
+LONG_VARIANTS = ("autotune", "autotune_gemm")
+LONG_VARIANT_MIN = 120
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
 BEST_MARGIN = 1.01  # --cli-variants best: a variant at least 1 % faster than default, model alone
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
@@ -338,8 +340,9 @@ def main():
     for w in args.variant_workloads:
         for vi, v in enumerate(args.variants):
             what = f"train_step {w} {v}"
-            estimate = VARIANT_ESTIMATE.get(v, ESTIMATE["train_step"])
-            if run.elapsed() + estimate > args.shadow_until:  # the measurements below come first
+            long, estimate = v in LONG_VARIANTS, ESTIMATE["train_step"]
+            left = args.shadow_until - run.elapsed()
+            if left < (LONG_VARIANT_MIN if long else estimate):  # the measurements below come first
                 res["skipped"].append(what)
                 print(f"[{run.elapsed():4.0f} s] skipped {what}: would end after --shadow-until", flush=True)
                 continue
@@ -350,8 +353,7 @@ def main():
                                              "--json", str(out),
                                              *(["--profile", str(args.profile_steps)]
                                                if args.profile_steps and vi == 0 else [])],
-                     # a long variant (max_autotune) may use the rest of the shadow: its timings are kept if stopped
-                     timeout=max(240, estimate + 60, args.shadow_until - run.elapsed() if v in VARIANT_ESTIMATE else 0),
+                     timeout=left if long else max(240, estimate + 60),
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
