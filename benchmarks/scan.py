@@ -94,15 +94,24 @@ def autograd_fns(scan_fn, inp, dout, before=None):
     return fwd, fwd_bwd
 
 
-def op_fns(inp, dout, states="recompute", config=None):
+def op_fns(inp, dout, states="recompute", config=None, compiled: bool | str = False):
     """armvision's public op on the Triton backend, through autograd (what a model pays), with the
     chunk states recomputed in the backward (the default) or saved by the forward; ``config``: other
-    ops.scan_config keys."""
+    ops.scan_config keys. ``compiled``: the op inside torch.compile, as the training commands run it: inductor then
+    fuses the backward's sums of per-block partials (``finish_scan_grads``) and casts into a few kernels instead of
+    running each as its own (eager: about a dozen small kernels per backward); a string names torch.compile's
+    backend (the tests use "aot_eager")."""
     from armvision import ops
 
+    def op(*a):
+        return ops.selective_scan(*a, delta_softplus=True, backend="triton")
+
+    if compiled:
+        op = torch.compile(op, dynamic=False, **({"backend": compiled} if isinstance(compiled, str) else {}))
+
     def scan(*a):
-        with ops.scan_config(**{"states": states, **(config or {})}):  # read at the forward; the backward follows
-            return ops.selective_scan(*a, delta_softplus=True, backend="triton")
+        with ops.scan_config(**{"states": states, **(config or {})}):  # read at the forward (compiled: at tracing)
+            return op(*a)
 
     return autograd_fns(scan, inp, dout)
 
@@ -279,6 +288,8 @@ def main():
     ap.add_argument("--config-sweep", action="store_true", help="sweep launch configs at one shape first, use the best")
     ap.add_argument("--no-torch", action="store_true", help="skip the (slow) plain-PyTorch baseline")
     ap.add_argument("--no-save", action="store_true", help="skip the op with states='save' (op_save)")
+    ap.add_argument("--compiled-op", action="store_true",
+                    help="also time the op inside torch.compile, as the training commands run it (op_compiled)")
     ap.add_argument("--op-config", nargs="*", default=[], metavar="NAME=JSON",
                     help="also time the op (as triton_op) inside ops.scan_config(**JSON), as impl op:NAME, e.g. "
                          "states16='{\"states_block\": [16, 1, 1]}'")
@@ -313,6 +324,8 @@ def _measure(args, st):
     impls = {"triton": lambda inp, dout: triton_fns(st, inp, dout), "triton_op": op_fns}
     if not args.no_save:
         impls["op_save"] = lambda inp, dout: op_fns(inp, dout, "save")
+    if args.compiled_op:
+        impls["op_compiled"] = lambda inp, dout: op_fns(inp, dout, compiled=True)
     for item in args.op_config:
         name, _, text = item.partition("=")
         cfg = json.loads(text)
@@ -356,7 +369,9 @@ def _measure(args, st):
         torch.cuda.empty_cache()
     print("\nimpl: triton = the kernel launchers alone (forward saving the chunk states, backward); triton_op = "
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
-          "op_save = the same inside ops.scan_config(states='save'); cuda_ref = mamba-ssm's selective_scan_fn "
+          "op_save = the same inside ops.scan_config(states='save'); op_compiled = triton_op inside torch.compile "
+          "(the backward's partial sums fused by inductor, as in a compiled model); cuda_ref = mamba-ssm's "
+          "selective_scan_fn "
           "through autograd in its own (b, e, t) layout")
     if "cuda_ref" in impls:
         print(f"vs CUDA = fwd+bwd time / cuda_ref's fwd+bwd at the same shape in this run, on {device}; "

@@ -46,6 +46,14 @@ def test_table_names_the_card_and_takes_every_ratio_from_this_run():
     # a workload whose reference did not run has no ratio
     res = dict(RES, reference=[])
     assert "| pretrain_b | - (-) | 4100 (3900), 15.2 | - | >= 2x |" in compare.table(res)
+    # with the op also timed compiled (scan.py --compiled-op), a column of its own between the eager op and the kernels
+    scan = {"results": RES["scan"]["results"] + [{"b": 256, "e": 768, "t": 128, "impl": "op_compiled",
+                                                  "fwd_bwd_ms": 1.35, "ratio_to_cuda": 0.45}]}
+    text = compare.table(dict(RES, scan=scan))
+    assert "| armvision op as models call it (states recomputed) ms | ratio | the op compiled" in text
+    assert "| 256 x 768 x 128 | 3.000 | 1.500 | 0.50 | 1.350 | 0.45 | 1.200 | 0.40 | <= 0.5 |" in text
+    header = next(line for line in text.splitlines() if line.startswith("| scan fwd+bwd"))
+    assert header.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
 
 
 def test_cli_variants_best_is_the_fastest_model_only_run():
