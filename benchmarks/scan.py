@@ -299,6 +299,8 @@ def main():
     ap.add_argument("--build-dir", type=Path, default=Path("build/mamba_ssm_cuda"),
                     help="where --mamba-ssm-src builds (reused when up to date)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU: it times the scan kernels (and mamba-ssm's, with --mamba-ssm-src) on one card")
 
     from armvision import ops
     from armvision.ops import scan_triton as st
@@ -371,8 +373,7 @@ def _measure(args, st):
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
           "op_save = the same inside ops.scan_config(states='save'); op_compiled = triton_op inside torch.compile "
           "(the backward's partial sums fused by inductor, as in a compiled model); cuda_ref = mamba-ssm's "
-          "selective_scan_fn "
-          "through autograd in its own (b, e, t) layout")
+          "selective_scan_fn through autograd in its own (b, e, t) layout")
     if "cuda_ref" in impls:
         print(f"vs CUDA = fwd+bwd time / cuda_ref's fwd+bwd at the same shape in this run, on {device}; "
               f"target <= {TARGET_RATIO}")

@@ -2,6 +2,7 @@
 commands run it gives the eager op's output and gradients, and takes the scan_config scope that is active while it
 is traced (states saved or recomputed)."""
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -61,3 +62,10 @@ def test_compiled_op_matches_the_eager_op_and_the_reference(states, monkeypatch)
     for name, a, b, r in zip(ARGS, g_eager, g_compiled, g_ref):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
         assert torch.allclose(b.double(), r, rtol=1e-4, atol=1e-5), name
+
+
+def test_refuses_without_a_gpu_in_one_line():
+    if torch.cuda.is_available():
+        return
+    proc = subprocess.run([sys.executable, scan.__file__, "--compiled-op"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
