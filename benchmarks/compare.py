@@ -181,16 +181,17 @@ def _read(path: Path):
 def cli_variants(wanted: list[str], measured: dict, variant_workloads: list[str]) -> list[str]:
     """The switch sets the commands run under: ``wanted`` in order, each once, with ``best`` replaced by the fastest
     model-only variant (``measured``: train_step.py's rows by ``workload:variant``) of the first variant workload
-    when it beats ``default`` by at least ``BEST_MARGIN`` (a command run costs minutes: not for a tie within the
-    noise), else by ``default``; dropped when that is already run or not wanted."""
+    when it beats ``default``, timed in the same call, by at least ``BEST_MARGIN`` (a command run costs minutes: not
+    for a tie within the noise, nor against a default this call did not time), else by ``default``; dropped when that
+    is already run or not wanted."""
     names = []
     for v in wanted:
         if v == "best":
             w = variant_workloads[0] if variant_workloads else None
             timed = {k.split(":", 1)[1]: r["images_per_s"] for k, r in measured.items()
                      if w and k.startswith(w + ":") and r.get("images_per_s")}
-            v = max(timed, key=timed.get) if timed else "default"
-            if v != "default" and timed[v] < BEST_MARGIN * timed.get("default", 0.0):
+            v = max(timed, key=timed.get) if "default" in timed else "default"
+            if v != "default" and timed[v] < BEST_MARGIN * timed["default"]:
                 v = "default"
             if v == "default" and "default" not in wanted:
                 continue
@@ -278,9 +279,10 @@ def main():
     ap.add_argument("--variants", nargs="*", default=["default", "save", "dbc1"],
                     choices=list(VARIANTS),
                     help="model-only runs of ARM-B pretraining under these switches (during the build)")
-    ap.add_argument("--cli-variants", nargs="+", default=["default", "best"], choices=["best", *VARIANTS],
-                    help="run the commands under these switches too; 'best': the fastest model-only variant of the "
-                         "first --variant-workloads entry (once, when it is not 'default')")
+    ap.add_argument("--cli-variants", nargs="*", default=["default", "best"], choices=["best", *VARIANTS],
+                    help="run the commands under these switches ('best': the fastest model-only variant of the "
+                         "first --variant-workloads entry, once, when it beats 'default' timed in this call; none: "
+                         "no command runs)")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",

@@ -68,6 +68,11 @@ def test_cli_variants_best_is_the_fastest_model_only_run():
     assert compare.cli_variants(["best", "combo", "combo"], faster, ["finetune_b"]) == ["combo"]
     tie = dict(ts, **{"pretrain_b:combo": {"workload": "pretrain_b", "images_per_s": 4420.0}})  # +0.5 %: noise
     assert compare.cli_variants(["default", "best"], tie, ["pretrain_b"]) == ["default"]
+    # a variant timed without default in the same call is not 'best' (2026-12-07: autotune_gemm alone was run)
+    alone = {"pretrain_b:autotune_gemm": {"images_per_s": 3470.0}}
+    assert compare.cli_variants(["default", "best"], alone, ["pretrain_b"]) == ["default"]
+    assert compare.cli_variants(["best"], alone, ["pretrain_b"]) == []
+    assert compare.cli_variants([], faster, ["pretrain_b"]) == []
     res = dict(RES, cli=dict(RES["cli"], **{"pretrain_b:seg2": {"images_per_s": 4300.0,
                                                                  "min_window_images_per_s": 4200.0, "peak_gib": 15.1}}))
     assert "| pretrain_b under seg2 | 2000 (17.8) | 4300 (4200), 15.1 | 2.15 (2.10) | >= 2x |" in compare.table(res)
