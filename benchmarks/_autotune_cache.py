@@ -14,6 +14,14 @@ reads them instead of timing again. So compare.py
 
 Copy the exported files into benchmarks/autotune/ and the next call's autotuned compile starts where this one
 stopped. A timing from another system (another card, CUDA or Triton) has another hash and is never read.
+
+The same for inductor's coordinate-descent tuning of its own kernels (``coordinate_descent_tuning``, compare.py's
+``cdt``): each tuned kernel's best launch config lands in a ``.best_config`` file beside the kernel's source in the
+inductor cache dir (``torch._inductor.runtime.autotune_cache.AutotuneCache``; the name hashes the kernel's source,
+the torch version and its candidate configs), so a compile that finds the file skips the tuning. ARM-B pretraining
+under ``cdt`` was still tuning after 240 s on an H100 (2026-12-07). :func:`export_coordesc` writes the configs found
+by coordinate descent as one ``inductor_coordesc.json`` (paths relative to the cache dir), :func:`seed_coordesc` puts
+them back; an entry for another torch version or another kernel source has another name and is never read.
 """
 
 from __future__ import annotations
@@ -95,3 +103,56 @@ def export(folder: Path, out: Path, known: dict[str, int] | None = None) -> dict
             _write(Path(out) / f"{PREFIX}{f.name}.json", data)
             done[f.name] = count(data["cache"])
     return done
+
+
+COORDESC = "inductor_coordesc.json"
+_BEST = re.compile(r"(?:[A-Za-z0-9_-]+/){1,2}[A-Za-z0-9_-]+\.best_config")
+
+
+def _best_configs(root: Path) -> dict[str, dict]:
+    """The cache dir's ``.best_config`` files found by coordinate descent, by path relative to ``root``."""
+    found = {}
+    for f in sorted(Path(root).glob("**/*.best_config")) if Path(root).is_dir() else []:
+        rel = f.relative_to(root).as_posix()
+        try:
+            data = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if _BEST.fullmatch(rel) and isinstance(data, dict) and data.get("found_by_coordesc"):
+            found[rel] = data
+    return found
+
+
+def seed_coordesc(src: Path, root: Path) -> int:
+    """Write the entries of ``src``'s ``inductor_coordesc.json`` under ``root`` (the inductor cache dir) where no file
+    is yet; the entries now in place. A damaged file or entry is passed over with a message."""
+    f = Path(src) / COORDESC
+    if not f.is_file():
+        return 0
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict):
+        print(f"autotune seed: {f} is not a file of coordinate-descent configs; passed over", flush=True)
+        return 0
+    held = 0
+    for rel, cfg in data.items():
+        if not (isinstance(rel, str) and _BEST.fullmatch(rel) and isinstance(cfg, dict)):
+            print(f"autotune seed: {f}: entry {rel!r} passed over", flush=True)
+            continue
+        target = Path(root) / rel
+        if not target.exists():
+            _write(target, cfg)
+        held += 1
+    return held
+
+
+def export_coordesc(root: Path, out: Path, known: int = 0) -> int:
+    """Write the cache dir's coordinate-descent configs to ``out``/inductor_coordesc.json when there are more than
+    ``known`` (what was seeded); how many were written, or 0."""
+    found = _best_configs(root)
+    if len(found) <= known:
+        return 0
+    _write(Path(out) / COORDESC, found)
+    return len(found)

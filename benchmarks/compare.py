@@ -78,10 +78,11 @@ VARIANTS = {
 ESTIMATE = {"train_step": 95, "scan": 90, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
 # model-only variants longer than one call may give them: max_autotune times every matrix product's candidate kernels
-# while it compiles (ARM-B pretraining on an H100, 2026-12-07: 368 s for the first 29 products, stopped at 480 s).
-# Such a variant runs until --shadow-until if at least LONG_VARIANT_MIN s of it are left; the timings it took are kept
-# (_autotune_cache.py), so a later call goes on from there.
-LONG_VARIANTS = ("autotune", "autotune_gemm")
+# while it compiles (ARM-B pretraining on an H100, 2026-12-07: 368 s for the first 29 products, stopped at 480 s;
+# autotune_gemm: 353 s for 30 products), coordinate-descent tuning each of inductor's own kernels (cdt: still tuning
+# after 240 s). Such a variant runs until --shadow-until if at least LONG_VARIANT_MIN s of it are left; what it tuned
+# is kept (_autotune_cache.py), so a later call goes on from there.
+LONG_VARIANTS = ("autotune", "autotune_gemm", "cdt")
 LONG_VARIANT_MIN = 120
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
 BEST_MARGIN = 1.01  # --cli-variants best: a variant at least 1 % faster than default, model alone
@@ -294,7 +295,8 @@ def main():
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--autotune-seed", type=Path, default=HERE / "autotune", metavar="DIR",
                     help="inductor's GEMM timings (inductor_autotune-*.json from an earlier call's --out) merged into "
-                         "this machine's cache before the runs; new timings are written to --out (_autotune_cache.py)")
+                         "this machine's cache before the runs, and its coordinate-descent configs "
+                         "(inductor_coordesc.json) put in place; new ones are written to --out (_autotune_cache.py)")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
                     default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
@@ -324,6 +326,9 @@ def main():
     res["autotune_seed"] = seeded
     if seeded:
         print(f"inductor GEMM timings from {args.autotune_seed} (products per system): {seeded}", flush=True)
+    seeded_cd = res["coordesc_seed"] = _autotune_cache.seed_coordesc(args.autotune_seed, tuned.parent)
+    if seeded_cd:
+        print(f"inductor coordinate-descent configs from {args.autotune_seed}: {seeded_cd} kernels", flush=True)
     res.update(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(),
                software=f"torch {torch.__version__}, Triton {triton.__version__}", workers=args.workers)
     print(f"device: {res['device']}, {res['software']}, {res['cores']} cores", flush=True)
@@ -364,6 +369,8 @@ def main():
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
             res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
+            res["coordesc_out"] = (_autotune_cache.export_coordesc(tuned.parent, args.out, seeded_cd)
+                                   or res.get("coordesc_out"))
             run.save()
     for k, proc in builds.items():
         run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
@@ -404,7 +411,7 @@ def main():
             run.call(f"armvision {key}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
                                           "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
                                           str(args.workers), "--workdir", str(args.workdir), "--out", str(out)],
-                     timeout=300, extra_env=VARIANTS[v])
+                     timeout=min(300, run.budget - run.elapsed()), extra_env=VARIANTS[v])
             got = _read(out) or {}
             res["cli"][key] = dict((got.get("cli") or [{}])[0], variant=v, env=VARIANTS[v])
             run.save()
@@ -419,9 +426,13 @@ def main():
                  extra_env={"ARMVISION_MAMBA_SSM_SRC": str(srcs["mamba_ssm"]),
                             "ARMVISION_MAMBA_SSM_BUILD": str(build)})
     res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
+    res["coordesc_out"] = _autotune_cache.export_coordesc(tuned.parent, args.out, seeded_cd) or res.get("coordesc_out")
     if res.get("autotune_out"):
         print(f"inductor GEMM timings written to {args.out} (products per system): {res['autotune_out']}; copy the "
               "inductor_autotune-*.json files into benchmarks/autotune/ for the next call", flush=True)
+    if res.get("coordesc_out"):
+        print(f"inductor coordinate-descent configs written to {args.out}/{_autotune_cache.COORDESC} "
+              f"({res['coordesc_out']} kernels); copy it into benchmarks/autotune/ for the next call", flush=True)
     text = table(res)
     res["table"] = text
     run.save()

@@ -125,6 +125,11 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
 
     def call(self, what, cmd, timeout, extra_env=None):
         calls.append((what, timeout, dict(extra_env or {})))
+        if what == "train_step pretrain_b cdt":  # inductor tuned one more kernel, then the timeout came
+            f = tmp_path / "inductor" / "cd" / "kernel2.best_config"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(json.dumps({"XBLOCK": 64, "num_warps": 2, "num_stages": 1, "found_by_coordesc": True}))
+            return -9
         if what == "train_step pretrain_b autotune_gemm":  # inductor timed one product, then the timeout came
             cache = tmp_path / "inductor" / "cache" / "sys1"
             data = json.loads(cache.read_text())
@@ -143,11 +148,12 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
     seed_dir = tmp_path / "seed"
     seed_dir.mkdir()
     (seed_dir / f"{ac.PREFIX}sys1.json").write_text(json.dumps(_file({"mm": {"old_shape": {"highest": {"a": 0.1}}}})))
+    (seed_dir / ac.COORDESC).write_text(json.dumps({"ab/kernel1.best_config": {"XBLOCK": 32, "found_by_coordesc": True}}))
     out = tmp_path / "out"
     monkeypatch.setattr(sys, "argv", [
         "compare.py", "--out", str(out), "--arm-src", str(arm), "--mamba-ssm-src", str(tmp_path / "m.tar.gz"),
         "--causal-conv1d-src", str(tmp_path / "c.tar.gz"), "--workdir", str(tmp_path / "work"), "--budget", "5000",
-        "--shadow-until", str(shadow), "--variants", "default", "autotune_gemm", "--profile-steps", "0",
+        "--shadow-until", str(shadow), "--variants", "default", "autotune_gemm", "cdt", "--profile-steps", "0",
         "--workloads", "pretrain_b", "--cli-variants", "default", "--tests", "--numerics", "",
         "--autotune-seed", str(seed_dir)])
     compare.main()
@@ -156,10 +162,13 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
     assert timeouts["train_step pretrain_b default"] == 240
     res = json.loads((out / "compare.json").read_text())
     assert res["autotune_seed"] == {"sys1": 1}
+    assert res["coordesc_seed"] == 1 and (tmp_path / "inductor" / "ab" / "kernel1.best_config").is_file()
     if shadow < compare.LONG_VARIANT_MIN:
-        assert "train_step pretrain_b autotune_gemm" not in timeouts
-        assert "train_step pretrain_b autotune_gemm" in res["skipped"]
+        for v in ("autotune_gemm", "cdt"):
+            assert f"train_step pretrain_b {v}" not in timeouts
+            assert f"train_step pretrain_b {v}" in res["skipped"]
         assert not list(out.glob(ac.PREFIX + "*")) and res.get("autotune_out") is None  # nothing new to bring back
+        assert not (out / ac.COORDESC).exists() and not res.get("coordesc_out")
         return
     assert shadow - 10 < timeouts["train_step pretrain_b autotune_gemm"] <= shadow  # the rest of the shadow
     env = {what: e for what, _, e in calls}["train_step pretrain_b autotune_gemm"]
@@ -167,4 +176,63 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
     back = json.loads((out / f"{ac.PREFIX}sys1.json").read_text())
     assert set(back["cache"]["mm"]) == {"old_shape", "new_shape"}
     assert res["autotune_out"] == {"sys1": 2}
-    assert "benchmarks/autotune/" in capsys.readouterr().out
+    # cdt ran with the rest of the shadow too, and the kernel it tuned before it was stopped came back
+    assert 0 < timeouts["train_step pretrain_b cdt"] <= shadow
+    assert json.loads({what: e for what, _, e in calls}["train_step pretrain_b cdt"]["ARMVISION_INDUCTOR"]) == {
+        "coordinate_descent_tuning": True}
+    assert set(json.loads((out / ac.COORDESC).read_text())) == {"ab/kernel1.best_config", "cd/kernel2.best_config"}
+    assert res["coordesc_out"] == 2
+    printed = capsys.readouterr().out
+    assert "benchmarks/autotune/" in printed and ac.COORDESC in printed
+
+
+def test_coordesc_configs_round_trip_and_bad_entries_are_passed_over(tmp_path, capsys):
+    root, out, fresh = tmp_path / "inductor", tmp_path / "out", tmp_path / "fresh"
+    (root / "ab").mkdir(parents=True)
+    (root / "ab" / "k1.best_config").write_text(json.dumps({"XBLOCK": 128, "found_by_coordesc": True}))
+    (root / "ab" / "k2.best_config").write_text(json.dumps({"XBLOCK": 64, "found_by_coordesc": False}))  # heuristic
+    (root / "ab" / "k3.best_config").write_text("{damaged")
+    assert ac.export_coordesc(root, out) == 1
+    assert ac.export_coordesc(root, tmp_path / "out2", known=1) == 0  # nothing new since the seed
+    assert not (tmp_path / "out2").exists()
+    data = json.loads((out / ac.COORDESC).read_text())
+    assert data == {"ab/k1.best_config": {"XBLOCK": 128, "found_by_coordesc": True}}
+
+    data["../escape.best_config"] = {"XBLOCK": 1}  # never written outside the cache dir
+    data["ab/not_a_dict.best_config"] = [1]
+    (out / ac.COORDESC).write_text(json.dumps(data))
+    (fresh / "ab").mkdir(parents=True)
+    (fresh / "ab" / "k1.best_config").write_text(json.dumps({"XBLOCK": 256, "found_by_coordesc": True}))
+    assert ac.seed_coordesc(out, fresh) == 1
+    assert json.loads((fresh / "ab" / "k1.best_config").read_text())["XBLOCK"] == 256  # this machine's own kept
+    assert not (tmp_path / "escape.best_config").exists()
+    assert "passed over" in capsys.readouterr().out
+
+    (out / ac.COORDESC).write_text("[1, 2]")
+    assert ac.seed_coordesc(out, tmp_path / "other") == 0
+    assert "not a file of coordinate-descent configs" in capsys.readouterr().out
+    assert ac.seed_coordesc(tmp_path / "none", fresh) == 0
+
+
+def test_torch_reads_a_seeded_coordesc_config_instead_of_tuning_again(tmp_path):
+    """The layout is torch's own: a config AutotuneCache saved on one machine (cache dir) and carried through
+    export/seed into another machine's cache dir is what AutotuneCache.read_best returns there."""
+    pytest.importorskip("torch._inductor.runtime.autotune_cache")
+    from torch._inductor.runtime.autotune_cache import AutotuneCache
+    from torch._inductor.runtime.triton_compat import Config
+
+    meta = {"coordinate_descent_tuning": True, "autotune_local_cache": True}
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    kernel = "cq/cqx7kernelsourcehash.py"  # inductor's layout: <cache dir>/<2 chars>/<source hash>.py
+    (a / "cq").mkdir(parents=True)
+    cache = AutotuneCache.create(meta, str(a / kernel), "configs-hash-1")
+    assert cache is not None
+    cache.save(Config({"XBLOCK": 256, "R0_BLOCK": 8}, num_warps=8, num_stages=1), 5_000_000, found_by_coordesc=True)
+    assert ac.export_coordesc(a, out) == 1
+
+    assert ac.seed_coordesc(out, b) == 1
+    heuristic = [Config({"XBLOCK": 64, "R0_BLOCK": 64}, num_warps=4, num_stages=1)]
+    best = AutotuneCache.create(meta, str(b / kernel), "configs-hash-1").read_best(meta, heuristic)
+    assert best is not None and best.kwargs == {"XBLOCK": 256, "R0_BLOCK": 8} and best.num_warps == 8
+    # other candidate configs (another kernel version) hash otherwise: not read
+    assert AutotuneCache.create(meta, str(b / kernel), "configs-hash-2").read_best(meta, heuristic) is None
