@@ -67,6 +67,12 @@ VARIANTS = {
     "dbc1": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1}'},  # a dB/dC partial block per channel block (as before)
     "dbc_all": {"ARMVISION_SCAN_CONFIG": '{"dbc_group": 1024}'},
     "save_dbc4": {"ARMVISION_SCAN_CONFIG": '{"states": "save", "dbc_group": 4}'},
+    # chunks of 4 steps: half the chunk states of BT 2 (the recomputation writes 403 MB instead of 805 at 256 x 768 x
+    # 128, the backward reads half), about the same instructions per step (tools/inspect_triton.py, sm_90: 1221 per
+    # 4-step iteration against 652 per 2), but 255 registers instead of 168: uncapped, as at the default cap of 168
+    # the two-channel backward spills 440 bytes
+    "bt4": {"ARMVISION_SCAN_CONFIG": '{"BT": 4, "bwd_maxnreg": 255}'},
+    "save_bt4": {"ARMVISION_SCAN_CONFIG": '{"BT": 4, "bwd_maxnreg": 255, "states": "save"}'},  # half save's memory
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
@@ -291,7 +297,7 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "dbc_all", "save")],
+                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "save", "bt4")],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--autotune-seed", type=Path, default=HERE / "autotune", metavar="DIR",
                     help="inductor's GEMM timings (inductor_autotune-*.json from an earlier call's --out) merged into "

@@ -164,3 +164,35 @@ def test_a_step_past_its_timeout_is_stopped_with_what_it_started(tmp_path):
     assert run.call("hangs", [sys.executable, "-c", pipe_holder_script(pid_file, 60)], timeout=3) == -9
     assert_process_gone(int(pid_file.read_text()))
     assert "stopped after 3 s" in (tmp_path / "out" / "details.log").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(compare.VARIANTS))
+def test_every_variant_is_a_valid_switch_set(name, monkeypatch):
+    """Each VARIANTS entry passes the checks its subprocess will run (a bad one would cost a device call): the
+    scan/conv launch keys and layer switches through armvision's own environment check, the inductor options
+    through the trainer's merge and torch's config (every key an inductor option)."""
+    from armvision.ops import launch
+    from armvision.train.compiled import inductor_options
+    from torch._inductor import config as inductor_config
+
+    env = compare.VARIANTS[name]
+    assert set(env) <= {"ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
+                        "ARMVISION_INDUCTOR"}
+    for k in ("ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
+              "ARMVISION_INDUCTOR"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(launch, "_DEFAULTS", {})
+    launch.check_environment()
+    if "ARMVISION_SCAN_CONFIG" in env:
+        assert launch.current_scan_config() == {**launch.SCAN_DEFAULTS, **{
+            k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(env["ARMVISION_SCAN_CONFIG"]).items()}}
+    if "ARMVISION_INDUCTOR" in env:
+        opts = inductor_options("reduce-overhead", dict(env))
+        for key in json.loads(env["ARMVISION_INDUCTOR"]):
+            assert key in opts
+            obj = inductor_config
+            for part in key.split("."):
+                assert hasattr(obj, part), f"{name}: {key} is not an inductor option"
+                obj = getattr(obj, part)
