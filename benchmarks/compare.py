@@ -385,9 +385,9 @@ def main():
     if run.fits("scan", ESTIMATE["scan"]):
         out = args.workdir / "scan.json"
         out.unlink(missing_ok=True)
-        run.call("scan", [py, str(HERE / "scan.py"), "--no-torch", "--no-save", "--compiled-op", "--mamba-ssm-src",
-                          str(srcs["mamba_ssm"]), "--build-dir", str(build), "--json", str(out), "--op-config",
-                          *args.scan_variants], timeout=240)
+        run.call("scan", [py, str(HERE / "scan.py"), "--no-torch", "--no-save", "--compiled-op", "--graphed-op",
+                          "--mamba-ssm-src", str(srcs["mamba_ssm"]), "--build-dir", str(build), "--json", str(out),
+                          "--op-config", *args.scan_variants], timeout=240)
         res["scan"] = _read(out)
         run.save()
     res["reference"] = []

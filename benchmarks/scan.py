@@ -116,6 +116,34 @@ def op_fns(inp, dout, states="recompute", config=None, compiled: bool | str = Fa
     return autograd_fns(scan, inp, dout)
 
 
+def graphed(fn):
+    """``fn`` captured once in a CUDA graph (after a warm-up on a side stream, as torch's own capture helpers do);
+    returns a closure that replays the graph and returns ``fn``'s outputs (the same buffers, rewritten each time)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay():
+        graph.replay()
+        return out
+
+    return replay
+
+
+def graphed_op_fns(inp, dout):
+    """The eager op (states recomputed), forward and forward + backward each replayed from a CUDA graph: what a
+    training step compiled with CUDA graphs (``compile_mode`` reduce-overhead, the one-GPU default) pays for it,
+    without the host's launch and autograd time that the eager op's timing can include at small shapes."""
+    fwd, fwd_bwd = op_fns(inp, dout)
+    return graphed(fwd), graphed(fwd_bwd)
+
+
 def build_mamba_ssm(src: Path, build_dir: Path):
     """mamba-ssm's ``selective_scan_fn`` on its ``selective_scan_cuda`` built for this GPU from the sdist ``src``
     (.tar.gz or unpacked; benchmarks/_cuda_ext.py)."""
@@ -290,6 +318,9 @@ def main():
     ap.add_argument("--no-save", action="store_true", help="skip the op with states='save' (op_save)")
     ap.add_argument("--compiled-op", action="store_true",
                     help="also time the op inside torch.compile, as the training commands run it (op_compiled)")
+    ap.add_argument("--graphed-op", action="store_true",
+                    help="also time the eager op replayed from CUDA graphs, as a step under reduce-overhead runs it "
+                         "(op:graphed)")
     ap.add_argument("--op-config", nargs="*", default=[], metavar="NAME=JSON",
                     help="also time the op (as triton_op) inside ops.scan_config(**JSON), as impl op:NAME, e.g. "
                          "states16='{\"states_block\": [16, 1, 1]}'")
@@ -328,6 +359,8 @@ def _measure(args, st):
         impls["op_save"] = lambda inp, dout: op_fns(inp, dout, "save")
     if args.compiled_op:
         impls["op_compiled"] = lambda inp, dout: op_fns(inp, dout, compiled=True)
+    if args.graphed_op:
+        impls["op:graphed"] = graphed_op_fns
     for item in args.op_config:
         name, _, text = item.partition("=")
         cfg = json.loads(text)
@@ -372,7 +405,9 @@ def _measure(args, st):
     print("\nimpl: triton = the kernel launchers alone (forward saving the chunk states, backward); triton_op = "
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
           "op_save = the same inside ops.scan_config(states='save'); op_compiled = triton_op inside torch.compile "
-          "(the backward's partial sums fused by inductor, as in a compiled model); cuda_ref = mamba-ssm's "
+          "(the backward's partial sums fused by inductor, as in a compiled model); op:graphed = triton_op replayed from "
+          "CUDA graphs (no host time, as in a step under reduce-overhead); op:NAME = triton_op under --op-config NAME; "
+          "cuda_ref = mamba-ssm's "
           "selective_scan_fn through autograd in its own (b, e, t) layout")
     if "cuda_ref" in impls:
         print(f"vs CUDA = fwd+bwd time / cuda_ref's fwd+bwd at the same shape in this run, on {device}; "

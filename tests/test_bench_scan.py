@@ -67,5 +67,6 @@ def test_compiled_op_matches_the_eager_op_and_the_reference(states, monkeypatch)
 def test_refuses_without_a_gpu_in_one_line():
     if torch.cuda.is_available():
         return
-    proc = subprocess.run([sys.executable, scan.__file__, "--compiled-op"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, scan.__file__, "--compiled-op", "--graphed-op"], capture_output=True,
+                          text=True)
     assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
