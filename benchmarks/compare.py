@@ -306,7 +306,8 @@ def main():
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1), help="loader workers")
     ap.add_argument("--tests", nargs="*",
                     default=["tests/gpu/test_triton_gpu.py", "tests/gpu/test_train_compiled_gpu.py",
-                             "tests/gpu/test_data_gpu_decode.py", "tests/gpu/test_ddp_cudagraphs_gpu.py"],
+                             "tests/gpu/test_data_gpu_decode.py", "tests/gpu/test_bench_scan_gpu.py",
+                             "tests/gpu/test_ddp_cudagraphs_gpu.py"],
                     help="GPU test files run after the measurements, while time is left")
     ap.add_argument("--numerics", default="bfloat16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
                                                       "against the built kernel ('' to skip)")
