@@ -55,3 +55,18 @@ def test_the_default_scan_kernels_compile_for_sm90_without_spills():
     for ln in (lines[2], lines[5]):
         regs = int(re.search(r"Used (\d+) registers", ln).group(1))
         assert regs <= 168  # scan_triton.BWD_MAXNREG[(2, True)]: 12 warps per SM with one-warp programs
+        warps = int(re.search(r"(\d+) warps per SM by registers", ln).group(1))
+        assert warps == (12 if regs > 160 else 4 * (16384 // (-(-regs // 8) * 256))), ln
+
+
+def test_resident_warps_follow_the_register_file_of_an_sm90_quadrant():
+    sys.path.insert(0, str(TOOL.parent))
+    try:
+        import inspect_triton
+    finally:
+        sys.path.remove(str(TOOL.parent))
+    w = inspect_triton.resident_warps
+    # 168 registers (the backward's cap): 5,376 per warp, 3 warps in each quadrant's 16,384; 255 rounds up to 256
+    assert [w(r, 1) for r in (168, 255, 256, 128, 200, 82, 32)] == [12, 8, 8, 16, 8, 20, 32]
+    assert w(64, 4) == 32 and w(32, 4) == 64  # 64 warps per SM at most; 32 programs per SM at most
+    assert w(206, 2) == 8

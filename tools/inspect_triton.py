@@ -7,12 +7,14 @@ Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GRO
        own; GROUP: the two-channel backward's dB/dC partial sums added atomically per GROUP channel blocks, launch
        key dbc_group, 1 (default) for a store per block)
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
-Prints registers, spills and per-iteration instruction counts (shuffles, exp2, shared memory) of the
-forward and backward kernels: the cheapest way to compare launch configurations before a GPU run. For the
-conv, also the SASS instructions of the time loop's body per (step, channel) element.
+Prints registers, spills, the warps per SM those registers leave room for, and per-iteration instruction counts
+(shuffles, exp2, shared memory) of the forward and backward kernels: the cheapest way to compare launch
+configurations before a GPU run. For the conv, also the SASS instructions of the time loop's body per (step,
+channel) element.
 """
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,15 @@ def compile_kernel(fn, consts, warps, **options):
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=1, **options))
 
 
+def resident_warps(registers: int, warps: int) -> int:
+    """Warps per SM that ``registers`` per thread leave room for on sm_90: each of the SM's 4 quadrants has 16,384
+    registers, given to a warp in units of 256 (per thread rounded up to 8); at most 32 programs of ``warps`` warps
+    and 64 warps per SM. Shared memory can lower it further; the scan kernels use little."""
+    per_warp = -(-registers // 8) * 8 * 32
+    by_registers = 4 * (16384 // per_warp)
+    return min(64, min(32, by_registers // warps) * warps)
+
+
 def report(k):
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(k.asm["ptx"])
@@ -53,13 +64,14 @@ def report(k):
     ptx = k.asm["ptx"]
     counts = {op: ptx.count(op) for op in ("ld.global", "shfl.sync", "ex2.approx", "st.shared", "ld.shared",
                                            "bar.sync")}
-    return " | ".join(info) + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
+    used = re.search(r"Used (\d+) registers", r.stderr)
+    occupancy = f" | {resident_warps(int(used.group(1)), k.metadata.num_warps)} warps per SM by registers" if used else ""
+    return " | ".join(info) + occupancy + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
 
 
 def sass_mix(k, top=12):
     """Instruction mix of the kernel's SASS (static counts), via nvdisasm."""
     import collections
-    import re
 
     nvdisasm = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
@@ -79,7 +91,6 @@ def _disassemble(k):
 
 def loop_body_size(k):
     """SASS instructions of the kernel's longest block that ends in a branch: the time loop's body."""
-    import re
 
     body, cur = [], []
     for line in _disassemble(k).splitlines():
