@@ -83,7 +83,8 @@ VARIANTS = {
     "autotune_gemm": {"ARMVISION_INDUCTOR": '{"max_autotune_gemm": true}'},
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (the longest in the logs of 2026-12-06/07), for the
-# budget; the scan's includes a guess for its compiled op (--compiled-op, not yet run on a GPU)
+# budget; the scan took 37-45 s with its compiled op in runs M and N, the rest is room for its graphed op and the bt4
+# op variant (not yet run on a GPU)
 ESTIMATE = {"train_step": 95, "scan": 90, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
 # model-only variants longer than one call may give them: max_autotune times every matrix product's candidate kernels
@@ -339,6 +340,13 @@ def main():
     seeded_cd = res["coordesc_seed"] = _autotune_cache.seed_coordesc(args.autotune_seed, tuned.parent)
     if seeded_cd:
         print(f"inductor coordinate-descent configs from {args.autotune_seed}: {seeded_cd} kernels", flush=True)
+
+    def bring_back_tuning() -> None:
+        """What inductor tuned since the seed (GEMM timings, coordinate-descent configs), written to --out."""
+        res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
+        res["coordesc_out"] = (_autotune_cache.export_coordesc(tuned.parent, args.out, seeded_cd)
+                               or res.get("coordesc_out"))
+
     res.update(device=torch.cuda.get_device_name(), date=time.strftime("%Y-%m-%d"), cores=os.cpu_count(),
                software=f"torch {torch.__version__}, Triton {triton.__version__}", workers=args.workers)
     print(f"device: {res['device']}, {res['software']}, {res['cores']} cores", flush=True)
@@ -378,9 +386,7 @@ def main():
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
-            res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
-            res["coordesc_out"] = (_autotune_cache.export_coordesc(tuned.parent, args.out, seeded_cd)
-                                   or res.get("coordesc_out"))
+            bring_back_tuning()
             run.save()
     for k, proc in builds.items():
         run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
@@ -435,8 +441,7 @@ def main():
                               args.numerics], timeout=run.budget - run.elapsed(),
                  extra_env={"ARMVISION_MAMBA_SSM_SRC": str(srcs["mamba_ssm"]),
                             "ARMVISION_MAMBA_SSM_BUILD": str(build)})
-    res["autotune_out"] = _autotune_cache.export(tuned, args.out, seeded) or res.get("autotune_out")
-    res["coordesc_out"] = _autotune_cache.export_coordesc(tuned.parent, args.out, seeded_cd) or res.get("coordesc_out")
+    bring_back_tuning()
     if res.get("autotune_out"):
         print(f"inductor GEMM timings written to {args.out} (products per system): {res['autotune_out']}; copy the "
               "inductor_autotune-*.json files into benchmarks/autotune/ for the next call", flush=True)

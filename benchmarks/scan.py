@@ -412,10 +412,9 @@ def _measure(args, st):
     print("\nimpl: triton = the kernel launchers alone (forward saving the chunk states, backward); triton_op = "
           "armvision's op through autograd as a model calls it (states recomputed in the backward: the default); "
           "op_save = the same inside ops.scan_config(states='save'); op_compiled = triton_op inside torch.compile "
-          "(the backward's partial sums fused by inductor, as in a compiled model); op:graphed = triton_op replayed from "
-          "CUDA graphs (no host time, as in a step under reduce-overhead); op:NAME = triton_op under --op-config NAME; "
-          "cuda_ref = mamba-ssm's "
-          "selective_scan_fn through autograd in its own (b, e, t) layout")
+          "(the backward's partial sums fused by inductor, as in a compiled model); op:graphed = triton_op replayed "
+          "from CUDA graphs (no host time, as in a step under reduce-overhead); op:NAME = triton_op under --op-config "
+          "NAME; cuda_ref = mamba-ssm's selective_scan_fn through autograd in its own (b, e, t) layout")
     if "cuda_ref" in impls:
         print(f"vs CUDA = fwd+bwd time / cuda_ref's fwd+bwd at the same shape in this run, on {device}; "
               f"target <= {TARGET_RATIO}")

@@ -176,10 +176,10 @@ def test_every_variant_is_a_valid_switch_set(name, monkeypatch):
     from torch._inductor import config as inductor_config
 
     env = compare.VARIANTS[name]
-    assert set(env) <= {"ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
-                        "ARMVISION_INDUCTOR"}
-    for k in ("ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
-              "ARMVISION_INDUCTOR"):
+    switches = ("ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
+                "ARMVISION_INDUCTOR")
+    assert set(env) <= set(switches)
+    for k in switches:
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
