@@ -19,6 +19,12 @@ CARRY=${1:-.carry}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export ARMVISION_CUDA_EXT_SAVE="${ARMVISION_CUDA_EXT_SAVE:-$OUT}"
 if [ -d "$CARRY/cuda_ext" ]; then export ARMVISION_CUDA_EXT_PREBUILT="$(cd "$CARRY/cuda_ext" && pwd)"; fi
+# COMPARE_ARGS is split as a shell splits a command line, quotes honoured: --numerics '' is an empty value (a plain
+# unquoted expansion would pass the two quote characters, and compare.py would run the numerics with -k "''")
+if ! eval "extra=(${COMPARE_ARGS:-})" 2>/dev/null; then
+  echo "device_call.sh: COMPARE_ARGS is not a valid shell word list: ${COMPARE_ARGS}" >&2
+  exit 2
+fi
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -26,7 +32,6 @@ if [ -d "$CARRY/cuda_ext" ]; then export ARMVISION_CUDA_EXT_PREBUILT="$(cd "$CAR
   python3 -c "import sys, torch, triton, torchvision; print(sys.version.split()[0], 'torch', torch.__version__,
 'triton', triton.__version__, 'torchvision', torchvision.__version__)"
 } 2>&1 | tee "$OUT/env.log"
-# shellcheck disable=SC2086
 python3 benchmarks/compare.py --out "$OUT" --arm-src "$CARRY/ARM" \
   --mamba-ssm-src "$CARRY/mamba_ssm-2.3.2.post1.tar.gz" --causal-conv1d-src "$CARRY/causal_conv1d-1.7.0.tar.gz" \
-  ${COMPARE_ARGS:-} 2>&1 | tee "$OUT/compare.log"
+  "${extra[@]}" 2>&1 | tee "$OUT/compare.log"
