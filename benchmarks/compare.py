@@ -211,6 +211,22 @@ def cli_variants(wanted: list[str], measured: dict, variant_workloads: list[str]
     return names
 
 
+def cli_key(workload: str, variant: str, workers: int, main_workers: int) -> str:
+    """A command run's key in compare.json's ``cli``: the workload, then ``:variant`` for a switch set other than
+    ``default``, ``:workersN`` for a loader other than ``--workers``'s."""
+    key = workload if variant == "default" else f"{workload}:{variant}"
+    return key if workers == main_workers else f"{key}:workers{workers}"
+
+
+def _cli_name(key: str) -> str:
+    """The table's name of a command run (:func:`cli_key`)."""
+    parts = key.split(":")
+    name = parts[0]
+    for p in parts[1:]:
+        name += f", {p[7:]} loader workers" if p.startswith("workers") and p[7:].isdigit() else f" under {p}"
+    return name
+
+
 def _f(v, spec="{:.0f}"):
     return "-" if v is None else spec.format(v)
 
@@ -225,7 +241,7 @@ def table(res: dict) -> str:
              "|---|---|---|---|---|"]
     for name, r in res.get("cli", {}).items():
         rr = ref.get(name.split(":", 1)[0], {})
-        name = name.replace(":", " under ")  # a switch set of VARIANTS
+        name = _cli_name(name)  # a switch set of VARIANTS, another loader
         ips, low = r.get("images_per_s"), r.get("min_window_images_per_s")
         base = rr.get("images_per_s")
         ratio = f"{ips / base:.2f} ({low / base:.2f})" if ips and low and base else "-"
@@ -294,6 +310,10 @@ def main():
                     help="run the commands under these switches ('best': the fastest model-only variant of the "
                          "first --variant-workloads entry, once, when it beats 'default' timed in this call; none: "
                          "no command runs)")
+    ap.add_argument("--cli-workers-also", nargs="*", type=int, default=[], metavar="N",
+                    help="also run each workload's command under default switches with N loader workers (after "
+                         "the runs above, while the budget lasts): does the loader's share of the cores slow the "
+                         "step?")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
@@ -316,6 +336,8 @@ def main():
     ap.add_argument("--numerics", default="bfloat16", help="-k expression of tests/gpu/test_scan_numerics_gpu.py run "
                                                       "against the built kernel ('' to skip)")
     args = ap.parse_args()
+    if any(n < 0 for n in [args.workers, *args.cli_workers_also]):
+        ap.error("loader workers are 0 or more (--workers, --cli-workers-also)")
 
     import torch
 
@@ -416,21 +438,23 @@ def main():
 
     # the product path: the commands on the JPEGs, compiled as a user's run is
     res["cli"] = {}
-    for w in args.workloads:
-        for v in cli_variants(args.cli_variants, res["train_step"], args.variant_workloads):
-            key = w if v == "default" else f"{w}:{v}"
-            if not run.fits(f"armvision {key}", ESTIMATE[w]):
-                continue
-            out = args.workdir / f"cli_{w}_{v}.json"
-            out.unlink(missing_ok=True)
-            steps, every = CLI_STEPS[w]
-            run.call(f"armvision {key}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
-                                          "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
-                                          str(args.workers), "--workdir", str(args.workdir), "--out", str(out)],
-                     timeout=min(300, run.budget - run.elapsed()), extra_env=VARIANTS[v])
-            got = _read(out) or {}
-            res["cli"][key] = dict((got.get("cli") or [{}])[0], variant=v, env=VARIANTS[v])
-            run.save()
+    runs = [(w, v, args.workers) for w in args.workloads
+            for v in cli_variants(args.cli_variants, res["train_step"], args.variant_workloads)]
+    runs += [(w, "default", n) for w in args.workloads for n in args.cli_workers_also if n != args.workers]
+    for w, v, workers in runs:
+        key = cli_key(w, v, workers, args.workers)
+        if not run.fits(f"armvision {key}", ESTIMATE[w]):
+            continue
+        out = args.workdir / f"cli_{key.replace(':', '_')}.json"
+        out.unlink(missing_ok=True)
+        steps, every = CLI_STEPS[w]
+        run.call(f"armvision {key}", [py, str(HERE / "train_cli.py"), "--workloads", w, "--skip", "pipeline",
+                                      "train_step", "--steps", str(steps), "--log-every", str(every), "--workers",
+                                      str(workers), "--workdir", str(args.workdir), "--out", str(out)],
+                 timeout=min(300, run.budget - run.elapsed()), extra_env=VARIANTS[v])
+        got = _read(out) or {}
+        res["cli"][key] = dict((got.get("cli") or [{}])[0], variant=v, env=VARIANTS[v], workers=workers)
+        run.save()
 
     # GPU tests of the changed kernels and paths, and the scan's numerics against the built kernel
     for path in args.tests:

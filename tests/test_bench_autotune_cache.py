@@ -123,8 +123,11 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
     monkeypatch.setattr(compare.Run, "finish", lambda self, what, proc, timeout: 0)
     calls = []
 
+    cmds = {}
+
     def call(self, what, cmd, timeout, extra_env=None):
         calls.append((what, timeout, dict(extra_env or {})))
+        cmds[what] = cmd
         if what == "train_step pretrain_b cdt":  # inductor tuned one more kernel, then the timeout came
             f = tmp_path / "inductor" / "cd" / "kernel2.best_config"
             f.parent.mkdir(parents=True, exist_ok=True)
@@ -154,12 +157,18 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
         "compare.py", "--out", str(out), "--arm-src", str(arm), "--mamba-ssm-src", str(tmp_path / "m.tar.gz"),
         "--causal-conv1d-src", str(tmp_path / "c.tar.gz"), "--workdir", str(tmp_path / "work"), "--budget", "5000",
         "--shadow-until", str(shadow), "--variants", "default", "autotune_gemm", "cdt", "--profile-steps", "0",
-        "--workloads", "pretrain_b", "--cli-variants", "default", "--tests", "--numerics", "",
+        "--workloads", "pretrain_b", "--cli-variants", "default", "--tests", "--numerics", "", "--workers", "15",
+        "--cli-workers-also", "11", "15",
         "--autotune-seed", str(seed_dir)])
     compare.main()
 
     timeouts = {what: t for what, t, _ in calls}
     assert timeouts["train_step pretrain_b default"] == 240
+    # the command with the main loader, then again with 11 workers (15 is the main one: not run twice)
+    commands = [what for what, _, _ in calls if what.startswith("armvision")]
+    assert commands == ["armvision pretrain_b", "armvision pretrain_b:workers11"]
+    for what, n in zip(commands, ("15", "11")):
+        assert cmds[what][cmds[what].index("--workers") + 1] == n
     res = json.loads((out / "compare.json").read_text())
     assert res["autotune_seed"] == {"sys1": 1}
     assert res["coordesc_seed"] == 1 and (tmp_path / "inductor" / "ab" / "kernel1.best_config").is_file()

@@ -56,6 +56,18 @@ def test_table_names_the_card_and_takes_every_ratio_from_this_run():
     assert header.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
 
 
+def test_command_runs_under_other_switches_or_another_loader_are_named_in_the_table():
+    assert compare.cli_key("pretrain_b", "default", 15, 15) == "pretrain_b"
+    assert compare.cli_key("pretrain_b", "save", 15, 15) == "pretrain_b:save"
+    assert compare.cli_key("pretrain_b", "default", 11, 15) == "pretrain_b:workers11"
+    res = dict(RES, cli={"pretrain_b:save": {"images_per_s": 4200.0, "min_window_images_per_s": 4000.0},
+                         "pretrain_b:workers11": {"images_per_s": 4300.0, "min_window_images_per_s": 4200.0,
+                                                  "peak_gib": 15.2}})
+    text = compare.table(res)
+    assert "| pretrain_b under save | 2000 (17.8) | 4200 (4000), - | 2.10 (2.00) |" in text
+    assert "| pretrain_b, 11 loader workers | 2000 (17.8) | 4300 (4200), 15.2 | 2.15 (2.10) |" in text
+
+
 def test_cli_variants_best_is_the_fastest_model_only_run():
     ts = RES["train_step"]
     assert compare.cli_variants(["default"], ts, ["pretrain_b"]) == ["default"]
