@@ -312,8 +312,8 @@ def main():
                          "no command runs)")
     ap.add_argument("--cli-workers-also", nargs="*", type=int, default=[], metavar="N",
                     help="also run each workload's command under default switches with N loader workers (after "
-                         "the runs above, while the budget lasts): does the loader's share of the cores slow the "
-                         "step?")
+                         "the runs above, while the budget lasts; the default command with --workers runs too): "
+                         "does the loader's share of the cores slow the step?")
     ap.add_argument("--variant-workloads", nargs="*", default=["pretrain_b"],
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
@@ -438,8 +438,10 @@ def main():
 
     # the product path: the commands on the JPEGs, compiled as a user's run is
     res["cli"] = {}
-    runs = [(w, v, args.workers) for w in args.workloads
-            for v in cli_variants(args.cli_variants, res["train_step"], args.variant_workloads)]
+    names = cli_variants(args.cli_variants, res["train_step"], args.variant_workloads)
+    if args.cli_workers_also and "default" not in names:  # the other loaders compare with this call's own default
+        names.insert(0, "default")
+    runs = [(w, v, args.workers) for w in args.workloads for v in names]
     runs += [(w, "default", n) for w in args.workloads for n in args.cli_workers_also if n != args.workers]
     for w, v, workers in runs:
         key = cli_key(w, v, workers, args.workers)
