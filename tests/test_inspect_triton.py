@@ -57,6 +57,12 @@ def test_the_default_scan_kernels_compile_for_sm90_without_spills():
         assert regs <= 168  # scan_triton.BWD_MAXNREG[(2, True)]: 12 warps per SM with one-warp programs
         warps = int(re.search(r"(\d+) warps per SM by registers", ln).group(1))
         assert warps == (12 if regs > 160 else 4 * (16384 // (-(-regs // 8) * 256))), ln
+    # the time loop's layout conversions (TTGIR) and barriers (SASS) are counted; in these one-warp kernels the
+    # reductions stay in shuffles, so the barriers are the conversions' that go through shared memory
+    for ln in lines:
+        loop, conversions, bars = map(int, re.search(
+            r"loop (\d+) instructions, (\d+) layout conversions, (\d+) barriers", ln).groups())
+        assert loop > 100 and 0 < bars <= conversions < loop, ln
 
 
 def test_resident_warps_follow_the_register_file_of_an_sm90_quadrant():

@@ -8,7 +8,8 @@ Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GRO
        key dbc_group, 1 (default) for a store per block)
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills, the warps per SM those registers leave room for, and per-iteration instruction counts
-(shuffles, exp2, shared memory) of the forward and backward kernels: the cheapest way to compare launch
+(shuffles, exp2, shared memory; the layout conversions of the time loop's TTGIR and the SASS barriers they cost) of
+the forward and backward kernels: the cheapest way to compare launch
 configurations before a GPU run. For the conv, also the SASS instructions of the time loop's body per (step,
 channel) element.
 """
@@ -89,9 +90,8 @@ def _disassemble(k):
     return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
 
 
-def loop_body_size(k):
-    """SASS instructions of the kernel's longest block that ends in a branch: the time loop's body."""
-
+def _loop_body(k) -> list[str]:
+    """The SASS lines of the kernel's longest block that ends in a branch: the time loop's body."""
     body, cur = [], []
     for line in _disassemble(k).splitlines():
         if re.match(r"^\.L_x_\d+:", line):
@@ -100,7 +100,28 @@ def loop_body_size(k):
             cur.append(line)
             if "BRA" in line and len(cur) > len(body):
                 body = cur
-    return len(body)
+    return body
+
+
+def loop_body_size(k):
+    """SASS instructions of the time loop's body."""
+    return len(_loop_body(k))
+
+
+def loop_conversions(k) -> tuple[int, int]:
+    """Layout conversions (``ttg.convert_layout``) in the body of the kernel's outermost ``scf.for`` (the time loop)
+    of its TTGIR, and the barriers (``BAR``) in the SASS loop body: a conversion between two register layouts goes
+    through shared memory (a store, a barrier, a load) or shuffles, on the loop's critical path."""
+    depth, inside, n = 0, False, 0
+    for line in k.asm["ttgir"].splitlines():
+        if not inside and "scf.for" in line:
+            inside, depth = True, 0
+        if inside:
+            n += "ttg.convert_layout" in line
+            depth += line.count("{") - line.count("}")
+            if depth <= 0 and "scf.yield" not in line and "scf.for" not in line:
+                break
+    return n, sum(" BAR" in ln for ln in _loop_body(k))
 
 
 def conv_report(BE, W):
@@ -150,8 +171,9 @@ if __name__ == "__main__":
                 cap = CAP or (st.default_bwd_maxnreg(CPT, bool(CARRY)) or 0)
                 extra = dict(maxnreg=cap) if cap and which.startswith("bwd") else {}
                 k = compile_kernel(fn, consts, W, **extra)
+                conversions, bars = loop_conversions(k)
                 print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, "
-                      f"loop {loop_body_size(k)} instructions")
+                      f"loop {loop_body_size(k)} instructions, {conversions} layout conversions, {bars} barriers")
                 print("     ", sass_mix(k, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")
