@@ -70,30 +70,27 @@ def report(k):
     return " | ".join(info) + occupancy + " | " + " ".join(f"{k}={v}" for k, v in counts.items())
 
 
-def sass_mix(k, top=12):
-    """Instruction mix of the kernel's SASS (static counts), via nvdisasm."""
+def sass_mix(sass: str, top=12):
+    """Instruction mix of a kernel's SASS text (static counts)."""
     import collections
 
-    nvdisasm = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
-    with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
-        f.write(k.asm["cubin"])
-    out = subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
     instr = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", re.M)
-    ops = collections.Counter(m.group(1).split(".")[0] for m in instr.finditer(out))
+    ops = collections.Counter(m.group(1).split(".")[0] for m in instr.finditer(sass))
     return ", ".join(f"{op} {n}" for op, n in ops.most_common(top))
 
 
-def _disassemble(k):
+def _disassemble(k) -> str:
+    """The kernel's SASS, via nvdisasm (run once per kernel: the counts below all read this text)."""
     nvdisasm = os.path.join(os.path.dirname(PTXAS), "nvdisasm")
     with tempfile.NamedTemporaryFile("wb", suffix=".cubin", delete=False) as f:
         f.write(k.asm["cubin"])
     return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True).stdout
 
 
-def _loop_body(k) -> list[str]:
+def loop_body(sass: str) -> list[str]:
     """The SASS lines of the kernel's longest block that ends in a branch: the time loop's body."""
     body, cur = [], []
-    for line in _disassemble(k).splitlines():
+    for line in sass.splitlines():
         if re.match(r"^\.L_x_\d+:", line):
             cur = []
         elif re.match(r"\s+/\*[0-9a-f]+\*/", line):
@@ -103,33 +100,30 @@ def _loop_body(k) -> list[str]:
     return body
 
 
-def loop_body_size(k):
-    """SASS instructions of the time loop's body."""
-    return len(_loop_body(k))
-
-
-def loop_conversions(k) -> tuple[int, int]:
-    """Layout conversions (``ttg.convert_layout``) in the body of the kernel's outermost ``scf.for`` (the time loop)
-    of its TTGIR, and the barriers (``BAR``) in the SASS loop body: a conversion between two register layouts goes
-    through shared memory (a store, a barrier, a load) or shuffles, on the loop's critical path."""
-    depth, inside, n = 0, False, 0
-    for line in k.asm["ttgir"].splitlines():
-        if not inside and "scf.for" in line:
-            inside, depth = True, 0
-        if inside:
-            n += "ttg.convert_layout" in line
-            depth += line.count("{") - line.count("}")
-            if depth <= 0 and "scf.yield" not in line and "scf.for" not in line:
-                break
-    return n, sum(" BAR" in ln for ln in _loop_body(k))
+def loop_conversions(ttgir: str) -> int:
+    """Layout conversions (``ttg.convert_layout``) in the body of the kernel's first ``scf.for`` (the time loop) in
+    its TTGIR: a conversion between two register layouts goes through shared memory (a store, a barrier, a load) or
+    shuffles, on the loop's critical path."""
+    depth, n = None, 0
+    for line in ttgir.splitlines():
+        if depth is None:
+            if "scf.for" not in line:
+                continue
+            depth = 0
+        n += "ttg.convert_layout" in line
+        depth += line.count("{") - line.count("}")
+        if depth <= 0:
+            break
+    return n
 
 
 def conv_report(BE, W):
     for which, fn in (("conv fwd", ct._conv_fwd_kernel), ("conv bwd", ct._conv_bwd_kernel)):
         k = compile_kernel(fn, dict(K=4, HAS_BIAS=True, HAS_IDX=False, SILU=True, BE=BE), W)
-        per = loop_body_size(k) / (4 * max(BE // (32 * W), 1))  # 4 steps per iteration
+        sass = _disassemble(k)
+        per = len(loop_body(sass)) / (4 * max(BE // (32 * W), 1))  # 4 steps per iteration
         print(f"{which} BE={BE} warps={W}: {report(k)} | loop instructions per element {per:.1f}")
-        print("     ", sass_mix(k, 14))
+        print("     ", sass_mix(sass, 14))
 
 
 def _ints(text: str, arg: str, most: int) -> list[int]:
@@ -171,10 +165,12 @@ if __name__ == "__main__":
                 cap = CAP or (st.default_bwd_maxnreg(CPT, bool(CARRY)) or 0)
                 extra = dict(maxnreg=cap) if cap and which.startswith("bwd") else {}
                 k = compile_kernel(fn, consts, W, **extra)
-                conversions, bars = loop_conversions(k)
-                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, "
-                      f"loop {loop_body_size(k)} instructions, {conversions} layout conversions, {bars} barriers")
-                print("     ", sass_mix(k, 14))
+                sass = _disassemble(k)
+                body = loop_body(sass)
+                bars = sum(" BAR" in ln for ln in body)
+                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, loop {len(body)} instructions, "
+                      f"{loop_conversions(k.asm['ttgir'])} layout conversions, {bars} barriers")
+                print("     ", sass_mix(sass, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on
                 print(f"{which} BT={BT} BE={BE} warps={W}: FAILED {type(ex).__name__}: {str(ex)[:200]}")
 
