@@ -223,7 +223,8 @@ def _cli_name(key: str) -> str:
     parts = key.split(":")
     name = parts[0]
     for p in parts[1:]:
-        name += f", {p[7:]} loader workers" if p.startswith("workers") and p[7:].isdigit() else f" under {p}"
+        n = p.removeprefix("workers")
+        name += f", {n} loader workers" if n != p and n.isdigit() else f" under {p}"
     return name
 
 
