@@ -232,6 +232,22 @@ def _f(v, spec="{:.0f}"):
     return "-" if v is None else spec.format(v)
 
 
+def _step_split(res: dict) -> list[str]:
+    """Where each command's step goes (medians of its windows after the first): its wall time, the GPU span of
+    its steps (the trainer's CUDA events, from the step's first kernel to its update), the GPU idle between steps
+    (the difference) and the host's wait for the loader; beside the model alone's step timed in the same call."""
+    alone = {r.get("workload"): r.get("ms") for k, r in res.get("train_step", {}).items() if k.endswith(":default")}
+    rows = [(name, r) for name, r in res.get("cli", {}).items() if r.get("wall_ms") and r.get("gpu_ms") is not None]
+    if not rows:
+        return []
+    lines = ["", "| command's step, ms (medians over windows) | wall | GPU span | GPU idle between steps | host "
+             "waiting for the loader | model alone (train_step.py) |", "|---|---|---|---|---|---|"]
+    for name, r in rows:
+        lines.append(f"| {_cli_name(name)} | {r['wall_ms']:.1f} | {r['gpu_ms']:.1f} | {_f(r.get('idle_ms'), '{:.1f}')} | "
+                     f"{_f(r.get('data_wait_ms'), '{:.1f}')} | {_f(alone.get(name.split(':', 1)[0]), '{:.1f}')} |")
+    return lines
+
+
 def table(res: dict) -> str:
     """The report: the card, then the commands', the scan's and the model-only variants' ratios."""
     ref = {r["workload"]: r for r in res.get("reference", [])}
@@ -248,6 +264,7 @@ def table(res: dict) -> str:
         ratio = f"{ips / base:.2f} ({low / base:.2f})" if ips and low and base else "-"
         lines.append(f"| {name} | {_f(base)} ({_f(rr.get('peak_gib'), '{:.1f}')}) | {_f(ips)} ({_f(low)}), "
                      f"{_f(r.get('peak_gib'), '{:.1f}')} | {ratio} | >= {TARGET:.0f}x |")
+    lines += _step_split(res)
     scan = res.get("scan") or {}
     rows = {(r["b"], r["e"], r["t"], r["impl"]): r for r in scan.get("results", [])}
     shapes = list(dict.fromkeys((r["b"], r["e"], r["t"]) for r in scan.get("results", [])))

@@ -68,6 +68,17 @@ def test_command_runs_under_other_switches_or_another_loader_are_named_in_the_ta
     assert "| pretrain_b, 11 loader workers | 2000 (17.8) | 4300 (4200), 15.2 | 2.15 (2.10) |" in text
 
 
+def test_the_commands_step_is_split_into_gpu_span_idle_and_loader_wait():
+    """Commands whose log has the GPU span get a table of where their step goes, beside the model alone's step of
+    the same call; older results (no gpu_ms) get none."""
+    assert "GPU span" not in compare.table(RES)
+    cli = {"pretrain_b": dict(RES["cli"]["pretrain_b"], wall_ms=62.4, gpu_ms=59.0, idle_ms=3.5, data_wait_ms=0.2),
+           "pretrain_b:workers11": dict(RES["cli"]["pretrain_b"], wall_ms=63.0, gpu_ms=60.0, idle_ms=3.0)}
+    text = compare.table(dict(RES, cli=cli))
+    assert "| pretrain_b | 62.4 | 59.0 | 3.5 | 0.2 | 58.2 |" in text
+    assert "| pretrain_b, 11 loader workers | 63.0 | 60.0 | 3.0 | - | 58.2 |" in text
+
+
 def test_cli_variants_best_is_the_fastest_model_only_run():
     ts = RES["train_step"]
     assert compare.cli_variants(["default"], ts, ["pretrain_b"]) == ["default"]

@@ -19,6 +19,26 @@ def test_steady_rate_skips_the_first_window():
     assert s["min_over_steady"] == pytest.approx(900 / 1900)
 
 
+def test_windows_give_the_step_split(tmp_path):
+    """metrics_train.csv's loader wait and GPU span per window: medians after the first window, and the GPU idle
+    between steps as each window's wall time per step minus its span."""
+    path = tmp_path / "metrics_train.csv"
+    path.write_text("kind,step,images_per_s,data_wait_ms,gpu_ms\n"
+                    "train,8,100.0,900.0,500.0\ntrain,16,4000.0,0.5,60.0\ntrain,24,3200.0,1.5,62.0\n"
+                    "train,32,3900.0,0.3,61.0\n")
+    windows = train_cli.read_windows(path)
+    s = train_cli.steady_rate(windows)
+    assert s["gpu_ms"] == 61.0 and s["data_wait_ms"] == 0.5 and s["gpu_ms_windows"] == [60.0, 62.0, 61.0]
+    split = train_cli.step_split(windows, 256)
+    walls = [256 / r * 1e3 for r in (4000.0, 3200.0, 3900.0)]  # 64.0, 80.0, 65.6 ms
+    assert split["wall_ms"] == pytest.approx(walls[2])
+    assert split["idle_ms"] == pytest.approx(sorted([walls[0] - 60, walls[1] - 62, walls[2] - 61])[1])
+    # a CPU run's log (gpu_ms empty) has no idle figure
+    path.write_text("kind,step,images_per_s,data_wait_ms,gpu_ms\ntrain,8,100.0,1.0,\ntrain,16,200.0,1.0,\n")
+    windows = train_cli.read_windows(path)
+    assert "gpu_ms" not in train_cli.steady_rate(windows) and "idle_ms" not in train_cli.step_split(windows, 4)
+
+
 @pytest.mark.slow
 def test_tiny_mode_end_to_end(tmp_path):
     out = tmp_path / "res.json"

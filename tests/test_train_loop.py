@@ -84,3 +84,59 @@ def _per_epoch_iterators(train_epoch):
         self._batches_next = None  # as before: a new iterator each epoch
         return train_epoch(self, *args, **kwargs)
     return wrapped
+
+
+def test_log_records_the_loader_wait_per_step(tmp_path, data):
+    """metrics_train.csv's data_wait_ms is the host's wait for the step's batches: a loader that sleeps 40 ms per
+    batch shows at least that, per step; gpu_ms stays empty off a GPU."""
+    import csv
+    import time
+
+    from armvision.train.trainer import Trainer
+
+    over = {"optim.epochs": 1, "data.val_split": None, "eval_every_epochs": 0, "log.every_steps": 1}
+
+    def run(out, pause):
+        trainer = Trainer(load_config("fmnist_pretrain", tiny_overrides(data, tmp_path / out, "pretrain", **over),
+                                      task="pretrain"))
+        loader = trainer.train_loader
+
+        class Slow:
+            def __iter__(self):
+                for batch in loader:
+                    time.sleep(pause)
+                    yield batch
+
+        trainer.train_loader = Slow()
+        trainer.fit()
+        with open(tmp_path / out / "metrics_train.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    slow, quick = run("slow", 0.04), run("quick", 0.0)
+    assert len(slow) == len(quick) == 3
+    assert all(float(r["data_wait_ms"]) >= 40 for r in slow)
+    assert all(float(r["data_wait_ms"]) < 40 for r in quick)
+    assert all(r["gpu_ms"] == "" for r in slow + quick)
+
+
+def test_window_gpu_ms_is_the_mean_span_of_its_steps():
+    """The log window's gpu_ms averages its steps' event spans; data_wait_ms its host waits."""
+    import torch
+
+    from armvision.train.trainer import _Step, _Window
+
+    class Event:
+        def __init__(self, t):
+            self.t = t
+
+        def elapsed_time(self, other):
+            return other.t - self.t
+
+    window = _Window(torch.device("cpu"))
+    for wait, (a, b) in ((0.002, (0.0, 70.0)), (0.004, (71.0, 139.0))):
+        step = _Step(bad=torch.tensor(False), loss=torch.tensor(1.0, dtype=torch.float64), grad_norm=torch.tensor(1.0),
+                     flags=torch.zeros(3), stop_here=0.0, data_wait=wait, span=(Event(a), Event(b)))
+        window.add(step, 8)
+    assert window.timings() == pytest.approx({"data_wait_ms": 3.0, "gpu_ms": 69.0})
+    window.reset()
+    assert window.timings() == {"data_wait_ms": 0.0}

@@ -18,7 +18,8 @@ __all__ = ["MetricsLogger", "format_duration", "CSV_KINDS", "truncate_records"]
 
 CSV_KINDS = ("train", "eval")
 # columns a CSV file always has, whatever its first record holds (a record without one leaves it empty)
-_CSV_COLUMNS = {"train": ["kind", "step", "time", "epoch", "loss", "lr", "images_per_s", "grad_norm"]}
+_CSV_COLUMNS = {"train": ["kind", "step", "time", "epoch", "loss", "lr", "images_per_s", "grad_norm",
+                         "data_wait_ms", "gpu_ms"]}
 
 
 def format_duration(seconds: float) -> str:

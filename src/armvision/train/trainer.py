@@ -82,7 +82,8 @@ class _Window:
     """Running sums of the training loss between two log lines (kept on the device: no sync per step).
 
     ``loss`` sums the losses of the steps that updated the weights, ``good`` counts them; ``steps`` counts
-    every step (a skipped non-finite step included)."""
+    every step (a skipped non-finite step included). ``data_wait``: host seconds the steps waited for their
+    batches; ``spans``: each step's CUDA events (its GPU span, read at the log step, after its sync)."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -90,6 +91,8 @@ class _Window:
         self.good = torch.zeros((), dtype=torch.float64, device=device)
         self.steps = 0
         self.images = 0
+        self.data_wait = 0.0
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
         self.start = time.time()
 
     def add(self, step: _Step, images: int) -> None:
@@ -97,6 +100,18 @@ class _Window:
         self.good += (~step.bad).double()
         self.steps += 1
         self.images += images
+        self.data_wait += step.data_wait
+        if step.span is not None:
+            self.spans.append(step.span)
+
+    def timings(self) -> dict[str, float]:
+        """Per step over the window: ``data_wait_ms`` (the host waiting for the loader) and, on a GPU, ``gpu_ms``
+        (from the step's first kernel, once its batch is on the device, to its update; the rest of a step's wall
+        time is the GPU idle between steps). Call after a sync: the events must have completed."""
+        out = {"data_wait_ms": 1e3 * self.data_wait / max(self.steps, 1)}
+        if self.spans:
+            out["gpu_ms"] = sum(a.elapsed_time(b) for a, b in self.spans) / len(self.spans)
+        return out
 
     def reset(self):
         self.__init__(self.device)
@@ -114,6 +129,8 @@ class _Step:
     flags: torch.Tensor
     stop_here: float
     lr: float = float("nan")
+    data_wait: float = 0.0  # host seconds waiting for the step's batches
+    span: tuple[torch.cuda.Event, torch.cuda.Event] | None = None  # CUDA events around the step's GPU work
 
 
 # resuming: keys that make a checkpoint another run's (an error), and keys whose change is warned about and recorded
@@ -599,7 +616,7 @@ class Trainer:
         device (a fill kernel and an add: a blocking copy from the host would wait for the GPU each step)."""
         t_step = time.time()
         self.train_module.begin_step()
-        loss_sum, skipped = self._accumulate(batches, epoch)
+        loss_sum, skipped, data_wait, started = self._accumulate(batches, epoch)
         # the gradient norm (clipping, when on) before the check: a finite loss can still give
         # non-finite gradients, which must not reach the weights either
         grad_norm = clip_grad_norm(self.params, self.cfg.optim.clip_grad or float("inf"))
@@ -616,19 +633,32 @@ class Trainer:
             self.ema.update(self.model, step=self.step)
         self.images_seen += self.micro_batch * self.dist.world_size * self.accum_steps
         self.train_seconds += time.time() - t_step
+        step.data_wait = data_wait
+        if started is not None:
+            ended = torch.cuda.Event(enable_timing=True)
+            ended.record()
+            step.span = (started, ended)
         return step
 
-    def _accumulate(self, batches, epoch: int) -> tuple[torch.Tensor, int]:
+    def _accumulate(self, batches, epoch: int) -> tuple[torch.Tensor, int, float, torch.cuda.Event | None]:
         """Forward and backward of the step's micro-batches (gradients synchronised on the last); returns the sum
-        of their losses (on the device) and the number of unreadable images among them."""
+        of their losses (on the device), the number of unreadable images among them, the host seconds spent
+        waiting for the batches and, on a GPU, a CUDA event recorded once the first batch is on the device (after
+        the feeder's event in stream order: the step's GPU span starts there)."""
         loss_sum = torch.zeros((), device=self.device)
         skipped = 0  # skip events of this step's batches (their files go to a host-side set)
+        waited, started = 0.0, None
         for k in range(self.accum_steps):
+            t_wait = time.perf_counter()
             try:
                 images, labels, files = next(batches)  # on the device (see _prepare_batch)
             except StopIteration:  # a streaming split that ran short
                 raise DataError(f"the training data ran out after {self.batch_in_epoch} batches of epoch "
                                 f"{epoch + 1}; expected {self.steps_per_epoch * self.accum_steps}") from None
+            waited += time.perf_counter() - t_wait
+            if k == 0 and self.device.type == "cuda":
+                started = torch.cuda.Event(enable_timing=True)
+                started.record()
             if files:
                 skipped += len(files)
                 self._unreadable_local.update(files)
@@ -636,7 +666,7 @@ class Trainer:
                 loss = self._forward_backward(images, labels)
             loss_sum += loss.detach().float()
             self.batch_in_epoch += 1
-        return loss_sum, skipped
+        return loss_sum, skipped, waited, started
 
     def _agree(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor, skipped: int) -> _Step:
         """The one all-reduce of a step, before the weights change; it stays on the device: whether the loss or
@@ -727,7 +757,7 @@ class Trainer:
         if len(self.loss_history) > 2000:  # a long run keeps an evenly thinned curve (first and last kept)
             self.loss_history = self.loss_history[:-1:2] + self.loss_history[-1:]
         record = {"epoch": epoch + self.batch_in_epoch / (self.steps_per_epoch * self.accum_steps), "loss": loss,
-                  "lr": lr, "images_per_s": window.images / max(seconds, 1e-9)}
+                  "lr": lr, "images_per_s": window.images / max(seconds, 1e-9), **window.timings()}
         if math.isfinite(grad_norm):
             record["grad_norm"] = grad_norm
         self.logger.log("train", self.step, **record)
