@@ -35,6 +35,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+from _clocks import ClockSampler  # noqa: E402
+from _clocks import table_lines as clock_lines  # noqa: E402
 
 # name -> environment of a variant: the switches of docs/kernels.md ("Switches for A/B runs")
 VARIANTS = {
@@ -148,14 +150,18 @@ class Run:
             log.flush()
             # a session of its own, so that a timeout stops what it started too (torchrun's workers, pytest's
             # subprocesses), which would otherwise keep the GPU busy for the steps after it
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env), cwd=ROOT,
-                                    start_new_session=True)
-            try:
-                rc = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                rc = -9
-                log.write(f"\n===== {what}: stopped after {timeout:.0f} s\n")
+            slug = "".join(ch if ch.isalnum() else "_" for ch in what)
+            with ClockSampler(self.work / f"clocks_{slug}.csv") as clocks:
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env(extra_env), cwd=ROOT,
+                                        start_new_session=True)
+                try:
+                    rc = proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    _kill_group(proc)
+                    rc = -9
+                    log.write(f"\n===== {what}: stopped after {timeout:.0f} s\n")
+        if clocks.summary.get("samples"):
+            self.res.setdefault("clocks", {})[what] = clocks.summary
         secs = time.perf_counter() - t
         self.res["steps"].append({"what": what, "exit_code": rc, "seconds": round(secs, 1)})
         print(f"[{self.elapsed():4.0f} s] {what}: exit {rc} after {secs:.0f} s", flush=True)
@@ -305,6 +311,7 @@ def table(res: dict) -> str:
                   "| kind | ms per step | share | kernels per step |", "|---|---|---|---|"]
         lines += [f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | "
                   f"{k['calls_per_step']:.0f} |" for k in p["kinds"]]
+    lines += clock_lines(res.get("clocks", {}))
     if res.get("skipped"):
         lines += ["", "skipped (time budget): " + ", ".join(res["skipped"])]
     return "\n".join(lines)

@@ -50,8 +50,10 @@ def test_pretrain_finetune_eval_through_the_cli(tmp_path, data, capsys):
     lines = [json.loads(line) for line in (pre / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     csv_lines = (pre / "metrics_train.csv").read_text().splitlines()
-    assert csv_lines[0] == "kind,step,time,epoch,loss,lr,images_per_s,grad_norm"
-    assert all(line.split(",")[-1] for line in csv_lines[1:])  # every record has its step's gradient norm
+    assert csv_lines[0] == "kind,step,time,epoch,loss,lr,images_per_s,grad_norm,data_wait_ms,gpu_ms"
+    rows = [dict(zip(csv_lines[0].split(","), line.split(","))) for line in csv_lines[1:]]
+    assert all(r["grad_norm"] for r in rows)  # every record has its step's gradient norm
+    assert all(float(r["data_wait_ms"]) >= 0 and r["gpu_ms"] == "" for r in rows)  # no GPU span off a GPU
 
     ft = tmp_path / "ft"
     # loader worker processes this time (persistent across epochs); skipped images still counted

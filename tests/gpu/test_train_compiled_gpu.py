@@ -32,6 +32,13 @@ def test_compiled_by_default_on_cuda_matches_eager(tmp_path):
     assert compiled.train_module.is_compiled and compiled.train_module.verified  # no fallback to eager
     b = Trainer(_cfg(root, tmp_path / "e", compile=False)).fit()
     assert [v for _, v in a["loss_curve"]] == pytest.approx([v for _, v in b["loss_curve"]], rel=2e-3)
+    # the log's GPU span per step: positive, and within the step's wall time (batch / images/s) after compiling
+    import csv
+
+    with open(tmp_path / "e" / "metrics_train.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(float(r["gpu_ms"]) > 0 and float(r["data_wait_ms"]) >= 0 for r in rows)
+    assert all(float(r["gpu_ms"]) <= 8 / float(r["images_per_s"]) * 1e3 * 1.05 for r in rows[1:])
 
 
 def test_gpu_decoding_through_the_trainer(tmp_path):
