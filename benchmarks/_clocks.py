@@ -87,14 +87,18 @@ class ClockSampler:
         self.summary = summarize(self.path.read_text().splitlines())
 
 
-def table_lines(clocks: dict) -> list[str]:
-    """The table of what each step ran at (steps without samples left out)."""
-    rows = [(what, c) for what, c in clocks.items() if c.get("samples")]
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table (with a blank line before it) as lines; no rows: no lines."""
     if not rows:
         return []
-    lines = ["", "| clocks during each step (nvidia-smi every 250 ms, idle samples left out) | SM MHz, median (min) | "
-             "power W, median (max) | hottest, C | slowdown reasons seen |", "|---|---|---|---|---|"]
-    for what, c in rows:
-        lines.append(f"| {what} | {c['sm_mhz_median']:.0f} ({c['sm_mhz_min']:.0f}) | {c['power_w_median']:.0f} "
-                     f"({c['power_w_max']:.0f}) | {c['temp_c_max']:.0f} | {', '.join(c['reasons']) or 'none'} |")
-    return lines
+    return ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(r) + " |"
+                                                                               for r in rows]
+
+
+def table_lines(clocks: dict) -> list[str]:
+    """The table of what each step ran at (steps without samples left out)."""
+    return md_table(["clocks during each step (nvidia-smi every 250 ms, idle samples left out)", "SM MHz, median (min)",
+                     "power W, median (max)", "hottest, C", "slowdown reasons seen"],
+                    [[what, f"{c['sm_mhz_median']:.0f} ({c['sm_mhz_min']:.0f})",
+                      f"{c['power_w_median']:.0f} ({c['power_w_max']:.0f})", f"{c['temp_c_max']:.0f}",
+                      ", ".join(c["reasons"]) or "none"] for what, c in clocks.items() if c.get("samples")])

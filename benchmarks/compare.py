@@ -36,6 +36,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from _clocks import ClockSampler  # noqa: E402
+from _clocks import md_table  # noqa: E402
 from _clocks import table_lines as clock_lines  # noqa: E402
 
 # name -> environment of a variant: the switches of docs/kernels.md ("Switches for A/B runs")
@@ -243,15 +244,11 @@ def _step_split(res: dict) -> list[str]:
     its steps (the trainer's CUDA events, from the step's first kernel to its update), the GPU idle between steps
     (the difference) and the host's wait for the loader; beside the model alone's step timed in the same call."""
     alone = {r.get("workload"): r.get("ms") for k, r in res.get("train_step", {}).items() if k.endswith(":default")}
-    rows = [(name, r) for name, r in res.get("cli", {}).items() if r.get("wall_ms") and r.get("gpu_ms") is not None]
-    if not rows:
-        return []
-    lines = ["", "| command's step, ms (medians over windows) | wall | GPU span | GPU idle between steps | host "
-             "waiting for the loader | model alone (train_step.py) |", "|---|---|---|---|---|---|"]
-    for name, r in rows:
-        lines.append(f"| {_cli_name(name)} | {r['wall_ms']:.1f} | {r['gpu_ms']:.1f} | {_f(r.get('idle_ms'), '{:.1f}')} | "
-                     f"{_f(r.get('data_wait_ms'), '{:.1f}')} | {_f(alone.get(name.split(':', 1)[0]), '{:.1f}')} |")
-    return lines
+    return md_table(["command's step, ms (medians over windows)", "wall", "GPU span", "GPU idle between steps",
+                     "host waiting for the loader", "model alone (train_step.py)"],
+                    [[_cli_name(name), f"{r['wall_ms']:.1f}", f"{r['gpu_ms']:.1f}", _f(r.get("idle_ms"), "{:.1f}"),
+                      _f(r.get("data_wait_ms"), "{:.1f}"), _f(alone.get(name.split(":", 1)[0]), "{:.1f}")]
+                     for name, r in res.get("cli", {}).items() if r.get("wall_ms") and r.get("gpu_ms") is not None])
 
 
 def table(res: dict) -> str:
