@@ -241,7 +241,7 @@ def _f(v, spec="{:.0f}"):
 
 def _step_split(res: dict) -> list[str]:
     """Where each command's step goes (medians of its windows after the first): its wall time, the GPU span of
-    its steps (the trainer's CUDA events, from the step's first kernel to its update), the GPU idle between steps
+    its steps (the trainer's CUDA events, from where the GPU reaches the step to its update), the GPU idle between steps
     (the difference) and the host's wait for the loader; beside the model alone's step timed in the same call."""
     alone = {r.get("workload"): r.get("ms") for k, r in res.get("train_step", {}).items() if k.endswith(":default")}
     return md_table(["command's step, ms (medians over windows)", "wall", "GPU span", "GPU idle between steps",

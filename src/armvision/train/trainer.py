@@ -106,8 +106,9 @@ class _Window:
 
     def timings(self) -> dict[str, float]:
         """Per step over the window: ``data_wait_ms`` (the host waiting for the loader) and, on a GPU, ``gpu_ms``
-        (from the step's first kernel, once its batch is on the device, to its update; the rest of a step's wall
-        time is the GPU idle between steps). Call after a sync: the events must have completed."""
+        (from where the GPU reaches the step, its batch on the device, to its update, any idle inside the step
+        included; the rest of a step's wall time is the GPU waiting between steps, for the batch or the host).
+        Call after a sync: the events must have completed."""
         out = {"data_wait_ms": 1e3 * self.data_wait / max(self.steps, 1)}
         if self.spans:
             out["gpu_ms"] = sum(a.elapsed_time(b) for a, b in self.spans) / len(self.spans)
