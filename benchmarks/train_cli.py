@@ -215,15 +215,16 @@ def _fmt(v, spec="{:.0f}"):
 def table(res: dict) -> str:
     ceil = {(r.get("workload"), r.get("compiled")): r for r in res["train_step"] if "error" not in r}
     lines = [f"on {res['device']}:", "",
-             "| workload | armvision CLI images/s (slowest window) | peak GiB | train_step eager "
-             "| train_step compiled |",
-             "|" + "---|" * 5]
+             "| workload | armvision CLI images/s (slowest window) | peak GiB | step ms: wall / GPU span / loader wait "
+             "| train_step eager | train_step compiled |",
+             "|" + "---|" * 6]
     for r in res["cli"]:
         spec = WORKLOADS[r["workload"]]
         e, c = ceil.get((spec["step_workload"], False), {}), ceil.get((spec["step_workload"], True), {})
         cli = (f"{_fmt(r.get('images_per_s'))} ({_fmt(r.get('min_window_images_per_s'))})" if r["exit_code"] == 0
                else f"failed ({r['exit_code']})")
-        lines.append(f"| {r['workload']} | {cli} | {_fmt(r.get('peak_gib'), '{:.1f}')} | "
+        split = " / ".join(_fmt(r.get(k), "{:.1f}") for k in ("wall_ms", "gpu_ms", "data_wait_ms"))
+        lines.append(f"| {r['workload']} | {cli} | {_fmt(r.get('peak_gib'), '{:.1f}')} | {split} | "
                      f"{_fmt(e.get('images_per_s'))} | {_fmt(c.get('images_per_s'))} |")
     lines.append("")
     lines.append("| data pipeline alone | workers | batch | images/s | slowest window |")

@@ -55,6 +55,9 @@ def test_tiny_mode_end_to_end(tmp_path):
                                                    "finetune_pillow"]
     assert all(p["images_per_s"] > 0 for p in res["pipeline"])
     assert "| pretrain_b |" in proc.stdout and "on cpu:" in proc.stdout  # no reference figure from another run
+    for r in res["cli"]:  # the step split from the trainer's log: wall and loader wait; no GPU span on the CPU
+        assert r["wall_ms"] > 0 and r["data_wait_ms"] >= 0 and "gpu_ms" not in r
+        assert f"| {r['wall_ms']:.1f} / - / {r['data_wait_ms']:.1f} |" in proc.stdout
     prof = res["profile"]  # --profile: the pretraining trainer's top operators (kernels on a GPU) per step
     assert prof["active"] == 2 and prof["step_ms"] > 0 and not prof["compiled"] and len(prof["top"]) >= 5
     assert all(0 < r["share"] for r in prof["top"]) and "ms per step" in proc.stdout
