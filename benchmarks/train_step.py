@@ -144,13 +144,15 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
         end.record()
         events.append((start, end))
     torch.cuda.synchronize()
-    ms = statistics.median(start.elapsed_time(end) for start, end in events)
+    step_ms = [start.elapsed_time(end) for start, end in events]
+    ms = statistics.median(step_ms)
     ips = batch / ms * 1e3
     prof = profile_steps(step, profile) if profile else None
     res = dict(workload=workload, model=name, backend=backend, states=states, compiled=compile_model,
                compile_mode=mode if compile_model else None, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
-               gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name())
+               gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name(),
+               step_ms=[round(t, 2) for t in step_ms])  # every timed step: the spread beside the median
     if prof is not None:
         res["profile"] = prof
     del model, opt, images
