@@ -32,7 +32,7 @@ def test_compiled_by_default_on_cuda_matches_eager(tmp_path):
     assert compiled.train_module.is_compiled and compiled.train_module.verified  # no fallback to eager
     b = Trainer(_cfg(root, tmp_path / "e", compile=False)).fit()
     assert [v for _, v in a["loss_curve"]] == pytest.approx([v for _, v in b["loss_curve"]], rel=2e-3)
-    # the log's GPU span per step: positive, and within the step's wall time (batch / images/s) after compiling
+    # the eager run's log: the GPU span per step positive and within the step's wall time (batch / images/s)
     import csv
 
     with open(tmp_path / "e" / "metrics_train.csv", newline="") as f:
