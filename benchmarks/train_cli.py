@@ -70,11 +70,16 @@ def read_windows(csv_path: Path) -> list[dict]:
         return [{k: float(v) for k, v in row.items() if k in WINDOW_COLUMNS and v} for row in csv.DictReader(f)]
 
 
+def steady_windows(windows: list[dict]) -> list[dict]:
+    """The windows after the first (warm-up, compilation); all of them when there is only one."""
+    return windows[1:] or windows
+
+
 def steady_rate(windows: list[dict]) -> dict:
     """Steady images/s: the median over the windows after the first (warm-up, compilation), and the
     slowest of those windows relative to it (the issue's target: no window below 90%). Also the medians over the
     same windows of the loader wait and the GPU span per step, where the log has them."""
-    steady = windows[1:] or windows
+    steady = steady_windows(windows)
     rates = [w["images_per_s"] for w in steady if "images_per_s" in w]
     if not rates:
         return {"images_per_s": None, "min_window_images_per_s": None, "min_over_steady": None, "windows": 0}
@@ -112,7 +117,7 @@ def step_split(windows: list[dict], batch: int) -> dict:
     """Medians over the windows after the first: ``wall_ms`` a step's wall time (from the window's images/s) and,
     where the log has the GPU span, ``idle_ms``: the wall time minus the span, per window (the GPU waiting between
     steps, for the host or the loader)."""
-    steady = [w for w in (windows[1:] or windows) if w.get("images_per_s")]
+    steady = [w for w in steady_windows(windows) if w.get("images_per_s")]
     if not steady:
         return {}
     walls = [batch / w["images_per_s"] * 1e3 for w in steady]
