@@ -253,8 +253,9 @@ def main():
     ap.add_argument("--workloads", nargs="+", choices=["pretrain_b", "finetune_b", "pretrain_l"],
                     default=["pretrain_b", "finetune_b"],
                     help="the commands to run (split a long run over several calls; pretrain_l = --large)")
-    ap.add_argument("--skip", nargs="+", choices=["pipeline", "train_step"], default=[],
-                    help="leave out the data pipeline alone and/or train_step.py's model-only ceiling")
+    ap.add_argument("--skip", nargs="+", choices=["pipeline", "train_step", "cli"], default=[],
+                    help="leave out the data pipeline alone, train_step.py's model-only ceiling and/or the commands' "
+                         "timed runs (cli: e.g. with --profile, only the profile)")
     ap.add_argument("--no-compile", action="store_true", help="train_step.py eager only (saves ~2-3 min)")
     ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
                     help="data.decode of the pretraining runs (gpu: JPEGs decoded and cropped on the GPU)")
@@ -301,7 +302,7 @@ def main():
         torch.cuda.empty_cache()
 
     names = list(dict.fromkeys(list(args.workloads) + (["pretrain_l"] if args.large else [])))
-    for name in names:
+    for name in [] if "cli" in args.skip else names:
         decode = args.decode if WORKLOADS[name]["task"] == "pretrain" else "cpu"
         r = run_cli(name, WORKLOADS[name], data_root, args.workdir, args.steps, args.workers, args.tiny,
                     args.log_every, timeout=600, decode=decode, compile_model=args.compile, extra=extra)

@@ -62,3 +62,12 @@ def test_tiny_mode_end_to_end(tmp_path):
     assert prof["active"] == 2 and prof["step_ms"] > 0 and not prof["compiled"] and len(prof["top"]) >= 5
     assert all(0 < r["share"] for r in prof["top"]) and "ms per step" in proc.stdout
     assert prof["most_launched"] and "| most launched | calls per step |" in proc.stdout
+    # --skip cli: the profile alone (a GPU call with little time left spends it on the profile, not on a timed run)
+    out2 = tmp_path / "res2.json"
+    proc = subprocess.run([sys.executable, str(BENCH / "train_cli.py"), "--tiny", "--workdir", str(tmp_path),
+                           "--out", str(out2), "--profile", "--skip", "pipeline", "cli", "--workloads", "pretrain_b"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res2 = json.loads(out2.read_text())
+    assert res2["cli"] == [] and res2["pipeline"] == [] and res2["profile"]["workload"] == "pretrain_b"
+    assert res2["profile"]["step_ms"] > 0 and "armvision pretrain_b:" not in proc.stdout
