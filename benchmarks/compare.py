@@ -7,7 +7,8 @@ One command (about 8-9 minutes on one H100/H200 with 16 cores) that:
 2. meanwhile makes the JPEGs and times armvision's training step alone (benchmarks/train_step.py, compiled with
    CUDA graphs) for each ``--variants`` entry: the same model under other switches (environment variables,
    docs/kernels.md), so old and new are timed beside each other (the build takes CPU, not GPU time; a replayed
-   graph does not wait for the host);
+   graph does not wait for the host); with ``--image-inputs`` also the default's step on one batch of the JPEGs
+   instead of random numbers (benchmarks/_inputs.py), and the reference's likewise after its usual run;
 3. once built: the scan at the five shapes, mamba-ssm's kernel beside armvision's op (benchmarks/scan.py); the
    official ARM code's training steps (benchmarks/reference.py); ``armvision pretrain`` / ``finetune`` on the
    JPEGs (benchmarks/train_cli.py); then GPU tests (``--tests``) while time is left;
@@ -251,6 +252,23 @@ def _step_split(res: dict) -> list[str]:
                      for name, r in res.get("cli", {}).items() if r.get("wall_ms") and r.get("gpu_ms") is not None])
 
 
+def _inputs_table(res: dict) -> list[str]:
+    """The model alone and the reference on random numbers (the call's usual rows) and on one batch of images
+    (``--image-inputs``), each workload timed both ways in the same call."""
+    inputs = res.get("inputs") or {}
+    alone_img, ref_img = inputs.get("train_step") or {}, {r.get("workload"): r for r in inputs.get("reference") or []}
+    ref = {r.get("workload"): r for r in res.get("reference") or []}
+    rows = []
+    for w in dict.fromkeys([*alone_img, *ref_img]):
+        for kind, a, r in (("random numbers", res.get("train_step", {}).get(f"{w}:default", {}), ref.get(w, {})),
+                           ("images", alone_img.get(w, {}), ref_img.get(w, {}))):
+            ips, base = a.get("images_per_s"), r.get("images_per_s")
+            rows.append([w, kind, f"{_f(a.get('ms'), '{:.1f}')} ({_f(ips)})", _f(base),
+                         _f(ips / base if ips and base else None, "{:.2f}")])
+    return md_table(["inputs, same call", "input", "model alone ms/step (images/s)", "reference images/s",
+                     "model alone / reference"], rows)
+
+
 def table(res: dict) -> str:
     """The report: the card, then the commands', the scan's and the model-only variants' ratios."""
     ref = {r["workload"]: r for r in res.get("reference", [])}
@@ -268,6 +286,7 @@ def table(res: dict) -> str:
         lines.append(f"| {name} | {_f(base)} ({_f(rr.get('peak_gib'), '{:.1f}')}) | {_f(ips)} ({_f(low)}), "
                      f"{_f(r.get('peak_gib'), '{:.1f}')} | {ratio} | >= {TARGET:.0f}x |")
     lines += _step_split(res)
+    lines += _inputs_table(res)
     scan = res.get("scan") or {}
     rows = {(r["b"], r["e"], r["t"], r["impl"]): r for r in scan.get("results", [])}
     shapes = list(dict.fromkeys((r["b"], r["e"], r["t"]) for r in scan.get("results", [])))
@@ -340,6 +359,10 @@ def main():
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
                     help="profile N steps of each workload's first variant (train_step.py --profile): kernels by kind")
+    ap.add_argument("--image-inputs", action="store_true",
+                    help="also time the model alone (default switches) and the reference on one batch of the JPEGs "
+                         "instead of random numbers (benchmarks/_inputs.py): does the input's content change the "
+                         "card's speed (power cap) for either side?")
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
@@ -432,6 +455,19 @@ def main():
             res["train_step"][f"{w}:{v}"] = dict(rows[0], workload=w, variant=v, env=VARIANTS[v])
             bring_back_tuning()
             run.save()
+    res["inputs"] = {"train_step": {}, "reference": []}
+    for w in args.variant_workloads if args.image_inputs else []:
+        what = f"train_step {w} default on images"
+        if not run.fits(what, ESTIMATE["train_step"]):
+            continue
+        out = args.workdir / f"ts_{w}_images.json"
+        out.unlink(missing_ok=True)
+        run.call(what, [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only", "--compile-mode",
+                        "reduce-overhead", "--steps", "12", "--warmup", "4", "--images", str(data_root / "train"),
+                        "--json", str(out)], timeout=max(240, ESTIMATE["train_step"] + 60),
+                 extra_env={**VARIANTS["default"], "TORCHINDUCTOR_COMPILE_THREADS": "8"})
+        res["inputs"]["train_step"][w] = (_read(out) or [{}])[0]
+        run.save()
     for k, proc in builds.items():
         run.finish(f"build_{k}", proc, timeout=run.budget - run.elapsed())
 
@@ -457,6 +493,17 @@ def main():
                         str(build), "--workloads", *workloads, "--json", str(out)], timeout=240)
         res["reference"] += _read(out) or []
         run.save()
+        on_images = [w for w in workloads if w in args.variant_workloads] if args.image_inputs else []
+        if on_images and run.fits(what + " on images", ESTIMATE[what]):  # the model alone's workloads, on images
+            out = args.workdir / f"{what}_images.json"
+            out.unlink(missing_ok=True)
+            run.call(what + " on images", [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src),
+                                           "--mamba-ssm-src", str(srcs["mamba_ssm"]), "--causal-conv1d-src",
+                                           str(srcs["causal_conv1d"]), "--build-dir", str(build), "--workloads",
+                                           *on_images, "--images", str(data_root / "train"), "--json", str(out)],
+                     timeout=240)
+            res["inputs"]["reference"] += _read(out) or []
+            run.save()
 
     # the product path: the commands on the JPEGs, compiled as a user's run is
     res["cli"] = {}

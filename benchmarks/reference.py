@@ -14,8 +14,8 @@ on mamba-ssm 2.3.2.post1 three of its imports need stand-ins, set up here and no
   blocks use ``nn.LayerNorm``; only the block factory's unused ``norm_cls`` refers to it.
 
 A step as benchmarks/train_step.py times armvision's model (the same method for both sides): bf16 autocast, fused
-AdamW, gradient clipping at 3.0, random images (and labels), steps back to back with CUDA events read at the end,
-the median step; peak memory. The pretraining loss is the model's per-token loss averaged (``loss.mean()`` as its
+AdamW, gradient clipping at 3.0, random images and labels (``--images DIR``: one batch of real images, as in
+train_step.py), steps back to back with CUDA events read at the end, the median step; peak memory. The pretraining loss is the model's per-token loss averaged (``loss.mean()`` as its
 ``engine_pretrain.py``); fine-tuning is cross-entropy on the classifier's logits (the recipe's mixup and label
 smoothing change no kernel).
 
@@ -101,16 +101,23 @@ def official_model(arm_src: Path, task: str, name: str):
     return getattr(module, name)(**({} if task == "pretrain" else {"num_classes": 1000}))
 
 
-def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int, device: str = "cuda") -> dict:
+def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int, device: str = "cuda",
+               images_dir: Path | None = None) -> dict:
     """Median ms of ``steps`` training steps run back to back after ``warmup`` steps; peak memory. bf16 autocast on
-    CUDA; on the CPU (the tests) float32, since the packages' autograd functions cast for CUDA autocast only."""
+    CUDA; on the CPU (the tests) float32, since the packages' autograd functions cast for CUDA autocast only.
+    ``images_dir``: one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers."""
     import torch
     import torch.nn.functional as F
 
     cuda = device == "cuda"
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=cuda)
-    images = torch.randn(batch, 3, size, size, device=device)
+    if images_dir is None:
+        images = torch.randn(batch, 3, size, size, device=device)
+    else:
+        from _inputs import image_batch
+
+        images = image_batch(images_dir, batch, size).to(device)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
@@ -147,7 +154,7 @@ def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int,
 
 
 def run(workload: str, arm_src: Path, steps: int, warmup: int, device: str = "cuda", batch: int | None = None,
-        size: int | None = None) -> dict:
+        size: int | None = None, images_dir: Path | None = None) -> dict:
     import torch
 
     task, name, wl_batch, wl_size = WORKLOADS[workload]
@@ -156,8 +163,9 @@ def run(workload: str, arm_src: Path, steps: int, warmup: int, device: str = "cu
     t0 = time.perf_counter()
     model = official_model(arm_src, task, name).to(device)
     model.train()
-    res = time_steps(model, task, batch, size, steps, warmup, device)
+    res = time_steps(model, task, batch, size, steps, warmup, device, images_dir)
     res.update(workload=workload, model=f"official {name} ({task})", batch=batch, img_size=size,
+               inputs="random" if images_dir is None else "images",
                images_per_s=batch / res["ms"] * 1e3, seconds=time.perf_counter() - t0, steps=steps)
     del model
     if device == "cuda":
@@ -175,8 +183,18 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l"], choices=list(WORKLOADS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--images", type=Path, metavar="DIR",
+                    help="a folder of JPEGs: one batch of them (cropped and normalised as armvision's pretraining "
+                         "command does) as every step's input, instead of random numbers (benchmarks/_inputs.py)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    if args.images is not None:
+        from _inputs import InputsError, image_files
+
+        try:
+            image_files(args.images)
+        except InputsError as e:
+            ap.error(str(e))
     kinds = {WORKLOADS[w][0] for w in args.workloads}
     if len(kinds) > 1:
         ap.error("give pretraining or fine-tuning workloads, not both, in one call (two model files, one module name)")
@@ -190,10 +208,11 @@ def main():
     install_stand_ins()
     rows = []
     for w in args.workloads:
-        r = dict(run(w, args.arm_src, args.steps, args.warmup), device=torch.cuda.get_device_name(),
+        r = dict(run(w, args.arm_src, args.steps, args.warmup, images_dir=args.images),
+                 device=torch.cuda.get_device_name(),
                  torch=torch.__version__, **versions)
         rows.append(r)
-        print(f"reference {w}: {r['images_per_s']:.0f} images/s, {r['ms']:.1f} ms/step, peak {r['peak_gib']:.1f} GiB "
+        print(f"reference {w} ({r['inputs']} inputs): {r['images_per_s']:.0f} images/s, {r['ms']:.1f} ms/step, peak {r['peak_gib']:.1f} GiB "
               f"({r['seconds']:.0f} s)", flush=True)
         if args.json:  # written after each workload: a later failure keeps the earlier rows
             args.json.write_text(json.dumps(rows, indent=1))

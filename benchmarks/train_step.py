@@ -1,7 +1,8 @@
 """Training-step throughput of ARM models: images/s, ms/step, MFU and peak memory.
 
 The method of benchmarks/reference.py, which times the official ARM code the same way: one process, bf16 autocast,
-fused AdamW, gradient clipping at 3.0, random input images, median of the timed steps after warm-up steps.
+fused AdamW, gradient clipping at 3.0, random input images (``--images DIR``: one batch of real ones, cropped and
+normalised as the pretraining command does; benchmarks/_inputs.py), median of the timed steps after warm-up steps.
 The steps run back to back and their CUDA events are read once at the end (until 2026-12-01 the loop
 synchronised after each step, which left the GPU idle while the host launched the next one).
 Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
@@ -69,16 +70,17 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str | None = None, mode: str = "default", profile: int = 0) -> dict:
+        states: str | None = None, mode: str = "default", profile: int = 0, images_dir: Path | None = None) -> dict:
     """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed (None: as the
     launch defaults in effect say: ``ARMVISION_SCAN_CONFIG``'s, as compare.py's variants set it, or the built-in
     ``recompute``); ``mode``:
     torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU);
-    ``profile``: after the timed steps, that many more steps under torch.profiler (the result's ``profile``)."""
+    ``profile``: after the timed steps, that many more steps under torch.profiler (the result's ``profile``);
+    ``images_dir``: one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers."""
     if states is None:
         states = armvision.ops.current_scan_config()["states"]
     with armvision.ops.scan_config(states=states):
-        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile)
+        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile, images_dir)
 
 
 def profile_steps(step, active: int, cuda: bool = True) -> dict:
@@ -109,14 +111,19 @@ def profile_steps(step, active: int, cuda: bool = True) -> dict:
 
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-         states: str, mode: str = "default", profile: int = 0) -> dict:
+         states: str, mode: str = "default", profile: int = 0, images_dir: Path | None = None) -> dict:
     name, pretraining, batch, size = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
     flops = forward_flops(model, pretraining, torch.randn(2, 3, size, size, device="cuda")) * 3
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
-    images = torch.randn(batch, 3, size, size, device="cuda")
+    if images_dir is None:
+        images = torch.randn(batch, 3, size, size, device="cuda")
+    else:
+        from _inputs import image_batch
+
+        images = image_batch(images_dir, batch, size).cuda()
     labels = torch.randint(0, 1000, (batch,), device="cuda")
     if compile_model:  # as the trainer compiles (train/compiled.py), ARMVISION_INDUCTOR's options included
         from armvision.train.compiled import inductor_options
@@ -152,6 +159,7 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
                compile_mode=mode if compile_model else None, batch=batch, ms=ms,
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name(),
+               inputs="random" if images_dir is None else "images",
                step_ms=[round(t, 2) for t in step_ms])  # every timed step: the spread beside the median
     if prof is not None:
         res["profile"] = prof
@@ -192,10 +200,20 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--images", type=Path, metavar="DIR",
+                    help="a folder of JPEGs: one batch of them (cropped and normalised as the pretraining command "
+                         "does) as every step's input, instead of random numbers (benchmarks/_inputs.py)")
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after each timed run, profile this many more steps: top kernels, kernels by kind, busy "
                          "share and kernels per step, printed and in the JSON")
     args = ap.parse_args()
+    if args.images is not None:
+        from _inputs import InputsError, image_files
+
+        try:
+            image_files(args.images)
+        except InputsError as e:
+            ap.error(str(e))
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (it times training steps on one); on the CPU, benchmarks/train_cli.py --tiny "
                  "runs the commands end to end")
@@ -209,7 +227,7 @@ def main():
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
                         r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states,
-                                args.compile_mode, args.profile)
+                                args.compile_mode, args.profile, args.images)
                     except torch.cuda.OutOfMemoryError as ex:
                         print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
                         torch.cuda.empty_cache()

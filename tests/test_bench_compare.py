@@ -79,6 +79,20 @@ def test_the_commands_step_is_split_into_gpu_span_idle_and_loader_wait():
     assert "| pretrain_b, 11 loader workers | 63.0 | 60.0 | 3.0 | - | 58.2 |" in text
 
 
+def test_random_and_image_inputs_side_by_side():
+    """--image-inputs: the model alone and the reference timed on images beside their random-number rows of the same
+    call, each with its ratio; a call without them has no such table."""
+    assert "inputs, same call" not in compare.table(RES)
+    inputs = {"train_step": {"pretrain_b": {"workload": "pretrain_b", "images_per_s": 4300.0, "ms": 59.5}},
+              "reference": [{"workload": "pretrain_b", "images_per_s": 1900.0, "inputs": "images"}]}
+    text = compare.table(dict(RES, inputs=inputs))
+    assert "| pretrain_b | random numbers | 58.2 (4400) | 2000 | 2.20 |" in text
+    assert "| pretrain_b | images | 59.5 (4300) | 1900 | 2.26 |" in text
+    # the reference's image run missing (budget): the model alone's row stands, without a ratio
+    text = compare.table(dict(RES, inputs=dict(inputs, reference=[])))
+    assert "| pretrain_b | images | 59.5 (4300) | - | - |" in text
+
+
 def test_cli_variants_best_is_the_fastest_model_only_run():
     ts = RES["train_step"]
     assert compare.cli_variants(["default"], ts, ["pretrain_b"]) == ["default"]
