@@ -15,9 +15,9 @@ on mamba-ssm 2.3.2.post1 three of its imports need stand-ins, set up here and no
 
 A step as benchmarks/train_step.py times armvision's model (the same method for both sides): bf16 autocast, fused
 AdamW, gradient clipping at 3.0, random images and labels (``--images DIR``: one batch of real images, as in
-train_step.py), steps back to back with CUDA events read at the end, the median step; peak memory. The pretraining loss is the model's per-token loss averaged (``loss.mean()`` as its
-``engine_pretrain.py``); fine-tuning is cross-entropy on the classifier's logits (the recipe's mixup and label
-smoothing change no kernel).
+train_step.py), steps back to back with CUDA events read at the end, the median step; peak memory. The pretraining
+loss is the model's per-token loss averaged (``loss.mean()`` as its ``engine_pretrain.py``); fine-tuning is
+cross-entropy on the classifier's logits (the recipe's mixup and label smoothing change no kernel).
 
     python benchmarks/reference.py --arm-src ARM --mamba-ssm-src mamba_ssm-2.3.2.post1.tar.gz \\
         --causal-conv1d-src causal_conv1d-1.7.0.tar.gz --build-dir build/ref --workloads pretrain_b --json ref.json
@@ -209,11 +209,10 @@ def main():
     rows = []
     for w in args.workloads:
         r = dict(run(w, args.arm_src, args.steps, args.warmup, images_dir=args.images),
-                 device=torch.cuda.get_device_name(),
-                 torch=torch.__version__, **versions)
+                 device=torch.cuda.get_device_name(), torch=torch.__version__, **versions)
         rows.append(r)
-        print(f"reference {w} ({r['inputs']} inputs): {r['images_per_s']:.0f} images/s, {r['ms']:.1f} ms/step, peak {r['peak_gib']:.1f} GiB "
-              f"({r['seconds']:.0f} s)", flush=True)
+        print(f"reference {w} ({r['inputs']} inputs): {r['images_per_s']:.0f} images/s, {r['ms']:.1f} ms/step, "
+              f"peak {r['peak_gib']:.1f} GiB ({r['seconds']:.0f} s)", flush=True)
         if args.json:  # written after each workload: a later failure keeps the earlier rows
             args.json.write_text(json.dumps(rows, indent=1))
 
