@@ -18,6 +18,9 @@ CARRY=${1:-.carry}
 : "${OUT:?set OUT to the folder for the results}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export ARMVISION_CUDA_EXT_SAVE="${ARMVISION_CUDA_EXT_SAVE:-$OUT}"
+# inductor's cache (compiled kernels, autotuning and coordinate-descent results) in an ignored folder of the
+# repository: a later call on the same warm machine keeps ignored build outputs, so it compiles from this call's cache
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-$PWD/.inductor_cache}"
 if [ -d "$CARRY/cuda_ext" ]; then export ARMVISION_CUDA_EXT_PREBUILT="$(cd "$CARRY/cuda_ext" && pwd)"; fi
 # COMPARE_ARGS is split as a shell splits a command line, quotes honoured: --numerics '' is an empty value (a plain
 # unquoted expansion would pass the two quote characters, and compare.py would run the numerics with -k "''")

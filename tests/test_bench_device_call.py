@@ -20,7 +20,8 @@ def stubs(tmp_path):
     (bin_dir / "python3").write_text(
         "#!/bin/bash\n"
         "if [ \"$1\" = -c ]; then echo 3.12 torch stub; exit 0; fi\n"
-        f"for a in \"$@\"; do printf '%s\\0' \"$a\"; done > {record}\n")
+        f"for a in \"$@\"; do printf '%s\\0' \"$a\"; done > {record}\n"
+        f"echo \"$TORCHINDUCTOR_CACHE_DIR\" > {record}.cache\n")
     (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'name, memory.total'\n")
     for f in bin_dir.iterdir():
         f.chmod(0o755)
@@ -66,3 +67,17 @@ def test_unbalanced_quotes_are_one_line_and_run_nothing(stubs):
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and "COMPARE_ARGS is not a valid shell word list" in proc.stderr
     assert not stubs[1].exists()
+
+
+def test_inductors_cache_is_an_ignored_folder_of_the_repository(stubs, monkeypatch):
+    """A second call on the warm machine finds the first call's compiled kernels and tunings there (ignored build
+    outputs stay between calls); a cache folder the caller sets is kept."""
+    root = SCRIPT.parents[1]
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    assert _run(stubs, "").returncode == 0
+    assert Path(str(stubs[1]) + ".cache").read_text().strip() == str(root / ".inductor_cache")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/tmp/elsewhere")
+    assert _run(stubs, "").returncode == 0
+    assert Path(str(stubs[1]) + ".cache").read_text().strip() == "/tmp/elsewhere"
+    ignored = subprocess.run(["git", "check-ignore", "-q", "--no-index", ".inductor_cache/x"], cwd=root)
+    assert ignored.returncode == 0
