@@ -56,3 +56,19 @@ def image_batch(root: Path, batch: int, size: int, seed: int = 0):
             except (OSError, UnidentifiedImageError) as e:
                 raise InputsError(f"--images: cannot read {path}: {e}") from None
     return out
+
+
+def add_images_option(ap) -> None:
+    """The ``--images DIR`` option of train_step.py and reference.py."""
+    ap.add_argument("--images", type=Path, metavar="DIR",
+                    help="a folder of JPEGs: one batch of them (cropped and normalised as armvision's pretraining "
+                         "command does) as every step's input, instead of random numbers (benchmarks/_inputs.py)")
+
+
+def check_images_option(ap, images: Path | None) -> None:
+    """``ap.error`` (one line, exit status 2) when ``--images`` names a folder that cannot give a batch."""
+    if images is not None:
+        try:
+            image_files(images)
+        except InputsError as e:
+            ap.error(str(e))

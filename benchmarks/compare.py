@@ -433,6 +433,12 @@ def main():
     make_synthetic_jpegs(data_root, 8192)
     print(f"[{run.elapsed():4.0f} s] 8192 JPEGs under {data_root} ({time.perf_counter() - t:.0f} s)", flush=True)
     res["train_step"] = {}
+
+    def train_step_cmd(w: str, out: Path, *extra: str) -> list[str]:
+        """train_step.py for workload ``w``, compiled with CUDA graphs as the trainer runs it, results to ``out``."""
+        return [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only", "--compile-mode",
+                "reduce-overhead", "--steps", "12", "--warmup", "4", "--json", str(out), *extra]
+
     for w in args.variant_workloads:
         for vi, v in enumerate(args.variants):
             what = f"train_step {w} {v}"
@@ -444,11 +450,8 @@ def main():
                 continue
             out = args.workdir / f"ts_{w}_{v}.json"
             out.unlink(missing_ok=True)
-            run.call(f"train_step {w} {v}", [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only",
-                                             "--compile-mode", "reduce-overhead", "--steps", "12", "--warmup", "4",
-                                             "--json", str(out),
-                                             *(["--profile", str(args.profile_steps)]
-                                               if args.profile_steps and vi == 0 else [])],
+            run.call(f"train_step {w} {v}", train_step_cmd(w, out, *(["--profile", str(args.profile_steps)]
+                                                                  if args.profile_steps and vi == 0 else [])),
                      timeout=left if long else max(240, estimate + 60),
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]
@@ -462,9 +465,8 @@ def main():
             continue
         out = args.workdir / f"ts_{w}_images.json"
         out.unlink(missing_ok=True)
-        run.call(what, [py, str(HERE / "train_step.py"), "--workloads", w, "--compiled-only", "--compile-mode",
-                        "reduce-overhead", "--steps", "12", "--warmup", "4", "--images", str(data_root / "train"),
-                        "--json", str(out)], timeout=max(240, ESTIMATE["train_step"] + 60),
+        run.call(what, train_step_cmd(w, out, "--images", str(data_root / "train")),
+                 timeout=max(240, ESTIMATE["train_step"] + 60),
                  extra_env={**VARIANTS["default"], "TORCHINDUCTOR_COMPILE_THREADS": "8"})
         res["inputs"]["train_step"][w] = (_read(out) or [{}])[0]
         run.save()
@@ -483,25 +485,23 @@ def main():
     res["reference"] = []
     ref_sets = [("ref_pretrain", [w for w in args.workloads if w.startswith("pretrain")]),
                 ("ref_finetune", [w for w in args.workloads if w.startswith("finetune")])]
+    reference_cmd = [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src), "--mamba-ssm-src",
+                     str(srcs["mamba_ssm"]), "--causal-conv1d-src", str(srcs["causal_conv1d"]), "--build-dir",
+                     str(build)]
     for what, workloads in ref_sets:
         if not workloads or not run.fits(what, ESTIMATE[what]):
             continue
         out = args.workdir / f"{what}.json"
         out.unlink(missing_ok=True)
-        run.call(what, [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src), "--mamba-ssm-src",
-                        str(srcs["mamba_ssm"]), "--causal-conv1d-src", str(srcs["causal_conv1d"]), "--build-dir",
-                        str(build), "--workloads", *workloads, "--json", str(out)], timeout=240)
+        run.call(what, reference_cmd + ["--workloads", *workloads, "--json", str(out)], timeout=240)
         res["reference"] += _read(out) or []
         run.save()
         on_images = [w for w in workloads if w in args.variant_workloads] if args.image_inputs else []
         if on_images and run.fits(what + " on images", ESTIMATE[what]):  # the model alone's workloads, on images
             out = args.workdir / f"{what}_images.json"
             out.unlink(missing_ok=True)
-            run.call(what + " on images", [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src),
-                                           "--mamba-ssm-src", str(srcs["mamba_ssm"]), "--causal-conv1d-src",
-                                           str(srcs["causal_conv1d"]), "--build-dir", str(build), "--workloads",
-                                           *on_images, "--images", str(data_root / "train"), "--json", str(out)],
-                     timeout=240)
+            run.call(what + " on images", reference_cmd + ["--workloads", *on_images, "--images",
+                                                           str(data_root / "train"), "--json", str(out)], timeout=240)
             res["inputs"]["reference"] += _read(out) or []
             run.save()
 

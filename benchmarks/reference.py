@@ -39,6 +39,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _cuda_ext  # noqa: E402
+import _inputs  # noqa: E402
 
 # name: (task, official model function, batch, image size); the batches and sizes of the project's targets
 WORKLOADS = {
@@ -115,9 +116,7 @@ def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int,
     if images_dir is None:
         images = torch.randn(batch, 3, size, size, device=device)
     else:
-        from _inputs import image_batch
-
-        images = image_batch(images_dir, batch, size).to(device)
+        images = _inputs.image_batch(images_dir, batch, size).to(device)
     labels = torch.randint(0, 1000, (batch,), device=device)
 
     def step():
@@ -183,18 +182,10 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l"], choices=list(WORKLOADS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--images", type=Path, metavar="DIR",
-                    help="a folder of JPEGs: one batch of them (cropped and normalised as armvision's pretraining "
-                         "command does) as every step's input, instead of random numbers (benchmarks/_inputs.py)")
+    _inputs.add_images_option(ap)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    if args.images is not None:
-        from _inputs import InputsError, image_files
-
-        try:
-            image_files(args.images)
-        except InputsError as e:
-            ap.error(str(e))
+    _inputs.check_images_option(ap, args.images)
     kinds = {WORKLOADS[w][0] for w in args.workloads}
     if len(kinds) > 1:
         ap.error("give pretraining or fine-tuning workloads, not both, in one call (two model files, one module name)")

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+import _inputs
 import armvision
 
 WORKLOADS = {
@@ -121,9 +122,7 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
     if images_dir is None:
         images = torch.randn(batch, 3, size, size, device="cuda")
     else:
-        from _inputs import image_batch
-
-        images = image_batch(images_dir, batch, size).cuda()
+        images = _inputs.image_batch(images_dir, batch, size).cuda()
     labels = torch.randint(0, 1000, (batch,), device="cuda")
     if compile_model:  # as the trainer compiles (train/compiled.py), ARMVISION_INDUCTOR's options included
         from armvision.train.compiled import inductor_options
@@ -200,20 +199,12 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--images", type=Path, metavar="DIR",
-                    help="a folder of JPEGs: one batch of them (cropped and normalised as the pretraining command "
-                         "does) as every step's input, instead of random numbers (benchmarks/_inputs.py)")
+    _inputs.add_images_option(ap)
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after each timed run, profile this many more steps: top kernels, kernels by kind, busy "
                          "share and kernels per step, printed and in the JSON")
     args = ap.parse_args()
-    if args.images is not None:
-        from _inputs import InputsError, image_files
-
-        try:
-            image_files(args.images)
-        except InputsError as e:
-            ap.error(str(e))
+    _inputs.check_images_option(ap, args.images)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (it times training steps on one); on the CPU, benchmarks/train_cli.py --tiny "
                  "runs the commands end to end")
