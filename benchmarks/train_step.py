@@ -84,6 +84,12 @@ def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: in
         return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile, images_dir)
 
 
+def _sync(cuda: bool) -> None:
+    """Wait for the GPU's queued kernels (nothing on the CPU)."""
+    if cuda:
+        torch.cuda.synchronize()
+
+
 def profile_steps(step, active: int, cuda: bool = True) -> dict:
     """``active`` steps back to back under torch.profiler, after one warm-up step: where a step's time goes
     (benchmarks/_profile_train.py's table: top kernels, kernels by kind, busy share; plus kernels per step).
@@ -92,19 +98,22 @@ def profile_steps(step, active: int, cuda: bool = True) -> dict:
 
     from _profile_train import kernel_table
 
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
     # repeat=1: one cycle. With the default (cycles repeating) the profiler starts a new cycle at the last step and
     # clears the recorded one, so the table came out empty (torch 2.11: 0 kernels per step, 2026-12-07)
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []),
                  schedule=schedule(wait=0, warmup=1, active=active, repeat=1)) as prof:
         step()
+        # the warm-up step's kernels end before the active cycle opens: the GPU runs behind the host, and kernels
+        # that ran after prof.step() were counted as the active steps' (2026-12-08, H100: the scan backward 14.4
+        # times per 5-step average instead of 12, one warm-up backward too many)
+        _sync(cuda)
         prof.step()
-        sync()
         t0 = time.perf_counter()
-        for _ in range(active):
+        for i in range(active):
             step()
+            if i == active - 1:  # the last step's kernels end inside the cycle, and inside the timed span
+                _sync(cuda)
             prof.step()
-        sync()
         step_us = (time.perf_counter() - t0) / active * 1e6
     res = kernel_table(prof, active, step_us, cuda=cuda)
     res["kernels_per_step"] = sum(k["calls_per_step"] for k in res.get("kinds", []))

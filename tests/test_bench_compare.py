@@ -176,6 +176,28 @@ def test_profile_steps_records_the_active_steps():
     assert mm["calls_per_step"] == 2 and mm["us_per_call"] == pytest.approx(mm["us_per_step"] / 2)
 
 
+def test_profile_steps_waits_for_the_gpu_at_the_cycle_edges(monkeypatch):
+    """The warm-up step's kernels must end before the active cycle opens, and the last active step's before it
+    closes: profile_steps synchronises before those two prof.step() calls (it synchronised after the first one, and
+    an H100 profile of 2026-12-08 counted one warm-up backward among 5 active steps)."""
+    import torch.profiler
+    import train_step
+
+    log = []
+
+    class Profile(torch.profiler.profile):
+        def step(self):
+            log.append("prof.step")
+            super().step()
+
+    monkeypatch.setattr(torch.profiler, "profile", Profile)
+    monkeypatch.setattr(train_step, "_sync", lambda cuda: log.append("sync"))
+    x = torch.randn(8, 8)
+    train_step.profile_steps(lambda: log.append("step") or (x @ x).sum(), 3, cuda=False)
+    assert log == ["step", "sync", "prof.step", "step", "prof.step", "step", "prof.step", "step", "sync",
+                   "prof.step"]
+
+
 def test_train_step_keeps_the_variants_scan_states(monkeypatch):
     """train_step.run times the scan config in effect (compare.py's variants set it through ARMVISION_SCAN_CONFIG):
     it used to force states='recompute', so the 'save' variants of 2026-12-06/07 timed recompute."""
@@ -217,7 +239,7 @@ def test_every_variant_is_a_valid_switch_set(name, monkeypatch):
                 "ARMVISION_INDUCTOR")
     assert set(env) <= set(switches)
     for k in switches:
-        monkeypatch.delenv(k, raising=False)
+        monkeypatch.delenv(k)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setattr(launch, "_DEFAULTS", {})
