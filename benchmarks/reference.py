@@ -40,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import _cuda_ext  # noqa: E402
 import _inputs  # noqa: E402
+import _steady  # noqa: E402
 
 # name: (task, official model function, batch, image size); the batches and sizes of the project's targets
 WORKLOADS = {
@@ -103,10 +104,11 @@ def official_model(arm_src: Path, task: str, name: str):
 
 
 def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int, device: str = "cuda",
-               images_dir: Path | None = None) -> dict:
-    """Median ms of ``steps`` training steps run back to back after ``warmup`` steps; peak memory. bf16 autocast on
-    CUDA; on the CPU (the tests) float32, since the packages' autograd functions cast for CUDA autocast only.
-    ``images_dir``: one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers."""
+               images_dir: Path | None = None, warm_s: float = 0.0) -> dict:
+    """Median ms of ``steps`` training steps run back to back after ``warmup`` steps and ``warm_s`` seconds more
+    (benchmarks/_steady.py: the card at the clocks it keeps under load); peak memory. bf16 autocast on CUDA; on the
+    CPU (the tests) float32, since the packages' autograd functions cast for CUDA autocast only. ``images_dir``:
+    one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers."""
     import torch
     import torch.nn.functional as F
 
@@ -131,15 +133,14 @@ def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int,
 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step()
+    warm = _steady.warm_up(step, warmup, warm_s, torch.cuda.synchronize if cuda else lambda: None)
     if not cuda:
         times = []
         for _ in range(steps):
             t = time.perf_counter()
             loss = step()
             times.append((time.perf_counter() - t) * 1e3)
-        return {"ms": statistics.median(times), "loss": float(loss.detach()), "peak_gib": None}
+        return {"ms": statistics.median(times), "loss": float(loss.detach()), "peak_gib": None, **warm}
     events = []
     for _ in range(steps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -148,12 +149,13 @@ def time_steps(model, task: str, batch: int, size: int, steps: int, warmup: int,
         end.record()
         events.append((start, end))
     torch.cuda.synchronize()
-    ms = statistics.median(s.elapsed_time(e) for s, e in events)
-    return {"ms": ms, "loss": float(loss.detach()), "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+    step_ms = [s.elapsed_time(e) for s, e in events]
+    return {"ms": statistics.median(step_ms), "loss": float(loss.detach()),
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30, "step_ms": [round(t, 2) for t in step_ms], **warm}
 
 
 def run(workload: str, arm_src: Path, steps: int, warmup: int, device: str = "cuda", batch: int | None = None,
-        size: int | None = None, images_dir: Path | None = None) -> dict:
+        size: int | None = None, images_dir: Path | None = None, warm_s: float = 0.0) -> dict:
     import torch
 
     task, name, wl_batch, wl_size = WORKLOADS[workload]
@@ -162,7 +164,7 @@ def run(workload: str, arm_src: Path, steps: int, warmup: int, device: str = "cu
     t0 = time.perf_counter()
     model = official_model(arm_src, task, name).to(device)
     model.train()
-    res = time_steps(model, task, batch, size, steps, warmup, device, images_dir)
+    res = time_steps(model, task, batch, size, steps, warmup, device, images_dir, warm_s)
     res.update(workload=workload, model=f"official {name} ({task})", batch=batch, img_size=size,
                inputs="random" if images_dir is None else "images",
                images_per_s=batch / res["ms"] * 1e3, seconds=time.perf_counter() - t0, steps=steps)
@@ -182,10 +184,12 @@ def main():
     ap.add_argument("--workloads", nargs="+", default=["pretrain_b", "pretrain_l"], choices=list(WORKLOADS))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    _steady.add_warm_option(ap)
     _inputs.add_images_option(ap)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     _inputs.check_images_option(ap, args.images)
+    _steady.check_warm_option(ap, args.warm_seconds)
     kinds = {WORKLOADS[w][0] for w in args.workloads}
     if len(kinds) > 1:
         ap.error("give pretraining or fine-tuning workloads, not both, in one call (two model files, one module name)")
@@ -199,7 +203,7 @@ def main():
     install_stand_ins()
     rows = []
     for w in args.workloads:
-        r = dict(run(w, args.arm_src, args.steps, args.warmup, images_dir=args.images),
+        r = dict(run(w, args.arm_src, args.steps, args.warmup, images_dir=args.images, warm_s=args.warm_seconds),
                  device=torch.cuda.get_device_name(), torch=torch.__version__, **versions)
         rows.append(r)
         print(f"reference {w} ({r['inputs']} inputs): {r['images_per_s']:.0f} images/s, {r['ms']:.1f} ms/step, "

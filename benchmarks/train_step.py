@@ -2,7 +2,8 @@
 
 The method of benchmarks/reference.py, which times the official ARM code the same way: one process, bf16 autocast,
 fused AdamW, gradient clipping at 3.0, random input images (``--images DIR``: one batch of real ones, cropped and
-normalised as the pretraining command does; benchmarks/_inputs.py), median of the timed steps after warm-up steps.
+normalised as the pretraining command does; benchmarks/_inputs.py), median of the timed steps after warm-up steps
+and ``--warm-seconds`` of steps more (the card at the clocks it keeps under load: benchmarks/_steady.py).
 The steps run back to back and their CUDA events are read once at the end (until 2026-12-01 the loop
 synchronised after each step, which left the GPU idle while the host launched the next one).
 Model only: no data loading (the product path, `armvision pretrain` on JPEGs, is
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import _inputs
+import _steady
 import armvision
 
 WORKLOADS = {
@@ -71,17 +73,20 @@ def forward_flops(model, pretraining, images) -> float:
 
 
 def run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-        states: str | None = None, mode: str = "default", profile: int = 0, images_dir: Path | None = None) -> dict:
+        states: str | None = None, mode: str = "default", profile: int = 0, images_dir: Path | None = None,
+        warm_s: float = _steady.WARM_SECONDS) -> dict:
     """One workload's training steps, the scan's chunk states kept (``states="save"``) or recomputed (None: as the
     launch defaults in effect say: ``ARMVISION_SCAN_CONFIG``'s, as compare.py's variants set it, or the built-in
     ``recompute``); ``mode``:
     torch.compile's mode (reduce-overhead: CUDA graphs, as the trainer's compile_mode auto on one GPU);
     ``profile``: after the timed steps, that many more steps under torch.profiler (the result's ``profile``);
-    ``images_dir``: one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers."""
+    ``images_dir``: one batch of those images as the input (benchmarks/_inputs.py) instead of random numbers;
+    ``warm_s``: seconds of steps after the ``warmup`` ones and before the timed ones (benchmarks/_steady.py)."""
     if states is None:
         states = armvision.ops.current_scan_config()["states"]
     with armvision.ops.scan_config(states=states):
-        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile, images_dir)
+        return _run(workload, backend, compile_model, steps, warmup, peak, states, mode, profile, images_dir,
+                    warm_s)
 
 
 def _sync(cuda: bool) -> None:
@@ -121,7 +126,8 @@ def profile_steps(step, active: int, cuda: bool = True) -> dict:
 
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-         states: str, mode: str = "default", profile: int = 0, images_dir: Path | None = None) -> dict:
+         states: str, mode: str = "default", profile: int = 0, images_dir: Path | None = None,
+         warm_s: float = 0.0) -> dict:
     name, pretraining, batch, size = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
@@ -147,8 +153,7 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
             torch.compiler.cudagraph_mark_step_begin()
             return graph_step()
     torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step()
+    warm = _steady.warm_up(step, warmup, warm_s, torch.cuda.synchronize)  # to the clocks kept under load
     # the steps run back to back, as in training: no synchronisation between them (it would leave the GPU idle
     # while the host launches the next step), events around each step, read once at the end
     events = []
@@ -168,7 +173,8 @@ def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: i
                images_per_s=ips, mfu=flops * ips / (peak * 1e12), peak_gib=torch.cuda.max_memory_allocated() / 2**30,
                gflop_per_image=flops / 1e9, loss=float(loss.detach()), device=torch.cuda.get_device_name(),
                inputs="random" if images_dir is None else "images",
-               step_ms=[round(t, 2) for t in step_ms])  # every timed step: the spread beside the median
+               step_ms=[round(t, 2) for t in step_ms],  # every timed step: the spread beside the median
+               warmup=warmup, **warm)
     if prof is not None:
         res["profile"] = prof
     del model, opt, images
@@ -207,6 +213,7 @@ def main():
                          "as ARMVISION_SCAN_CONFIG says, else recompute)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
+    _steady.add_warm_option(ap)
     ap.add_argument("--json", type=Path)
     _inputs.add_images_option(ap)
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
@@ -214,6 +221,7 @@ def main():
                          "share and kernels per step, printed and in the JSON")
     args = ap.parse_args()
     _inputs.check_images_option(ap, args.images)
+    _steady.check_warm_option(ap, args.warm_seconds)
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (it times training steps on one); on the CPU, benchmarks/train_cli.py --tiny "
                  "runs the commands end to end")
@@ -227,7 +235,8 @@ def main():
                     steps = args.steps if backend != "torch" else 3  # the plain-PyTorch path is slow
                     try:
                         r = run(w, backend, comp, steps, args.warmup if backend != "torch" else 1, peak, states,
-                                args.compile_mode, args.profile, args.images)
+                                args.compile_mode, args.profile, args.images,
+                                args.warm_seconds if backend != "torch" else 0.0)
                     except torch.cuda.OutOfMemoryError as ex:
                         print(f"{w} {backend} compile={comp}: out of memory ({str(ex)[:80]})")
                         torch.cuda.empty_cache()
