@@ -88,8 +88,8 @@ VARIANTS = {
 }
 # estimated seconds of each step on one H100/H200 with 16 cores (the longest in the logs of 2026-12-06/07), for the
 # budget; the scan took 37-45 s with its compiled op in runs M and N, the rest is room for its graphed op and the bt4
-# op variant (not yet run on a GPU)
-ESTIMATE = {"train_step": 95, "scan": 90, "ref_pretrain": 25, "ref_finetune": 20, "pretrain_b": 170,
+# op variant (not yet run on a GPU); train_step and the reference include --warm-seconds' 5 s since 2026-12-08
+ESTIMATE = {"train_step": 100, "scan": 90, "ref_pretrain": 30, "ref_finetune": 25, "pretrain_b": 170,
             "finetune_b": 200, "pretrain_l": 190, "tests": 130, "numerics": 60}
 # model-only variants longer than one call may give them: max_autotune times every matrix product's candidate kernels
 # while it compiles (ARM-B pretraining on an H100, 2026-12-07: 368 s for the first 29 products, stopped at 480 s;

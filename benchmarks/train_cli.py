@@ -288,8 +288,8 @@ def main():
            "jpeg_seconds": time.perf_counter() - t0, "pipeline": [], "cli": [], "train_step": []}
     print(f"{args.images} JPEGs ready in {res['jpeg_seconds']:.0f} s under {data_root}", flush=True)
 
-    modes = [] if "pipeline" in args.skip else (["pretrain", "pretrain_pillow", "pretrain_float", "finetune", "finetune_pillow"]
-                                                 + (["gpu"] if cuda else []))
+    modes = [] if "pipeline" in args.skip else (["pretrain", "pretrain_pillow", "pretrain_float", "finetune",
+                                                  "finetune_pillow"] + (["gpu"] if cuda else []))
     for mode in modes:
         kw = dict(batches=4, warmup=1, batch=4, img_size=16) if args.tiny else dict(batches=30, warmup=5)
         try:
