@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -100,6 +101,7 @@ LONG_VARIANTS = ("autotune", "autotune_gemm", "cdt")
 LONG_VARIANT_MIN = 120
 CLI_STEPS = {"pretrain_b": (40, 8), "finetune_b": (30, 6), "pretrain_l": (24, 6)}  # (steps, steps per window)
 BEST_MARGIN = 1.01  # --cli-variants best: a variant at least 1 % faster than default, model alone
+ENERGY_MIN_SAMPLES = 10  # busy clock samples (250 ms apart) a side needs for its energy per image
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
 
 
@@ -269,6 +271,44 @@ def _inputs_table(res: dict) -> list[str]:
                      "model alone / reference"], rows)
 
 
+def _energy_table(res: dict) -> list[str]:
+    """Energy per image of each timed side whose clocks were sampled: the busy samples' median power over its images
+    per second (approximate: nvidia-smi's power readings, 250 ms apart). At a power cap, a step can only get faster
+    by taking less energy: 2x the reference at the cap's watts is at most cap / (2 x the reference's images/s) J per
+    image (benchmarks/README.md, run U). Rows need the clock summary and the images/s of the same step; a reference
+    step that timed several workloads of one kind has one power for them, so only a lone workload gets a row."""
+    clocks = res.get("clocks", {})
+    refs = [r for r in res.get("reference") or [] if r.get("workload")]
+
+    def ref_step(w: str) -> str:  # the compare step that timed the reference's workload w
+        return "ref_pretrain" if w.startswith("pretrain") else "ref_finetune"
+
+    per_step = Counter(ref_step(r["workload"]) for r in refs)
+    sides = [(f"reference {r['workload']}", ref_step(r["workload"]), r.get("images_per_s"), r["workload"])
+             for r in refs if per_step[ref_step(r["workload"])] == 1]  # (label, clock key, images/s, workload)
+    for key, r in res.get("train_step", {}).items():
+        w, v = key.split(":", 1)
+        sides.append((f"model alone {w} {v}", f"train_step {w} {v}", r.get("images_per_s"), w))
+    for key, r in res.get("cli", {}).items():
+        sides.append((f"command {_cli_name(key)}", f"armvision {key}", r.get("images_per_s"), key.split(":", 1)[0]))
+    ref_j, rows = {}, []
+    for label, ck, ips, w in sides:
+        c = clocks.get(ck) or {}
+        busy = c.get("busy_samples", 0)
+        if not ips or not busy:
+            continue
+        if busy < ENERGY_MIN_SAMPLES:  # a second or two of steps: the power reading still ramps up (run U)
+            rows.append([label, "-", f"{ips:.0f}", f"- ({busy} busy samples)", ""])
+            continue
+        joules = c["power_w_median"] / ips
+        if label.startswith("reference"):
+            ref_j[w] = joules
+        against = f"{joules / ref_j[w]:.2f}" if w in ref_j and not label.startswith("reference") else ""
+        rows.append([label, f"{c['power_w_median']:.0f}", f"{ips:.0f}", f"{joules:.3f}", against])
+    return md_table(["energy per image, approximate (busy samples' median power / images per second)", "power W",
+                     "images/s", "J per image", "against the reference"], rows)
+
+
 def table(res: dict) -> str:
     """The report: the card, then the commands', the scan's and the model-only variants' ratios."""
     ref = {r["workload"]: r for r in res.get("reference", [])}
@@ -328,6 +368,7 @@ def table(res: dict) -> str:
         lines += [f"| {k['kind']} | {k['us_per_step'] / 1e3:.2f} | {100 * k['share']:.1f}% | "
                   f"{k['calls_per_step']:.0f} |" for k in p["kinds"]]
     lines += clock_lines(res.get("clocks", {}))
+    lines += _energy_table(res)
     if res.get("skipped"):
         lines += ["", "skipped (time budget): " + ", ".join(res["skipped"])]
     return "\n".join(lines)

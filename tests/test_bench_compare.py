@@ -56,6 +56,36 @@ def test_table_names_the_card_and_takes_every_ratio_from_this_run():
     assert header.count("|") == text.splitlines()[text.splitlines().index(header) + 1].count("|")
 
 
+def test_energy_table_divides_the_busy_power_by_the_images_per_second():
+    """The energy per image of each side with sampled clocks (run V's figures, H100, 2026-12-08): the reference at
+    604 W and 1880 images/s, the model alone at 690 W and 3419, the command at 687 W and 3409."""
+    clock = {"samples": 100, "busy_samples": 30, "sm_mhz_median": 1900.0, "sm_mhz_min": 1800.0,
+             "power_limited_share": 0.8, "power_w_max": 700.0, "temp_c_max": 57.0, "reasons": []}
+    res = {"reference": [{"workload": "pretrain_b", "images_per_s": 1880.0, "peak_gib": 17.8}],
+           "train_step": {"pretrain_b:default": {"workload": "pretrain_b", "images_per_s": 3419.0, "ms": 74.9}},
+           "cli": {"pretrain_b": {"images_per_s": 3409.0, "min_window_images_per_s": 3391.0}},
+           "clocks": {"ref_pretrain": dict(clock, power_w_median=604.0),
+                      "train_step pretrain_b default": dict(clock, power_w_median=690.0),
+                      "armvision pretrain_b": dict(clock, power_w_median=687.0),
+                      "scan": dict(clock, power_w_median=443.0)}}
+    text = compare.table(res)
+    assert "| reference pretrain_b | 604 | 1880 | 0.321 |  |" in text
+    assert "| model alone pretrain_b default | 690 | 3419 | 0.202 | 0.63 |" in text
+    assert "| command pretrain_b | 687 | 3409 | 0.202 | 0.63 |" in text
+    # too few busy samples (the 12 steps of run U's model alone: 8, its power still ramping up): no figure
+    res["clocks"]["train_step pretrain_b default"]["busy_samples"] = 8
+    assert "| model alone pretrain_b default | - | 3419 | - (8 busy samples) |  |" in compare.table(res)
+    res["clocks"]["train_step pretrain_b default"]["busy_samples"] = 30
+    # no busy samples (a step that only compiled), or no images/s: no row; no sampled clocks at all: no table
+    res["clocks"]["armvision pretrain_b"]["busy_samples"] = 0
+    assert "| command pretrain_b |" not in compare.table(res)
+    assert "energy per image" not in compare.table(dict(res, clocks={}))
+    # a reference step that timed two pretraining workloads has one power for both: neither gets a row
+    two = dict(res, reference=res["reference"] + [{"workload": "pretrain_l", "images_per_s": 571.0}])
+    text = compare.table(two)
+    assert "| reference pretrain_b |" not in text and "| model alone pretrain_b default | 690 | 3419 | 0.202 |  |" in text
+
+
 def test_command_runs_under_other_switches_or_another_loader_are_named_in_the_table():
     assert compare.cli_key("pretrain_b", "default", 15, 15) == "pretrain_b"
     assert compare.cli_key("pretrain_b", "save", 15, 15) == "pretrain_b:save"
