@@ -6,7 +6,8 @@ H100 runs T and U (2026-12-07/08) the model alone's 12 timed steps came after 4 
 were 2-5 ms slower than the first nine (73.3 -> 76.6 ms; the clock sampler saw the SM clock fall from 1980 MHz to
 1710-1815 with "software power cap" as the power reached 700 W), while the median, taken over the cool steps,
 reported 73.5. The command, timed over 40 steps after its warm-up, ran at the capped clocks (74.5-75.5 ms). So both
-scripts run steps back to back for ``seconds`` before they time any."""
+scripts run steps back to back for ``seconds`` before they time any. Run V, the first so timed, put the model alone
+at 74.9 ms beside the command's 75.1 in the same call."""
 
 from __future__ import annotations
 

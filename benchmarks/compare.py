@@ -275,7 +275,7 @@ def _energy_table(res: dict) -> list[str]:
     """Energy per image of each timed side whose clocks were sampled: the busy samples' median power over its images
     per second (approximate: nvidia-smi's power readings, 250 ms apart). At a power cap, a step can only get faster
     by taking less energy: 2x the reference at the cap's watts is at most cap / (2 x the reference's images/s) J per
-    image (benchmarks/README.md, run U). Rows need the clock summary and the images/s of the same step; a reference
+    image (benchmarks/README.md, runs U and V). Rows need the clock summary and the images/s of the same step; a reference
     step that timed several workloads of one kind has one power for them, so only a lone workload gets a row."""
     clocks = res.get("clocks", {})
     refs = [r for r in res.get("reference") or [] if r.get("workload")]
