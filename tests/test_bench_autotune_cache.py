@@ -98,7 +98,7 @@ def test_torch_reads_seeded_timings_instead_of_timing_again(tmp_path, monkeypatc
         codecache.CacheBase.get_local_cache_path.cache_clear()
 
 
-@pytest.mark.parametrize("shadow", [300, 100])
+@pytest.mark.parametrize("shadow", [300, 110])  # 110: room for default (ESTIMATE 100) but not a long variant (120)
 def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tmp_path, monkeypatch, capsys, shadow):
     """compare.main end to end with its subprocesses stubbed (no GPU here): the seed reaches the machine's cache
     before the variants run, a max_autotune variant gets the rest of the build's shadow as its timeout (and is
@@ -106,6 +106,9 @@ def test_compare_seeds_the_cache_and_brings_back_what_a_stopped_variant_timed(tm
     --out beside the seeded ones."""
     import compare
     import data_pipeline
+
+    if shadow < 200:  # the short shadow must fit the default variant and not a long one (compare's estimates)
+        assert compare.ESTIMATE["train_step"] < shadow - 5 and shadow < compare.LONG_VARIANT_MIN
     import torch
     import _cuda_ext
 
