@@ -4,8 +4,9 @@
 matrix product's power draw depends on its data, and a card at its power cap lowers its clock, so the two kinds of
 input may not run at the same speed (run T, H100: the command's GPU time per step was 1.1 ms above the model
 alone's, with the card at its power cap). ``--images DIR`` (both scripts) gives them one batch made from the JPEGs
-the commands read: the pretraining crop of the commands (RandomResizedCrop, scale 0.2-1, bicubic, a flip), fixed by
-``seed``, then ImageNet's mean and std, as the trainer's feeder does. One batch serves every step: the images' values
+the commands read, through the pretraining command's own transform (``armvision.data.pretrain_transform`` with its
+defaults, the ARM presets': RandomResizedCrop at scale 0.2-1, bicubic, a flip, ImageNet's mean and std), its random
+draws fixed by ``seed``. One batch serves every step: the images' values
 are what may matter, not their change from step to step (the CUDA graphs copy each step's input either way).
 """
 
@@ -13,8 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -36,25 +35,32 @@ def image_files(root: Path) -> list[Path]:
 
 def image_batch(root: Path, batch: int, size: int, seed: int = 0):
     """(batch, 3, size, size) float32 on the CPU: the first ``batch`` images under ``root`` (repeated in order when
-    there are fewer), each cropped as the pretraining command crops, normalised with ImageNet's mean and std. The
-    same files, seed and size give the same tensor."""
+    there are fewer), each through the pretraining transform (ImageNet's mean and std). The same files, seed and
+    size give the same tensor; the caller's random states are left as they were."""
+    import random
+
     import torch
     from PIL import Image, UnidentifiedImageError
-    from torchvision import transforms as T
+
+    from armvision.data.transforms import NORMALIZATION, pretrain_transform
 
     files = image_files(root)
-    crop = T.Compose([T.RandomResizedCrop(size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
-                      T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    crop = pretrain_transform(size, *NORMALIZATION["imagenet"])
     out = torch.empty(batch, 3, size, size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for i in range(batch):
-            path = files[i % len(files)]
-            try:
-                with Image.open(path) as im:
-                    out[i] = crop(im.convert("RGB"))
-            except (OSError, UnidentifiedImageError) as e:
-                raise InputsError(f"--images: cannot read {path}: {e}") from None
+    state = random.getstate()  # timm's crop draws from Python's random, the flip from torch's
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            for i in range(batch):
+                path = files[i % len(files)]
+                try:
+                    with Image.open(path) as im:
+                        out[i] = crop(im.convert("RGB"))
+                except (OSError, UnidentifiedImageError) as e:
+                    raise InputsError(f"--images: cannot read {path}: {e}") from None
+    finally:
+        random.setstate(state)
     return out
 
 

@@ -1,6 +1,7 @@
 """benchmarks/_inputs.py: the batch of real images that train_step.py and reference.py take instead of random
 numbers (--images DIR), and its one-line errors."""
 
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from armvision.data.transforms import NORMALIZATION
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
@@ -33,14 +36,17 @@ def test_a_batch_of_images_cropped_and_normalised_the_same_way_every_time(tmp_pa
     # three files for five images: repeated in order, each with a crop of its own
     assert not torch.equal(a[0], a[3])
     # normalised with ImageNet's statistics: uniform noise images come out near (0.5 - mean) / std per channel
-    expect = (0.5 - torch.tensor(_inputs.IMAGENET_MEAN)) / torch.tensor(_inputs.IMAGENET_STD)
+    mean, std = NORMALIZATION["imagenet"]
+    expect = (0.5 - torch.tensor(mean)) / torch.tensor(std)
     assert torch.allclose(a.mean((0, 2, 3)), expect, atol=0.25)
-    # the caller's random state is left as it was
+    # the caller's random states (torch's, and Python's that timm's crop draws from) are left as they were
     torch.manual_seed(123)
-    before = torch.rand(1)
+    random.seed(123)
+    before = torch.rand(1), random.random()
     torch.manual_seed(123)
+    random.seed(123)
     _inputs.image_batch(root, 2, 16)
-    assert torch.equal(torch.rand(1), before)
+    assert torch.equal(torch.rand(1), before[0]) and random.random() == before[1]
 
 
 def test_a_missing_empty_or_broken_folder_is_one_clear_error(tmp_path):
