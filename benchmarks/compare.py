@@ -271,18 +271,21 @@ def _inputs_table(res: dict) -> list[str]:
                      "model alone / reference"], rows)
 
 
+def ref_step(workload: str) -> str:
+    """The compare step that times the reference's ``workload`` (one process per model file: pretraining and
+    fine-tuning workloads apart; benchmarks/reference.py)."""
+    return "ref_pretrain" if workload.startswith("pretrain") else "ref_finetune"
+
+
 def _energy_table(res: dict) -> list[str]:
     """Energy per image of each timed side whose clocks were sampled: the busy samples' median power over its images
     per second (approximate: nvidia-smi's power readings, 250 ms apart). At a power cap, a step can only get faster
     by taking less energy: 2x the reference at the cap's watts is at most cap / (2 x the reference's images/s) J per
-    image (benchmarks/README.md, runs U and V). Rows need the clock summary and the images/s of the same step; a reference
-    step that timed several workloads of one kind has one power for them, so only a lone workload gets a row."""
+    image (benchmarks/README.md, runs U and V). Rows need the clock summary and the images/s of the same step; a
+    reference step that timed several workloads of one kind has one power for them, so only a lone workload gets a
+    row."""
     clocks = res.get("clocks", {})
     refs = [r for r in res.get("reference") or [] if r.get("workload")]
-
-    def ref_step(w: str) -> str:  # the compare step that timed the reference's workload w
-        return "ref_pretrain" if w.startswith("pretrain") else "ref_finetune"
-
     per_step = Counter(ref_step(r["workload"]) for r in refs)
     sides = [(f"reference {r['workload']}", ref_step(r["workload"]), r.get("images_per_s"), r["workload"])
              for r in refs if per_step[ref_step(r["workload"])] == 1]  # (label, clock key, images/s, workload)
@@ -524,8 +527,7 @@ def main():
         res["scan"] = _read(out)
         run.save()
     res["reference"] = []
-    ref_sets = [("ref_pretrain", [w for w in args.workloads if w.startswith("pretrain")]),
-                ("ref_finetune", [w for w in args.workloads if w.startswith("finetune")])]
+    ref_sets = [(step, [w for w in args.workloads if ref_step(w) == step]) for step in ("ref_pretrain", "ref_finetune")]
     reference_cmd = [py, str(HERE / "reference.py"), "--arm-src", str(args.arm_src), "--mamba-ssm-src",
                      str(srcs["mamba_ssm"]), "--causal-conv1d-src", str(srcs["causal_conv1d"]), "--build-dir",
                      str(build)]

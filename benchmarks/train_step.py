@@ -126,8 +126,7 @@ def profile_steps(step, active: int, cuda: bool = True) -> dict:
 
 
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
-         states: str, mode: str = "default", profile: int = 0, images_dir: Path | None = None,
-         warm_s: float = 0.0) -> dict:
+         states: str, mode: str, profile: int, images_dir: Path | None, warm_s: float) -> dict:
     name, pretraining, batch, size = WORKLOADS[workload]
     torch.manual_seed(0)
     model = armvision.create_model(name, pretraining=pretraining, backend=backend).cuda()
