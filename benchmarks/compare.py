@@ -81,6 +81,11 @@ VARIANTS = {
     # BT 4 with the backward in blocks of 8 channels: 168 registers (an 8-byte spill), so 12 warps per SM as today's
     # default, for more instructions per channel step (752 per 8 x 4 against 1221 per 16 x 4)
     "bt4_be8": {"ARMVISION_SCAN_CONFIG": '{"BT": 4, "bwd": [8, 1, 1]}'},
+    # each chunk's recurrences step by step (one multiply-add per step and element) instead of associative scans: the
+    # forward, the states' recomputation and the two-channel backward's adjoint; ptxas (sm_90, Triton 3.8) counts 386
+    # instead of 423 instructions per forward iteration, 279 instead of 332 for the recomputation (96 registers
+    # instead of 121: 20 warps per SM instead of 16), 635 instead of 652 for the backward (2026-12-08, not yet run)
+    "step": {"ARMVISION_SCAN_CONFIG": '{"recurrence": "step"}'},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},
@@ -410,7 +415,7 @@ def main():
     ap.add_argument("--shadow-until", type=float, default=210,
                     help="seconds: a model-only variant starts only if it should end by then (the build's shadow)")
     ap.add_argument("--scan-variants", nargs="*",
-                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "save", "bt4")],
+                    default=[f"{v}={VARIANTS[v]['ARMVISION_SCAN_CONFIG']}" for v in ("dbc1", "save", "step")],
                     metavar="NAME=JSON", help="the scan op also timed under these ops.scan_config settings")
     ap.add_argument("--autotune-seed", type=Path, default=HERE / "autotune", metavar="DIR",
                     help="inductor's GEMM timings (inductor_autotune-*.json from an earlier call's --out) merged into "

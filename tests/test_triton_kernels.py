@@ -142,6 +142,45 @@ def test_scan_backward_dbc_groups(seed, shape, ordered, variant, group, autograd
     check_backward_variant(shape, ordered, variant, BT=2, bwd_cpt=2, bwd_decay="carry", dbc_group=group)
 
 
+@pytest.mark.parametrize("cpt,BT,shape,ordered,seg,variant", [
+    (2, 2, (2, 9, 6, 16), False, 1, "all"), (2, 2, (1, 7, 5, 4), True, 1, "all"), (2, 4, (2, 11, 6, 4), False, 1, "all"),
+    (2, 8, (1, 10, 6, 4), True, 1, "no_z"), (2, 2, (1, 1, 4, 4), False, 1, "all"), (2, 2, (2, 8, 10, 8), False, 1, "bf16"),
+    (2, 2, (2, 9, 6, 16), True, 2, "all"), (2, 2, (1, 6, 4, 3), False, 1, "no_D_no_bias"),
+    (1, 2, (2, 9, 6, 16), False, 1, "all"), (1, 4, (1, 11, 5, 4), True, 2, "all")])
+@pytest.mark.parametrize("decay", ["carry", "recompute"])
+def test_scan_recurrence_step_by_step(seed, cpt, BT, shape, ordered, seg, variant, decay, autograd_path):
+    """recurrence="step": the forward kernel (and the backward's recomputation of the states) steps through each
+    chunk's states with one multiply-add per step, and the two-channel backward its adjoint, instead of associative
+    scans. The reference's values and gradients for chunks of 2 (split / join), 4 and 8 steps (in-thread selections),
+    part-chunks and t = 1, token orders, seg 2, no z, no D and bias, bf16, decays carried and recomputed (the entering
+    decay then from the next step's delta), the one-channel backward (whose own recurrences stay scans); both autograd
+    paths, states saved and recomputed."""
+    check_backward_variant(shape, ordered, variant, BT=BT, bwd_cpt=cpt, seg=seg, bwd_decay=decay, recurrence="step")
+
+
+def test_recurrence_step_reaches_the_kernels_and_matches_the_scan(seed, autograd_path, monkeypatch):
+    """The recurrence key reaches the forward kernel (forward and states recomputation) and the two-channel backward
+    through both autograd paths; "step" and "scan" compute the same recurrences rounded in another order, so their
+    outputs and gradients agree to fp32 rounding. A bad value is refused."""
+    launched = record_launches(monkeypatch, ("_scan_fwd_kernel", "_scan_bwd_kernel2"),
+                               lambda name, kw: (name, kw["STEPWISE"]))
+    inp = scan_inputs(2, 9, 8, 16, torch.float32)
+    keys = [k for k in ARGS if inp[k] is not None]
+    results = {}
+    for recurrence in ("scan", "step"):
+        launched.clear()
+        with ops.scan_config(BT=2, bwd=(4, 1, 1), recurrence=recurrence):
+            out = ops.selective_scan(*(inp[k] for k in ARGS), backend="triton")
+            results[recurrence] = (out, *torch.autograd.grad(out, [inp[k] for k in keys], torch.ones_like(out)))
+        step = recurrence == "step"
+        assert launched == [("_scan_fwd_kernel", step), ("_scan_fwd_kernel", step), ("_scan_bwd_kernel2", step)]
+    for k, a, b in zip(["out", *keys], results["scan"], results["step"]):
+        assert rel_err(b, a) < 1e-5, k
+    with pytest.raises(ValueError, match="recurrence must be 'scan' or 'step'"):
+        with ops.scan_config(recurrence="loop"):
+            pass
+
+
 def test_dbc_group_partial_blocks_and_fallbacks(seed, monkeypatch):
     """scan_bwd's dB / dC partials have one block per dbc_group of channel blocks (the last group may be short) and
     add up to the same sums as one block per channel block; the one-channel kernel (bwd_cpt 1, or seg > 2) keeps one
@@ -268,8 +307,9 @@ def test_scan_half(seed, dtype, autograd_path):
     check_scan(scan_inputs(2, 10, 9, 8, dtype), tol_out=1e-2, tol_grad=2e-2)
 
 
+@pytest.mark.parametrize("recurrence", ["scan", "step"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_scan_error_within_fp32_math_rounded_once(seed, dtype):
+def test_scan_error_within_fp32_math_rounded_once(seed, dtype, recurrence):
     """The numerics criterion on a small shape: every output and gradient is within 1.5x of
     the float64 error of fp32 arithmetic on the same rounded inputs rounded once at the end (what
     mamba-ssm's CUDA kernel does). Failed for fp16 while the chunk states were stored in bf16 (dz, dC,
@@ -278,7 +318,7 @@ def test_scan_error_within_fp32_math_rounded_once(seed, dtype):
     from scan_numerics import error_ratios, make_inputs, proxy_scan
 
     inp = make_inputs(1, 32, 8, dtype, device=DEV, seed=seed)
-    with ops.scan_config(states="recompute"):
+    with ops.scan_config(states="recompute", recurrence=recurrence):
         res = error_ratios(scan_triton.selective_scan_triton, proxy_scan, inp, seed=seed)
     bad = {k: f"{e:.2e} vs {eb:.2e} ({r:.2f}x)" for k, (e, eb, r) in res.items() if r > 1.5}
     assert not bad, bad
@@ -646,7 +686,7 @@ def test_states_block_launches_the_recomputation_with_its_own_block(seed, autogr
     monkeypatch.setattr(scan_triton, "scan_fwd", recording)
     with ops.scan_config(states_block=(2, 1, 1)):
         check_scan(scan_inputs(2, 9, 6, 4, torch.float32))
-    assert blocks == [(True, (4, 1, 1)), (False, (2, 1, 1))]
+    assert blocks == [(True, (4, 1, 1, 0)), (False, (2, 1, 1, 0))]  # (BE, warps, stages, step by step)
     with pytest.raises(ValueError, match="states_block must be None or 3 positive integers"):
         with ops.scan_config(states_block=(2, 1)):
             pass

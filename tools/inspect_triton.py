@@ -1,11 +1,12 @@
 """Compile armvision's Triton scan and conv kernels for sm_90 WITHOUT a GPU and print ptxas's resource report.
 
-Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GROUP]]]]] [...]   (e.g. 2,32,1
+Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GROUP[,STEP]]]]]] [...]   (e.g. 2,32,1
        2,16,1,1,2,0,1: the default forward and backward (two channels per thread, launch key bwd_cpt=2, with carried
        decays, bwd_decay "carry"); 2,16,1: the backward with one channel per thread and recomputed decays (the
        default before 2026-12-07); MAXNREG: the backward's register cap, launch key bwd_maxnreg, 0 for the launch's
        own; GROUP: the two-channel backward's dB/dC partial sums added atomically per GROUP channel blocks, launch
-       key dbc_group, 1 (default) for a store per block)
+       key dbc_group, 1 (default) for a store per block); STEP 1: the recurrences step by step, launch key
+       recurrence "step" (the forward's and the recomputation's states, the two-channel backward's adjoint))
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills, the warps per SM those registers leave room for, and per-iteration instruction counts
 (shuffles, exp2, shared memory; the layout conversions of the time loop's TTGIR and the SASS barriers they cost) of
@@ -144,15 +145,17 @@ if __name__ == "__main__":
         if arg.startswith("conv:"):
             conv_report(*_ints(arg[5:], arg, 2))
             continue
-        given = _ints(arg, arg, 8)
+        given = _ints(arg, arg, 9)
         if len(given) < 3:
             sys.exit(f"inspect_triton: error: {arg!r} is not a launch: BT,BE,WARPS at least (see --help)")
-        BT, BE, W, SEG, CPT, CAP, CARRY, GROUP = (given + [1, 1, 0, 0, 1][max(0, len(given) - 3):])[:8]
+        BT, BE, W, SEG, CPT, CAP, CARRY, GROUP, STEP = (given + [1, 1, 0, 0, 1, 0][max(0, len(given) - 3):])[:9]
         # fwd: the forward saving its states; states: the backward's recomputation (no output written)
         bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)
         for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
                           SEG=SEG)
+            if which != "bwd":  # the one-channel backward has no step-by-step form
+                consts["STEPWISE"] = bool(STEP)
             if which.startswith("bwd"):
                 consts["CARRY_DA"] = bool(CARRY)
             if which == "bwd cpt=2":
@@ -168,7 +171,8 @@ if __name__ == "__main__":
                 sass = _disassemble(k)
                 body = loop_body(sass)
                 bars = sum(" BAR" in ln for ln in body)
-                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}: {report(k)}, loop {len(body)} instructions, "
+                step = " STEP" if STEP and which != "bwd" else ""
+                print(f"{which} BT={BT} BE={BE} warps={W} SEG={SEG}{step}: {report(k)}, loop {len(body)} instructions, "
                       f"{loop_conversions(k.asm['ttgir'])} layout conversions, {bars} barriers")
                 print("     ", sass_mix(sass, 14))
             except Exception as ex:  # noqa: BLE001 - a report tool: show the failure and go on

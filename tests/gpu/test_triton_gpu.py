@@ -109,6 +109,17 @@ def test_scan_two_chunk_segments(shape, dtype, states):
         run_and_compare(make(*shape, dtype))
 
 
+@pytest.mark.parametrize("shape", [(3, 7, 384), (256, 128, 768), (128, 197, 768), (2, 1023, 192), (2, 4096, 1536)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("states", ["recompute", "save"])
+def test_scan_recurrence_step_by_step(shape, dtype, states):
+    """recurrence="step" (a candidate: each chunk's recurrences with one multiply-add per step, the forward's states
+    through split / join), compiled, against the reference (197 and 1023 tokens end in a part-chunk)."""
+    with ops.scan_config(recurrence="step", states=states):
+        run_and_compare(make(*shape, dtype))
+
+
 @pytest.mark.parametrize("shape", [(256, 128, 768), (128, 128, 1024), (2, 1023, 192)],
                          ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -31,7 +31,11 @@ partial sums into one shared (b, t, N) fp32 block with atomic adds (4, the defau
 the partial-sum traffic, but the order of the additions is no longer fixed, so dB and dC may differ from run to run
 in their last bits, as with mamba-ssm's CUDA kernel; 1: every block stores its own and the sum over blocks is a
 separate reduction, deterministic, and what runs while ``torch.use_deterministic_algorithms(True)`` is on; two
-channels per thread only, docs/kernels.md). Conv keys:
+channels per thread only, docs/kernels.md); ``recurrence``: how a chunk's recurrences are solved in registers:
+"scan" (the default: ``tl.associative_scan`` over (decay, input) pairs, then the entering state added) or "step"
+(one multiply-add per step and element: the forward kernel and the states' recomputation step through the chunk's
+states, the two-channel backward its adjoint; fewer instructions by ptxas's count, the same math rounded in another
+order, docs/kernels.md). Conv keys:
 ``fwd``, ``bwd``: (BT, BE, num_warps) of each kernel, where one program walks a time chunk of at most BT steps
 (t is cut into equal chunks) for BE channels of one batch element; each chunk re-reads a 3-step halo, and in the
 backward writes one (1 + width, e) fp32 block of dw/db partial sums.
@@ -69,7 +73,7 @@ __all__ = ["scan_config", "conv_config", "current_scan_config", "current_conv_co
 # the built-in defaults; the environment's replacements are applied on first use (_defaults)
 SCAN_DEFAULTS: dict[str, Any] = {"BT": 2, "fwd": (32, 1, 1), "bwd": (16, 1, 1), "states": "recompute", "seg": 1,
                                  "sums": "graph", "states_block": None, "bwd_cpt": 2,
-                                 "bwd_maxnreg": None, "bwd_decay": "carry", "dbc_group": 4}
+                                 "bwd_maxnreg": None, "bwd_decay": "carry", "dbc_group": 4, "recurrence": "scan"}
 CONV_DEFAULTS: dict[str, Any] = {"fwd": (64, 128, 1), "bwd": (256, 256, 2), "sums": "graph"}
 
 # the active scopes, innermost last; empty outside every ``with`` block
@@ -99,6 +103,9 @@ def _checked(current: dict[str, Any], updates: dict[str, Any], what: str) -> dic
         elif key == "bwd_decay":
             if value not in ("recompute", "carry"):
                 raise ValueError(f"bwd_decay must be 'recompute' or 'carry', got {value!r}")
+        elif key == "recurrence":
+            if value not in ("scan", "step"):
+                raise ValueError(f"recurrence must be 'scan' or 'step', got {value!r}")
         elif key == "sums":
             if value not in ("graph", "op"):
                 raise ValueError(f"sums must be 'graph' or 'op', got {value!r}")

@@ -94,6 +94,46 @@ def _step_at(x, at, AXIS: tl.constexpr):
 
 
 @triton.jit
+def _states_by_step(dA, x, h, t, BT: tl.constexpr):
+    """h_t = dA_t h_{t-1} + x_t step by step over the in-thread time axis 0 of the forward's (BT, N, BE) tiles dA
+    and x, from the entering state ``h`` (N, BE); returns (every step's state (BT, N, BE), the last one (N, BE)).
+    One multiply-add per element where :func:`_combine`'s associative scan and its carry-in take two. BT 2: the steps
+    taken apart and put together with split / join (the time axis moved last; in-thread, no data movement); other
+    BT: in-thread selections with constant indices (``t``: tl.arange(0, BT)[:, None, None])."""
+    if BT == 2:
+        a0, a1 = tl.split(tl.permute(dA, (1, 2, 0)))
+        x0, x1 = tl.split(tl.permute(x, (1, 2, 0)))
+        h0 = a0 * h + x0
+        h = a1 * h0 + x1
+        hs = tl.permute(tl.join(h0, h), (2, 0, 1))
+    else:
+        hs = tl.zeros_like(x)
+        for k in tl.static_range(BT):
+            at = t == k
+            h = _step_at(dA, at, 0) * h + _step_at(x, at, 0)
+            hs = tl.where(at, h[None, :, :], hs)
+    return hs, h
+
+
+@triton.jit
+def _adjoint_by_step(dA, b, g, a, t, AXIS: tl.constexpr, BT: tl.constexpr):
+    """The adjoint g_t = b_t + dA_{t+1} g_{t+1} step by step backwards over a chunk (in-thread time axis AXIS of dA
+    and b), entering with ``g`` and ``a``, the adjoint and the decay of the step after the chunk (AXIS removed);
+    returns (every step's g; g and dA of the chunk's first step: what the chunk before enters with). One
+    multiply-add per element where the flipped associative scan and its carry-in take two, and no flips or shifted
+    copy of the decays. The selections are in-thread with constant indices (``t``: tl.arange(0, BT) shaped to
+    broadcast along AXIS). (Split / join, as in :func:`_states_by_step`, cost the 4D tiles of the two-channel
+    backward layout conversions and spills: ptxas, 2026-12-08.)"""
+    gs = tl.zeros_like(b)
+    for kk in tl.static_range(BT):
+        at = t == BT - 1 - kk
+        g = _step_at(b, at, AXIS) + a * g
+        gs = tl.where(at, tl.expand_dims(g, AXIS), gs)
+        a = _step_at(dA, at, AXIS)
+    return gs, g, a
+
+
+@triton.jit
 def _kahan_add(acc, comp, term):
     """acc + term with Kahan compensation: returns the new (acc, comp)."""
     y = term - comp
@@ -188,7 +228,7 @@ def _scan_fwd_kernel(
     s_ub, s_ut, s_db, s_dt, s_Bb, s_Bt, s_Cb, s_Ct, s_zb, s_zt, s_ob, s_ot,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr, SAVE: tl.constexpr, WRITE_OUT: tl.constexpr,
-    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr,
+    NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, SEG: tl.constexpr, STEPWISE: tl.constexpr = False,
 ):
     # Tiles are (time, state, channel) with channels last: Triton spreads lanes and warps over the
     # channels and keeps the time and state axes inside each thread, so the scan over time and the
@@ -220,8 +260,11 @@ def _scan_fwd_kernel(
                      h.to(st_ptr.dtype.element_ty), mask=mne & (c % SEG == 0))
         dA = tl.exp2(dt[:, None, :] * A2[None, :, :])  # (BT, N, BE)
         x = Bm * (dt * u)[:, None, :]
-        ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
-        hs = hl + ac * h[None, :, :]
+        if STEPWISE:
+            hs, h_end = _states_by_step(dA, x, h, tl.arange(0, BT)[:, None, None], BT)
+        else:
+            ac, hl = tl.associative_scan((dA, x), axis=0, combine_fn=_combine)
+            hs = hl + ac * h[None, :, :]
         if WRITE_OUT:
             y = tl.sum(hs * Cm, axis=1)  # (BT, BE)
             if HAS_D:
@@ -230,7 +273,13 @@ def _scan_fwd_kernel(
                 y = y * zz * tl.sigmoid(zz)
             tl.store(out_ptr + pb * s_ob + row[:, None] * s_ot + e[None, :], y.to(out_ptr.dtype.element_ty),
                      mask=m2)
-        h = tl.sum(tl.where(last, hs, 0.0), axis=0)
+        if STEPWISE and not (SAVE and WRITE_OUT):
+            # (saving and writing the output, the forward with the last state taken from the joined tile is 32 SASS
+            # instructions shorter than with h_end: Triton otherwise rematerialises the chunk's exp2 in a second
+            # layout; ptxas, sm_90, 2026-12-08)
+            h = h_end
+        else:
+            h = tl.sum(tl.where(last, hs, 0.0), axis=0)
 
 
 @triton.jit
@@ -422,7 +471,7 @@ def _scan_bwd_kernel2(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_IDX: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     NP: tl.constexpr, BT: tl.constexpr, BE: tl.constexpr, CARRY_DA: tl.constexpr, SEG: tl.constexpr,
-    GROUP: tl.constexpr = 1,
+    GROUP: tl.constexpr = 1, STEPWISE: tl.constexpr = False,
 ):
     H: tl.constexpr = BE // 2
     pe = tl.program_id(0)
@@ -472,6 +521,8 @@ def _scan_bwd_kernel2(
         dtu = dt * u
         dA = tl.exp2(dt[:, :, None, :] * A2[:, None, :, :])  # (2, BT, NP, H)
         x = Bm * dtu[:, :, None, :]
+        # (the states stay an associative scan under STEPWISE: step by step they cost this kernel a layout conversion
+        # of h0, more than the scan's extra products; ptxas, 2026-12-08)
         ac, hl = tl.associative_scan((dA, x), axis=1, combine_fn=_combine)
         hs = hl + ac * h0[:, None, :, :]
         if HAS_Z:
@@ -485,17 +536,24 @@ def _scan_bwd_kernel2(
                      mask=m3)
         else:
             dy = go
-        if CARRY_DA:
-            dA1 = _next_step(dA, dA_next[:, None, :, :], t_ax[None, :, None, None], 1, BT)
-            dA_next = _step_at(dA, first, 1)
+        if STEPWISE:
+            # entering from the step after the chunk: its g and its decay (carried, or recomputed from its delta)
+            if not CARRY_DA:
+                dA_next = tl.exp2(_step_at(dt1, (t_ax == BT - 1)[None, :, None], 1)[:, None, :] * A2)
+            gs, g_next, dA_next = _adjoint_by_step(dA, Cm * dy[:, :, None, :], g_next, dA_next,
+                                                   t_ax[None, :, None, None], 1, BT)
         else:
-            dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
-        ag, gl = tl.associative_scan((tl.flip(dA1, 1), tl.flip(Cm * dy[:, :, None, :], 1)), axis=1,
-                                     combine_fn=_combine)
-        ag = tl.flip(ag, 1)
-        gl = tl.flip(gl, 1)
-        gs = gl + ag * g_next[:, None, :, :]
-        g_next = tl.sum(tl.where(first, gs, 0.0), axis=1)
+            if CARRY_DA:
+                dA1 = _next_step(dA, dA_next[:, None, :, :], t_ax[None, :, None, None], 1, BT)
+                dA_next = _step_at(dA, first, 1)
+            else:
+                dA1 = tl.exp2(dt1[:, :, None, :] * A2[:, None, :, :])
+            ag, gl = tl.associative_scan((tl.flip(dA1, 1), tl.flip(Cm * dy[:, :, None, :], 1)), axis=1,
+                                         combine_fn=_combine)
+            ag = tl.flip(ag, 1)
+            gl = tl.flip(gl, 1)
+            gs = gl + ag * g_next[:, None, :, :]
+            g_next = tl.sum(tl.where(first, gs, 0.0), axis=1)
         gB = tl.sum(gs * Bm, axis=2)  # (2, BT, H)
         duv = gB * dt
         if HAS_D:
@@ -549,14 +607,32 @@ def _delta_dt3(dl, bias, mask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
 # Launch parameters come from armvision.ops.launch (defaults, or a ``with ops.scan_config(...)``
 # scope), read once per call in selective_scan_triton and passed down as arguments: ``launch`` =
 # [BT, fwd BE, fwd warps, fwd stages, bwd BE, bwd warps, bwd stages, seg, sums in the graph, states BE, states
-# warps, states stages, bwd channels per thread, bwd register cap (0: the kernel's own), bwd decays carried, dbc_group].
+# warps, states stages, bwd channels per thread, bwd register cap (0: the kernel's own), bwd decays carried, dbc_group,
+# recurrences step by step (recurrence "step")].
 def _launch_list(cfg: dict | None = None) -> list[int]:
     cfg = cfg or current_scan_config()
     states_block = cfg.get("states_block") or cfg["fwd"]
     return [int(cfg["BT"]), *(int(v) for v in cfg["fwd"]), *(int(v) for v in cfg["bwd"]), int(cfg.get("seg", 1)),
             int(cfg.get("sums", "graph") == "graph"), *(int(v) for v in states_block), int(cfg.get("bwd_cpt", 1)),
             int(cfg.get("bwd_maxnreg") or 0), int(cfg.get("bwd_decay", "recompute") == "carry"),
-            _dbc_group(cfg)]
+            _dbc_group(cfg), int(cfg.get("recurrence", "scan") == "step")]
+
+
+def _stepwise(launch: Sequence[int]) -> int:
+    """1 where a launch list asks for the recurrences step by step (recurrence "step"); 0 for the shorter lists of
+    before."""
+    return int(launch[16]) if len(launch) > 16 else 0
+
+
+def _fwd_block(launch: Sequence[int]) -> list[int]:
+    """(BE, warps, stages, step by step) of the forward kernel from a launch list."""
+    return [*launch[1:4], _stepwise(launch)]
+
+
+def _full_fwd_block(block: Sequence[int]) -> list[int]:
+    """(BE, warps, stages, step by step) from a forward block that may stop after its first three (associative
+    scan)."""
+    return [int(v) for v in (*block, *(0,)[len(block) - 3:])][:4]
 
 
 def _dbc_group(cfg: dict) -> int:
@@ -566,15 +642,15 @@ def _dbc_group(cfg: dict) -> int:
 
 
 def _full_bwd_block(block: Sequence[int]) -> list[int]:
-    """(BE, warps, stages, channels per thread, register cap or 0, decays carried, dbc_group) from a block that may
-    stop after any of its first three: 1 channel per thread, the kernel's own cap, recomputed decays and a dB/dC
-    partial sum per channel block where it stops."""
-    return [int(v) for v in (*block, *(1, 0, 0, 1)[len(block) - 3:])]
+    """(BE, warps, stages, channels per thread, register cap or 0, decays carried, dbc_group, adjoint step by step)
+    from a block that may stop after any of its first three: 1 channel per thread, the kernel's own cap, recomputed
+    decays, a dB/dC partial sum per channel block and the associative scan where it stops."""
+    return [int(v) for v in (*block, *(1, 0, 0, 1, 0)[len(block) - 3:])]
 
 
 def _bwd_block(launch: Sequence[int]) -> list[int]:
     """The backward kernel's block (see :func:`_full_bwd_block`) from a launch list, the shorter ones of before too."""
-    return _full_bwd_block([*launch[4:7], *launch[12:16]])
+    return _full_bwd_block([*launch[4:7], *launch[12:17]])
 
 
 class _BwdPlan(NamedTuple):
@@ -589,6 +665,7 @@ class _BwdPlan(NamedTuple):
     blocks: int  # channel blocks (programs per batch element)
     group: int  # channel blocks per dB/dC partial block (dbc_group)
     partial_blocks: int  # dB/dC partial blocks
+    stepwise: bool  # the adjoint step by step (two-channel kernel only)
 
 
 def _bwd_plan(e: int, block: Sequence[int], seg: int) -> _BwdPlan:
@@ -597,19 +674,20 @@ def _bwd_plan(e: int, block: Sequence[int], seg: int) -> _BwdPlan:
     the block in halves): elsewhere the one-channel kernel runs, in its measured-best form (decays recomputed), with a
     partial sum per channel block; the two-channel kernel adds ``dbc_group`` channel blocks into one partial block
     (at most all of them). The register cap is the block's, else the kernel's own (:func:`default_bwd_maxnreg`)."""
-    BE, warps, stages, cpt, cap, carry, group = _full_bwd_block(block)
+    BE, warps, stages, cpt, cap, carry, group, stepwise = _full_bwd_block(block)
     carry = bool(carry)
     if cpt == 2 and (seg > 2 or BE % 2):
         cpt, carry, group = 1, False, 1
     n_eb = triton.cdiv(e, BE)
     group = min(max(group, 1), n_eb) if cpt == 2 else 1
     return _BwdPlan(BE, warps, stages, cpt, carry, cap or default_bwd_maxnreg(cpt, carry) or 0, n_eb, group,
-                    triton.cdiv(n_eb, group))
+                    triton.cdiv(n_eb, group), bool(stepwise) and cpt == 2)
 
 
 def _states_block(launch: Sequence[int]) -> list[int]:
-    """(BE, warps, stages) of the backward's states recomputation; the forward's for shorter launch lists."""
-    return list(launch[9:12]) if len(launch) > 11 else list(launch[1:4])
+    """(BE, warps, stages, step by step) of the backward's states recomputation; the forward's for shorter launch
+    lists."""
+    return [*(launch[9:12] if len(launch) > 11 else launch[1:4]), _stepwise(launch)]
 
 
 def _seg(launch: Sequence[int]) -> int:
@@ -651,14 +729,14 @@ def _contiguous_last(x: Tensor | None) -> Tensor | None:
 
 def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_states: bool,
              write_out: bool = True, chunk: int | None = None, block: Sequence[int] | None = None, seg: int = 1):
-    """Launch the forward kernel with chunk length ``chunk`` and ``block`` = (BE, num_warps, num_stages)
-    (None: the active :func:`~armvision.ops.scan_config`). Returns (out (b, t, e) in u.dtype (left
+    """Launch the forward kernel with chunk length ``chunk`` and ``block`` = (BE, num_warps, num_stages[, step by
+    step]) (None: the active :func:`~armvision.ops.scan_config`). Returns (out (b, t, e) in u.dtype (left
     unwritten without write_out), states (b, ceil(chunks / seg), N, e) fp32 (the state entering every
     seg-th chunk) or an empty tensor, chunk length). ``seg`` > 1 must be passed to :func:`scan_bwd` too."""
     b, t, e = u.shape
     n = A.shape[1]
     BT = chunk or current_scan_config()["BT"]
-    BE, warps, stages = block or current_scan_config()["fwd"]
+    BE, warps, stages, stepwise = _full_fwd_block(block or _fwd_block(_launch_list()))
     nchunks = triton.cdiv(t, BT)
     out = _empty((b, t, e), u.dtype, u.device)
     states = _empty((b, triton.cdiv(nchunks, seg), n, e) if save_states else (0,), _state_dtype(u.dtype), u.device)
@@ -672,7 +750,7 @@ def scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus: bool, save_st
         C.stride(0), C.stride(1), zs.stride(0), zs.stride(1), out.stride(0), out.stride(1),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_IDX=index is not None,
         SOFTPLUS=softplus, SAVE=save_states, WRITE_OUT=write_out, NP=triton.next_power_of_2(n), BT=BT, BE=BE,
-        SEG=seg, num_warps=warps,
+        SEG=seg, STEPWISE=bool(stepwise), num_warps=warps,
         num_stages=stages,
     )
     return out, states, BT
@@ -698,7 +776,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
     n = A.shape[1]
     if block is None:
         block = _bwd_block(_launch_list())
-    BE, warps, stages, cpt, carry, maxnreg, n_eb, group, n_pb = _bwd_plan(e, block, seg)
+    BE, warps, stages, cpt, carry, maxnreg, n_eb, group, n_pb, stepwise = _bwd_plan(e, block, seg)
     dout = _contiguous_last(dout)
     du = _empty((b, t, e), u.dtype, u.device)
     ddelta = _empty((b, t, e), delta.dtype, u.device)
@@ -723,7 +801,7 @@ def scan_bwd(u, delta, A, B, C, D, z, delta_bias, index, states, dout, softplus:
                  HAS_IDX=index is not None, SOFTPLUS=softplus, NP=np2, BT=chunk, BE=BE, CARRY_DA=carry,
                  num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     if cpt == 2:
-        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg, GROUP=group)
+        _scan_bwd_kernel2[(n_eb, b)](*pointers, *sizes, **flags, SEG=seg, GROUP=group, STEPWISE=stepwise)
     else:
         scratch = torch.empty((b * n_eb * seg * np2 * BE,) if seg > 1 else (1,), dtype=torch.float32,
                               device=u.device)
@@ -755,7 +833,7 @@ def _scan_fwd_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: T
                  save_states: bool, launch: Optional[List[int]] = None) -> tuple[Tensor, Tensor]:
     launch = launch or _launch_list()
     out, states, _ = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, chunk=launch[0],
-                              block=launch[1:4], seg=_seg(launch))
+                              block=_fwd_block(launch), seg=_seg(launch))
     return out, states
 
 
@@ -824,7 +902,7 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch = inputs
     launch = list(launch or _launch_list())
     ctx.softplus = softplus
-    ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], launch[1:4], _bwd_block(launch), _seg(launch)
+    ctx.chunk, ctx.fwd_block, ctx.bwd_block, ctx.seg = launch[0], _fwd_block(launch), _bwd_block(launch), _seg(launch)
     ctx.states_block = _states_block(launch)
     ctx.sums_in_graph = _sums_in_graph(launch)
     # the states output gets no gradient: without this autograd would fill a zero tensor the size of
@@ -863,8 +941,8 @@ class _ScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states, launch):
         out, states, chunk = scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, softplus, save_states,
-                                      chunk=launch[0], block=launch[1:4], seg=_seg(launch))
-        ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, launch[1:4], _bwd_block(launch)
+                                      chunk=launch[0], block=_fwd_block(launch), seg=_seg(launch))
+        ctx.softplus, ctx.chunk, ctx.fwd_block, ctx.bwd_block = softplus, chunk, _fwd_block(launch), _bwd_block(launch)
         ctx.states_block = _states_block(launch)
         ctx.seg = _seg(launch)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, index, states)
@@ -909,5 +987,5 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
         return _scan_fwd_op(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save, launch)[0]
     if not needs_grad:
         return scan_fwd(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, False, chunk=launch[0],
-                        block=launch[1:4])[0]
+                        block=_fwd_block(launch))[0]
     return _ScanFunction.apply(u, delta, A, B, C, D, z, delta_bias, index, delta_softplus, save, launch)
