@@ -86,6 +86,11 @@ VARIANTS = {
     # instead of 423 instructions per forward iteration, 279 instead of 332 for the recomputation (96 registers
     # instead of 121: 20 warps per SM instead of 16), 635 instead of 652 for the backward (2026-12-08, not yet run)
     "step": {"ARMVISION_SCAN_CONFIG": '{"recurrence": "step"}'},
+    # the SwiGLU gate's backward with the gradients of w1's and w2's biases in one kernel (ops/swiglu_triton.py): no
+    # separate column sums re-reading the two 32,768 x 2,048 bf16 gradients (run U's profile: 24 sums a step, 47 us
+    # each); not yet run on a GPU. step_gate: both
+    "gate": {"ARMVISION_SWIGLU_GATE": "kernel"},
+    "step_gate": {"ARMVISION_SCAN_CONFIG": '{"recurrence": "step"}', "ARMVISION_SWIGLU_GATE": "kernel"},
     "cdt": {"ARMVISION_INDUCTOR": '{"coordinate_descent_tuning": true}'},
     "aggr": {"ARMVISION_INDUCTOR": '{"aggressive_fusion": true}'},  # fusions that share fewer buffers too
     "autotune": {"ARMVISION_INDUCTOR": '{"max_autotune": true}'},

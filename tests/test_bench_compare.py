@@ -267,7 +267,7 @@ def test_every_variant_is_a_valid_switch_set(name, monkeypatch):
 
     env = compare.VARIANTS[name]
     switches = ("ARMVISION_SCAN_CONFIG", "ARMVISION_CONV_CONFIG", "ARMVISION_IN_PROJ", "ARMVISION_SWIGLU",
-                "ARMVISION_INDUCTOR")
+                "ARMVISION_SWIGLU_GATE", "ARMVISION_INDUCTOR")
     assert set(env) <= set(switches)
     for k in switches:
         monkeypatch.delenv(k, raising=False)

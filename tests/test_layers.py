@@ -162,6 +162,13 @@ def test_layer_switches_refuse_unknown_values(monkeypatch):
         with pytest.raises(ConfigError, match=rf"^{variable}='fuse': expected one of 'split', 'fused' \(or unset\)$"):
             build()
         monkeypatch.delenv(variable)
+    # ARMVISION_SWIGLU_GATE: "graph" (also unset or empty) or "kernel"
+    for value, expected in (("", False), ("graph", False), ("kernel", True)):
+        monkeypatch.setenv("ARMVISION_SWIGLU_GATE", value)
+        assert SwiGLU(8).gate_kernel is expected
+    monkeypatch.setenv("ARMVISION_SWIGLU_GATE", "kernels")
+    with pytest.raises(ConfigError, match=r"^ARMVISION_SWIGLU_GATE='kernels': expected one of 'graph', 'kernel' "):
+        SwiGLU(8)
 
 
 def test_mamba_init(seed):

@@ -208,3 +208,45 @@ def test_compiled_mixer_gradients_match_eager(sums, in_proj_split):
     compiled, eager = grads(torch.compile(m, fullgraph=True)), grads(m)
     for a, b in zip(compiled, eager):
         assert torch.isfinite(a).all() and rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(32768, 2048), (2, 197, 2730), (3, 7, 100)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_swiglu_gate_backward(shape, dtype, monkeypatch):
+    """The SwiGLU gate's backward kernel with its biases' sums (ARMVISION_SWIGLU_GATE=kernel; ARM-B's 32,768 tokens x
+    2,048 channels, ARM-L's 2,730, a tiny one), compiled, against float64; outputs poisoned with NaN."""
+    from armvision.ops import swiglu_triton as sg
+
+    monkeypatch.setattr(sg, "_empty", lambda s, dt, device: torch.full(s, float("nan"), dtype=dt, device=device))
+    a, g, dh = (torch.randn(shape, device="cuda").to(dtype) for _ in range(3))
+    da, dg, pa, pg = sg.swiglu_gate_bwd(dh, a, g)
+    a64, g64, dh64 = a.double(), g.double(), dh.double()
+    sa = torch.sigmoid(a64)
+    want_da, want_dg = dh64 * g64 * sa * (1 + a64 * (1 - sa)), dh64 * a64 * sa
+    n = shape[-1]
+    tol = TOL[dtype][1]
+    for got, want in ((da, want_da), (dg, want_dg), (pa.sum(0), want_da.reshape(-1, n).sum(0)),
+                      (pg.sum(0), want_dg.reshape(-1, n).sum(0))):
+        assert torch.isfinite(got).all()
+        assert rel(got, want) < (tol if got.dim() > 1 else 1e-5)
+
+
+def test_swiglu_gate_layer_compiled(monkeypatch):
+    """SwiGLU with the gate kernel, compiled as training compiles it, under bf16 autocast: the default layer's values
+    and gradients (within bf16 rounding)."""
+    from armvision.layers.block import SwiGLU
+
+    torch.manual_seed(0)
+    m = SwiGLU(768).cuda()
+    x = torch.randn(8, 128, 768, device="cuda")
+    got = {}
+    for gate in (False, True):
+        m.gate_kernel = gate
+        m.zero_grad()
+        torch._dynamo.reset()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = torch.compile(m)(x)
+        y.float().square().mean().backward()
+        got[gate] = [y.float()] + [p.grad.clone() for p in m.parameters()]
+    for a, b in zip(got[True], got[False]):
+        assert rel(a, b) < 2e-2

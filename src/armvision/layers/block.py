@@ -14,6 +14,7 @@ from timm.layers import DropPath
 from torch import Tensor
 
 from ..ops.launch import layer_switch
+from ..ops.swiglu_triton import swiglu_gate
 from .mamba import Mamba, TokenLayout
 
 __all__ = ["SwiGLU", "MambaMLPBlock", "VimBlock", "ENCODER_BLOCKS", "DEFAULT_EXPAND", "swiglu_hidden_dim"]
@@ -30,6 +31,11 @@ class SwiGLU(nn.Module):
     ``fused`` (attribute; default off, ``ARMVISION_SWIGLU=fused`` in the environment for A/B runs): w1 x and
     w2 x as one matrix product with the two weights stacked, split into views. Same parameters, same values up
     to the products' rounding.
+
+    ``gate_kernel`` (attribute; default off, ``ARMVISION_SWIGLU_GATE=kernel`` for A/B runs): the gate's backward
+    forms the gradients of w1 x + b1 and w2 x + b2 and the biases' gradients (their column sums) in one kernel
+    (:func:`armvision.ops.swiglu_triton.swiglu_gate`) instead of summing the two gradients again in kernels of their
+    own. The products keep their biases (detached: the gate returns their gradients), so the values are the same.
     """
 
     def __init__(self, dim: int, hidden: int | None = None):
@@ -39,14 +45,22 @@ class SwiGLU(nn.Module):
         self.w2 = nn.Linear(dim, hidden)
         self.w3 = nn.Linear(hidden, dim)
         self.fused = layer_switch("ARMVISION_SWIGLU") == "fused"
+        self.gate_kernel = layer_switch("ARMVISION_SWIGLU_GATE") == "kernel"
 
     def forward(self, x: Tensor) -> Tensor:
+        if not (self.fused or self.gate_kernel):
+            return self.w3(F.silu(self.w1(x)) * self.w2(x))
+        b1, b2 = self.w1.bias, self.w2.bias
+        if self.gate_kernel:  # the biases' gradients come from the gate's backward kernel
+            b1, b2 = (b if b is None else b.detach() for b in (b1, b2))
         if self.fused:
             w = torch.cat([self.w1.weight, self.w2.weight])
-            b = torch.cat([self.w1.bias, self.w2.bias])
-            a, g = F.linear(x, w, b).chunk(2, dim=-1)
-            return self.w3(F.silu(a) * g)
-        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+            a, g = F.linear(x, w, None if b1 is None else torch.cat([b1, b2])).chunk(2, dim=-1)
+        else:
+            a, g = F.linear(x, self.w1.weight, b1), F.linear(x, self.w2.weight, b2)
+        if self.gate_kernel:
+            return self.w3(swiglu_gate(a, g, self.w1.bias, self.w2.bias))
+        return self.w3(F.silu(a) * g)
 
 
 class MambaMLPBlock(nn.Module):

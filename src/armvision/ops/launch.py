@@ -55,7 +55,9 @@ For A/B measurements through the command line, the environment variables ``ARMVI
 first use of the defaults (or by :func:`check_environment`, which the ``armvision`` command calls before its work),
 and a bad value is a one-line :class:`~armvision.errors.ConfigError` naming the variable and the key.
 ``ARMVISION_IN_PROJ`` and ``ARMVISION_SWIGLU`` ("split", the default, or "fused") choose how the layers form their
-input products (:func:`layer_switch`); any other value is such an error too.
+input products, ``ARMVISION_SWIGLU_GATE`` ("graph", the default, or "kernel": the gate's backward with its biases'
+gradients in one kernel, :mod:`armvision.ops.swiglu_triton`) how the SwiGLU's backward runs (:func:`layer_switch`);
+any other value is such an error too.
 """
 
 from __future__ import annotations
@@ -190,12 +192,13 @@ def check_environment() -> None:
 
 
 # A/B switches of the layers' input products (Mamba's in_proj, the SwiGLU's w1/w2): the first choice is the default
-_LAYER_SWITCHES = {"ARMVISION_IN_PROJ": ("split", "fused"), "ARMVISION_SWIGLU": ("split", "fused")}
+_LAYER_SWITCHES = {"ARMVISION_IN_PROJ": ("split", "fused"), "ARMVISION_SWIGLU": ("split", "fused"),
+                   "ARMVISION_SWIGLU_GATE": ("graph", "kernel")}
 
 
 def layer_switch(variable: str) -> str:
-    """The value of layer switch ``variable`` in the environment (unset or empty: its default, "split"); a value
-    outside its choices is a :class:`ConfigError` naming the variable and the choices."""
+    """The value of layer switch ``variable`` in the environment (unset or empty: its default, the first of its
+    choices); a value outside its choices is a :class:`ConfigError` naming the variable and the choices."""
     choices = _LAYER_SWITCHES[variable]
     value = os.environ.get(variable, "").strip() or choices[0]
     if value not in choices:
