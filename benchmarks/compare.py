@@ -413,6 +413,10 @@ def main():
                     choices=["pretrain_b", "finetune_b", "pretrain_l"])
     ap.add_argument("--profile-steps", type=int, default=5, metavar="N",
                     help="profile N steps of each workload's first variant (train_step.py --profile): kernels by kind")
+    ap.add_argument("--inductor-code", action="store_true",
+                    help="also copy the code inductor generated for each workload's first variant (its forward and "
+                         "backward graphs, Triton kernels inline) to OUT/inductor_code/: what each profiled kernel "
+                         "fused, to read without a GPU")
     ap.add_argument("--image-inputs", action="store_true",
                     help="also time the model alone (default switches) and the reference on one batch of the JPEGs "
                          "instead of random numbers (benchmarks/_inputs.py): does the input's content change the "
@@ -504,8 +508,10 @@ def main():
                 continue
             out = args.workdir / f"ts_{w}_{v}.json"
             out.unlink(missing_ok=True)
-            run.call(f"train_step {w} {v}", train_step_cmd(w, out, *(["--profile", str(args.profile_steps)]
-                                                                  if args.profile_steps and vi == 0 else [])),
+            extra = (["--profile", str(args.profile_steps)] if args.profile_steps and vi == 0 else []) + (
+                ["--inductor-code", str(args.out / "inductor_code" / f"{w}_{v}")] if args.inductor_code and vi == 0
+                else [])
+            run.call(f"train_step {w} {v}", train_step_cmd(w, out, *extra),
                      timeout=left if long else max(240, estimate + 60),
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]

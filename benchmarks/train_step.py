@@ -125,6 +125,22 @@ def profile_steps(step, active: int, cuda: bool = True) -> dict:
     return res
 
 
+def save_inductor_code(dest: Path) -> list[str]:
+    """Copy the wrapper modules inductor generated and loaded in this process (one per compiled graph: the forward's
+    and the backward's, with their Triton kernels' sources inline) to ``dest``, in the order they were loaded: which
+    ops each kernel of a profile fused, and which it did not, to read without a GPU. Returns the files' names."""
+    from torch._inductor.codecache import PyCodeCache
+
+    dest.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i, mod in enumerate(PyCodeCache.modules):
+        src = Path(getattr(mod, "__file__", "") or "")
+        if src.is_file() and "def call(" in src.read_text():
+            names.append(f"graph{i:02d}_{src.stem[:12]}.py")
+            (dest / names[-1]).write_text(src.read_text())
+    return names
+
+
 def _run(workload: str, backend: str, compile_model: bool, steps: int, warmup: int, peak: float,
          states: str, mode: str, profile: int, images_dir: Path | None, warm_s: float) -> dict:
     name, pretraining, batch, size = WORKLOADS[workload]
@@ -218,6 +234,9 @@ def main():
     ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
                     help="after each timed run, profile this many more steps: top kernels, kernels by kind, busy "
                          "share and kernels per step, printed and in the JSON")
+    ap.add_argument("--inductor-code", type=Path, metavar="DIR",
+                    help="at the end, copy the code inductor generated for the compiled graphs (forward and backward "
+                         "wrappers with their Triton kernels) to DIR")
     args = ap.parse_args()
     _inputs.check_images_option(ap, args.images)
     _steady.check_warm_option(ap, args.warm_seconds)
@@ -256,6 +275,9 @@ def main():
     print("ratios against the reference: benchmarks/compare.py times benchmarks/reference.py in the same run")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    if args.inductor_code:
+        names = save_inductor_code(args.inductor_code)
+        print(f"inductor's generated code: {len(names)} graphs in {args.inductor_code}")
 
 
 if __name__ == "__main__":

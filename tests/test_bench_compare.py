@@ -229,6 +229,21 @@ def test_profile_steps_waits_for_the_gpu_at_the_cycle_edges(monkeypatch):
                    "prof.step"]
 
 
+def test_save_inductor_code_copies_the_compiled_graphs(tmp_path):
+    """train_step.py --inductor-code: the wrapper module of each graph inductor compiled and loaded in the process
+    (here a CPU function's forward and backward) lands in the folder, with its kernels' code."""
+    import train_step
+
+    torch._dynamo.reset()
+    x = torch.randn(64, requires_grad=True)
+    torch.compile(lambda v: (v.sin() * 2).sum())(x).backward()
+    names = train_step.save_inductor_code(tmp_path / "code")
+    assert len(names) >= 2 and sorted(p.name for p in (tmp_path / "code").iterdir()) == sorted(names)
+    texts = [(tmp_path / "code" / n).read_text() for n in names]
+    assert all("def call(" in t for t in texts) and any("sin" in t for t in texts)
+    torch._dynamo.reset()
+
+
 def test_train_step_keeps_the_variants_scan_states(monkeypatch):
     """train_step.run times the scan config in effect (compare.py's variants set it through ARMVISION_SCAN_CONFIG):
     it used to force states='recompute', so the 'save' variants of 2026-12-06/07 timed recompute."""
