@@ -85,8 +85,9 @@ def test_torch_reads_seeded_timings_instead_of_timing_again(tmp_path, monkeypatc
             raise AssertionError("timed again although the timings were seeded")
 
         a, b = _Choice("a"), _Choice("b")
-        with monkeypatch.context() as m:
-            m.setattr(codecache.config, "autotune_local_cache", True)
+        # config.patch, not monkeypatch: pytest's undo of a setattr on torch's config module deletes the option, and
+        # every later inductor compile in the process then failed ("autotune_local_cache does not exist")
+        with codecache.config.patch(autotune_local_cache=True):
             got = codecache.PersistentCache().lookup([a, b], "mm", "inputs1", benchmark)
             assert got == {a: 0.25, b: 0.5}
             # a product it has not timed is timed, and the new timing lands in the file export brings back
