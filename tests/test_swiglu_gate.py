@@ -150,3 +150,24 @@ def test_compiled_layer_uses_the_op_and_matches_eager(seed, monkeypatch):
     for a, b in zip(got, eager):
         assert rel_err(a, b) < 1e-5
     torch._dynamo.reset()
+
+
+def test_benchmark_ways_agree_and_it_refuses_without_a_gpu(seed):
+    """benchmarks/swiglu_gate.py: its two ways (inductor's formula and the kernel's with summed partial rows) give the
+    same gradients, here on the CPU, also under another block of its sweep; without a GPU it stops with one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    import swiglu_gate
+
+    a, g, dh = (torch.randn(300, 140) for _ in range(3))
+    want = swiglu_gate.inductor_way(dh, a, g)
+    for block in (None, swiglu_gate.SWEEP[-1]):
+        for got, w in zip(swiglu_gate.kernel_way(dh, a, g, block), want):
+            assert rel_err(got, w) < 1e-5
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(bench_dir / "swiglu_gate.py")], capture_output=True, text=True)
+        assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr

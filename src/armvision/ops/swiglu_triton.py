@@ -19,6 +19,8 @@ the same partial sums.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -93,13 +95,15 @@ def _triton_runs(device: torch.device) -> bool:
     return backend_available("triton", device.type)
 
 
-def swiglu_gate_bwd(dh: Tensor, a: Tensor, g: Tensor) -> list[Tensor]:
+def swiglu_gate_bwd(dh: Tensor, a: Tensor, g: Tensor, block: Sequence[int] | None = None) -> list[Tensor]:
     """[da, dg, partial sums of da, partial sums of dg]: da and dg in a's and g's shapes and dtypes; the partial sums
-    fp32, (row blocks, channels), one row per GATE_BLOCK[0] rows of the flattened tokens."""
+    fp32, (row blocks, channels), one row per ``block[0]`` rows of the flattened tokens. ``block``: (rows per program,
+    rows per step, channels, warps), default :data:`GATE_BLOCK` (the custom op always runs that: its partial sums'
+    shape depends on it; benchmarks/swiglu_gate.py --sweep times others)."""
     n = a.shape[-1]
     dh2, a2, g2 = _rows2d(dh), _rows2d(a), _rows2d(g)
     m = a2.shape[0]
-    ROWS, BM, BN, warps = GATE_BLOCK
+    ROWS, BM, BN, warps = block or GATE_BLOCK
     blocks = triton.cdiv(m, ROWS)
     if not _triton_runs(a.device):  # the same arithmetic and partial sums as torch ops
         da32, dg32 = _grads32(dh2, a2, g2)
