@@ -24,3 +24,20 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def compile_keeping_backward_graphs(module):
+    """``torch.compile(module, fullgraph=True)`` through AOT autograd without inductor: (the compiled module, the list
+    that each backward graph it compiles is appended to), for tests of what a compiled backward contains."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs = []
+
+    def bw(gm, _):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    return torch.compile(module, fullgraph=True, backend=aot_autograd(
+        fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw)), graphs

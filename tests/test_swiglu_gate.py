@@ -8,7 +8,7 @@ import torch
 
 from armvision.layers.block import SwiGLU
 from armvision.ops import swiglu_triton as sg
-from conftest import rel_err
+from conftest import compile_keeping_backward_graphs, rel_err
 
 
 @pytest.fixture(params=["triton", "torch"])
@@ -117,24 +117,13 @@ def test_compiled_layer_uses_the_op_and_matches_eager(seed, monkeypatch):
     """torch.compile of the layer with the gate kernel: no graph break, the backward graph calls the op and sums no
     (tokens, hidden) gradient over its tokens (the biases' gradients are sums of the op's partials), and the values and
     gradients are eager's, through AOT autograd's graphs and through inductor."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
     monkeypatch.setattr(sg, "_triton_runs", lambda device: False)  # keep the compiled run quick
     m = SwiGLU(12, hidden=20)
     m.gate_kernel = True
     x = torch.randn(2, 150, 12, requires_grad=True)
     y = m(x)
     eager = [y.detach(), *torch.autograd.grad(y.square().sum(), [x, *m.parameters()])]
-    graphs = []
-
-    def bw(gm, _):
-        graphs.append(gm)
-        return make_boxed_func(gm.forward)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(m, fullgraph=True, backend=aot_autograd(
-        fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw))
+    compiled, graphs = compile_keeping_backward_graphs(m)
     y = compiled(x)
     got = [y.detach(), *torch.autograd.grad(y.square().sum(), [x, *m.parameters()])]
     for a, b in zip(got, eager):

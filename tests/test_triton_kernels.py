@@ -10,7 +10,7 @@ import torch
 from armvision import ops
 from armvision.layers import Mamba, TokenLayout
 from armvision.ops import causal_conv1d_ref, selective_scan_ref
-from conftest import rel_err
+from conftest import compile_keeping_backward_graphs, rel_err
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 if not ops.backend_available("triton", DEV):
@@ -643,9 +643,6 @@ def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):
     """Mamba.in_proj_split: x and z from two products on the weight's halves give the one-product split's values
     and gradients, and the compiled backward then has no concatenation of dx and dz into one (b, t, 2e) tensor
     (the one-product form has it)."""
-    from functorch.compile import make_boxed_func
-    from torch._dynamo.backends.common import aot_autograd
-
     m = Mamba(8, d_state=4, backend="triton").to(DEV)
     x = torch.randn(2, 6, 8, device=DEV, requires_grad=True)
     results, cats = {}, {}
@@ -656,15 +653,7 @@ def test_in_proj_split_matches_one_product_and_drops_the_backward_cat(seed):
         gx, = torch.autograd.grad(y.square().sum(), x, retain_graph=True)
         y.square().sum().backward()
         results[split] = (y.detach(), gx, m.in_proj.weight.grad.clone())
-        graphs = []
-
-        def bw(gm, _):
-            graphs.append(gm)
-            return make_boxed_func(gm.forward)
-
-        torch._dynamo.reset()
-        compiled = torch.compile(m, fullgraph=True, backend=aot_autograd(
-            fw_compiler=lambda gm, _: make_boxed_func(gm.forward), bw_compiler=bw))
+        compiled, graphs = compile_keeping_backward_graphs(m)
         compiled(x).sum().backward()
         cats[split] = [n for g in graphs for n in g.graph.nodes if n.target == torch.ops.aten.cat.default
                        and tuple(n.meta["val"].shape) == (2, 6, 16)]
