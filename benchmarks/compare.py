@@ -86,7 +86,7 @@ VARIANTS = {
     # instead of 423 instructions per forward iteration, 279 instead of 332 for the recomputation (96 registers
     # instead of 121: 20 warps per SM instead of 16), 635 instead of 652 for the backward (2026-12-08, not yet run)
     "step": {"ARMVISION_SCAN_CONFIG": '{"recurrence": "step"}'},
-    # the SwiGLU gate's backward with the gradients of w1's and w2's biases in one kernel (ops/swiglu_triton.py): no
+    # the SwiGLU gate's backward with the gradients of w1's and w2's biases in one kernel (ops/swiglu.py): no
     # separate column sums re-reading the two 32,768 x 2,048 bf16 gradients (run U's profile: 24 sums a step, 47 us
     # each); not yet run on a GPU. step_gate: both
     "gate": {"ARMVISION_SWIGLU_GATE": "kernel"},

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from armvision.layers.block import SwiGLU
-from armvision.ops import swiglu_triton as sg
+from armvision.ops import swiglu as sg
 
 # (name, tokens, channels in, hidden): ARM-B pretraining (256 x 128 tokens), ARM-B fine-tuning (128 x 197), ARM-L
 # pretraining (128 x 128, hidden 2730)

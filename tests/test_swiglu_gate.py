@@ -1,13 +1,13 @@
-"""The SwiGLU gate's backward with its biases' gradients in one kernel (armvision.ops.swiglu_triton; the layer switch
-ARMVISION_SWIGLU_GATE=kernel): the kernel (Triton's interpreter on the CPU) and its torch fallback against the
-float64 formula, the layer's values and gradients against the default layer, the custom op's registration, and the
-layer under torch.compile."""
+"""The SwiGLU gate's backward with its biases' gradients in one kernel (armvision.ops.swiglu, the kernel in
+armvision.ops.swiglu_triton; the layer switch ARMVISION_SWIGLU_GATE=kernel): the kernel (Triton's interpreter on the
+CPU) and its torch fallback against the float64 formula, the layer's values and gradients against the default layer,
+the custom op's registration, and the layer under torch.compile."""
 
 import pytest
 import torch
 
 from armvision.layers.block import SwiGLU
-from armvision.ops import swiglu_triton as sg
+from armvision.ops import swiglu as sg
 from conftest import compile_keeping_backward_graphs, rel_err
 
 
@@ -160,3 +160,25 @@ def test_benchmark_ways_agree_and_it_refuses_without_a_gpu(seed):
     if not torch.cuda.is_available():
         proc = subprocess.run([sys.executable, str(bench_dir / "swiglu_gate.py")], capture_output=True, text=True)
         assert proc.returncode == 2 and "needs a CUDA GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_layer_runs_where_triton_is_not_installed(tmp_path):
+    """Triton is optional: with it unimportable, armvision imports, and an ARM model with the gate kernel switched on
+    trains a step on the CPU through the torch fallback."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, armvision\n"
+        "m = armvision.create_model('arm_tiny_pz16', pretraining=True, img_size=32, patch_size=4, depth=4,\n"
+        "                           memory_layers=(1, 2, 3, 4))\n"
+        "assert m.layers[0].mlp.gate_kernel\n"
+        "loss = m(torch.randn(2, 3, 32, 32)); loss.backward()\n"
+        "assert m.layers[0].mlp.w1.bias.grad is not None and 'triton' not in {k for k, v in sys.modules.items() if v}\n"
+        "print('ok')\n")
+    env = {**os.environ, "ARMVISION_SWIGLU_GATE": "kernel"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

@@ -215,7 +215,7 @@ def test_compiled_mixer_gradients_match_eager(sums, in_proj_split):
 def test_swiglu_gate_backward(shape, dtype, monkeypatch):
     """The SwiGLU gate's backward kernel with its biases' sums (ARMVISION_SWIGLU_GATE=kernel; ARM-B's 32,768 tokens x
     2,048 channels, ARM-L's 2,730, a tiny one), compiled, against float64; outputs poisoned with NaN."""
-    from armvision.ops import swiglu_triton as sg
+    from armvision.ops import swiglu as sg
 
     monkeypatch.setattr(sg, "_empty", lambda s, dt, device: torch.full(s, float("nan"), dtype=dt, device=device))
     a, g, dh = (torch.randn(shape, device="cuda").to(dtype) for _ in range(3))

@@ -14,7 +14,7 @@ from timm.layers import DropPath
 from torch import Tensor
 
 from ..ops.launch import layer_switch
-from ..ops.swiglu_triton import swiglu_gate
+from ..ops.swiglu import swiglu_gate
 from .mamba import Mamba, TokenLayout
 
 __all__ = ["SwiGLU", "MambaMLPBlock", "VimBlock", "ENCODER_BLOCKS", "DEFAULT_EXPAND", "swiglu_hidden_dim"]
@@ -34,7 +34,7 @@ class SwiGLU(nn.Module):
 
     ``gate_kernel`` (attribute; default off, ``ARMVISION_SWIGLU_GATE=kernel`` for A/B runs): the gate's backward
     forms the gradients of w1 x + b1 and w2 x + b2 and the biases' gradients (their column sums) in one kernel
-    (:func:`armvision.ops.swiglu_triton.swiglu_gate`) instead of summing the two gradients again in kernels of their
+    (:func:`armvision.ops.swiglu.swiglu_gate`) instead of summing the two gradients again in kernels of their
     own. The products keep their biases (detached: the gate returns their gradients), so the values are the same.
     """
 

@@ -56,7 +56,7 @@ first use of the defaults (or by :func:`check_environment`, which the ``armvisio
 and a bad value is a one-line :class:`~armvision.errors.ConfigError` naming the variable and the key.
 ``ARMVISION_IN_PROJ`` and ``ARMVISION_SWIGLU`` ("split", the default, or "fused") choose how the layers form their
 input products, ``ARMVISION_SWIGLU_GATE`` ("graph", the default, or "kernel": the gate's backward with its biases'
-gradients in one kernel, :mod:`armvision.ops.swiglu_triton`) how the SwiGLU's backward runs (:func:`layer_switch`);
+gradients in one kernel, :mod:`armvision.ops.swiglu`) how the SwiGLU's backward runs (:func:`layer_switch`);
 any other value is such an error too.
 """
 
