@@ -5,8 +5,8 @@ ARM's channel mixer is ``w3(silu(a) * g)`` with ``a = w1 x + b1`` and ``g = w2 x
 dg over every token. Left to inductor, each bias gradient is a reduction kernel of its own that reads its
 gradient again: in ARM-B pretraining (32,768 tokens x 2,048 channels, bf16, 134 MB each) 24 such sums a step, 47 us
 each on an H100 (run U's profile of ``armvision pretrain``: 1.1 ms of the 75 ms step). :func:`swiglu_gate` forms da
-and dg in one kernel and adds each tile's columns as it goes, writing per-row-block fp32 partial sums (1 MB per bias) that
-a torch sum adds up (inside a compiled backward, fused with the cast into the parameter's gradient).
+and dg in one kernel and adds each tile's columns as it goes, writing per-row-block fp32 partial sums (1 MB per bias)
+that a torch sum adds up (inside a compiled backward, fused with the cast into the parameter's gradient).
 
 The forward is unchanged: ``a`` and ``g`` come from the layer's own products with their biases (detached there, so
 that the biases' gradients come from here instead), and the gate is ``F.silu(a) * g`` as before, which inductor fuses
