@@ -10,7 +10,8 @@ Usage: python tools/inspect_triton.py BT,BE,WARPS[,SEG[,CPT[,MAXNREG[,CARRY[,GRO
        python tools/inspect_triton.py conv:BE,WARPS [...]      (e.g. conv:128,1: the causal conv's default)
 Prints registers, spills, the warps per SM those registers leave room for, and per-iteration instruction counts
 (shuffles, exp2, shared memory; the layout conversions of the time loop's TTGIR and the SASS barriers they cost) of
-the forward and backward kernels: the cheapest way to compare launch
+the forward (``fwd``: keeping its states, as under states="save"; ``fwd nosave``: training's default, the states
+recomputed later), the recomputation (``states``) and the backward: the cheapest way to compare launch
 configurations before a GPU run. For the conv, also the SASS instructions of the time loop's body per (step,
 channel) element.
 """
@@ -149,9 +150,11 @@ if __name__ == "__main__":
         if len(given) < 3:
             sys.exit(f"inspect_triton: error: {arg!r} is not a launch: BT,BE,WARPS at least (see --help)")
         BT, BE, W, SEG, CPT, CAP, CARRY, GROUP, STEP = (given + [1, 1, 0, 0, 1, 0][max(0, len(given) - 3):])[:9]
-        # fwd: the forward saving its states; states: the backward's recomputation (no output written)
+        # fwd: the forward saving its states (states="save"); fwd nosave: the forward of training's default (states
+        # recomputed later); states: the backward's recomputation (no output written)
         bwd = ("bwd cpt=2", st._scan_bwd_kernel2) if CPT == 2 else ("bwd", st._scan_bwd_kernel)
-        for which, fn in (("fwd", st._scan_fwd_kernel), ("states", st._scan_fwd_kernel), bwd):
+        for which, fn in (("fwd", st._scan_fwd_kernel), ("fwd nosave", st._scan_fwd_kernel),
+                          ("states", st._scan_fwd_kernel), bwd):
             consts = dict(HAS_D=True, HAS_Z=True, HAS_BIAS=True, HAS_IDX=False, SOFTPLUS=True, NP=16, BT=BT, BE=BE,
                           SEG=SEG)
             if which != "bwd":  # the one-channel backward has no step-by-step form
@@ -161,8 +164,8 @@ if __name__ == "__main__":
             if which == "bwd cpt=2":
                 consts["GROUP"] = max(1, GROUP)
             if not which.startswith("bwd"):
-                consts["SAVE"] = True
-                consts["WRITE_OUT"] = which == "fwd"
+                consts["SAVE"] = which != "fwd nosave"
+                consts["WRITE_OUT"] = which != "states"
             try:
                 # the backward's default register cap (scan_triton.default_bwd_maxnreg) unless MAXNREG is given
                 cap = CAP or (st.default_bwd_maxnreg(CPT, bool(CARRY)) or 0)
