@@ -75,7 +75,9 @@ BASELINE = mamba_ssm_baseline()
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_scan_error_vs_float64_within_1p5x_of_cuda_kernel(shape, dtype, states, recurrence):
-    if states == "save" and (shape[1] < 4096 or recurrence == "step"):
+    if states == "save" and recurrence == "step":
+        pytest.skip("recurrence 'step' is checked with states recomputed (the saving forward steps the same way)")
+    if states == "save" and shape[1] < 4096:
         pytest.skip("states='save' is checked at the longest sequences only (same kernels, same numerics)")
     b, t, e, n = shape
     inp = make_inputs(b, t, e, dtype, n=n, device="cuda", seed=t + e)
