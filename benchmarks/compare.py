@@ -115,6 +115,15 @@ ENERGY_MIN_SAMPLES = 10  # busy clock samples (250 ms apart) a side needs for it
 TARGET = 2.0  # at least twice the reference's images/s; the scan at most half the CUDA kernel's time
 
 
+def first_variant_args(args: argparse.Namespace, workload: str, variant: str, index: int) -> list[str]:
+    """train_step.py's extra arguments for the ``index``-th model-only variant of a workload: the first one is
+    profiled (--profile-steps) and its generated code kept (--inductor-code, in OUT/inductor_code/WORKLOAD_VARIANT)."""
+    if index:
+        return []
+    return (["--profile", str(args.profile_steps)] if args.profile_steps else []) + (
+        ["--inductor-code", str(args.out / "inductor_code" / f"{workload}_{variant}")] if args.inductor_code else [])
+
+
 def _kill_group(proc: subprocess.Popen) -> None:
     """Stop ``proc`` and every process of its session (it was started with ``start_new_session``)."""
     try:
@@ -508,10 +517,7 @@ def main():
                 continue
             out = args.workdir / f"ts_{w}_{v}.json"
             out.unlink(missing_ok=True)
-            extra = (["--profile", str(args.profile_steps)] if args.profile_steps and vi == 0 else []) + (
-                ["--inductor-code", str(args.out / "inductor_code" / f"{w}_{v}")] if args.inductor_code and vi == 0
-                else [])
-            run.call(f"train_step {w} {v}", train_step_cmd(w, out, *extra),
+            run.call(f"train_step {w} {v}", train_step_cmd(w, out, *first_variant_args(args, w, v, vi)),
                      timeout=left if long else max(240, estimate + 60),
                      extra_env={**VARIANTS[v], "TORCHINDUCTOR_COMPILE_THREADS": "8"})  # leave nvcc cores
             rows = _read(out) or [{}]

@@ -244,6 +244,18 @@ def test_save_inductor_code_copies_the_compiled_graphs(tmp_path):
     torch._dynamo.reset()
 
 
+def test_only_the_first_variant_is_profiled_and_keeps_its_code(tmp_path):
+    """compare.py's --profile-steps and --inductor-code reach train_step.py for each workload's first variant only."""
+    import argparse
+
+    args = argparse.Namespace(profile_steps=5, inductor_code=True, out=tmp_path)
+    assert compare.first_variant_args(args, "pretrain_b", "default", 0) == [
+        "--profile", "5", "--inductor-code", str(tmp_path / "inductor_code" / "pretrain_b_default")]
+    assert compare.first_variant_args(args, "pretrain_b", "step", 1) == []
+    args = argparse.Namespace(profile_steps=0, inductor_code=False, out=tmp_path)
+    assert compare.first_variant_args(args, "pretrain_b", "default", 0) == []
+
+
 def test_train_step_keeps_the_variants_scan_states(monkeypatch):
     """train_step.run times the scan config in effect (compare.py's variants set it through ARMVISION_SCAN_CONFIG):
     it used to force states='recompute', so the 'save' variants of 2026-12-06/07 timed recompute."""
