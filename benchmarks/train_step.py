@@ -133,7 +133,9 @@ def save_inductor_code(dest: Path) -> list[str]:
 
     dest.mkdir(parents=True, exist_ok=True)
     names = []
-    for i, mod in enumerate(PyCodeCache.modules):
+    # torch 2.14 (and 2.11, the GPU machines') keep the loaded modules in a list; older ones in a dict
+    modules = getattr(PyCodeCache, "modules", None) or list(getattr(PyCodeCache, "cache", {}).values())
+    for i, mod in enumerate(modules):
         src = Path(getattr(mod, "__file__", "") or "")
         if src.is_file() and "def call(" in src.read_text():
             names.append(f"graph{i:02d}_{src.stem[:12]}.py")
@@ -276,8 +278,11 @@ def main():
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     if args.inductor_code:
-        names = save_inductor_code(args.inductor_code)
-        print(f"inductor's generated code: {len(names)} graphs in {args.inductor_code}")
+        try:
+            names = save_inductor_code(args.inductor_code)
+            print(f"inductor's generated code: {len(names)} graphs in {args.inductor_code}")
+        except (OSError, AttributeError) as ex:  # the timings above are kept either way
+            print(f"inductor's generated code not saved: {type(ex).__name__}: {ex}")
 
 
 if __name__ == "__main__":
