@@ -137,9 +137,10 @@ def save_inductor_code(dest: Path) -> list[str]:
     modules = getattr(PyCodeCache, "modules", None) or list(getattr(PyCodeCache, "cache", {}).values())
     for i, mod in enumerate(modules):
         src = Path(getattr(mod, "__file__", "") or "")
-        if src.is_file() and "def call(" in src.read_text():
+        text = src.read_text() if src.is_file() else ""
+        if "def call(" in text:
             names.append(f"graph{i:02d}_{src.stem[:12]}.py")
-            (dest / names[-1]).write_text(src.read_text())
+            (dest / names[-1]).write_text(text)
     return names
 
 
